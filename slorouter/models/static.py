@@ -1,0 +1,54 @@
+"""Fixed-coefficient models: the priors used before anything has been observed.
+
+``step = c0 + c_batch * batch + c_kv * kv_tokens + c_prefill * prefill_tokens``.
+The defaults are a generic mid-size GPU engine (≈ 8B model on one H100-class GPU);
+they are marked as defaults (``support() == 0``) so policies know they are guesses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class LinearStep:
+    c0_s: float = 0.012
+    c_batch_s: float = 0.00015
+    c_kv_s: float = 2.0e-7
+    c_prefill_s: float = 6.0e-5
+
+    def at(self, batch: int, kv_tokens: int, prefill_tokens: int = 0) -> float:
+        return (
+            self.c0_s + self.c_batch_s * batch + self.c_kv_s * kv_tokens + self.c_prefill_s * prefill_tokens
+        )
+
+
+class StaticLatency:
+    """The same :class:`LinearStep` for every backend (or one per backend id)."""
+
+    def __init__(self, default: LinearStep | None = None, per_backend: dict[str, LinearStep] | None = None):
+        self._default = default or LinearStep()
+        self._per = dict(per_backend or {})
+
+    def _coef(self, backend_id: str) -> LinearStep:
+        return self._per.get(backend_id, self._default)
+
+    def step_time(self, backend_id: str, batch: int, kv_tokens: int, prefill_tokens: int = 0) -> float:
+        return self._coef(backend_id).at(batch, kv_tokens, prefill_tokens)
+
+    def prefill_time(self, backend_id: str, prompt_tokens: int) -> float:
+        return self._coef(backend_id).at(1, prompt_tokens, prompt_tokens)
+
+    def support(self, backend_id: str, batch: int, kv_tokens: int) -> int:
+        return 0
+
+
+class StaticLengths:
+    """Bound = ``max_tokens`` when given, else ``default``; grows past what was generated."""
+
+    def __init__(self, default: int = 512) -> None:
+        self._default = default
+
+    def bound(self, tier: str, generated: int = 0, max_tokens: int | None = None) -> int:
+        b = max(self._default, generated + 1)
+        return min(b, max_tokens) if max_tokens is not None else b

@@ -1,0 +1,124 @@
+"""Load-balancing baselines that ignore SLOs: round-robin, random, least-request,
+least-tokens, power-of-two. Honest versions of what users run today: each ranks
+*all* healthy backends (so failover has somewhere to go) and never queues."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from typing import Any
+
+from slorouter.policy.base import BasePolicy, Params, PolicyContext, ranked
+from slorouter.state.snapshot import Snapshot
+from slorouter.values import Decision, Dispatch, RequestInfo
+
+
+class RoundRobin(BasePolicy):
+    kind = "round-robin"
+
+    def __init__(self) -> None:
+        self._cursor = 0
+
+    def select(self, request: RequestInfo, snapshot: Snapshot) -> Decision:
+        pool = snapshot.eligible(None)
+        if not pool:
+            return self.no_backend(snapshot)
+        i = self._cursor % len(pool)
+        self._cursor = i + 1
+        return ranked(pool[i:] + pool[:i])
+
+
+class Random(BasePolicy):
+    kind = "random"
+
+    def __init__(self, seed: int) -> None:
+        self._rng = random.Random(seed)
+
+    def select(self, request: RequestInfo, snapshot: Snapshot) -> Decision:
+        pool = list(snapshot.eligible(None))
+        if not pool:
+            return self.no_backend(snapshot)
+        self._rng.shuffle(pool)
+        return ranked(pool)
+
+
+class LeastRequest(BasePolicy):
+    """Fewest in-flight requests first (ties: config order)."""
+
+    kind = "least-request"
+
+    def select(self, request: RequestInfo, snapshot: Snapshot) -> Decision:
+        pool = snapshot.eligible(None)
+        if not pool:
+            return self.no_backend(snapshot)
+        loads = snapshot.loads
+        return ranked(sorted(pool, key=lambda b: loads[b.id].running))
+
+
+class LeastTokens(BasePolicy):
+    """Fewest in-flight tokens (prompt + generated so far) first."""
+
+    kind = "least-tokens"
+
+    def select(self, request: RequestInfo, snapshot: Snapshot) -> Decision:
+        pool = snapshot.eligible(None)
+        if not pool:
+            return self.no_backend(snapshot)
+        loads = snapshot.loads
+        return ranked(sorted(pool, key=lambda b: loads[b.id].kv_tokens))
+
+
+class PowerOfTwo(BasePolicy):
+    """Two random backends, the one with fewer in-flight tokens first."""
+
+    kind = "power-of-two"
+
+    def __init__(self, seed: int) -> None:
+        self._rng = random.Random(seed)
+
+    def select(self, request: RequestInfo, snapshot: Snapshot) -> Decision:
+        pool = snapshot.eligible(None)
+        if not pool:
+            return self.no_backend(snapshot)
+        if len(pool) == 1:
+            return ranked(pool)
+        a, b = self._rng.sample(range(len(pool)), 2)
+        loads = snapshot.loads
+        x, y = pool[a], pool[b]
+        if loads[y.id].kv_tokens < loads[x.id].kv_tokens:
+            x, y = y, x
+        rest = tuple(p.id for k, p in enumerate(pool) if k not in (a, b))
+        return Dispatch((x.id, y.id, *rest))
+
+
+def _no_params(params: Mapping[str, Any]) -> None:
+    Params(params).done()
+
+
+def make_round_robin(params: Mapping[str, Any], ctx: PolicyContext) -> RoundRobin:
+    _no_params(params)
+    return RoundRobin()
+
+
+def make_random(params: Mapping[str, Any], ctx: PolicyContext) -> Random:
+    p = Params(params)
+    seed = p.integer("seed", ctx.seed)
+    p.done()
+    return Random(seed)
+
+
+def make_least_request(params: Mapping[str, Any], ctx: PolicyContext) -> LeastRequest:
+    _no_params(params)
+    return LeastRequest()
+
+
+def make_least_tokens(params: Mapping[str, Any], ctx: PolicyContext) -> LeastTokens:
+    _no_params(params)
+    return LeastTokens()
+
+
+def make_power_of_two(params: Mapping[str, Any], ctx: PolicyContext) -> PowerOfTwo:
+    p = Params(params)
+    seed = p.integer("seed", ctx.seed)
+    p.done()
+    return PowerOfTwo(seed)

@@ -1,0 +1,338 @@
+"""The in-flight tracker: the only writer of per-backend counters.
+
+Lifecycle of every request (each hook is O(1); none does I/O)::
+
+    on_arrival(req)                      queued in the router (counted per tier)
+    on_dispatch(rid, backend)            resident on a backend: running, prompt tokens, peak KV
+    on_retry(rid, backend)               moved to another backend before its first byte
+    on_tokens(rid, n)                    n output tokens arrived in one chunk (first call = first token)
+    on_usage(rid, prompt, completion)    the engine's own counts replace the estimates
+    on_finish(rid, status) -> Outcome    exactly once; later calls return None
+
+After any mix of these, once every request is finished, every counter is exactly zero
+(see tests/property/test_tracker_property.py). Finished requests are reported to the
+registered listeners (latency model, length model, metrics) as an :class:`Outcome`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Final
+
+from slorouter.clock import Clock
+from slorouter.models.base import LatencyView, LengthView
+from slorouter.state.backends import Backend, BackendSet, Health
+from slorouter.state.snapshot import Snapshot
+from slorouter.values import Outcome, RequestInfo, Status
+
+OutcomeListener = Callable[[Outcome], None]
+
+_MAX_SAMPLES: Final = 4096  # step samples kept per request (bounded memory)
+
+
+class Resident:
+    """One request known to the router (queued, or resident on ``backend``)."""
+
+    __slots__ = (
+        "backend",
+        "bound",
+        "dispatched_at",
+        "first_token_at",
+        "last_token_at",
+        "max_lateness",
+        "output_tokens",
+        "prompt_tokens",
+        "req",
+        "samples",
+    )
+
+    def __init__(self, req: RequestInfo) -> None:
+        self.req = req
+        self.backend: str | None = None
+        self.prompt_tokens = req.prompt_tokens
+        self.output_tokens = 0
+        self.bound = max(1, req.output_bound)
+        self.dispatched_at: float | None = None
+        self.first_token_at: float | None = None
+        self.last_token_at: float | None = None
+        self.max_lateness = -math.inf
+        self.samples: list[tuple[float, int, int]] = []
+
+
+class BackendLoad:
+    """Counters of one backend. Read by policies (through a Snapshot); written only
+    by the :class:`Tracker`."""
+
+    __slots__ = (
+        "backend_id",
+        "output_tokens",
+        "peak_kv",
+        "prefill_tokens",
+        "prefilling",
+        "prompt_tokens",
+        "residents",
+        "tier_counts",
+    )
+
+    def __init__(self, backend_id: str) -> None:
+        self.backend_id = backend_id
+        self.residents: dict[int, Resident] = {}
+        self.prompt_tokens = 0  # Σ prompt tokens of resident requests
+        self.output_tokens = 0  # Σ output tokens generated so far by resident requests
+        self.peak_kv = 0  # Σ (prompt + predicted total output): the KV held when all peak
+        self.prefilling = 0  # residents still waiting for their first token
+        self.prefill_tokens = 0  # Σ prompt tokens of those
+        self.tier_counts: dict[str, int] = {}
+
+    @property
+    def running(self) -> int:
+        return len(self.residents)
+
+    @property
+    def kv_tokens(self) -> int:
+        return self.prompt_tokens + self.output_tokens
+
+    def tightest_tpot(self, tpot_of: Callable[[str], float | None]) -> float:
+        """The smallest TPOT among resident requests' tiers (``inf`` if none)."""
+        best = math.inf
+        for tier, n in self.tier_counts.items():
+            if n:
+                t = tpot_of(tier)
+                if t is not None and t < best:
+                    best = t
+        return best
+
+    def is_zero(self) -> bool:
+        return (
+            not self.residents
+            and self.prompt_tokens == 0
+            and self.output_tokens == 0
+            and self.peak_kv == 0
+            and self.prefilling == 0
+            and self.prefill_tokens == 0
+            and not any(self.tier_counts.values())
+        )
+
+
+class Tracker:
+    def __init__(
+        self,
+        clock: Clock,
+        backends: BackendSet,
+        health: Health,
+        latency: LatencyView,
+        lengths: LengthView,
+    ) -> None:
+        self.clock = clock
+        self.health = health
+        self.latency = latency
+        self.lengths = lengths
+        self.loads: dict[str, BackendLoad] = {}
+        self.requests: dict[int, Resident] = {}
+        self.queued: dict[str, int] = {}
+        self._listeners: list[OutcomeListener] = []
+        self._eligible: dict[str | None, tuple[Backend, ...]] = {}
+        self._eligible_key: tuple[int, int] = (-1, -1)
+        self.backends = backends
+        self.set_backends(backends)
+
+    # -- configuration ---------------------------------------------------------------
+
+    def set_backends(self, backends: BackendSet) -> None:
+        """Swap the backend set. Loads of removed backends stay until their requests end."""
+        self.backends = backends
+        for b in backends.backends:
+            self.loads.setdefault(b.id, BackendLoad(b.id))
+        self._eligible_key = (-1, -1)
+
+    def add_listener(self, fn: OutcomeListener) -> None:
+        self._listeners.append(fn)
+
+    def set_models(self, latency: LatencyView, lengths: LengthView) -> None:
+        self.latency = latency
+        self.lengths = lengths
+
+    # -- reads -----------------------------------------------------------------------
+
+    def eligible(self, tier: str | None = None) -> tuple[Backend, ...]:
+        """Healthy backends (of ``tier``, or all), cached until health or the set changes."""
+        key = (id(self.backends), self.health.version)
+        if key != self._eligible_key:
+            self._eligible.clear()
+            self._eligible_key = key
+        got = self._eligible.get(tier)
+        if got is None:
+            pool = self.backends.backends if tier is None else self.backends.in_tier(tier)
+            healthy = self.health.healthy
+            got = tuple(b for b in pool if b.id in healthy)
+            self._eligible[tier] = got
+        return got
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(
+            now=self.clock.now(),
+            backends=self.backends,
+            loads=self.loads,
+            healthy=self.health.healthy,
+            latency=self.latency,
+            lengths=self.lengths,
+            queued=self.queued,
+            eligible=self.eligible,
+        )
+
+    def in_flight(self) -> int:
+        return len(self.requests)
+
+    def all_zero(self) -> bool:
+        """True when no request is known and every counter is zero."""
+        return (
+            not self.requests
+            and not any(self.queued.values())
+            and all(load.is_zero() for load in self.loads.values())
+        )
+
+    # -- lifecycle hooks -------------------------------------------------------------
+
+    def on_arrival(self, req: RequestInfo) -> None:
+        if req.rid in self.requests:
+            raise ValueError(f"request {req.rid} already known")
+        self.requests[req.rid] = Resident(req)
+        self.queued[req.tier.name] = self.queued.get(req.tier.name, 0) + 1
+
+    def on_dispatch(self, rid: int, backend_id: str) -> None:
+        r = self.requests.get(rid)
+        if r is None or r.backend is not None:
+            return
+        tier = r.req.tier.name
+        self.queued[tier] -= 1
+        r.dispatched_at = self.clock.now()
+        self._attach(r, backend_id)
+
+    def on_retry(self, rid: int, backend_id: str) -> None:
+        """Move a request that failed before its first byte to another backend."""
+        r = self.requests.get(rid)
+        if r is None or r.backend is None or r.first_token_at is not None:
+            return
+        self._detach(r)
+        self._attach(r, backend_id)
+
+    def on_tokens(self, rid: int, n: int = 1) -> None:
+        r = self.requests.get(rid)
+        if r is None or r.backend is None or n <= 0:
+            return
+        now = self.clock.now()
+        load = self.loads[r.backend]
+        slo = r.req.tier.slo
+        i = r.output_tokens
+        if r.first_token_at is None:
+            r.first_token_at = now
+            load.prefilling -= 1
+            load.prefill_tokens -= r.prompt_tokens
+        elif len(r.samples) < _MAX_SAMPLES and r.last_token_at is not None:
+            gap = (now - r.last_token_at) / n
+            sample = (gap, load.running, load.kv_tokens)
+            r.samples.extend([sample] * n)
+        late = now - slo.token_deadline(r.req.arrival, i)
+        if late > r.max_lateness:
+            r.max_lateness = late
+        r.last_token_at = now
+        self._add_output(r, load, n)
+
+    def on_usage(self, rid: int, prompt_tokens: int | None, completion_tokens: int | None) -> None:
+        r = self.requests.get(rid)
+        if r is None:
+            return
+        load = self.loads.get(r.backend) if r.backend is not None else None
+        if prompt_tokens is not None and prompt_tokens >= 0 and prompt_tokens != r.prompt_tokens:
+            d = prompt_tokens - r.prompt_tokens
+            r.prompt_tokens = prompt_tokens
+            if load is not None:
+                load.prompt_tokens += d
+                load.peak_kv += d
+                if r.first_token_at is None:
+                    load.prefill_tokens += d
+        if completion_tokens is not None and completion_tokens >= 0 and completion_tokens != r.output_tokens:
+            if load is None:
+                r.output_tokens = completion_tokens
+            else:
+                self._add_output(r, load, completion_tokens - r.output_tokens)
+
+    def on_finish(self, rid: int, status: Status) -> Outcome | None:
+        r = self.requests.pop(rid, None)
+        if r is None:
+            return None
+        now = self.clock.now()
+        req = r.req
+        if r.backend is None:
+            self.queued[req.tier.name] -= 1
+        else:
+            self._detach(r)
+        lateness: float | None = r.max_lateness if r.first_token_at is not None else None
+        out = Outcome(
+            rid=rid,
+            tier=req.tier.name,
+            backend=r.backend,
+            status=status,
+            arrival=req.arrival,
+            finished_at=now,
+            prompt_tokens=r.prompt_tokens,
+            output_tokens=r.output_tokens,
+            dispatched_at=r.dispatched_at,
+            first_token_at=r.first_token_at,
+            max_lateness_s=lateness,
+            step_samples=tuple(r.samples),
+            model=req.model,
+            key_id=req.key_id,
+        )
+        for fn in self._listeners:
+            fn(out)
+        return out
+
+    # -- internals -------------------------------------------------------------------
+
+    def _attach(self, r: Resident, backend_id: str) -> None:
+        load = self.loads.get(backend_id)
+        if load is None:
+            load = self.loads[backend_id] = BackendLoad(backend_id)
+        r.backend = backend_id
+        load.residents[r.req.rid] = r
+        load.prompt_tokens += r.prompt_tokens
+        load.output_tokens += r.output_tokens
+        load.peak_kv += r.prompt_tokens + max(r.bound, r.output_tokens)
+        if r.first_token_at is None:
+            load.prefilling += 1
+            load.prefill_tokens += r.prompt_tokens
+        tier = r.req.tier.name
+        load.tier_counts[tier] = load.tier_counts.get(tier, 0) + 1
+
+    def _detach(self, r: Resident) -> None:
+        assert r.backend is not None
+        load = self.loads[r.backend]
+        del load.residents[r.req.rid]
+        load.prompt_tokens -= r.prompt_tokens
+        load.output_tokens -= r.output_tokens
+        load.peak_kv -= r.prompt_tokens + max(r.bound, r.output_tokens)
+        if r.first_token_at is None:
+            load.prefilling -= 1
+            load.prefill_tokens -= r.prompt_tokens
+        tier = r.req.tier.name
+        load.tier_counts[tier] -= 1
+        if not load.tier_counts[tier]:
+            del load.tier_counts[tier]
+        if not load.residents and r.backend not in self.backends:
+            del self.loads[r.backend]
+
+    def _add_output(self, r: Resident, load: BackendLoad, d: int) -> None:
+        """Change a resident's output count by ``d``, keeping ``peak_kv`` exact: a
+        resident contributes ``prompt + max(bound, output)``; a request that outgrows
+        its predicted length gets a new bound from the length model."""
+        before = max(r.bound, r.output_tokens)
+        r.output_tokens += d
+        load.output_tokens += d
+        if r.output_tokens > r.bound:
+            r.bound = max(
+                r.output_tokens,
+                self.lengths.bound(r.req.tier.name, r.output_tokens, r.req.max_tokens),
+            )
+        load.peak_kv += max(r.bound, r.output_tokens) - before

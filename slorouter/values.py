@@ -1,0 +1,174 @@
+"""Layer 0: immutable value types shared by every layer.
+
+Time is always seconds on the injected clock's scale; token counts are ints.
+
+* :class:`Slo` / :class:`Tier` — the SLO model of DESIGN.md §2. Output token ``i``
+  (first token ``i = 0``) of a request arriving at ``t`` must arrive by
+  ``t + ttft_s + i * tpot_s`` (the per-token deadline, DSLO).
+* :class:`RequestInfo` — what the router knows of a request when deciding.
+* :class:`Decision` — what a policy returns: :class:`Dispatch` (a *ranked* list of
+  backends, best first, so the dispatcher can fail over without asking again),
+  :class:`Defer` (wait in the router queue) or :class:`Reject` (answer now with an
+  HTTP status).
+* :class:`Outcome` — how a request ended; produced exactly once per request.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class SloClass(StrEnum):
+    LATENCY = "latency"  # TTFT + TPOT (streaming chat)
+    DEADLINE = "deadline"  # the whole response by deadline_ms
+    WORKFLOW = "workflow"  # calls sharing a workflow id; the last must finish by the deadline
+    BEST_EFFORT = "best_effort"  # no SLO; served with what is left
+
+
+class Engine(StrEnum):
+    VLLM = "vllm"
+    TGI = "tgi"
+    OPENAI = "openai"
+
+
+@dataclass(frozen=True, slots=True)
+class Slo:
+    """The numbers of one SLO. ``None`` means "no bound of this kind"."""
+
+    slo_class: SloClass
+    ttft_s: float | None = None
+    tpot_s: float | None = None
+    deadline_s: float | None = None  # relative to arrival (deadline and workflow classes)
+
+    def token_deadline(self, arrival: float, i: int) -> float:
+        """Latest arrival time of output token ``i`` (0-based); ``inf`` when unbounded."""
+        if self.ttft_s is None:
+            return math.inf
+        return arrival + self.ttft_s + i * (self.tpot_s or 0.0)
+
+    @property
+    def tightness(self) -> float:
+        """Sort key: smaller is tighter. TPOT first, then deadline, best effort last."""
+        if self.tpot_s is not None:
+            return self.tpot_s
+        if self.deadline_s is not None:
+            return 1e3 + self.deadline_s
+        return math.inf
+
+
+@dataclass(frozen=True, slots=True)
+class Tier:
+    """A named SLO declared in the config, with its weight (price) and rank.
+
+    ``rank`` orders tiers by tightness: 0 is the tightest. Ties keep config order.
+    """
+
+    name: str
+    slo: Slo
+    weight: float = 1.0
+    rank: int = 0
+    reject_when_late: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RequestInfo:
+    """What the router knows of one request when it decides.
+
+    ``prompt_tokens`` is an estimate until the engine reports ``usage``.
+    ``output_bound`` is the predicted upper bound on output tokens (a quantile of the
+    length model, capped by ``max_tokens``).
+    ``deadline_at`` is absolute (clock time) for deadline/workflow classes, else None.
+    """
+
+    rid: int
+    tier: Tier
+    arrival: float
+    prompt_tokens: int
+    max_tokens: int | None
+    output_bound: int
+    model: str = ""
+    stream: bool = True
+    workflow_id: str | None = None
+    deadline_at: float | None = None
+    key_id: str | None = None  # a stable, non-secret id of the API key (never the key)
+
+    @property
+    def ttft_deadline(self) -> float:
+        """Absolute time by which the first token is due (``inf`` if unbounded)."""
+        return self.tier.slo.token_deadline(self.arrival, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """Send the request to ``backends[0]``; on failure before the first byte, the next."""
+
+    backends: tuple[str, ...]
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Defer:
+    """Keep the request in the router queue; decide again on the next wake-up.
+
+    ``retry_at`` is a hint: the latest clock time at which deciding again is useful
+    even if nothing else happens (e.g. when the TTFT deadline will have passed).
+    """
+
+    reason: str
+    retry_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """Answer now with ``status`` (e.g. 429 with ``Retry-After``, 503)."""
+
+    status: int
+    reason: str
+    retry_after_s: float | None = None
+
+
+Decision = Dispatch | Defer | Reject
+
+
+class Status(StrEnum):
+    OK = "ok"
+    ERROR = "error"  # upstream failure (connect, 5xx, broken stream)
+    CANCELLED = "cancelled"  # client went away
+    REJECTED = "rejected"  # the router answered 4xx/5xx itself (429 late, 503 no backend)
+    TIMEOUT = "timeout"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one request ended. Produced exactly once per request by the tracker."""
+
+    rid: int
+    tier: str
+    backend: str | None
+    status: Status
+    arrival: float
+    finished_at: float
+    prompt_tokens: int
+    output_tokens: int
+    dispatched_at: float | None = None
+    first_token_at: float | None = None
+    # max over tokens of (arrival time - per-token deadline); <= 0 means DSLO met.
+    max_lateness_s: float | None = None
+    # (gap_s, running_requests, kv_tokens) per observed decode step on the backend,
+    # for the latency model; gaps of chunks carrying k tokens are split into k steps.
+    step_samples: tuple[tuple[float, int, int], ...] = field(default=(), repr=False)
+    model: str = ""
+    key_id: str | None = None
+
+    @property
+    def ttft_s(self) -> float | None:
+        return None if self.first_token_at is None else self.first_token_at - self.arrival
+
+    @property
+    def mean_tpot_s(self) -> float | None:
+        """``(latency - ttft) / (n_out - 1)``, as ``vllm bench serve`` defines it."""
+        if self.first_token_at is None or self.output_tokens < 2:
+            return None
+        return (self.finished_at - self.first_token_at) / (self.output_tokens - 1)
