@@ -1,0 +1,211 @@
+"""Checks across sections (names, references, per-class numbers, URLs, secrets).
+
+They read the *raw* parsed YAML leniently — an entry whose shape is wrong was already
+reported by the shape check and is skipped here — so that one typo does not hide the
+other mistakes of the file and no error is reported twice.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from slorouter.config.fields import Errors, join, suggest
+from slorouter.values import SloClass
+
+_NUMBERS = ("ttft_ms", "tpot_ms", "deadline_ms")
+_NEEDS: Mapping[str, tuple[str, ...]] = {
+    SloClass.LATENCY.value: ("ttft_ms", "tpot_ms"),
+    SloClass.DEADLINE.value: ("deadline_ms",),
+    SloClass.WORKFLOW.value: ("deadline_ms",),
+    SloClass.BEST_EFFORT.value: (),
+}
+
+
+def _items(raw: Any, key: str) -> list[tuple[int, Mapping[str, Any]]]:
+    seq = raw.get(key) if isinstance(raw, Mapping) else None
+    if not isinstance(seq, list):
+        return []
+    return [(i, x) for i, x in enumerate(seq) if isinstance(x, Mapping)]
+
+
+def _section(raw: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    v = raw.get(key)
+    return v if isinstance(v, Mapping) else {}
+
+
+def _str(m: Mapping[str, Any], key: str) -> str | None:
+    v = m.get(key)
+    return v if isinstance(v, str) else None
+
+
+def lenient_tier_names(raw: Mapping[str, Any]) -> list[str]:
+    """Distinct tier names in config order (entries without a string name skipped)."""
+    names = [n for _, t in _items(raw, "tiers") if (n := _str(t, "name")) is not None]
+    return list(dict.fromkeys(names))
+
+
+def _ref(tier: str | None, known: list[str], path: str, errs: Errors) -> None:
+    if tier is not None and tier not in known:
+        listed = ", ".join(known) if known else "none declared"
+        errs.append((path, f"unknown tier {tier!r}{suggest(tier, known)} (tiers: {listed})"))
+
+
+def _check_tiers(raw: Mapping[str, Any], errs: Errors) -> None:
+    seen: dict[str, int] = {}
+    for i, t in _items(raw, "tiers"):
+        path = f"tiers[{i}]"
+        name = _str(t, "name")
+        if name is not None:
+            if name in seen:
+                errs.append((join(path, "name"), f"duplicate tier name {name!r} (also tiers[{seen[name]}])"))
+            seen.setdefault(name, i)
+        cls = _str(t, "class")
+        if cls is None or cls not in _NEEDS:
+            continue
+        for need in _NEEDS[cls]:
+            if t.get(need) is None:
+                errs.append((join(path, need), f"required for class {cls}"))
+        if cls == SloClass.BEST_EFFORT.value:
+            for n in _NUMBERS:
+                if t.get(n) is not None:
+                    errs.append((join(path, n), "a best_effort tier has no SLO numbers; remove it"))
+
+
+def _check_url(url: str, path: str, errs: Errors) -> str | None:
+    try:
+        u = urlsplit(url)
+        port = u.port
+    except ValueError as e:
+        errs.append((path, f"not a valid URL ({e}): {url!r}"))
+        return None
+    if u.scheme not in ("http", "https") or not u.hostname:
+        errs.append(
+            (path, f"must be an http:// or https:// URL with a host, e.g. http://127.0.0.1:8000, got {url!r}")
+        )
+        return None
+    if u.query or u.fragment:
+        errs.append((path, "must not have a query or fragment"))
+        return None
+    default_port = 443 if u.scheme == "https" else 80
+    return f"{u.scheme}://{u.hostname.lower()}:{port or default_port}{u.path.rstrip('/')}"
+
+
+def _check_backends(raw: Mapping[str, Any], tiers: list[str], errs: Errors) -> None:
+    names: dict[str, int] = {}
+    urls: dict[str, int] = {}
+    for i, b in _items(raw, "backends"):
+        path = f"backends[{i}]"
+        name = _str(b, "name") or f"b{i}"
+        if name in names:
+            errs.append(
+                (join(path, "name"), f"duplicate backend name {name!r} (also backends[{names[name]}])")
+            )
+        names.setdefault(name, i)
+        url = _str(b, "url")
+        norm = _check_url(url, join(path, "url"), errs) if url is not None else None
+        if norm is not None:
+            if norm in urls:
+                errs.append((join(path, "url"), f"same server as backends[{urls[norm]}]"))
+            urls.setdefault(norm, i)
+        _ref(_str(b, "tier"), tiers, join(path, "tier"), errs)
+
+
+def _check_routing(
+    raw: Mapping[str, Any], tiers: list[str], env: Mapping[str, str], errs: Errors
+) -> dict[int, str]:
+    routing = _section(raw, "routing")
+    default = _str(routing, "default_tier")
+    _ref(default, tiers, "routing.default_tier", errs)
+    if default is None and routing.get("default_tier") is None and len(tiers) > 1:
+        errs.append(
+            ("routing.default_tier", f"required when several tiers exist (one of: {', '.join(tiers)})")
+        )
+    anon = routing.get("anonymous_tiers")
+    if isinstance(anon, list):
+        for j, t in enumerate(anon):
+            _ref(t if isinstance(t, str) else None, tiers, f"routing.anonymous_tiers[{j}]", errs)
+    aliases = routing.get("aliases")
+    if isinstance(aliases, Mapping):
+        for alias, spec in aliases.items():
+            if isinstance(spec, Mapping):
+                _ref(_str(spec, "tier"), tiers, f"routing.aliases.{alias}.tier", errs)
+    secrets: dict[int, str] = {}
+    names: dict[str, int] = {}
+    for i, k in _items(routing, "keys"):
+        path = f"routing.keys[{i}]"
+        name = _str(k, "name")
+        if name is not None:
+            if name in names:
+                errs.append(
+                    (join(path, "name"), f"duplicate key name {name!r} (also routing.keys[{names[name]}])")
+                )
+            names.setdefault(name, i)
+        allowed = k.get("tiers")
+        allowed_names = [t for t in allowed if isinstance(t, str)] if isinstance(allowed, list) else []
+        for j, t in enumerate(allowed if isinstance(allowed, list) else []):
+            _ref(t if isinstance(t, str) else None, tiers, f"{path}.tiers[{j}]", errs)
+        kd = _str(k, "default_tier")
+        _ref(kd, tiers, join(path, "default_tier"), errs)
+        if kd is not None and kd in tiers and isinstance(allowed, list) and kd not in allowed_names:
+            errs.append((join(path, "default_tier"), f"{kd!r} is not in this key's tiers"))
+        secret = _secret(k, path, env, errs)
+        if secret is not None:
+            for j, other in secrets.items():
+                if hmac.compare_digest(other.encode(), secret.encode()):
+                    errs.append((path, f"same secret as routing.keys[{j}]"))
+            secrets[i] = secret
+    return secrets
+
+
+def _secret(k: Mapping[str, Any], path: str, env: Mapping[str, str], errs: Errors) -> str | None:
+    has_key, has_env = k.get("key") is not None, k.get("key_env") is not None
+    if has_key and has_env:
+        errs.append((path, "give either key or key_env, not both"))
+        return None
+    if not has_key and not has_env:
+        errs.append((path, "one of key_env (an environment variable name) or key is required"))
+        return None
+    if has_key:
+        return _str(k, "key") or None
+    var = _str(k, "key_env")
+    if var is None:
+        return None
+    value = env.get(var, "")
+    if not value:
+        errs.append((join(path, "key_env"), f"environment variable {var} is not set (or empty)"))
+        return None
+    return value
+
+
+def _check_misc(raw: Mapping[str, Any], base_dir: Path | None, errs: Errors) -> None:
+    profile = _str(_section(raw, "models"), "profile")
+    if profile:
+        p = Path(profile) if base_dir is None else base_dir / profile
+        if not p.is_file():
+            errs.append(("models.profile", f"file not found: {p}"))
+    auto = _section(raw, "autoscale")
+    if auto.get("enabled") is True:
+        errs.append(("autoscale.enabled", "autoscaling is not implemented yet; set it to false"))
+    lo, hi = auto.get("min_backends"), auto.get("max_backends")
+    if isinstance(lo, int) and isinstance(hi, int) and lo > hi:
+        errs.append(("autoscale.max_backends", f"must be >= min_backends ({lo})"))
+    retries = _section(raw, "retries")
+    b, bmax = retries.get("backoff_s"), retries.get("backoff_max_s")
+    if isinstance(b, int | float) and isinstance(bmax, int | float) and bmax < b:
+        errs.append(("retries.backoff_max_s", f"must be >= backoff_s ({b})"))
+
+
+def check_references(
+    raw: Mapping[str, Any], env: Mapping[str, str], base_dir: Path | None, errs: Errors
+) -> dict[int, str]:
+    """Append cross-section errors; return the resolved key secrets by key index."""
+    tiers = lenient_tier_names(raw)
+    _check_tiers(raw, errs)
+    _check_backends(raw, tiers, errs)
+    secrets = _check_routing(raw, tiers, env, errs)
+    _check_misc(raw, base_dir, errs)
+    return secrets
