@@ -1,0 +1,1 @@
+"""Layer 3: admission decisions (pure, synchronous)."""

@@ -1,0 +1,1 @@
+"""Layer 5: aiohttp handlers (OpenAI, TGI, admin and operational routes)."""

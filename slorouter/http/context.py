@@ -1,0 +1,42 @@
+"""What every handler needs, built once by the composition root (slorouter.app).
+
+Stored on the aiohttp application under :data:`SERVICES`. Fields that change on a
+config reload (``cfg``) are replaced on this object as a whole value."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+
+from slorouter.clock import Clock
+from slorouter.config.model import RouterConfig
+from slorouter.metrics.prometheus import RouterMetrics
+from slorouter.models.base import LengthView
+from slorouter.proxy.dispatcher import Dispatcher
+from slorouter.proxy.forward import Forwarder
+from slorouter.state.tracker import Tracker
+
+
+@dataclass(eq=False)
+class Services:
+    cfg: RouterConfig
+    clock: Clock
+    tracker: Tracker
+    dispatcher: Dispatcher
+    forwarder: Forwarder
+    metrics: RouterMetrics
+    session: aiohttp.ClientSession
+    lengths: LengthView
+    rids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    # workflow id -> absolute deadline (set by the workflow's first call)
+    workflows: dict[str, float] = field(default_factory=dict)
+    passthrough_cursor: int = 0
+
+    def next_rid(self) -> int:
+        return next(self.rids)
+
+
+SERVICES: web.AppKey[Services] = web.AppKey("slorouter_services", Services)

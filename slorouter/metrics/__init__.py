@@ -1,0 +1,1 @@
+"""Layer 4: metrics exporters (Prometheus text exposition)."""

@@ -1,0 +1,179 @@
+"""The SSE observer: reads an engine's event stream to count tokens and read ``usage``,
+without deciding what the client receives (except the one usage chunk the router
+itself asked for, which it strips so the client's stream is what the engine would
+have sent it directly).
+
+Hot path: one call per upstream read. Each complete event (terminated by a blank
+line) is classified by byte scans; only events that carry a non-null ``usage`` are
+parsed (orjson). Partial events are held until their terminator arrives, so the
+client receives whole events exactly as the engine framed them, with no added delay
+beyond the engine's own write of that event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import Enum
+from typing import Final
+
+import orjson
+
+_DONE: Final = b"data: [DONE]"
+_USAGE_MARKS: Final = (b'"usage":{', b'"usage": {')
+_EMPTY_CHOICES: Final = (b'"choices":[]', b'"choices": []')
+_ROLE: Final = b'"role"'
+_EMPTY_CONTENT: Final = (b'"content":""', b'"content": ""')
+_TGI_TOKEN: Final = b'"token":'
+
+
+class Flavor(Enum):
+    OPENAI = "openai"  # vLLM / OpenAI chat.completion.chunk and text_completion events
+    TGI = "tgi"  # TGI /generate_stream events
+
+
+TokenSink = Callable[[int], None]
+UsageSink = Callable[[int | None, int | None], None]
+
+
+def _find_end(buf: bytes | bytearray, start: int) -> tuple[int, int]:
+    """Position and length of the first event terminator at/after ``start``."""
+    a = buf.find(b"\n\n", start)
+    b = buf.find(b"\r\n\r\n", start)
+    if b != -1 and (a == -1 or b < a):
+        return b, 4
+    return a, 2
+
+
+class SseObserver:
+    """Feed upstream bytes; get back the bytes to forward to the client.
+
+    ``on_tokens(n)`` is called once per event that carries output (one engine step
+    for this request); ``on_usage(prompt, completion)`` when a usage object is seen.
+    ``strip_usage`` drops the final usage-only event (``choices: []``) that the
+    router requested on the client's behalf.
+    """
+
+    __slots__ = ("_buf", "_flavor", "_on_tokens", "_on_usage", "_strip", "done", "events", "usage_seen")
+
+    def __init__(self, flavor: Flavor, on_tokens: TokenSink, on_usage: UsageSink, strip_usage: bool) -> None:
+        self._flavor = flavor
+        self._on_tokens = on_tokens
+        self._on_usage = on_usage
+        self._strip = strip_usage
+        self._buf = bytearray()
+        self.done = False
+        self.events = 0
+        self.usage_seen = False
+
+    def feed(self, data: bytes) -> bytes:
+        buf = self._buf
+        if buf:
+            buf += data
+            src: bytes | bytearray = buf
+        else:
+            src = data
+        out: list[bytes] | None = None
+        pos = 0
+        forward_from = 0
+        while True:
+            end, n = _find_end(src, pos)
+            if end == -1:
+                break
+            event = bytes(src[pos:end])
+            nxt = end + n
+            if not self._classify(event):
+                # drop this event: flush what came before it, skip it
+                if out is None:
+                    out = []
+                out.append(bytes(src[forward_from:pos]))
+                forward_from = nxt
+            pos = nxt
+        if out is None:
+            result = bytes(src[:pos]) if pos else b""
+        else:
+            out.append(bytes(src[forward_from:pos]))
+            result = b"".join(out)
+        rest = src[pos:]
+        if rest:
+            self._buf = bytearray(rest)
+        elif buf:
+            self._buf = bytearray()
+        return result
+
+    def flush(self) -> bytes:
+        """At end of stream: whatever partial event is left, unchanged."""
+        rest = bytes(self._buf)
+        self._buf = bytearray()
+        return rest
+
+    def _classify(self, event: bytes) -> bool:
+        """Account for one event; return False if it must not reach the client."""
+        self.events += 1
+        if self._flavor is Flavor.TGI:
+            if _TGI_TOKEN in event:
+                self._on_tokens(1)
+                if b'"generated_tokens"' in event:
+                    self._read_tgi_details(event)
+            return True
+        if event.startswith(_DONE):
+            self.done = True
+            return True
+        if _USAGE_MARKS[0] in event or _USAGE_MARKS[1] in event:
+            usage_only = _EMPTY_CHOICES[0] in event or _EMPTY_CHOICES[1] in event
+            self._read_usage(event)
+            if usage_only:
+                return not self._strip
+        if b'"choices"' in event and not (
+            _ROLE in event and (_EMPTY_CONTENT[0] in event or _EMPTY_CONTENT[1] in event)
+        ):
+            self._on_tokens(1)
+        return True
+
+    def _payload(self, event: bytes) -> object:
+        i = event.find(b"data:")
+        if i == -1:
+            return None
+        try:
+            return orjson.loads(event[i + 5 :])
+        except orjson.JSONDecodeError:
+            return None
+
+    def _read_usage(self, event: bytes) -> None:
+        obj = self._payload(event)
+        if isinstance(obj, dict):
+            u = obj.get("usage")
+            if isinstance(u, dict):
+                self.usage_seen = True
+                p, c = u.get("prompt_tokens"), u.get("completion_tokens")
+                self._on_usage(p if isinstance(p, int) else None, c if isinstance(c, int) else None)
+
+    def _read_tgi_details(self, event: bytes) -> None:
+        obj = self._payload(event)
+        if isinstance(obj, dict):
+            d = obj.get("details")
+            if isinstance(d, dict):
+                c = d.get("generated_tokens")
+                if isinstance(c, int):
+                    self.usage_seen = True
+                    self._on_usage(None, c)
+
+
+def usage_of_body(body: bytes) -> tuple[int | None, int | None]:
+    """(prompt, completion) tokens from a non-streaming OpenAI or TGI response body."""
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None, None
+    if isinstance(obj, list) and obj:  # TGI /generate may answer a list
+        obj = obj[0]
+    if not isinstance(obj, dict):
+        return None, None
+    u = obj.get("usage")
+    if isinstance(u, dict):
+        p, c = u.get("prompt_tokens"), u.get("completion_tokens")
+        return (p if isinstance(p, int) else None, c if isinstance(c, int) else None)
+    d = obj.get("details")
+    if isinstance(d, dict):
+        c = d.get("generated_tokens")
+        return None, c if isinstance(c, int) else None
+    return None, None

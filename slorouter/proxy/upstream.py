@@ -1,0 +1,87 @@
+"""The upstream HTTP client: one pooled aiohttp session for all engines, header
+filtering (hop-by-hop headers never cross the proxy), and per-tier timeouts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+import aiohttp
+from multidict import CIMultiDict
+
+# RFC 9110 §7.6.1 connection-specific headers, plus ones the proxy sets itself.
+HOP_BY_HOP: Final = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-connection",
+    }
+)
+_NOT_FORWARDED_UP: Final = HOP_BY_HOP | {"host", "content-length", "authorization", "x-api-key", "cookie"}
+_NOT_FORWARDED_DOWN: Final = HOP_BY_HOP | {"content-length", "content-encoding", "server", "date"}
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect_s: float = 5.0  # TCP connect to the engine
+    first_byte_s: float = 300.0  # request sent -> first body byte (includes engine queueing)
+    idle_s: float = 120.0  # longest silence between two reads of a response
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSettings:
+    default: Timeouts = Timeouts()
+    per_tier: Mapping[str, Timeouts] = field(default_factory=dict)
+    max_attempts: int = 3  # backends tried for one request (failover before the first byte)
+    backoff_s: float = 0.02  # base of the jittered exponential backoff between attempts
+    max_response_bytes: int = 64 * 1024 * 1024  # non-streaming responses
+
+    def timeouts(self, tier: str) -> Timeouts:
+        return self.per_tier.get(tier, self.default)
+
+
+def _filtered(headers: Iterable[tuple[str, str]], drop: frozenset[str]) -> CIMultiDict[str]:
+    connection_listed: set[str] = set()
+    pairs = list(headers)
+    for k, v in pairs:
+        if k.lower() == "connection":
+            connection_listed.update(t.strip().lower() for t in v.split(","))
+    out: CIMultiDict[str] = CIMultiDict()
+    for k, v in pairs:
+        lk = k.lower()
+        if lk in drop or lk in connection_listed:
+            continue
+        out.add(k, v)
+    return out
+
+
+def upstream_headers(client_headers: Iterable[tuple[str, str]], api_key: str | None) -> CIMultiDict[str]:
+    """Headers for the engine: the client's end-to-end headers minus credentials
+    (the router's API key is not the engine's), plus the backend's own key if any."""
+    h = _filtered(client_headers, _NOT_FORWARDED_UP)
+    if api_key:
+        h["Authorization"] = f"Bearer {api_key}"
+    return h
+
+
+def downstream_headers(engine_headers: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
+    return _filtered(engine_headers, _NOT_FORWARDED_DOWN)
+
+
+def make_session(limit: int = 0) -> aiohttp.ClientSession:
+    """One session for every engine; ``limit=0``: no cap on pooled connections
+    (engines do their own admission; a cap here would queue invisibly)."""
+    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=300)
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=None),
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent", "Accept-Encoding"),
+    )

@@ -1,0 +1,83 @@
+"""``slorouter serve --config FILE [--host H] [--port P]``: validate the config (every
+error listed, with the file and the field), then run the router until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from dataclasses import replace
+
+from aiohttp import web
+
+from slorouter.app import build_app, runner_for
+from slorouter.config.model import RouterConfig
+from slorouter.tools.config_cmd import check
+
+log = logging.getLogger("slorouter")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", required=True, metavar="FILE", help="router YAML config")
+    parser.add_argument("--host", help="address to bind (default: server.host from the config)")
+    parser.add_argument("--port", type=int, help="port to bind (default: server.port from the config)")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+async def serve(cfg: RouterConfig, ready: asyncio.Event | None = None) -> None:
+    app = build_app(cfg)
+    runner = runner_for(app, cfg)
+    await runner.setup()
+    site = web.TCPSite(runner, cfg.server.host, cfg.server.port, reuse_address=True)
+    await site.start()
+    log.info(
+        "slorouter listening on http://%s:%d (%d backends, %d tiers, policy %s)",
+        cfg.server.host,
+        cfg.server.port,
+        len(cfg.backends),
+        len(cfg.tiers),
+        cfg.policy.kind,
+    )
+    print(f"slorouter listening on http://{cfg.server.host}:{cfg.server.port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down (in-flight requests get %.0f s)", cfg.server.shutdown_grace_s)
+        await runner.cleanup()
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    cfg, errors = check(args.config)
+    if errors or cfg is None:
+        print(f"slorouter: the config {args.config} has {len(errors)} error(s):", file=sys.stderr)
+        for e in errors:
+            print(f"  {e}", file=sys.stderr)
+        print("fix them (check with: slorouter config check FILE) and start again", file=sys.stderr)
+        return 2
+    server = cfg.server
+    if args.host:
+        server = replace(server, host=args.host)
+    if args.port:
+        server = replace(server, port=args.port)
+    cfg = replace(cfg, server=server)
+    try:
+        import uvloop
+
+        uvloop.run(serve(cfg))
+    except ImportError:
+        asyncio.run(serve(cfg))
+    except OSError as e:
+        print(f"slorouter: cannot listen on {cfg.server.host}:{cfg.server.port}: {e}", file=sys.stderr)
+        return 1
+    return 0
