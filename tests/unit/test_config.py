@@ -1,0 +1,400 @@
+"""Config loading: one test per kind of mistake (each message names the file and the
+path), plus what a valid file turns into."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from slorouter.config import ConfigError, RouterConfig, load_config, parse_config
+from slorouter.values import SloClass
+
+BASE: dict[str, Any] = {
+    "tiers": [
+        {"name": "interactive", "class": "latency", "ttft_ms": 1000, "tpot_ms": 50},
+        {"name": "standard", "class": "latency", "ttft_ms": 5000, "tpot_ms": 150},
+        {"name": "batch", "class": "best_effort"},
+    ],
+    "backends": [
+        {"url": "http://127.0.0.1:8001", "tier": "interactive"},
+        {"url": "http://127.0.0.1:8002", "tier": "batch"},
+    ],
+    "routing": {"default_tier": "standard", "allow_anonymous": True},
+}
+
+
+def base() -> dict[str, Any]:
+    return copy.deepcopy(BASE)
+
+
+def write(tmp_path: Path, data: Any, name: str = "x.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
+    return p
+
+
+def errors_of(path: Path, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env=env or {})
+    lines = info.value.lines()
+    assert str(info.value) == "\n".join(lines)
+    assert all(line.startswith(f"{path}: ") for line in lines), lines
+    return lines
+
+
+def one_error(path: Path, env: dict[str, str] | None = None) -> str:
+    lines = errors_of(path, env)
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_valid_config_loads_with_defaults_and_derived_values(tmp_path: Path) -> None:
+    p = write(tmp_path, base())
+    cfg = load_config(p, env={})
+    assert isinstance(cfg, RouterConfig)
+    assert cfg.source == str(p)
+    assert cfg.server.port == 8080 and cfg.server.host == "127.0.0.1"
+    assert cfg.server.max_body_bytes == 4 * 1024 * 1024
+    assert [b.name for b in cfg.backends] == ["b0", "b1"]
+    assert cfg.policy.kind == "round-robin" and dict(cfg.policy.params) == {}
+    assert cfg.routing.header == "x-slo-tier"
+    assert cfg.routing.anonymous_allowed == {"interactive", "standard", "batch"}  # no keys: every tier
+    t = cfg.tier("interactive")
+    assert t.slo.slo_class is SloClass.LATENCY
+    assert t.slo.ttft_s == pytest.approx(1.0) and t.slo.tpot_s == pytest.approx(0.05)
+    assert cfg.tier("batch").slo.ttft_s is None
+
+
+def test_tiers_ranked_by_tightness_ties_in_config_order() -> None:
+    raw = base()
+    raw["tiers"] = [
+        {"name": "loose", "class": "latency", "ttft_ms": 5000, "tpot_ms": 150},
+        {"name": "be", "class": "best_effort"},
+        {"name": "tight", "class": "latency", "ttft_ms": 500, "tpot_ms": 20},
+        {"name": "dl", "class": "deadline", "deadline_ms": 20000},
+        {"name": "tight2", "class": "latency", "ttft_ms": 900, "tpot_ms": 20},
+    ]
+    raw["backends"] = [{"url": "http://127.0.0.1:8001"}]
+    raw["routing"]["default_tier"] = "loose"
+    cfg = parse_config(raw, env={})
+    assert [t.name for t in cfg.tier_values] == ["loose", "be", "tight", "dl", "tight2"]  # config order
+    by_rank = sorted(cfg.tier_values, key=lambda t: t.rank)
+    assert [t.name for t in by_rank] == ["tight", "tight2", "loose", "dl", "be"]
+    assert [t.rank for t in by_rank] == [0, 1, 2, 3, 4]
+
+
+def test_backend_tier_defaults_to_default_tier_and_url_is_normalized() -> None:
+    raw = base()
+    raw["backends"] = [{"url": "http://127.0.0.1:8001/", "name": "e1"}]
+    cfg = parse_config(raw, env={})
+    assert cfg.backends[0].tier == "standard"
+    assert cfg.backends[0].url == "http://127.0.0.1:8001"
+    assert cfg.backends[0].name == "e1"
+
+
+def test_single_tier_needs_no_default_tier() -> None:
+    raw = {"tiers": [{"name": "only", "class": "best_effort"}], "backends": [{"url": "http://h:1"}]}
+    cfg = parse_config(raw, env={})
+    assert cfg.routing.default_tier == "only"
+    assert cfg.backends[0].tier == "only"
+
+
+def test_per_tier_timeouts_override_the_top_level() -> None:
+    raw = base()
+    raw["timeouts"] = {"connect_s": 2, "first_byte_s": 100, "idle_s": 40}
+    raw["tiers"][0]["timeouts"] = {"idle_s": 5}
+    cfg = parse_config(raw, env={})
+    t = cfg.timeouts_for("interactive")
+    assert (t.connect_s, t.first_byte_s, t.idle_s) == (2.0, 100.0, 5.0)
+    assert cfg.timeouts_for("batch").idle_s == 40.0
+
+
+def test_profile_path_is_relative_to_the_config_file(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "prof.json").write_text("{}")
+    raw = base()
+    raw["models"] = {"profile": "prof.json"}
+    cfg = load_config(write(tmp_path / "sub", raw), env={})
+    assert cfg.models.profile is not None
+    assert Path(cfg.models.profile) == tmp_path / "sub" / "prof.json"
+
+
+# ----------------------------------------------------------------- one test per mistake
+
+
+def test_out_of_range_number(tmp_path: Path) -> None:
+    raw = base()
+    raw["tiers"][1]["tpot_ms"] = 0
+    line = one_error(write(tmp_path, raw))
+    assert line == f"{tmp_path / 'x.yaml'}: tiers[1].tpot_ms: must be > 0, got 0"
+
+
+def test_out_of_range_third_tier_as_in_the_docs(tmp_path: Path) -> None:
+    raw = base()
+    raw["tiers"][2] = {"name": "batch", "class": "latency", "ttft_ms": 10, "tpot_ms": -5}
+    assert one_error(write(tmp_path, raw)).endswith("tiers[2].tpot_ms: must be > 0, got -5")
+
+
+def test_unknown_key_with_suggestion(tmp_path: Path) -> None:
+    raw = base()
+    raw["server"] = {"prot": 9000}
+    raw["tiers"][0]["ttf_ms"] = 3
+    lines = errors_of(write(tmp_path, raw))
+    assert any(line.endswith("server.prot: unknown key (did you mean 'port'?)") for line in lines), lines
+    assert any(line.endswith("tiers[0].ttf_ms: unknown key (did you mean 'ttft_ms'?)") for line in lines)
+
+
+def test_unknown_top_level_section(tmp_path: Path) -> None:
+    raw = base()
+    raw["polcy"] = {"kind": "random"}
+    assert one_error(write(tmp_path, raw)).endswith(": polcy: unknown key (did you mean 'policy'?)")
+
+
+def test_wrong_types(tmp_path: Path) -> None:
+    raw = base()
+    raw["server"] = {"port": "8080", "max_body_bytes": 1.5}
+    raw["routing"]["allow_anonymous"] = "yes please"
+    raw["backends"][0]["models"] = "llama"
+    lines = errors_of(write(tmp_path, raw))
+    text = "\n".join(lines)
+    assert "server.port: must be an integer, got string '8080'" in text
+    assert "server.max_body_bytes: must be an integer, got number 1.5" in text
+    assert "routing.allow_anonymous: must be true or false" in text
+    assert "backends[0].models: must be a list, got string" in text
+    assert len(lines) == 4
+
+
+def test_bool_is_not_a_number(tmp_path: Path) -> None:
+    raw = base()
+    raw["tiers"][0]["weight"] = True
+    assert one_error(write(tmp_path, raw)).endswith("tiers[0].weight: must be a number, got boolean True")
+
+
+def test_missing_required_fields(tmp_path: Path) -> None:
+    raw = base()
+    del raw["backends"]
+    del raw["tiers"][0]["class"]
+    lines = errors_of(write(tmp_path, raw))
+    assert any(line.endswith(": backends: required field is missing") for line in lines), lines
+    assert any(line.endswith(": tiers[0].class: required field is missing") for line in lines), lines
+
+
+def test_empty_lists(tmp_path: Path) -> None:
+    raw = base()
+    raw["backends"] = []
+    assert one_error(write(tmp_path, raw)).endswith(": backends: must have at least 1 item")
+
+
+def test_bad_enum_value(tmp_path: Path) -> None:
+    raw = base()
+    raw["backends"][1]["engine"] = "vlm"
+    line = one_error(write(tmp_path, raw))
+    assert line.endswith(
+        "backends[1].engine: must be one of vllm, tgi, openai, got 'vlm' (did you mean 'vllm'?)"
+    )
+
+
+def test_class_needs_its_numbers(tmp_path: Path) -> None:
+    raw = base()
+    raw["tiers"][0] = {"name": "interactive", "class": "latency", "ttft_ms": 1000}
+    raw["tiers"].append({"name": "tools", "class": "deadline"})
+    raw["tiers"].append({"name": "free", "class": "best_effort", "tpot_ms": 100})
+    lines = errors_of(write(tmp_path, raw))
+    assert any(line.endswith("tiers[0].tpot_ms: required for class latency") for line in lines), lines
+    assert any(line.endswith("tiers[3].deadline_ms: required for class deadline") for line in lines)
+    assert any(
+        line.endswith("tiers[4].tpot_ms: a best_effort tier has no SLO numbers; remove it") for line in lines
+    )
+    assert len(lines) == 3
+
+
+def test_duplicate_names(tmp_path: Path) -> None:
+    raw = base()
+    raw["tiers"][2]["name"] = "interactive"
+    raw["backends"][0]["name"] = "b1"  # clashes with the default name of backends[1]
+    raw["routing"]["keys"] = [
+        {"name": "k", "key": "secret-one", "tiers": ["batch"]},
+        {"name": "k", "key": "secret-two", "tiers": ["batch"]},
+    ]
+    lines = errors_of(write(tmp_path, raw))
+    assert any(
+        line.endswith("tiers[2].name: duplicate tier name 'interactive' (also tiers[0])") for line in lines
+    )
+    assert any(
+        line.endswith("backends[1].name: duplicate backend name 'b1' (also backends[0])") for line in lines
+    )
+    assert any(
+        line.endswith("routing.keys[1].name: duplicate key name 'k' (also routing.keys[0])") for line in lines
+    )
+
+
+def test_duplicate_backend_url_and_duplicate_secret(tmp_path: Path) -> None:
+    raw = base()
+    raw["backends"][1]["url"] = "http://127.0.0.1:8001/"
+    raw["routing"]["keys"] = [
+        {"name": "a", "key": "same-secret", "tiers": ["batch"]},
+        {"name": "b", "key": "same-secret", "tiers": ["batch"]},
+    ]
+    lines = errors_of(write(tmp_path, raw))
+    assert any(line.endswith("backends[1].url: same server as backends[0]") for line in lines), lines
+    assert any(line.endswith("routing.keys[1]: same secret as routing.keys[0]") for line in lines), lines
+    assert not any("same-secret" in line for line in lines)  # secrets are never printed
+
+
+def test_references_to_unknown_tiers(tmp_path: Path) -> None:
+    raw = base()
+    raw["backends"][0]["tier"] = "interactve"
+    raw["routing"]["default_tier"] = "gold"
+    raw["routing"]["anonymous_tiers"] = ["silver"]
+    raw["routing"]["keys"] = [
+        {"name": "k", "key": "s3cret", "tiers": ["batch", "bronze"], "default_tier": "x"}
+    ]
+    raw["routing"]["aliases"] = {"fast": {"model": "m", "tier": "fastest"}}
+    lines = errors_of(write(tmp_path, raw))
+    want = [
+        "backends[0].tier: unknown tier 'interactve' (did you mean 'interactive'?)",
+        "routing.default_tier: unknown tier 'gold'",
+        "routing.anonymous_tiers[0]: unknown tier 'silver'",
+        "routing.keys[0].tiers[1]: unknown tier 'bronze'",
+        "routing.keys[0].default_tier: unknown tier 'x'",
+        "routing.aliases.fast.tier: unknown tier 'fastest'",
+    ]
+    for w in want:
+        assert any(w in line for line in lines), (w, lines)
+    assert len(lines) == len(want)
+
+
+def test_key_default_tier_must_be_one_of_its_tiers(tmp_path: Path) -> None:
+    raw = base()
+    raw["routing"]["keys"] = [{"name": "k", "key": "s", "tiers": ["batch"], "default_tier": "interactive"}]
+    line = one_error(write(tmp_path, raw))
+    assert line.endswith("routing.keys[0].default_tier: 'interactive' is not in this key's tiers")
+
+
+def test_default_tier_required_with_several_tiers(tmp_path: Path) -> None:
+    raw = base()
+    del raw["routing"]["default_tier"]
+    assert ": routing.default_tier: required when several tiers exist" in one_error(write(tmp_path, raw))
+
+
+def test_key_env_not_set_names_the_variable(tmp_path: Path) -> None:
+    raw = base()
+    raw["routing"]["keys"] = [{"name": "k", "key_env": "SLOROUTER_TEST_KEY_X", "tiers": ["batch"]}]
+    p = write(tmp_path, raw)
+    line = one_error(p, env={})
+    assert line.endswith(
+        "routing.keys[0].key_env: environment variable SLOROUTER_TEST_KEY_X is not set (or empty)"
+    )
+    cfg = load_config(p, env={"SLOROUTER_TEST_KEY_X": "tok-123"})
+    assert cfg.routing.keys[0].key == "tok-123"
+    assert "tok-123" not in repr(cfg)  # the secret never shows in a repr (logs)
+
+
+def test_key_needs_exactly_one_source(tmp_path: Path) -> None:
+    raw = base()
+    raw["routing"]["keys"] = [
+        {"name": "a", "tiers": ["batch"]},
+        {"name": "b", "key": "x", "key_env": "Y", "tiers": ["batch"]},
+    ]
+    lines = errors_of(write(tmp_path, raw))
+    assert any(
+        line.endswith("routing.keys[0]: one of key_env (an environment variable name) or key is required")
+        for line in lines
+    )
+    assert any(line.endswith("routing.keys[1]: give either key or key_env, not both") for line in lines)
+
+
+def test_bad_backend_url(tmp_path: Path) -> None:
+    raw = base()
+    raw["backends"][0]["url"] = "127.0.0.1:8001"
+    raw["backends"][1]["url"] = "http://h:notaport"
+    lines = errors_of(write(tmp_path, raw))
+    assert any("backends[0].url: must be an http:// or https:// URL with a host" in line for line in lines)
+    assert any("backends[1].url: not a valid URL" in line for line in lines)
+
+
+def test_yaml_syntax_error_has_line_number(tmp_path: Path) -> None:
+    p = write(tmp_path, "tiers:\n  - name: a\n    class latency\n  x: [\n")
+    line = one_error(p)
+    assert line.startswith(f"{p}: line 4, column 3: YAML syntax error: could not find expected ':'")
+    assert "line 3" in line
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    p = write(tmp_path, "# nothing but a comment\n")
+    assert one_error(p) == f"{p}: the file is empty (expected at least `tiers:` and `backends:`)"
+
+
+def test_top_level_not_a_mapping(tmp_path: Path) -> None:
+    assert one_error(write(tmp_path, "- a\n- b\n")).endswith(
+        "the top level must be a mapping of sections, got list"
+    )
+
+
+def test_duplicate_yaml_keys(tmp_path: Path) -> None:
+    text = yaml.safe_dump(base(), sort_keys=False) + "backends: []\n"
+    line = one_error(write(tmp_path, text))
+    assert "duplicate key 'backends' (first at line" in line
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    p = tmp_path / "nope.yaml"
+    assert one_error(p) == f"{p}: file not found"
+
+
+def test_missing_profile_file(tmp_path: Path) -> None:
+    raw = base()
+    raw["models"] = {"profile": "missing.json"}
+    assert "models.profile: file not found:" in one_error(write(tmp_path, raw))
+
+
+def test_autoscale_placeholders_are_validated(tmp_path: Path) -> None:
+    raw = base()
+    raw["autoscale"] = {"enabled": True, "min_backends": 4, "max_backends": 2, "idle_s": 0}
+    lines = errors_of(write(tmp_path, raw))
+    assert any(
+        line.endswith("autoscale.enabled: autoscaling is not implemented yet; set it to false")
+        for line in lines
+    )
+    assert any(line.endswith("autoscale.max_backends: must be >= min_backends (4)") for line in lines)
+    assert any(line.endswith("autoscale.idle_s: must be > 0, got 0") for line in lines)
+
+
+def test_every_error_is_listed_in_file_order(tmp_path: Path) -> None:
+    raw = {
+        "server": {"port": 0},
+        "tiers": [
+            {"name": "a", "class": "latency", "ttft_ms": -1, "tpot_ms": 10},
+            {"name": "b", "class": "nope"},
+        ],
+        "backends": [{"url": "http://h:1", "tier": "c"}],
+        "policy": {"kind": 3},
+    }
+    lines = errors_of(write(tmp_path, raw))
+    paths = [line.split(": ")[1] for line in lines]
+    assert paths == [
+        "server.port",
+        "tiers[0].ttft_ms",
+        "tiers[1].class",
+        "backends[0].tier",
+        "policy.kind",
+        "routing.default_tier",  # a section absent from the file comes last
+    ]
+
+
+def test_the_shipped_examples_are_valid() -> None:
+    root = Path(__file__).resolve().parents[2] / "config"
+    env = {f"SLOROUTER_KEY_{n}": f"test-{n}" for n in ("FRONTEND", "PARTNER", "AGENTS", "BATCH")}
+    example = load_config(root / "example.yaml", env={})
+    assert example.routing.allow_anonymous
+    assert [b.url for b in example.backends] == [f"http://127.0.0.1:{p}" for p in range(8001, 8005)]
+    assert example.server.host == "127.0.0.1" and example.server.port == 8080
+    prod = load_config(root / "production.yaml", env=env)
+    assert not prod.routing.allow_anonymous
+    assert {t.slo.slo_class for t in prod.tier_values} == set(SloClass)
+    assert {b.engine.value for b in prod.backends} == {"vllm", "tgi"}
+    assert all(k.key_env for k in prod.routing.keys)  # no literal secrets in the production example
