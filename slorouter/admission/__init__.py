@@ -1,1 +1,5 @@
-"""Layer 3: admission decisions (pure, synchronous)."""
+"""Layer 3: the router's admission queue (ordering of deferred requests). Pure, no I/O."""
+
+from slorouter.admission.queue import AdmissionQueue, priority
+
+__all__ = ["AdmissionQueue", "priority"]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from slorouter.models.static import EngineLimits, LinearStep
+
 
 class LatencyView(Protocol):
     def step_time(self, backend_id: str, batch: int, kv_tokens: int, prefill_tokens: int = 0) -> float:
@@ -22,6 +24,15 @@ class LatencyView(Protocol):
 
     def support(self, backend_id: str, batch: int, kv_tokens: int) -> int:
         """How many observations the prediction at this load rests on (0 = prior only)."""
+        ...
+
+    def linear(self, backend_id: str) -> LinearStep:
+        """Conservative linear coefficients (at the model's quantile) of this backend's
+        step time, for fast screening of many servers; ``step_time`` is the reference."""
+        ...
+
+    def limits(self, backend_id: str) -> EngineLimits:
+        """Engine limits of this backend (max sequences, KV capacity, prefill chunk)."""
         ...
 
 

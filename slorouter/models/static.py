@@ -22,16 +22,52 @@ class LinearStep:
             self.c0_s + self.c_batch_s * batch + self.c_kv_s * kv_tokens + self.c_prefill_s * prefill_tokens
         )
 
+    def scaled(self, factor: float) -> LinearStep:
+        """The same model with every coefficient multiplied by ``factor``."""
+        return LinearStep(
+            self.c0_s * factor, self.c_batch_s * factor, self.c_kv_s * factor, self.c_prefill_s * factor
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EngineLimits:
+    """What one engine server can hold (from its profile or config).
+
+    ``max_batched_tokens`` is the per-step token budget of chunked prefill (decode
+    tokens + prefill chunk); 0 means prefill is not chunked (a prompt is one step).
+    """
+
+    max_num_seqs: int = 256
+    kv_capacity_tokens: int = 262_144
+    max_batched_tokens: int = 2048
+
+    def prefill_chunks(self, prompt_tokens: int) -> int:
+        """Steps needed to prefill ``prompt_tokens`` on an otherwise idle engine."""
+        c = self.max_batched_tokens
+        return 1 if c <= 0 or prompt_tokens <= c else -(-prompt_tokens // c)
+
 
 class StaticLatency:
     """The same :class:`LinearStep` for every backend (or one per backend id)."""
 
-    def __init__(self, default: LinearStep | None = None, per_backend: dict[str, LinearStep] | None = None):
+    def __init__(
+        self,
+        default: LinearStep | None = None,
+        per_backend: dict[str, LinearStep] | None = None,
+        limits: EngineLimits | None = None,
+    ):
         self._default = default or LinearStep()
         self._per = dict(per_backend or {})
+        self._limits = limits or EngineLimits()
 
     def _coef(self, backend_id: str) -> LinearStep:
         return self._per.get(backend_id, self._default)
+
+    def linear(self, backend_id: str) -> LinearStep:
+        return self._coef(backend_id)
+
+    def limits(self, backend_id: str) -> EngineLimits:
+        return self._limits
 
     def step_time(self, backend_id: str, batch: int, kv_tokens: int, prefill_tokens: int = 0) -> float:
         return self._coef(backend_id).at(batch, kv_tokens, prefill_tokens)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from slorouter.policy import simple
+from slorouter.policy import polyserve, simple, slo_pack, static_partition
 from slorouter.policy.base import Policy, PolicyContext, PolicyFactory
 
 REGISTRY: Mapping[str, PolicyFactory] = {
@@ -18,6 +18,9 @@ REGISTRY: Mapping[str, PolicyFactory] = {
     "least-request": simple.make_least_request,
     "least-tokens": simple.make_least_tokens,
     "power-of-two": simple.make_power_of_two,
+    "static-partition": static_partition.make_static_partition,
+    "slo-pack": slo_pack.make_slo_pack,
+    "polyserve": polyserve.make_polyserve,
 }
 
 

@@ -1,0 +1,208 @@
+"""The router's admission queue: requests a policy deferred, in the order to retry them.
+
+Pure and synchronous (no I/O, no clock of its own); the live dispatcher and the offline
+fleet simulator drive the same code.
+
+Ordering (lower key = served first)
+-----------------------------------
+:func:`priority` gives a request's **latest useful start**: the time by which it must
+be dispatched to still meet its SLO, i.e. its slack is ``priority - now``.
+
+* ``latency``: ``ttft_deadline - prefill estimate`` (estimated on the fleet's first
+  eligible backend, or 0 without one);
+* ``deadline`` / ``workflow``: ``deadline_at - (prefill + output_bound · step estimate)``
+  (the service-gain density idea of Tempo: work that must start soonest first; between
+  equal keys the heavier tier, then the earlier arrival);
+* ``best_effort``: ``+inf`` (after every SLO request, FIFO among themselves).
+
+Because the key does not depend on ``now``, ordering by key is ordering by slack at
+every moment, and a heap suffices. Two lanes: **on time** (key ≥ now) and **late**
+(key < now: its SLO can no longer be met; it is served best effort, after the on-time
+lane, oldest first) — so a hopeless request never blocks the others. Entries move from
+the first lane to the second lazily, when they reach the head.
+
+Driving it::
+
+    q = AdmissionQueue()
+    q.push(req, priority(req, snapshot))                    # on arrival (or after a Defer)
+    results = q.drain(lambda r: policy.select(r, tracker.snapshot()), now)   # on wake-up
+    for req, decision in results: ...                       # Dispatch / Reject (removed)
+    wake = q.next_retry()                                   # earliest Defer.retry_at
+
+Wake the drain on arrivals, completions, fleet changes and at ``next_retry()``.
+:meth:`AdmissionQueue.drain` tries requests in order and stops a tier after its first
+``Defer`` in that wake-up (the rest of the tier would most likely defer too), so a
+wake-up costs at most ``max_tries`` decisions however long the queue is.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections.abc import Callable, Iterator
+
+from slorouter.state.snapshot import Snapshot
+from slorouter.values import Decision, Defer, RequestInfo, SloClass
+
+_HeapEntry = tuple[float, float, float, int, int]  # (key, -weight, arrival, seq, rid)
+_LateEntry = tuple[float, int, int]  # (arrival, seq, rid)
+
+
+def priority(request: RequestInfo, snapshot: Snapshot | None = None, backend_id: str | None = None) -> float:
+    """Latest useful start time of ``request`` (lower = more urgent); see module docs.
+
+    ``snapshot`` (a :class:`~slorouter.state.snapshot.Snapshot`) refines the estimate
+    with the latency model of ``backend_id`` (default: the first eligible backend)."""
+    slo = request.tier.slo
+    cls = slo.slo_class
+    if cls is SloClass.BEST_EFFORT:
+        return math.inf
+    prefill = 0.0
+    step = slo.tpot_s or 0.0
+    if snapshot is not None:
+        lat = snapshot.latency
+        bid = backend_id
+        if bid is None:
+            pool = snapshot.eligible(None)
+            bid = pool[0].id if pool else None
+        if bid is not None:
+            prefill = lat.prefill_time(bid, request.prompt_tokens)
+            if not step:
+                step = lat.step_time(bid, 1, request.prompt_tokens)
+    if cls is SloClass.LATENCY:
+        return request.ttft_deadline - prefill
+    if request.deadline_at is not None:
+        return request.deadline_at - prefill - request.output_bound * step
+    if slo.deadline_s is not None:
+        return request.arrival + slo.deadline_s - prefill - request.output_bound * step
+    return request.ttft_deadline - prefill
+
+
+class AdmissionQueue:
+    """Two-lane priority queue of deferred requests (see module docs). O(log n) push/pop,
+    O(1) remove (lazy deletion)."""
+
+    def __init__(self, max_tries: int = 16) -> None:
+        self.max_tries = max_tries
+        self._seq = itertools.count()
+        self._heap: list[_HeapEntry] = []  # on time
+        self._late: list[_LateEntry] = []
+        self._reqs: dict[int, RequestInfo] = {}
+        self._retry: dict[int, float] = {}
+        self._late_rids: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self._reqs)
+
+    def __contains__(self, rid: object) -> bool:
+        return rid in self._reqs
+
+    def push(self, request: RequestInfo, key: float) -> None:
+        rid = request.rid
+        if rid in self._reqs:
+            raise ValueError(f"request {rid} is already queued")
+        self._reqs[rid] = request
+        seq = next(self._seq)
+        if math.isinf(key) and key > 0:
+            heapq.heappush(self._late, (request.arrival, seq, rid))
+            self._late_rids.add(rid)
+        else:
+            heapq.heappush(self._heap, (key, -request.tier.weight, request.arrival, seq, rid))
+
+    def remove(self, rid: int) -> RequestInfo | None:
+        """Forget a request (cancelled by its client); its heap entry is dropped lazily."""
+        self._retry.pop(rid, None)
+        self._late_rids.discard(rid)
+        return self._reqs.pop(rid, None)
+
+    def is_late(self, rid: int) -> bool:
+        return rid in self._late_rids
+
+    def _promote_late(self, now: float) -> None:
+        h = self._heap
+        while h and (h[0][4] not in self._reqs or h[0][0] < now):
+            _key, _, arrival, seq, rid = heapq.heappop(h)
+            if rid in self._reqs:
+                heapq.heappush(self._late, (arrival, seq, rid))
+                self._late_rids.add(rid)
+
+    def ordered(self, now: float) -> Iterator[RequestInfo]:
+        """Queued requests in service order: on-time lane by key, then late lane by arrival.
+        O(n log n); for inspection — :meth:`drain` does not sort the whole queue."""
+        self._promote_late(now)
+        on = sorted(e for e in self._heap if e[4] in self._reqs)
+        late = sorted(e for e in self._late if e[2] in self._reqs)
+        seen: set[int] = set()
+        for e in on:
+            if e[4] not in seen:
+                seen.add(e[4])
+                yield self._reqs[e[4]]
+        for le in late:
+            if le[2] not in seen:
+                seen.add(le[2])
+                yield self._reqs[le[2]]
+
+    def peek(self, now: float) -> RequestInfo | None:
+        self._promote_late(now)
+        if self._heap:
+            return self._reqs[self._heap[0][4]]
+        while self._late and self._late[0][2] not in self._reqs:
+            heapq.heappop(self._late)
+        return self._reqs[self._late[0][2]] if self._late else None
+
+    def next_retry(self) -> float | None:
+        """Earliest ``Defer.retry_at`` among queued requests (None: no timer needed)."""
+        return min(self._retry.values()) if self._retry else None
+
+    def drain(
+        self, decide: Callable[[RequestInfo], Decision], now: float
+    ) -> list[tuple[RequestInfo, Decision]]:
+        """Decide queued requests in order. Requests that got ``Dispatch`` or ``Reject``
+        are removed and returned with their decision, in order; deferred ones stay (with
+        their ``retry_at``). After a tier's first ``Defer`` the rest of that tier is
+        skipped in this wake-up; at most ``max_tries`` decisions are made."""
+        self._promote_late(now)
+        out: list[tuple[RequestInfo, Decision]] = []
+        blocked: set[str] = set()
+        tries = pops = 0
+        max_pops = 4 * self.max_tries
+        kept: list[_HeapEntry] = []
+        kept_late: list[_LateEntry] = []
+        h, late = self._heap, self._late
+        while tries < self.max_tries and pops < max_pops and (h or late):
+            pops += 1
+            e: _HeapEntry | None = None
+            le: _LateEntry | None = None
+            if h:
+                e = heapq.heappop(h)
+                rid = e[4]
+            else:
+                le = heapq.heappop(late)
+                rid = le[2]
+            req = self._reqs.get(rid)
+            if req is None:
+                continue
+            if req.tier.name not in blocked:
+                tries += 1
+                d = decide(req)
+                if not isinstance(d, Defer):
+                    del self._reqs[rid]
+                    self._retry.pop(rid, None)
+                    self._late_rids.discard(rid)
+                    out.append((req, d))
+                    continue
+                blocked.add(req.tier.name)
+                if d.retry_at is not None:
+                    self._retry[rid] = d.retry_at
+                else:
+                    self._retry.pop(rid, None)
+            if e is not None:
+                kept.append(e)
+            elif le is not None:
+                kept_late.append(le)
+        for e2 in kept:
+            heapq.heappush(h, e2)
+        for le2 in kept_late:
+            heapq.heappush(late, le2)
+        return out

@@ -1,0 +1,142 @@
+"""Feasibility of placing one request on one server, from the latency model.
+
+Shared by the SLO-aware policies (``polyserve``, ``slo-pack``). A server is *feasible*
+for a request when, with the request added (all at the model's conservative quantile,
+with the backend's :meth:`~slorouter.models.base.LatencyView.linear` coefficients):
+
+1. **room**: ``running + 1 ≤ max_num_seqs`` and the future-peak KV
+   ``peak_kv + prompt + bound ≤ kv_capacity`` (no preemption);
+2. **TPOT**: the step time at ``batch + 1`` and the estimated KV — ``peak`` (default:
+   every resident grown to its predicted length, plus this request at its peak) or
+   ``current`` (the KV held now plus this request's prompt and half its bound) —
+   plus, with ``amortize``, the prefill that replacing finished residents brings per
+   step (``batch · Σprompt / Σbound`` tokens, the fluid model's rate), is at most
+   ``headroom × τ_host``, where ``τ_host`` is the tightest TPOT on the server (its bin's
+   TPOT, its residents', this request's);
+3. **TTFT** (unless the request is already late): time left until the TTFT deadline ≥
+   the current step + the prefill backlog ahead of it and its own prompt, chunked by the
+   engine's ``max_batched_tokens`` (``chunks · step(batch) + c_prefill · tokens``); and
+   first token + one step ≤ TTFT + the request's TPOT;
+4. **deadline** (deadline/workflow classes): first token + ``bound`` steps ≤ time left.
+
+:func:`assess` returns the predicted step time (the server's *load* after placement,
+used to rank: most loaded = largest ``step / τ_host``) or ``-1.0`` when infeasible.
+:func:`spike_ok` tells whether the step carrying the request's first prefill chunk stays
+within ``spike_factor × τ_host`` (the chunked-prefill interference preference).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from slorouter.models.static import EngineLimits, LinearStep
+from slorouter.state.tracker import BackendLoad
+from slorouter.values import RequestInfo
+
+INF = math.inf
+
+
+@dataclass(frozen=True, slots=True)
+class FeasibilityParams:
+    kv_estimate: str = "peak"  # peak | current
+    headroom: float = 1.0  # usable fraction of the host's TPOT
+    amortize_prefill: bool = True
+    spike_factor: float = 2.0
+
+
+class Need:
+    """Per-decision constants of one request."""
+
+    __slots__ = ("b", "deadline_left", "late", "p", "tpot", "ttft_left", "weight_kv")
+
+    def __init__(self, req: RequestInfo, now: float, late: bool, kv_estimate: str = "peak") -> None:
+        slo = req.tier.slo
+        self.p = req.prompt_tokens
+        self.b = max(1, req.output_bound)
+        self.tpot = slo.tpot_s if slo.tpot_s is not None else INF
+        self.ttft_left = req.ttft_deadline - now
+        dl = req.deadline_at
+        if dl is None and slo.deadline_s is not None:
+            dl = req.arrival + slo.deadline_s
+        self.deadline_left = INF if dl is None else dl - now
+        self.late = late
+        # KV this request adds to the estimate used for the TPOT check
+        self.weight_kv = self.p + self.b if kv_estimate == "peak" else self.p + self.b // 2
+
+
+def assess(
+    need: Need,
+    load: BackendLoad,
+    lin: LinearStep,
+    lim: EngineLimits,
+    tau_host: float,
+    fp: FeasibilityParams,
+) -> float:
+    """Predicted step time with the request placed, or -1.0 when infeasible (see module)."""
+    n = len(load.residents) + 1
+    if n > lim.max_num_seqs:
+        return -1.0
+    peak = load.peak_kv + need.p + need.b
+    if peak > lim.kv_capacity_tokens:
+        return -1.0
+    kv = peak if fp.kv_estimate == "peak" else load.kv_tokens + need.weight_kv
+    step = lin.c0_s + lin.c_batch_s * n + lin.c_kv_s * kv
+    if fp.amortize_prefill:
+        out = load.peak_kv - load.prompt_tokens + need.b
+        step += lin.c_prefill_s * n * (load.prompt_tokens + need.p) / out
+    tau = tau_host if tau_host < need.tpot else need.tpot
+    if step > fp.headroom * tau:
+        return -1.0
+    if not need.late and (need.ttft_left < INF or need.deadline_left < INF):
+        first = first_token_time(need.p, load, lin, lim)
+        if first > need.ttft_left or first + step > need.ttft_left + need.tpot:
+            return -1.0
+        if need.deadline_left < INF and first + need.b * step > need.deadline_left:
+            return -1.0
+    return step
+
+
+def first_token_time(p: int, load: BackendLoad, lin: LinearStep, lim: EngineLimits) -> float:
+    """Predicted time from now to the first token of a ``p``-token prompt placed on a
+    server with ``load`` (FCFS behind the prefill backlog, chunked by the step budget)."""
+    n = len(load.residents)
+    backlog = load.prefill_tokens + p
+    budget = lim.max_batched_tokens - n
+    chunks = 1 if lim.max_batched_tokens <= 0 else -(-backlog // max(1, budget))
+    base = lin.c0_s + lin.c_batch_s * (n + 1) + lin.c_kv_s * (load.kv_tokens + p)
+    # the step in progress (at most one decode step) + the prefill steps
+    return (
+        (lin.c0_s + lin.c_batch_s * n + lin.c_kv_s * load.kv_tokens)
+        + chunks * base
+        + (lin.c_prefill_s * backlog)
+    )
+
+
+def spike_ok(
+    need: Need, load: BackendLoad, lin: LinearStep, lim: EngineLimits, tau_host: float, fp: FeasibilityParams
+) -> bool:
+    """Does the step carrying this request's first prefill chunk stay within
+    ``spike_factor × τ_host``?"""
+    n = len(load.residents) + 1
+    chunk = need.p if lim.max_batched_tokens <= 0 else min(need.p, max(1, lim.max_batched_tokens - n))
+    s = lin.c0_s + lin.c_batch_s * n + lin.c_kv_s * (load.kv_tokens + chunk) + lin.c_prefill_s * chunk
+    tau = tau_host if tau_host < need.tpot else need.tpot
+    return s <= fp.spike_factor * tau
+
+
+def tightest_tpot(load: BackendLoad, tpot_by_tier: dict[str, float]) -> float:
+    """Smallest TPOT among the server's residents (``inf`` if none has one)."""
+    best = INF
+    for tier, cnt in load.tier_counts.items():
+        if cnt:
+            t = tpot_by_tier.get(tier, INF)
+            if t < best:
+                best = t
+    return best
+
+
+def earliest_first_token(p: int, lin: LinearStep, lim: EngineLimits) -> float:
+    """First-token time of a ``p``-token prompt on an idle server (the best case)."""
+    chunks = lim.prefill_chunks(p)
+    return chunks * (lin.c0_s + lin.c_batch_s) + lin.c_kv_s * p + lin.c_prefill_s * p

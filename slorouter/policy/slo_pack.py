@@ -1,0 +1,89 @@
+"""``slo-pack``: an AIBrix-like SLO-aware baseline — no tiers, no bins.
+
+Every healthy server is a candidate; a server is feasible for a request by the same
+checks as ``polyserve`` (:mod:`slorouter.policy.feasibility`), judged against the
+tightest TPOT among the server's residents and the request's own. Among feasible servers
+the most loaded one (``placement: pack``) or the least loaded (``spread``; ``auto`` =
+pack with autoscaling, else spread). Nothing feasible → :class:`Defer` (the router's
+slack-ordered queue retries it); late requests are rejected (429) when their tier says
+``reject_when_late``, else served best effort where they slow no one down.
+
+What it lacks compared with ``polyserve``: servers are not reserved by tightness, so a
+20 ms request may land on a server already full of 100 ms work (which then caps the
+whole server at the 20 ms batch), and loose work spreads everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from slorouter.policy.base import BasePolicy, Params, PolicyContext
+from slorouter.policy.feasibility import INF, FeasibilityParams, Need, assess, spike_ok, tightest_tpot
+from slorouter.policy.polyserve import late_at
+from slorouter.state.snapshot import Snapshot
+from slorouter.values import Decision, Defer, Dispatch, Reject, RequestInfo
+
+
+class SloPack(BasePolicy):
+    kind = "slo-pack"
+
+    def __init__(self, placement: str = "spread", fp: FeasibilityParams | None = None, fallbacks: int = 2):
+        self.pack = placement == "pack"
+        self.fp = fp or FeasibilityParams()
+        self.fallbacks = fallbacks
+        self._tpots: dict[str, float] = {}
+        self._tpots_key = 0
+
+    def select(self, request: RequestInfo, snapshot: Snapshot) -> Decision:
+        pool = snapshot.eligible(None)
+        if not pool:
+            return self.no_backend(snapshot)
+        if id(snapshot.backends) != self._tpots_key:
+            self._tpots = {
+                t.name: (t.slo.tpot_s if t.slo.tpot_s is not None else INF) for t in snapshot.backends.tiers
+            }
+            self._tpots_key = id(snapshot.backends)
+        at = late_at(request, snapshot, pool[0].id)
+        late = at is not None and snapshot.now > at
+        if late and request.tier.reject_when_late:
+            return Reject(429, "the TTFT deadline can no longer be met", retry_after_s=1.0)
+        need = Need(request, snapshot.now, late, self.fp.kv_estimate)
+        loads, lat, fp = snapshot.loads, snapshot.latency, self.fp
+        good: list[tuple[float, str]] = []
+        other: list[tuple[float, str]] = []
+        for b in pool:
+            load = loads[b.id]
+            lin, lim = lat.linear(b.id), lat.limits(b.id)
+            tau = tightest_tpot(load, self._tpots) if load.tier_counts else INF
+            s = assess(need, load, lin, lim, tau, fp)
+            if s < 0:
+                continue
+            t = min(tau, need.tpot)
+            util = s / t if t < INF else (len(load.residents) + 1) / lim.max_num_seqs
+            key = -util if self.pack else util
+            (good if spike_ok(need, load, lin, lim, tau, fp) else other).append((key, b.id))
+        if good or other:
+            good.sort()
+            other.sort()
+            ranked = [x for _, x in good] + [x for _, x in other]
+            return Dispatch(tuple(ranked[: 1 + self.fallbacks]), "late, best effort" if late else "feasible")
+        if late:
+            return Defer("late: waiting for a server it does not slow down")
+        return Defer("no feasible server", retry_at=at)
+
+
+def make_slo_pack(params: Mapping[str, Any], ctx: PolicyContext) -> SloPack:
+    p = Params(params)
+    placement = p.choice("placement", "auto", ("pack", "spread", "auto"))
+    if placement == "auto":
+        placement = "pack" if ctx.autoscaling else "spread"
+    fp = FeasibilityParams(
+        kv_estimate=p.choice("kv_estimate", "peak", ("peak", "current")),
+        headroom=p.number("headroom", 1.0, lo=0.1, hi=2.0),
+        amortize_prefill=p.boolean("amortize_prefill", True),
+        spike_factor=p.number("spike_factor", 2.0, lo=1.0),
+    )
+    fallbacks = p.integer("fallbacks", 2, lo=0)
+    p.done()
+    return SloPack(placement, fp, fallbacks)
