@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import math
 import re
 import types
 import typing
@@ -193,7 +194,10 @@ def _convert_plain(tp: Any, raw: Any, path: str, errs: Errors) -> Any:
         return _BAD
     if tp is float:
         if isinstance(raw, int | float) and not isinstance(raw, bool):
-            return float(raw)
+            if math.isfinite(raw):
+                return float(raw)
+            errs.append((path, f"must be a finite number, got {raw!r}"))
+            return _BAD
         errs.append((path, f"must be a number, got {type_name(raw)} {raw!r}"))
         return _BAD
     if tp is str:

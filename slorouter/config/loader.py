@@ -72,8 +72,7 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> dict[Any, Any
                     f"duplicate key {key!r} (first at line {line}); YAML would silently keep the last",
                 )
             )
-    loader.flatten_mapping(node)
-    return dict(loader.construct_pairs(node, deep=True))
+    return loader.construct_mapping(node, deep=True)  # flattens merges, refuses unhashable keys
 
 
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)

@@ -4,6 +4,9 @@ path), plus what a valid file turns into."""
 from __future__ import annotations
 
 import copy
+import dataclasses
+import re
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +14,7 @@ import pytest
 import yaml
 
 from slorouter.config import ConfigError, RouterConfig, load_config, parse_config
+from slorouter.config.fields import fields_of
 from slorouter.values import SloClass
 
 BASE: dict[str, Any] = {
@@ -398,3 +402,68 @@ def test_the_shipped_examples_are_valid() -> None:
     assert {t.slo.slo_class for t in prod.tier_values} == set(SloClass)
     assert {b.engine.value for b in prod.backends} == {"vllm", "tgi"}
     assert all(k.key_env for k in prod.routing.keys)  # no literal secrets in the production example
+
+
+def test_non_finite_numbers(tmp_path: Path) -> None:
+    raw = base()
+    raw["tiers"][0]["ttft_ms"] = float("inf")
+    assert one_error(write(tmp_path, raw)).endswith("tiers[0].ttft_ms: must be a finite number, got inf")
+
+
+def test_unhashable_yaml_key(tmp_path: Path) -> None:
+    line = one_error(write(tmp_path, "tiers:\n  ? [a, b]\n  : 1\n"))
+    assert "line 2, column 5: YAML syntax error: found unhashable key" in line
+
+
+def test_yaml_merge_keys_are_not_duplicates(tmp_path: Path) -> None:
+    text = (
+        "tiers:\n  - &lat {name: a, class: latency, ttft_ms: 1000, tpot_ms: 50}\n"
+        "  - {<<: *lat, name: b, tpot_ms: 20}\n"
+        "backends: [{url: 'http://h:1'}]\nrouting: {default_tier: a}\n"
+    )
+    cfg = load_config(write(tmp_path, text), env={})
+    b = cfg.tier("b")
+    assert b.slo.tpot_s == pytest.approx(0.02) and b.slo.ttft_s == pytest.approx(1.0)
+    assert b.rank == 0
+
+
+def _all_fields(cls: type, prefix: str = "") -> list[tuple[str, bool]]:
+    """(dotted name, is a section) of every YAML field, depth first."""
+    out: list[tuple[str, bool]] = []
+    for fi in fields_of(cls):
+        args = typing.get_args(fi.tp)
+        nested = [t for t in (fi.tp, *args, *(a for x in args for a in typing.get_args(x))) if _section(t)]
+        out.append((prefix + fi.name, _section(fi.tp)))
+        for t in nested:
+            out += _all_fields(t, prefix + fi.name + ".")
+    return out
+
+
+def _section(t: object) -> bool:
+    return dataclasses.is_dataclass(t) and isinstance(t, type)
+
+
+def test_example_documents_every_field_with_its_default() -> None:
+    """Each field of the format appears in config/example.yaml, and each leaf field's
+    comment (its line or the comment lines right after it) gives its default or says it
+    is required. Commented-out examples count."""
+    lines = (Path(__file__).resolve().parents[2] / "config" / "example.yaml").read_text().splitlines()
+    fields = _all_fields(RouterConfig)
+    assert len(fields) > 60
+    missing = []
+    for dotted, is_section in fields:
+        leaf = re.compile(rf"^[\s#-]*{re.escape(dotted.rsplit('.', 1)[-1])}:")
+        at = [i for i, line in enumerate(lines) if leaf.match(line)]
+        documented = False
+        for i in at:
+            j = i + 1
+            while (
+                j < len(lines) and re.match(r"\s*#", lines[j]) and not re.match(r"\s*#\s*-?\s*\w+:", lines[j])
+            ):
+                j += 1
+            documented = (
+                documented or is_section or bool(re.search(r"\((default|required)", " ".join(lines[i:j])))
+            )
+        if not documented:
+            missing.append(dotted)
+    assert missing == []
