@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import aiohttp
 import orjson
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -121,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=150)  # files and pipes get the whole table
     err = Console(stderr=True)
     try:
         if args.command == "report":
@@ -130,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _arun(_run(args, workload, console))
         return _arun(_sweep(args, workload, console))
     except LoadgenError as exc:
-        err.print(f"[bold red]error:[/] {exc}")
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
         return 2
     except KeyboardInterrupt:
         err.print("interrupted")

@@ -76,17 +76,16 @@ class Client:
         self._headers: dict[str, dict[str, str]] = {}
         for name in workload.tiers:
             h = {"Content-Type": "application/json", **workload.headers}
-            if workload.tier_by == "api_key" and name in workload.api_keys:
-                h["Authorization"] = f"Bearer {workload.api_keys[name]}"
-            else:
+            key = workload.api_keys.get(name, api_key)
+            if key:
+                h["Authorization"] = f"Bearer {key}"
+            if workload.tier_by == "header":
                 h[workload.tier_header] = name
-                if api_key:
-                    h["Authorization"] = f"Bearer {api_key}"
             self._headers[name] = h
 
     def body(self, rec: CallRecord) -> bytes:
         payload: dict[str, Any] = {"model": self.model, "max_tokens": rec.max_tokens, "stream": rec.stream}
-        prompt = self.prompts.make(rec.prompt_tokens)
+        prompt = self.prompts.make(rec.prompt_tokens - self.w.prompt_overhead_tokens)
         if self.w.chat:
             payload["messages"] = [{"role": "user", "content": prompt}]
         else:

@@ -7,6 +7,8 @@ one token, so the count is exact there. Against a real BPE tokenizer (GPT-2, Lla
 Qwen, ...) these words are single tokens with their leading space, so the count is
 close (typically within a few percent, plus the chat template's own tokens); the
 server's ``usage.prompt_tokens`` is what the report uses when the server sends it.
+The server's own additions (chat template, BOS) are the workload's
+``prompt_overhead_tokens``, subtracted from each target (at least one word is sent).
 
 Each prompt starts at a random place of a seeded word pool, so prompts differ from
 their first word (no accidental prefix-cache hits between requests) and runs are

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
@@ -15,7 +16,9 @@ def _pct(x: float | None) -> str:
 
 
 def _ms(x: float | None) -> str:
-    return "—" if x is None else f"{x:.1f}"
+    if x is None:
+        return "—"
+    return f"{x:.0f}" if x >= 1000 else f"{x:.1f}"
 
 
 def _style(x: float | None) -> str:
@@ -49,29 +52,38 @@ def print_report(doc: dict[str, Any], console: Console | None = None) -> None:
     con.print(slo_table(doc))
     con.print(latency_table(doc))
     for w in lg["warnings"]:
-        con.print(
-            Panel(f"[bold]{w}[/]", title="WARNING: LOAD GENERATOR BEHIND", style="bold red", expand=False)
-        )
+        panel = Panel(f"[bold]{escape(w)}[/]", title="WARNING: LOAD GENERATOR BEHIND", style="bold red")
+        con.print(panel)
+
+
+def short_slo(slo: dict[str, Any]) -> str:
+    cls = slo["class"]
+    if cls == "latency":
+        return f"{slo['ttft_ms']:g}/{slo['tpot_ms']:g} ms"
+    if cls in ("deadline", "workflow"):
+        return f"{cls[:2]} {slo['deadline_ms'] / 1000:g} s"
+    return "best effort"
 
 
 def slo_table(doc: dict[str, Any]) -> Table:
-    t = Table(title="SLO attainment per tier (denominator: all arrivals)", title_justify="left")
-    for col, just in (
-        ("tier", "left"), ("SLO", "left"), ("arrivals", "right"), ("ok", "right"), ("429", "right"),
-        ("err/to/cx", "right"), ("attain", "right"), ("DSLO", "right"), ("mean-TPOT", "right"),
-        ("deadline", "right"), ("goodput/s", "right"), ("gain", "right"),
-    ):  # fmt: skip
-        t.add_column(col, justify=just)  # type: ignore[arg-type]
+    t = Table(
+        title="SLO attainment per tier (of all arrivals; SLO = TTFT/TPOT, or deadline)",
+        title_justify="left",
+    )
+    for col in ("tier", "SLO", "arrivals", "ok", "429", "fail", "attain", "DSLO", "mean-TPOT", "deadline"):
+        t.add_column(col, justify="left" if col in ("tier", "SLO") else "right", no_wrap=True)
+    t.add_column("good/s", justify="right", no_wrap=True)
+    t.add_column("gain", justify="right", no_wrap=True)
     for name, b in doc["tiers"].items():
         st = b["status"]
         unit = " wf" if b["unit"] == "workflow" else ""
         t.add_row(
-            name,
-            b["description"],
+            escape(name),
+            short_slo(b["slo"]),
             f"{b['arrivals']}{unit}",
             str(st["ok"]),
             str(st["rejected"]),
-            f"{st['error']}/{st['timeout']}/{st['cancelled']}",
+            str(st["error"] + st["timeout"] + st["cancelled"]),
             f"[{_style(b['attainment'])}]{_pct(b['attainment'])}[/]",
             _pct(b["attainment_dslo"]),
             _pct(b["attainment_mean_tpot"]),
@@ -84,7 +96,7 @@ def slo_table(doc: dict[str, Any]) -> Table:
     t.add_section()
     t.add_row(
         "[bold]overall[/]",
-        f"min tier: {o['min_tier'] or '—'} {_pct(o['min_tier_attainment'])}",
+        f"worst: {o['min_tier'] or '—'}",
         str(o["arrivals"]),
         "",
         "",
@@ -100,35 +112,19 @@ def slo_table(doc: dict[str, Any]) -> Table:
 
 
 def latency_table(doc: dict[str, Any]) -> Table:
-    t = Table(title="Latency per tier (ms; TTFT/TPOT/ITL over streamed calls)", title_justify="left")
-    t.add_column("tier")
-    for col in (
-        "TTFT p50",
-        "p90",
-        "p99",
-        "TPOT p50",
-        "p99",
-        "ITL p50",
-        "p99",
-        "E2E p50",
-        "p95",
-        "p99",
-        "out tok/s",
-    ):
-        t.add_column(col, justify="right")
+    t = Table(title="Latency per tier, ms (TTFT/TPOT/ITL over streamed calls)", title_justify="left")
+    t.add_column("tier", no_wrap=True)
+    cols = ("TTFT p50", "p90", "p99", "TPOT p50", "p99", "ITL p50", "p99", "E2E p50", "p99", "out tok/s")
+    for col in cols:
+        t.add_column(col, justify="right", no_wrap=True)
 
     def row(name: str, b: dict[str, Any]) -> None:
-        t.add_row(
-            name,
-            _ms(b["median_ttft_ms"]), _ms(b["p90_ttft_ms"]), _ms(b["p99_ttft_ms"]),
-            _ms(b["median_tpot_ms"]), _ms(b["p99_tpot_ms"]),
-            _ms(b["median_itl_ms"]), _ms(b["p99_itl_ms"]),
-            _ms(b["median_e2el_ms"]), _ms(b["p95_e2el_ms"]), _ms(b["p99_e2el_ms"]),
-            f"{b['output_throughput']:.0f}",
-        )  # fmt: skip
+        keys = ("median_ttft_ms", "p90_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "p99_tpot_ms",
+                "median_itl_ms", "p99_itl_ms", "median_e2el_ms", "p99_e2el_ms")  # fmt: skip
+        t.add_row(name, *(_ms(b[k]) for k in keys), f"{b['output_throughput']:.0f}")
 
     for name, b in doc["tiers"].items():
-        row(name, b)
+        row(escape(name), b)
     t.add_section()
     row("[bold]all[/]", doc)
     return t

@@ -107,13 +107,13 @@ async def _run(
     units: list[Unit] = []
     lags: list[float] = []
     tasks: set[asyncio.Task[None]] = set()
+    client = Client(sess, target, w, model, 0.0, api_key, run_id=uuid.uuid4().hex[:8])
     cpu0 = time.process_time()
     wall = time.time()
-    t0 = time.perf_counter()
+    t0 = client.t0 = time.perf_counter()
     st.started = t0
     st.horizon_s = w.duration_s
     st.units_total = w.requests
-    client = Client(sess, target, w, model, t0, api_key, run_id=uuid.uuid4().hex[:8])
 
     def spawn(unit: Unit) -> asyncio.Task[None]:
         task = asyncio.ensure_future(_run_unit(client, unit, st))

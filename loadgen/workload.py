@@ -5,11 +5,15 @@ A workload is a YAML mapping::
     name: smoke
     tiers_from: ../example.yaml    # the router's YAML (its `tiers:` list), relative to this file
     # tiers: [{name: chat, class: latency, ttft_ms: 500, tpot_ms: 50}, ...]   # or inline
-    tier_by: header                # header (x-slo-tier, see tier_header) | api_key
-    api_keys: {chat: sk-chat}      # tier -> key for tier_by: api_key ("${ENV_VAR}" reads the environment)
+    tier_by: header                # header: send x-slo-tier (see tier_header) | api_key: the key alone picks
+    api_keys: {chat: sk-chat}      # tier -> API key sent with that tier's requests (both modes;
+                                   # "${ENV_VAR}" reads the environment); others use --api-key
     model: auto                    # or a served model name; auto = first entry of GET /v1/models
     endpoint: /v1/chat/completions # or /v1/completions
     ignore_eos: true               # send ignore_eos so outputs are exactly max_tokens long
+    prompt_overhead_tokens: 7      # tokens the server adds around the prompt text (chat template,
+                                   # BOS); subtracted from each target. Default: the simulated
+                                   # engine's 7 for chat (3 + 4 per message), 1 for completions (BOS)
     seed: 1
     duration_s: 10                 # or requests: N (the CLI's --duration / --requests win)
     arrival: {process: poisson, rate: 6}
@@ -47,7 +51,7 @@ from loadgen.yamlcheck import Node
 TOP_KEYS = {
     "name", "description", "tiers_from", "tiers", "tier_by", "tier_header", "api_keys", "workflow_header",
     "model", "endpoint", "ignore_eos", "extra_body", "headers", "seed", "duration_s", "requests",
-    "arrival", "mix", "request_timeout_s", "drain_s",
+    "arrival", "mix", "request_timeout_s", "drain_s", "prompt_overhead_tokens",
 }  # fmt: skip
 
 
@@ -106,13 +110,14 @@ class Workload:
     ignore_eos: bool = True
     tier_by: str = "header"
     tier_header: str = "x-slo-tier"
-    workflow_header: str = "x-workflow-id"
+    workflow_header: str = "x-slo-workflow-id"
     api_keys: dict[str, str] = field(default_factory=dict)
     extra_body: dict[str, Any] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
     request_timeout_s: float = 300.0
     drain_s: float = 60.0
     description: str = ""
+    prompt_overhead_tokens: int = 7
 
     @property
     def chat(self) -> bool:
@@ -193,6 +198,8 @@ def parse_workload(data: object, file: str, base_dir: Path) -> Workload:
         raise top.fail("extra_body", "must be a mapping")
     duration = top.opt_num("duration_s", gt=0)
     requests = top.opt_int("requests", ge=1)
+    endpoint = "/" + top.str_("endpoint", "/v1/chat/completions").lstrip("/")
+    chat = endpoint.rstrip("/").endswith("chat/completions")
     return Workload(
         file=file,
         name=top.str_("name", Path(file).stem),
@@ -204,16 +211,17 @@ def parse_workload(data: object, file: str, base_dir: Path) -> Workload:
         requests=requests,
         seed=top.int_("seed", 1),
         model=top.str_("model", "auto"),
-        endpoint="/" + top.str_("endpoint", "/v1/chat/completions").lstrip("/"),
+        endpoint=endpoint,
         ignore_eos=top.bool_("ignore_eos", True),
         tier_by=tier_by,
         tier_header=top.str_("tier_header", "x-slo-tier"),
-        workflow_header=top.str_("workflow_header", "x-workflow-id"),
+        workflow_header=top.str_("workflow_header", "x-slo-workflow-id"),
         api_keys=api_keys,
         extra_body=dict(extra),
         headers={k: _expand(v, top, f"headers.{k}") for k, v in top.str_map("headers").items()},
         request_timeout_s=top.num("request_timeout_s", 300.0, gt=0),
         drain_s=top.num("drain_s", 60.0, ge=0),
+        prompt_overhead_tokens=top.int_("prompt_overhead_tokens", 7 if chat else 1, ge=0),
     )
 
 
