@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from slorouter.models.profile import StepProfile
 from slorouter.sim.engine import EngineModel, RequestTooLarge, Rid
 from slorouter.sim.requests import ApiError, GenSpec, Limits
+from slorouter.sim.text import TOKEN_BYTES, VOCAB_B
 from slorouter.sim.wire import Emitter, make_emitter
 
 RESYNC_S = 0.25
@@ -31,7 +32,7 @@ RESYNC_S = 0.25
 class Gen:
     """One request in flight: its spec, renderer and completion future."""
 
-    __slots__ = ("done", "em", "n", "rid", "spec", "transport")
+    __slots__ = ("a", "b", "done", "em", "fpost", "fpre", "n", "rid", "spec", "transport")
 
     def __init__(
         self, rid: int, spec: GenSpec, transport: asyncio.Transport | None, done: asyncio.Future[None]
@@ -42,14 +43,25 @@ class Gen:
         self.transport = transport  # None: not streaming
         self.done = done
         self.n = 0  # tokens produced
+        self.a, self.b = self.em.a, self.em.b
+        parts = self.em.parts
+        if parts is None:
+            self.fpre = self.fpost = b""
+        else:  # HTTP/1.1 chunk framing around constant-size token chunks, precomputed
+            size = len(parts[0]) + TOKEN_BYTES + len(parts[1])
+            self.fpre = b"%x\r\n" % size + parts[0]
+            self.fpost = parts[1] + b"\r\n"
 
     def emit(self) -> None:
         i = self.n
         self.n = i + 1
         t = self.transport
         if t is not None and not t.is_closing():
-            data = self.em.token(i)
-            t.write(b"%x\r\n%b\r\n" % (len(data), data))
+            if i and self.fpre:
+                t.write(self.fpre + VOCAB_B[(self.a + i * self.b) & 4095] + self.fpost)
+            else:
+                data = self.em.token(i)
+                t.write(b"%x\r\n%b\r\n" % (len(data), data))
 
     def finish(self) -> None:
         self.n = n = self.spec.output_tokens

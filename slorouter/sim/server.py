@@ -29,6 +29,7 @@ engine before the next step.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -89,7 +90,8 @@ async def _generate(request: web.Request, spec: GenSpec) -> web.StreamResponse:
         await g.done
     finally:
         eng.cancel(g)
-    await resp.write_eof()
+    with contextlib.suppress(ConnectionError):  # the client left right after the last token
+        await resp.write_eof()
     return resp
 
 

@@ -45,6 +45,8 @@ CREATED_BASE = 1_750_000_000
 _SYL = [c + v for c in "bdfghklmnprstvz" for v in "aeiou"]  # 75 syllables
 VOCAB: tuple[str, ...] = tuple(" " + _SYL[k % 75] + _SYL[(k // 75) % 75] for k in range(VOCAB_SIZE))
 VOCAB_B: tuple[bytes, ...] = tuple(w.encode() for w in VOCAB)  # JSON-safe as is (ASCII letters)
+TOKEN_BYTES = 5  # every vocabulary entry is " " + 2 syllables: constant-size token chunks
+assert all(len(w) == TOKEN_BYTES for w in VOCAB_B)
 
 
 def count_text(text: str) -> int:

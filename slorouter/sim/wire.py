@@ -40,6 +40,12 @@ _J = orjson.dumps
 
 
 class Emitter(Protocol):
+    # (pre, post) with token(i) == pre + VOCAB_B[(a + i*b) % VOCAB_SIZE] + post for i >= 1,
+    # when that holds (the per-token fast path); None otherwise.
+    parts: tuple[bytes, bytes] | None
+    a: int
+    b: int
+
     def token(self, i: int) -> bytes: ...
     def final(self, n: int) -> bytes: ...
     def body(self, n: int) -> bytes: ...
@@ -61,6 +67,7 @@ class _Base:
         self.a = spec.key.a
         self.b = spec.key.b
         self.P = spec.prompt_tokens
+        self.parts: tuple[bytes, bytes] | None = None
 
     def tok(self, i: int) -> bytes:
         return VOCAB_B[(self.a + i * self.b) & 4095]
@@ -88,6 +95,7 @@ class VllmChat(_Base):
         self.post = b'"},"logprobs":null,"finish_reason":null,"token_ids":null}]' + (
             b"" if self.cu else b"}\n\n"
         )
+        self.parts = None if self.cu else (self.pre, self.post)
 
     def _usage(self, c: int) -> bytes:
         P = self.P
@@ -185,6 +193,7 @@ class VllmCompletion(_Base):
         self.cu = spec.continuous_usage
         self.post = b'","logprobs":null,"finish_reason":null,"stop_reason":null,"prompt_token_ids":null,'
         self.post += b'"token_ids":null}]' + (b"" if self.cu else b"}\n\n")
+        self.parts = None if self.cu else (self.pre, self.post)
 
     def _usage(self, c: int) -> bytes:
         P = self.P
@@ -301,6 +310,7 @@ class TgiChat(_Base):
         self.head += b'"system_fingerprint":"' + TGI_FINGERPRINT.encode() + b'",'
         self.pre = self.head + b'"choices":[{"index":0,"delta":{"role":"assistant","content":"'
         self.post = b'"},"logprobs":null,"finish_reason":null}],"usage":null}\n\n'
+        self.parts = (self.pre, self.post)
 
     def token(self, i: int) -> bytes:
         return self.pre + self.tok(i) + self.post

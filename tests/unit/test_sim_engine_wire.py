@@ -92,3 +92,20 @@ def test_single_token_stream_carries_the_role_chunk_and_usage() -> None:
     chunks = sse(make_emitter(spec).final(1))
     assert len(chunks) == 3 and chunks[-1]["choices"] == []
     assert chunks[-1]["usage"] == {"prompt_tokens": 8, "total_tokens": 9, "completion_tokens": 1}
+
+
+@pytest.mark.parametrize("kind", [Kind.CHAT, Kind.COMPLETION, Kind.TGI_CHAT])
+def test_fast_path_parts_rebuild_the_token_chunks(kind: Kind) -> None:
+    from slorouter.sim.text import VOCAB_B, VOCAB_SIZE
+
+    body = {"messages": [{"role": "user", "content": "x"}], "prompt": "x", "max_tokens": 9, "stream": True}
+    spec = parse_vllm(kind, body, LIM) if kind is not Kind.TGI_CHAT else parse_tgi(kind, body, LIM)
+    em = make_emitter(spec)
+    assert em.parts is not None
+    pre, post = em.parts
+    for i in range(1, 8):
+        assert pre + VOCAB_B[(em.a + i * em.b) % VOCAB_SIZE] + post == em.token(i)
+    cu = parse_vllm(
+        Kind.CHAT, {**body, "stream_options": {"include_usage": True, "continuous_usage_stats": True}}, LIM
+    )
+    assert make_emitter(cu).parts is None  # usage differs per chunk: no fast path
