@@ -141,7 +141,6 @@ class SimEngine:
         """Drop a request (finished or not); frees its KV at once. Idempotent."""
         if self._gens.pop(g.rid, None) is not None and self.model.abort(g.rid):
             self.counters.finished["abort"] += 1
-            self.counters.generation_tokens += g.n
         if not g.done.done():
             g.done.cancel()
 
@@ -167,17 +166,18 @@ class SimEngine:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            delay = end - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            # sleep until the planned end; when behind, still yield once so that other engines,
+            # new requests and disconnects are served between steps
+            await asyncio.sleep(max(0.0, end - loop.time()))
             res = model.step()
             for f in res.finished:
                 g = gens.pop(f.rid, None)
                 if g is not None:
                     c.finished["stop" if g.spec.eos else "length"] += 1
-                    c.generation_tokens += f.output_tokens
                     g.finish()
-            for rid in model.decoding_rids():
+            decoding = model.decoding_rids()
+            for rid in decoding:
                 gens[rid].emit()
+            c.generation_tokens += len(decoding) + len(res.finished)
             if drift is not None:  # tokens of this step are written now
                 drift.append((res.end, loop.time(), res.end - res.start))

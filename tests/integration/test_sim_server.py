@@ -366,3 +366,17 @@ async def test_tgi_generate_stream_and_chat() -> None:
                 assert vals["tgi_queue_size"] == 0 and vals["tgi_request_count"] == 3
             async with s.post(url + "/generate", json={"inputs": ""}) as r:
                 assert r.status == 422 and (await r.json())["error_type"] == "validation"
+
+
+async def test_token_counters_follow_the_streams(fleet: SimFleet) -> None:
+    url = fleet.urls[1]
+    lab = '{engine="0",model_name="sim-llama"}'
+    for n in (5, 7):
+        await post_raw(url, "/v1/completions", {**CMPL, "max_tokens": n})
+    await post_raw(url, "/v1/chat/completions", {**CHAT, "max_tokens": 3, "stream": True})
+    async with aiohttp.ClientSession() as s, s.get(url + "/metrics") as m:
+        vals = parse_prometheus(await m.text())
+    assert vals["vllm:generation_tokens_total" + lab] == 5 + 7 + 3
+    assert vals["vllm:prompt_tokens_total" + lab] == 3 + 3 + (3 + 4 + 2)
+    ok = 'vllm:request_success_total{engine="0",finished_reason="length",model_name="sim-llama"}'
+    assert vals[ok] == 3
