@@ -15,7 +15,9 @@ A header or alias may choose only among the tiers the caller is entitled to.
 status  code                  when
 ======  ====================  ==============================================================
 401     ``missing_api_key``   no key and ``routing.allow_anonymous`` is false
-401     ``invalid_api_key``   a key that matches no configured key (even if anonymous is ok)
+401     ``invalid_api_key``   a key that matches no configured key (even if anonymous is ok);
+                              with no keys configured at all, any key (OpenAI SDKs always send
+                              one, often ``EMPTY``) is ignored and the request is anonymous
 400     ``unknown_tier``      the header or the alias suffix names no tier
 400     ``tier_conflict``     the header and the model alias name different tiers
 403     ``tier_not_allowed``  the key (or anonymous caller) is not entitled to that tier
@@ -100,7 +102,7 @@ def resolve(
     """Authenticate, then pick the tier; see the module doc for every refusal."""
     routing = cfg.routing
     key: KeyConfig | None = None
-    if api_key:
+    if api_key and routing.keys:
         key = find_key(cfg, api_key)
         if key is None:
             return Refusal(401, "invalid API key", "invalid_api_key")

@@ -13,14 +13,16 @@ from slorouter.proxy.errors import error_response
 
 async def _generation(request: web.Request, path: str, chat: bool) -> web.StreamResponse:
     svc = request.app[SERVICES]
-    request["arrival"] = svc.clock.now()
+    arrival = svc.clock.now()
     try:
-        raw, parsed = await read_json(request)
+        raw, parsed = await read_json(request, svc.cfg.server.client_read_timeout_s)
         prompt_tokens, max_tokens, stream = check_openai(parsed, chat)
     except BadRequest as e:
         return e.response()
     asked = parsed.get("model")
-    got = classify(svc, request, asked if isinstance(asked, str) else None, prompt_tokens, max_tokens, stream)
+    got = classify(
+        svc, request, arrival, asked if isinstance(asked, str) else None, prompt_tokens, max_tokens, stream
+    )
     if isinstance(got, Refusal):
         return error_response(got.status, got.message, got.code)
     info, upstream_model = got

@@ -34,9 +34,14 @@ class BadRequest(Exception):
         return error_response(self.status, self.message, self.code)
 
 
-async def read_json(request: web.Request) -> tuple[bytes, dict[str, Any]]:
-    """The raw body and its parsed JSON object (400 otherwise; 413 from the app limit)."""
-    raw = await request.read()
+async def read_json(request: web.Request, timeout_s: float) -> tuple[bytes, dict[str, Any]]:
+    """The raw body and its parsed JSON object (400 otherwise; 413 from the app limit;
+    408 when the client takes longer than ``timeout_s`` to send it)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            raw = await request.read()
+    except TimeoutError:
+        raise BadRequest(408, f"the request body did not arrive within {timeout_s:g} s", "timeout") from None
     if not raw:
         raise BadRequest(400, "the request body is empty; send a JSON object", "invalid_json")
     try:
@@ -127,6 +132,7 @@ def check_openai(body: dict[str, Any], chat: bool) -> tuple[int, int | None, boo
 def classify(
     svc: Services,
     request: web.Request,
+    arrival: float,
     model: str | None,
     prompt_tokens: int,
     max_tokens: int | None,
@@ -138,8 +144,6 @@ def classify(
     res = resolve(cfg, key, request.headers.get(cfg.routing.header), model)
     if isinstance(res, Refusal):
         return res
-    now = svc.clock.now()
-    arrival = request.get("arrival", now)
     tier = res.tier
     deadline_at = _deadline(svc, request, tier, arrival)
     bound = svc.lengths.bound(tier.name, 0, max_tokens)

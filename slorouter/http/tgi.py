@@ -36,13 +36,13 @@ def _check(body: dict[str, Any]) -> tuple[int, int | None]:
 
 async def _tgi(request: web.Request, path: str, stream: bool) -> web.StreamResponse:
     svc = request.app[SERVICES]
-    request["arrival"] = svc.clock.now()
+    arrival = svc.clock.now()
     try:
-        raw, parsed = await read_json(request)
+        raw, parsed = await read_json(request, svc.cfg.server.client_read_timeout_s)
         prompt_tokens, max_new = _check(parsed)
     except BadRequest as e:
         return e.response()
-    got = classify(svc, request, None, prompt_tokens, max_new, stream)
+    got = classify(svc, request, arrival, None, prompt_tokens, max_new, stream)
     if isinstance(got, Refusal):
         return error_response(got.status, got.message, got.code)
     info, _ = got

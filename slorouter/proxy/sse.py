@@ -24,6 +24,15 @@ _EMPTY_CHOICES: Final = (b'"choices":[]', b'"choices": []')
 _ROLE: Final = b'"role"'
 _EMPTY_CONTENT: Final = (b'"content":""', b'"content": ""')
 _TGI_TOKEN: Final = b'"token":'
+_FINISH: Final = (b'"finish_reason":"', b'"finish_reason": "')
+
+
+def _with_fingerprint(event: bytes, fp: str) -> bytes:
+    """``event`` with ``"system_fingerprint":fp`` added as the last key of its JSON."""
+    body = event.rstrip(b"\r\n")
+    if not body.endswith(b"}"):
+        return event
+    return body[:-1] + b',"system_fingerprint":' + orjson.dumps(fp) + b"}" + event[len(body) :]
 
 
 class Flavor(Enum):
@@ -53,7 +62,17 @@ class SseObserver:
     router requested on the client's behalf.
     """
 
-    __slots__ = ("_buf", "_flavor", "_on_tokens", "_on_usage", "_strip", "done", "events", "usage_seen")
+    __slots__ = (
+        "_buf",
+        "_flavor",
+        "_held",
+        "_on_tokens",
+        "_on_usage",
+        "_strip",
+        "done",
+        "events",
+        "usage_seen",
+    )
 
     def __init__(self, flavor: Flavor, on_tokens: TokenSink, on_usage: UsageSink, strip_usage: bool) -> None:
         self._flavor = flavor
@@ -61,6 +80,7 @@ class SseObserver:
         self._on_usage = on_usage
         self._strip = strip_usage
         self._buf = bytearray()
+        self._held: list[bytes] = []
         self.done = False
         self.events = 0
         self.usage_seen = False
@@ -72,62 +92,73 @@ class SseObserver:
             src: bytes | bytearray = buf
         else:
             src = data
-        out: list[bytes] | None = None
+        out: list[bytes] = []
         pos = 0
-        forward_from = 0
         while True:
             end, n = _find_end(src, pos)
             if end == -1:
                 break
-            event = bytes(src[pos:end])
             nxt = end + n
-            if not self._classify(event):
-                # drop this event: flush what came before it, skip it
-                if out is None:
-                    out = []
-                out.append(bytes(src[forward_from:pos]))
-                forward_from = nxt
+            self._route(bytes(src[pos:nxt]), out)
             pos = nxt
-        if out is None:
-            result = bytes(src[:pos]) if pos else b""
-        else:
-            out.append(bytes(src[forward_from:pos]))
-            result = b"".join(out)
         rest = src[pos:]
         if rest:
             self._buf = bytearray(rest)
         elif buf:
             self._buf = bytearray()
-        return result
+        if not out:
+            return b""
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def flush(self) -> bytes:
-        """At end of stream: whatever partial event is left, unchanged."""
-        rest = bytes(self._buf)
+        """At end of stream: whatever is held or partial, unchanged."""
+        rest = b"".join(self._held) + bytes(self._buf)
+        self._held = []
         self._buf = bytearray()
         return rest
 
-    def _classify(self, event: bytes) -> bool:
-        """Account for one event; return False if it must not reach the client."""
+    def _route(self, event: bytes, out: list[bytes]) -> None:
+        """Account for one event (``event`` includes its terminator) and decide where it goes.
+
+        When stripping the router's usage chunk, a terminal chunk (``finish_reason``
+        set) is held until the next event: vLLM stamps ``system_fingerprint`` on the
+        terminal chunk only when no usage chunk follows, and on the usage chunk
+        otherwise — so the router moves it back where the client would have seen it.
+        """
         self.events += 1
         if self._flavor is Flavor.TGI:
             if _TGI_TOKEN in event:
                 self._on_tokens(1)
                 if b'"generated_tokens"' in event:
                     self._read_tgi_details(event)
-            return True
+            out.append(event)
+            return
         if event.startswith(_DONE):
             self.done = True
-            return True
-        if _USAGE_MARKS[0] in event or _USAGE_MARKS[1] in event:
+        elif _USAGE_MARKS[0] in event or _USAGE_MARKS[1] in event:
             usage_only = _EMPTY_CHOICES[0] in event or _EMPTY_CHOICES[1] in event
-            self._read_usage(event)
-            if usage_only:
-                return not self._strip
-        if b'"choices"' in event and not (
-            _ROLE in event and (_EMPTY_CONTENT[0] in event or _EMPTY_CONTENT[1] in event)
-        ):
+            obj = self._read_usage(event)
+            if usage_only and self._strip:
+                fp = obj.get("system_fingerprint") if isinstance(obj, dict) else None
+                for held in self._held:
+                    out.append(_with_fingerprint(held, fp) if isinstance(fp, str) else held)
+                self._held = []
+                return
+            if not usage_only:
+                self._count(event)
+        elif b'"choices"' in event:
+            self._count(event)
+            if self._strip and (_FINISH[0] in event or _FINISH[1] in event):
+                self._held.append(event)
+                return
+        if self._held:
+            out.extend(self._held)
+            self._held = []
+        out.append(event)
+
+    def _count(self, event: bytes) -> None:
+        if not (_ROLE in event and (_EMPTY_CONTENT[0] in event or _EMPTY_CONTENT[1] in event)):
             self._on_tokens(1)
-        return True
 
     def _payload(self, event: bytes) -> object:
         i = event.find(b"data:")
@@ -138,7 +169,7 @@ class SseObserver:
         except orjson.JSONDecodeError:
             return None
 
-    def _read_usage(self, event: bytes) -> None:
+    def _read_usage(self, event: bytes) -> object:
         obj = self._payload(event)
         if isinstance(obj, dict):
             u = obj.get("usage")
@@ -146,6 +177,7 @@ class SseObserver:
                 self.usage_seen = True
                 p, c = u.get("prompt_tokens"), u.get("completion_tokens")
                 self._on_usage(p if isinstance(p, int) else None, c if isinstance(c, int) else None)
+        return obj
 
     def _read_tgi_details(self, event: bytes) -> None:
         obj = self._payload(event)

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The one command that sets everything up and runs the main job on an embedded default:
+# a simulated engine fleet (4 engines), the router in front of it (config/example.yaml),
+# and a short mixed-tier load-generator run that prints per-tier attainment and goodput.
+#   scripts/demo.sh [--policy KIND] [--duration S]
+source "$(dirname "$0")/_env.sh"
+POLICY=""
+DURATION=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --policy) POLICY="$2"; shift 2 ;;
+    --duration) DURATION="$2"; shift 2 ;;
+    -h|--help) sed -n '2,5p' "$0"; exit 0 ;;
+    *) echo "demo.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
+  esac
+done
+OUT="${SLOROUTER_DEMO_OUT:-$ROOT/out/demo}"
+mkdir -p "$OUT"
+CONFIG="$ROOT/config/example.yaml"
+if [ -n "$POLICY" ]; then
+  sed "s/^  kind: .*/  kind: $POLICY/" "$CONFIG" > "$OUT/config.yaml"
+  CONFIG="$OUT/config.yaml"
+fi
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT INT TERM
+
+for port in 8001 8002 8003 8004 8080; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "demo.sh: port $port is already in use; stop what listens there and run again" >&2; exit 1
+  fi
+done
+echo "[demo] starting 4 simulated engines on 127.0.0.1:8001-8004"
+slorouter sim --engines 4 --base-port 8001 > "$OUT/sim.log" 2>&1 & pids+=($!)
+echo "[demo] starting the router on 127.0.0.1:8080 ($CONFIG)"
+slorouter serve --config "$CONFIG" > "$OUT/router.log" 2>&1 & pids+=($!)
+python - <<'PY'
+import time, urllib.request, sys
+deadline = time.monotonic() + 60
+for url in ["http://127.0.0.1:8001/health", "http://127.0.0.1:8004/health", "http://127.0.0.1:8080/health"]:
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1).read(); break
+        except Exception:
+            if time.monotonic() > deadline:
+                sys.exit(f"demo: {url} did not come up within 60 s (see out/demo/*.log)")
+            time.sleep(0.2)
+PY
+echo "[demo] running the load generator (config/workloads/smoke.yaml)"
+args=(run --target http://127.0.0.1:8080 --workload "$ROOT/config/workloads/smoke.yaml" --out "$OUT/results.json" --plot "$OUT")
+[ -n "$DURATION" ] && args+=(--duration "$DURATION")
+slorouter-loadgen "${args[@]}"
+echo "[demo] results: $OUT/results.json, plots in $OUT/, logs in $OUT/*.log"
