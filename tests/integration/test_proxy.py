@@ -116,9 +116,9 @@ async def test_openai_client_through_router(router: RouterHandle) -> None:
     assert router.services.tracker.all_zero()
 
 
-async def wait_for(cond: Any, timeout: float) -> bool:
-    """Poll ``cond()`` until true or ``timeout`` (real synchronisation on observable state)."""
-    end = time.monotonic() + timeout
+async def wait_for(cond: Any, within_s: float) -> bool:
+    """Poll ``cond()`` until true or ``within_s`` (real synchronisation on observable state)."""
+    end = time.monotonic() + within_s
     while time.monotonic() < end:
         if cond():
             return True

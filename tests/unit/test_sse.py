@@ -49,7 +49,7 @@ class Sink:
 def feed_all(obs: SseObserver, data: bytes, cuts: list[int]) -> bytes:
     out = []
     prev = 0
-    for c in sorted(set(cuts)) + [len(data)]:
+    for c in [*sorted(set(cuts)), len(data)]:
         c = min(max(c, prev), len(data))
         out.append(obs.feed(data[prev:c]))
         prev = c
