@@ -146,18 +146,26 @@ class EngineClient:
 
 async def calibrate_prompt(client: EngineClient, prompt_tokens: int, seed: int) -> tuple[int, int]:
     """Words per prompt so that the engine reports about ``prompt_tokens``; (words, tokens)."""
-    words, got = prompt_tokens, 0
-    for i in range(4):
-        tr = await client.run(Request(make_prompt(words, f"calibrate-{i}", seed), 2), timeout_s=120)
+    probes: list[tuple[int, int]] = []  # (words, tokens)
+    words = prompt_tokens
+    best = (words, 0)
+    for i in range(5):
+        tr = await client.run(Request(make_prompt(words, f"c0-r{i}", seed), 2), timeout_s=120)
         if tr.error:
             raise ProfileClientError(tr.error)
-        got = tr.prompt_tokens
-        if got <= 0:  # engine reports no prompt usage (tgi): take the words as tokens
+        if tr.prompt_tokens <= 0:  # engine reports no prompt usage (tgi): take the words as tokens
             return words, prompt_tokens
-        if abs(got - prompt_tokens) <= max(2, prompt_tokens // 50):
+        probes.append((words, tr.prompt_tokens))
+        best = min(probes, key=lambda p: abs(p[1] - prompt_tokens))
+        if abs(best[1] - prompt_tokens) <= max(1, prompt_tokens // 100):
             break
-        words = max(1, round(words * prompt_tokens / got))
-    return words, got
+        # tokens ≈ a + b·words (the template and the tag cost a fixed a): solve from two probes
+        (w1, t1), (w2, t2) = probes[-2:] if len(probes) > 1 else ((0, 0), probes[0])
+        b = (t2 - t1) / (w2 - w1) if w2 != w1 and t2 != t1 else t2 / max(1, w2)
+        words = max(1, round(w2 + (prompt_tokens - t2) / max(b, 1e-3)))
+        if any(w == words for w, _ in probes):
+            break
+    return best
 
 
 async def run_level(

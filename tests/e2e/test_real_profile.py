@@ -1,0 +1,102 @@
+"""Real vLLM, no router: the stream shapes the router relies on, ``slorouter profile`` on a
+real server, and the calibration loop of the real-vLLM issue — a profile measured on real
+vLLM makes the simulated engine predict vLLM's mean inter-token latency within 20 %."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from slorouter import cli
+from slorouter.models.profile import StepProfile
+from slorouter.sim.server import serve_engines
+from tests.e2e.conftest import RealVllm
+
+pytestmark = [pytest.mark.real_engine, pytest.mark.timeout(900)]  # includes install + start on a clean CI
+LEVELS = "1,4,8,16"
+
+
+async def _stream(url: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    chunks: list[dict[str, Any]] = []
+    async with aiohttp.ClientSession() as s, s.post(url + "/v1/chat/completions", json=body) as r:
+        assert r.status == 200, await r.text()
+        async for line in r.content:
+            if line.startswith(b"data: ") and line.strip() != b"data: [DONE]":
+                chunks.append(json.loads(line[6:]))
+    return chunks
+
+
+async def test_vllm_stream_shapes_the_router_relies_on(vllm_servers: RealVllm) -> None:
+    url = vllm_servers.urls[0]
+    body: dict[str, Any] = {
+        "model": vllm_servers.model,
+        "messages": [{"role": "user", "content": "hello"}],
+        "max_tokens": 6,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    plain = await _stream(url, body)
+    assert plain[0]["choices"][0]["delta"].get("role") == "assistant"
+    assert all("usage" not in c for c in plain)
+    assert "system_fingerprint" in plain[-1]  # the last token chunk carries it when no usage follows
+
+    with_usage = await _stream(url, {**body, "stream_options": {"include_usage": True}})
+    *tokens, last = with_usage
+    assert last["choices"] == [] and last["usage"]["completion_tokens"] == 6
+    assert all("usage" not in c for c in tokens)  # no "usage": null on regular chunks
+    assert "system_fingerprint" in last and all("system_fingerprint" not in c for c in tokens)
+
+    cont = await _stream(
+        url, {**body, "stream_options": {"include_usage": True, "continuous_usage_stats": True}}
+    )
+    counts = [c["usage"]["completion_tokens"] for c in cont]
+    assert counts[0] == 0 and counts[-1] == 6 and counts == sorted(counts)
+
+
+@pytest.fixture(scope="module")
+def real_profile(vllm_servers: RealVllm, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("profile")
+    out, raw = d / "vllm.json", d / "vllm_raw.json"
+    args = ["profile", "--target", vllm_servers.urls[0], "--out", str(out), "--raw", str(raw)]
+    assert cli.main([*args, "--concurrency", LEVELS, "--quiet"]) == 0
+    return out, raw
+
+
+def test_profile_of_real_vllm(real_profile: tuple[Path, Path]) -> None:
+    out, raw_path = real_profile
+    prof = StepProfile.load(out)
+    raw = json.loads(raw_path.read_text())
+    assert prof.source == "measured" and prof.engine == "vllm" and prof.model == "tiny"
+    assert prof.kv_capacity_tokens == 16384  # read from vLLM's cache_config_info (256 MiB of KV)
+    assert prof.step.c_batch_s + prof.step.c_kv_s > 0  # steps get longer with load
+    itl = [p.mean_itl_s for p in prof.points]
+    assert [p.concurrency for p in prof.points] == [1, 4, 8, 16]
+    assert itl[-1] > 1.2 * itl[0], itl
+    for lv in raw["levels"]:  # what the client measured is what vLLM itself accounts
+        assert lv["errors"] == 0
+        assert lv["engine_reported_itl_s"] == pytest.approx(lv["mean_itl_s"], rel=0.10), lv
+
+
+async def test_simulated_engine_calibrated_on_real_vllm_predicts_its_itl(
+    real_profile: tuple[Path, Path], tmp_path: Path
+) -> None:
+    out, raw_path = real_profile
+    real = json.loads(raw_path.read_text())["levels"]
+    sim_out, sim_raw = tmp_path / "sim.json", tmp_path / "sim_raw.json"
+    async with serve_engines(1, profile=StepProfile.load(out), model="tiny") as fleet:
+        args = ["profile", "--target", fleet.urls[0], "--out", str(sim_out), "--raw", str(sim_raw)]
+        assert await asyncio.to_thread(cli.main, [*args, "--concurrency", LEVELS, "--quiet"]) == 0
+    sim = json.loads(sim_raw.read_text())["levels"]
+    rows = []
+    for r, s in zip(real, sim, strict=True):
+        err = s["mean_itl_s"] / r["mean_itl_s"] - 1
+        rows.append((r["concurrency"], r["mean_itl_s"] * 1e3, s["mean_itl_s"] * 1e3, 100 * err))
+    print("\nconcurrency  vLLM ITL ms  sim ITL ms  error %")
+    for c, a, b, e in rows:
+        print(f"{c:11d}  {a:11.1f}  {b:10.1f}  {e:+7.1f}")
+    assert all(abs(e) <= 20 for *_, e in rows), rows
