@@ -17,9 +17,9 @@ from slorouter.http import openai, ops, tgi
 from slorouter.http.context import SERVICES, Services
 from slorouter.http.middleware import openai_errors
 from slorouter.metrics.prometheus import RouterMetrics
-from slorouter.models.base import LatencyView, LengthView
+from slorouter.models.latency import OnlineLatency, build_latency
+from slorouter.models.lengths import LengthSettings, OnlineLengths
 from slorouter.models.profile import StepProfile
-from slorouter.models.static import StaticLatency, StaticLengths
 from slorouter.policy import registry
 from slorouter.policy.base import Policy, PolicyContext
 from slorouter.proxy.dispatcher import Dispatcher
@@ -54,11 +54,16 @@ def upstream_settings(cfg: RouterConfig) -> UpstreamSettings:
     )
 
 
-def build_models(cfg: RouterConfig) -> tuple[LatencyView, LengthView]:
-    prior = StaticLatency()
-    if cfg.models.profile:
-        prior = StaticLatency(StepProfile.load(cfg.models.profile).step)
-    return prior, StaticLengths(cfg.models.default_output_tokens)
+def build_models(cfg: RouterConfig, clock: Clock) -> tuple[OnlineLatency, OnlineLengths]:
+    """The online latency model (seeded from the configured profile, else engine
+    defaults marked as such) and the output-length model."""
+    m = cfg.models
+    profile = StepProfile.load(m.profile) if m.profile else None
+    latency = build_latency(clock, quantile=m.latency_quantile, profile=profile)
+    lengths = OnlineLengths(
+        clock, LengthSettings(quantile=m.length_quantile, default_tokens=m.default_output_tokens)
+    )
+    return latency, lengths
 
 
 def build_policy(cfg: RouterConfig, clock: Clock) -> Policy:
@@ -70,8 +75,10 @@ def build_app(cfg: RouterConfig, *, clock: Clock | None = None) -> web.Applicati
     clock = clock or RealClock()
     backends = backend_set(cfg)
     health = Health(b.id for b in backends.backends)
-    latency, lengths = build_models(cfg)
+    latency, lengths = build_models(cfg, clock)
     tracker = Tracker(clock, backends, health, latency, lengths)
+    tracker.add_listener(latency.observe_outcome)
+    tracker.add_listener(lengths.observe_outcome)
     policy = build_policy(cfg, clock)
     dispatcher = Dispatcher(policy, tracker, clock)
     tracker.add_listener(lambda o: dispatcher.policy.on_finish(o))

@@ -201,8 +201,14 @@ class Tracker:
         self.queued[req.tier.name] = self.queued.get(req.tier.name, 0) + 1
 
     def on_dispatch(self, rid: int, backend_id: str) -> None:
+        """Queued -> resident on ``backend_id``. Dispatching again to another backend
+        before the first token moves it (the router's decision may be narrowed later)."""
         r = self.requests.get(rid)
-        if r is None or r.backend is not None:
+        if r is None:
+            return
+        if r.backend is not None:
+            if r.backend != backend_id:
+                self.on_retry(rid, backend_id)
             return
         tier = r.req.tier.name
         self.queued[tier] -= 1
