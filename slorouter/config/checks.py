@@ -133,6 +133,11 @@ def _check_routing(
         for alias, spec in aliases.items():
             if isinstance(spec, Mapping):
                 _ref(_str(spec, "tier"), tiers, f"routing.aliases.{alias}.tier", errs)
+    keys = routing.get("keys")
+    if routing.get("allow_anonymous") in (None, False) and (keys is None or keys == []):
+        errs.append(
+            ("routing.allow_anonymous", "no request could be served: set it to true, or declare routing.keys")
+        )
     secrets: dict[int, str] = {}
     names: dict[str, int] = {}
     for i, k in _items(routing, "keys"):

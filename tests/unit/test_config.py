@@ -101,7 +101,11 @@ def test_backend_tier_defaults_to_default_tier_and_url_is_normalized() -> None:
 
 
 def test_single_tier_needs_no_default_tier() -> None:
-    raw = {"tiers": [{"name": "only", "class": "best_effort"}], "backends": [{"url": "http://h:1"}]}
+    raw = {
+        "tiers": [{"name": "only", "class": "best_effort"}],
+        "backends": [{"url": "http://h:1"}],
+        "routing": {"allow_anonymous": True},
+    }
     cfg = parse_config(raw, env={})
     assert cfg.routing.default_tier == "only"
     assert cfg.backends[0].tier == "only"
@@ -377,6 +381,7 @@ def test_every_error_is_listed_in_file_order(tmp_path: Path) -> None:
         ],
         "backends": [{"url": "http://h:1", "tier": "c"}],
         "policy": {"kind": 3},
+        "routing": {"allow_anonymous": True},
     }
     lines = errors_of(write(tmp_path, raw))
     paths = [line.split(": ")[1] for line in lines]
@@ -419,7 +424,7 @@ def test_yaml_merge_keys_are_not_duplicates(tmp_path: Path) -> None:
     text = (
         "tiers:\n  - &lat {name: a, class: latency, ttft_ms: 1000, tpot_ms: 50}\n"
         "  - {<<: *lat, name: b, tpot_ms: 20}\n"
-        "backends: [{url: 'http://h:1'}]\nrouting: {default_tier: a}\n"
+        "backends: [{url: 'http://h:1'}]\nrouting: {default_tier: a, allow_anonymous: true}\n"
     )
     cfg = load_config(write(tmp_path, text), env={})
     b = cfg.tier("b")
@@ -467,3 +472,12 @@ def test_example_documents_every_field_with_its_default() -> None:
         if not documented:
             missing.append(dotted)
     assert missing == []
+
+
+def test_no_keys_and_no_anonymous_serves_nobody(tmp_path: Path) -> None:
+    raw = base()
+    del raw["routing"]["allow_anonymous"]
+    line = one_error(write(tmp_path, raw))
+    assert line.endswith(
+        "routing.allow_anonymous: no request could be served: set it to true, or declare routing.keys"
+    )

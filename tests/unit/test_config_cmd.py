@@ -19,6 +19,7 @@ GOOD: dict[str, Any] = {
     "tiers": [{"name": "t", "class": "latency", "ttft_ms": 1000, "tpot_ms": 50}],
     "backends": [{"url": "http://127.0.0.1:8001"}, {"url": "http://127.0.0.1:8002"}],
     "policy": {"kind": "least-request"},
+    "routing": {"allow_anonymous": True},
 }
 
 
@@ -67,7 +68,8 @@ def test_cli_check_ok_and_failure(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert out[0].startswith("OK: ")
     assert f"{bad}: tiers: must have at least 1 item" in out
     assert any(line.startswith(f"{bad}: backends[0].url: must be an http:// or https:// URL") for line in out)
-    assert out[-1] == f"FAILED: {bad} (2 errors)"
+    assert any(line.startswith(f"{bad}: routing.allow_anonymous: no request could be served") for line in out)
+    assert out[-1] == f"FAILED: {bad} (3 errors)"
 
 
 def test_cli_schema_prints_the_schema(capsys: pytest.CaptureFixture[str]) -> None:

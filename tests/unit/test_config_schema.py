@@ -99,7 +99,11 @@ BASE: dict[str, Any] = {
         {"name": "slow", "class": "best_effort"},
     ],
     "backends": [{"url": "http://127.0.0.1:8001", "tier": "fast", "models": ["m"]}],
-    "routing": {"default_tier": "fast", "aliases": {"a": {"model": "m", "tier": "slow"}}},
+    "routing": {
+        "default_tier": "fast",
+        "allow_anonymous": True,
+        "aliases": {"a": {"model": "m", "tier": "slow"}},
+    },
     "policy": {"kind": "random", "params": {"seed": 3}},
 }
 
@@ -177,7 +181,8 @@ def test_schema_and_loader_agree_on_shape_mistakes(path: str, value: Any) -> Non
 
 def test_schema_defaults_are_the_dataclass_defaults() -> None:
     s = json_schema()
-    cfg = parse_config({"tiers": BASE["tiers"][:1], "backends": BASE["backends"]}, env={})
+    minimal = {"tiers": BASE["tiers"][:1], "backends": BASE["backends"], "routing": {"allow_anonymous": True}}
+    cfg = parse_config(minimal, env={})
     checked = 0
     for section in ("server", "timeouts", "models", "admin", "retries", "health", "autoscale", "policy"):
         props = s["properties"][section]["properties"]

@@ -184,3 +184,16 @@ def test_admin_token() -> None:
     r = check_admin(cfg, "adm-123", {})
     assert r is not None and (r.status, r.code) == (403, "admin_disabled")
     assert "SLOROUTER_ADMIN_TOKEN" in r.message
+
+
+def test_any_key_is_ignored_when_no_keys_are_configured() -> None:
+    """OpenAI SDKs always send a key (often "EMPTY"): with no keys declared the request is
+    simply anonymous."""
+    raw: dict[str, Any] = {
+        "tiers": [{"name": "a", "class": "best_effort"}],
+        "backends": [{"url": "http://127.0.0.1:8001"}],
+        "routing": {"allow_anonymous": True},
+    }
+    cfg = parse_config(raw, env={})
+    r = granted(resolve(cfg, "EMPTY", None, "m"))
+    assert (r.tier.name, r.key_id) == ("a", None)
