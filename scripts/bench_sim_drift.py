@@ -151,6 +151,28 @@ async def _level(fleet: SimFleet, concurrency: int, duration: float) -> dict[str
     }
 
 
+def _model_step_cost(steps: int = 200_000, batch: int = 128) -> dict[str, float]:
+    """The pure engine model (no HTTP): µs per step with ~`batch` running requests and
+    continuous arrivals/finishes, as the offline fleet simulator drives it."""
+    import random
+
+    from slorouter.sim.engine import EngineModel
+    from slorouter.sim.profiles import load_profile
+
+    eng = EngineModel(load_profile("h100-8b"), keep_history=True)
+    rng = random.Random(1)
+    now, rid = 0.0, 0
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        while eng.num_running + eng.num_waiting < batch:
+            eng.submit(rid, rng.randint(50, 2000), rng.randint(10, 500), now)
+            rid += 1
+        now = eng.plan(now) or now
+        eng.step()
+    dt = time.perf_counter() - t0
+    return {"steps": steps, "batch": batch, "requests": rid, "us_per_step": round(dt / steps * 1e6, 2)}
+
+
 async def _bench(args: argparse.Namespace) -> dict[str, object]:
     from slorouter.sim.server import serve_engines
 
@@ -163,6 +185,7 @@ async def _bench(args: argparse.Namespace) -> dict[str, object]:
         "duration_s_per_level": args.duration,
         "cpus": os.cpu_count(),
         "loadavg_1m": round(os.getloadavg()[0], 2),
+        "model_only": _model_step_cost(),
         "levels": results,
     }
 
