@@ -244,3 +244,61 @@ def test_load_profile_by_name_and_file(tmp_path: object) -> None:
     assert load_profile(str(path)).step == BUILTIN_PROFILES["h100-70b"].step
     with pytest.raises(ProfileError, match="h100-8b"):
         load_profile("nope")
+
+
+def test_preempting_a_request_in_the_middle_of_its_prefill() -> None:
+    eng = EngineModel(prof(kv=300, budget=64, seqs=8), keep_history=True)
+    eng.submit("a", 50, 200, 0.0)
+    eng.plan(0.0)
+    eng.step()
+    eng.submit("b", 240, 5, 0.0)
+    res = run(eng)
+    assert any("b" in r.preempted for r in res)
+    done = {f.rid: f for r in res for f in r.finished}
+    assert done["a"].preemptions == 0 and done["b"].preemptions >= 1
+    assert eng.kv_tokens == 0 and eng.num_running == eng.num_waiting == 0
+
+
+def test_random_workload_keeps_every_invariant() -> None:
+    import random
+
+    rng = random.Random(5)
+    cap, seqs = 2000, 6
+    eng = EngineModel(prof(kv=cap, budget=128, seqs=seqs), keep_history=True)
+    live: dict[int, int] = {}  # rid -> output tokens
+    finished: dict[int, tuple[int, tuple]] = {}
+    aborted: set[int] = set()
+    now, rid = 0.0, 0
+    for _ in range(3000):
+        if rng.random() < 0.3:
+            out = rng.randint(1, 300)
+            eng.submit(rid, rng.randint(1, 600), out, now)
+            live[rid] = out
+            rid += 1
+        if live and rng.random() < 0.02:
+            victim = rng.choice(sorted(live))
+            assert eng.abort(victim)
+            aborted.add(victim)
+            del live[victim]
+        end = eng.plan(now)
+        if end is None:
+            now += 0.01
+            continue
+        now = end
+        r = eng.step()
+        assert 0 <= eng.kv_tokens <= cap and eng.num_running <= seqs
+        assert r.num_decodes + r.prefill_tokens <= 128
+        for f in r.finished:
+            assert f.output_tokens == live.pop(f.rid)
+            finished[f.rid] = (f.output_tokens, f.segments)
+    for r in run(eng, now):  # drain what is left
+        for f in r.finished:
+            assert f.output_tokens == live.pop(f.rid)
+            finished[f.rid] = (f.output_tokens, f.segments)
+    assert not live
+    assert eng.kv_tokens == 0 and eng.num_running == 0 and eng.num_waiting == 0
+    assert eng.num_preemptions_total > 0 and finished and aborted
+    for out, segs in finished.values():
+        tokens = [s.first_token + j for s in segs for j in range(s.n_tokens)]
+        steps = [s.start_step + j for s in segs for j in range(s.n_tokens)]
+        assert tokens == list(range(out)) and steps == sorted(set(steps))
