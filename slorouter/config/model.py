@@ -179,6 +179,16 @@ class ModelsConfig:
     default_output_tokens: Annotated[
         int, F("output-length bound before any length is observed", unit="tokens", gt=0)
     ] = 256
+    state_file: Annotated[
+        str | None,
+        F(
+            "file the learned models are saved to and loaded from (warm restart); relative to this file",
+            min_length=1,
+        ),
+    ] = None
+    state_save_interval_s: Annotated[
+        float, F("how often the learned models are saved (also on shutdown)", unit="s", gt=0)
+    ] = 60.0
 
 
 @dataclass(frozen=True, slots=True)
