@@ -6,9 +6,9 @@ scan: a chunk is timed once per socket read, SSE events are split on blank lines
 only the ``usage`` chunk (and error events) are parsed, with orjson.
 
 What counts (the same as ``vllm bench serve``): every event whose JSON has a
-non-empty ``choices`` list is a chunk; ``"choices":[]`` (the final usage chunk) and
-``[DONE]`` are not. A leading role-only chat chunk is marked (see records.py).
-Servers that put spaces after JSON colons are handled for ``choices``/``usage``.
+non-empty ``choices`` list (``"choices":[{``) is a chunk; ``"choices":[]`` (the final
+usage chunk) and ``[DONE]`` are not. A leading role-only chat chunk is marked (see
+records.py). Servers that put one space after JSON colons are handled too.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from loadgen.prompts import PromptMaker
 from loadgen.records import CallRecord
 from loadgen.workload import Workload
 
-_EMPTY_CHOICES = (b'"choices":[]', b'"choices": []')
 _USAGE = (b'"usage":{', b'"usage": {')
 _ROLE_ONLY = (b'"content":""', b'"content":null', b'"content": ""', b'"content": null')
 
@@ -150,30 +149,28 @@ class Client:
         add = rec.chunks.append
         buf = b""
         got_tokens = False
-        async for data in resp.content.iter_any():
+        read = resp.content.readany  # one call per socket read; b"" at the end
+        while data := await read():
             now = clock() - t0
             if buf:
                 data = buf + data
             if b"\r" in data:
                 data = data.replace(b"\r\n", b"\n")
             pos = 0
-            while True:
-                cut = data.find(b"\n\n", pos)
-                if cut < 0:
-                    break
+            while (cut := data.find(b"\n\n", pos)) >= 0:
                 ev = data[pos:cut]
                 pos = cut + 2
-                if b'"choices"' in ev and not (_EMPTY_CHOICES[0] in ev or _EMPTY_CHOICES[1] in ev):
+                if b'"choices":[{' in ev or b'"choices": [{' in ev:
                     if not rec.chunks and b'"role"' in ev and any(m in ev for m in _ROLE_ONLY):
                         rec.lead = 1
                     else:
                         got_tokens = True
                     add(now)
-                    if _USAGE[0] in ev or _USAGE[1] in ev:
+                    if b'usage"' in ev and (_USAGE[0] in ev or _USAGE[1] in ev):
                         self._read_event(ev, rec)
                 elif b"[DONE]" in ev:
                     continue
-                elif _USAGE[0] in ev or _USAGE[1] in ev or b'"error"' in ev:
+                elif b"usage" in ev or b'"error"' in ev:
                     self._read_event(ev, rec)
             buf = data[pos:]
         if rec.status == "pending":

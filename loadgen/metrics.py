@@ -38,8 +38,9 @@ from loadgen.records import CallRecord, Unit
 from loadgen.tiers import TierSpec
 
 
-def call_metrics(calls: Sequence[CallRecord], duration: float) -> dict[str, Any]:
-    """vLLM-style latency and throughput numbers over ``calls``."""
+def call_metrics(calls: Sequence[CallRecord], duration: float, empty_none: bool = False) -> dict[str, Any]:
+    """vLLM-style latency and throughput numbers over ``calls`` (``empty_none``: None, not 0,
+    for a statistic without values, as in the per-tier blocks)."""
     sent = [c for c in calls if c.sent is not None]
     ok = [c for c in sent if c.ok]
     streamed = [c for c in ok if c.stream]
@@ -59,10 +60,10 @@ def call_metrics(calls: Sequence[CallRecord], duration: float) -> dict[str, Any]
         "output_throughput": tot_out / dur,
         "total_token_throughput": (tot_in + tot_out) / dur,
     }
-    out |= stats.summary_ms("ttft", ttfts)
-    out |= stats.summary_ms("tpot", tpots)
-    out |= stats.summary_ms("itl", itls)
-    out |= stats.summary_ms("e2el", e2els)
+    out |= stats.summary_ms("ttft", ttfts, empty_none=empty_none)
+    out |= stats.summary_ms("tpot", tpots, empty_none=empty_none)
+    out |= stats.summary_ms("itl", itls, empty_none=empty_none)
+    out |= stats.summary_ms("e2el", e2els, empty_none=empty_none)
     return out
 
 
@@ -156,7 +157,7 @@ def tier_block(units: Sequence[Unit], tier: TierSpec, duration: float) -> dict[s
         "goodput": met / duration if duration > 0 else None,
         "status": counts,
     }
-    out |= call_metrics(calls, duration)
+    out |= call_metrics(calls, duration, empty_none=True)
     return out
 
 

@@ -61,7 +61,7 @@ def short_slo(slo: dict[str, Any]) -> str:
     if cls == "latency":
         return f"{slo['ttft_ms']:g}/{slo['tpot_ms']:g} ms"
     if cls in ("deadline", "workflow"):
-        return f"{cls[:2]} {slo['deadline_ms'] / 1000:g} s"
+        return f"{cls} {slo['deadline_ms'] / 1000:g} s"
     return "best effort"
 
 

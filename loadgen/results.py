@@ -72,11 +72,17 @@ def build(units: list[Unit], duration: float, meta: dict[str, Any], max_lag_ms: 
     }
     warnings = []
     if lag["p99"] > max_lag_ms:
+        why = (
+            f"It used only {cpu_util:.0%} of a core, so the machine did not give it the CPU in time "
+            "(other busy processes?)."
+            if cpu_util < 0.5
+            else f"It used {cpu_util:.0%} of a core."
+        )
         warnings.append(
             f"the load generator fell behind its schedule: p99 send lag {lag['p99']:.1f} ms "
-            f"(limit {max_lag_ms:g} ms; {lag['late_sends']} of {len(lags)} sends late). "
-            "The offered rate was not delivered as planned; TTFTs may include client delay. "
-            "Lower the rate, or run the generator on its own core / several generators."
+            f"(limit {max_lag_ms:g} ms; {lag['late_sends']} of {len(lags)} sends late). {why} "
+            "The offered rate was not delivered as planned and TTFTs may include client delay: "
+            "lower the rate, give the generator a quiet core, or split the load over several generators."
         )
     if cpu_util > 0.9:
         warnings.append(

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import resource
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -60,6 +61,7 @@ class RunResult:
     cpu_s: float  # CPU seconds used by this process during the run
     lags: list[float] = field(default_factory=list)  # per open-loop send, seconds
     max_concurrency: int | None = None
+    t0: float = 0.0  # time.perf_counter() at the start: record times are relative to it
 
     @property
     def records(self) -> list[CallRecord]:
@@ -104,10 +106,32 @@ async def _run(
     w: Workload, target: str, model: str, api_key: str | None, st: RunState, sess: aiohttp.ClientSession
 ) -> RunResult:
     planner = Planner(w)
+    client = Client(sess, target, w, model, 0.0, api_key, run_id=uuid.uuid4().hex[:8])
+    with _quiet_gc():
+        return await _schedule(w, target, model, client, planner, st)
+
+
+@contextlib.contextmanager
+def _quiet_gc() -> Iterator[None]:
+    """Fewer, later garbage collections during the run: a full collection over many live
+    records can stall the loop for tens of ms, which would show up as schedule lag."""
+    old = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 1000)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
+        gc.unfreeze()
+
+
+async def _schedule(
+    w: Workload, target: str, model: str, client: Client, planner: Planner, st: RunState
+) -> RunResult:
     units: list[Unit] = []
     lags: list[float] = []
     tasks: set[asyncio.Task[None]] = set()
-    client = Client(sess, target, w, model, 0.0, api_key, run_id=uuid.uuid4().hex[:8])
     cpu0 = time.process_time()
     wall = time.time()
     t0 = client.t0 = time.perf_counter()
@@ -165,6 +189,7 @@ async def _run(
         cpu_s=time.process_time() - cpu0,
         lags=lags,
         max_concurrency=w.arrival.concurrency,
+        t0=t0,
     )
 
 

@@ -32,10 +32,13 @@ def std(values: Sequence[float]) -> float:
     return math.sqrt(math.fsum((v - m) ** 2 for v in values) / len(values))
 
 
-def summary_ms(name: str, seconds: Iterable[float], pcts: Sequence[float] = PERCENTILES) -> dict[str, float]:
-    """``mean_<name>_ms``, ``median_<name>_ms``, ``std_<name>_ms``, ``p<P>_<name>_ms`` as vLLM names them."""
+def summary_ms(
+    name: str, seconds: Iterable[float], pcts: Sequence[float] = PERCENTILES, *, empty_none: bool = False
+) -> dict[str, float | None]:
+    """``mean_<name>_ms``, ``median_<name>_ms``, ``std_<name>_ms``, ``p<P>_<name>_ms`` as vLLM names
+    them. No values: all 0 (vLLM's convention), or all None with ``empty_none``."""
     vals = sorted(seconds)
-    out = {
+    out: dict[str, float | None] = {
         f"mean_{name}_ms": mean(vals) * 1000.0,
         f"median_{name}_ms": percentile(vals, 50) * 1000.0,
         f"std_{name}_ms": std(vals) * 1000.0,
@@ -43,4 +46,6 @@ def summary_ms(name: str, seconds: Iterable[float], pcts: Sequence[float] = PERC
     for p in pcts:
         word = str(int(p)) if int(p) == p else str(p)
         out[f"p{word}_{name}_ms"] = percentile(vals, p) * 1000.0
+    if empty_none and not vals:
+        return dict.fromkeys(out)
     return out
