@@ -13,6 +13,7 @@ import aiohttp
 import openai
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from slorouter.models.profile import StepProfile
 from slorouter.models.static import LinearStep
@@ -230,8 +231,10 @@ SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="(?:
 
 def parse_prometheus(text: str) -> dict[str, float]:
     """A strict reader of the text exposition format: every line a HELP/TYPE comment or a
-    sample of a declared metric with a float value."""
+    sample of a declared metric with a float value. The reference parser must accept it too."""
     assert text.endswith("\n")
+    families = list(text_string_to_metric_families(text))
+    assert families and all(f.samples for f in families)
     types: dict[str, str] = {}
     out: dict[str, float] = {}
     for line in text.splitlines():
