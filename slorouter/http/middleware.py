@@ -1,24 +1,71 @@
-"""Every error the router itself produces is an OpenAI-style JSON error, including
-aiohttp's own (404 unknown route, 405, 413 body too large)."""
+"""The router's front door, one middleware for every route:
+
+* **slow clients**: a request body must arrive within ``server.client_read_timeout_s``
+  (else 408); a body over ``server.max_body_bytes`` gets 413. The body is read here,
+  once, so every handler finds it complete. (Slow *headers* are cut by the server's
+  keep-alive timer, set to the same limit in :func:`slorouter.app.runner_for`.)
+* **admin**: every ``/admin/...`` path needs the admin bearer token (401/403 before
+  the route is even looked at);
+* **draining**: while the router drains, new work gets 503 with ``Retry-After`` and
+  ``/health`` answers 503 ``draining``; ``/metrics`` and admin routes still work;
+* **errors**: everything the router answers itself is an OpenAI-style JSON error,
+  including aiohttp's own (404 unknown route, 405, 413); an unexpected exception is
+  logged (method and path only: never headers, so never a key) and answered 500.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
+import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
+from slorouter.http.admin import CONTROL, authorize
+from slorouter.http.context import SERVICES
 from slorouter.proxy.errors import error_response
 
 log = logging.getLogger("slorouter.http")
+
+_ALWAYS_OPEN = ("/metrics", "/admin/")
 
 
 @web.middleware
 async def openai_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
+        path = request.path
+        if path.startswith("/admin/"):
+            refused = authorize(request)
+            if refused is not None:
+                return refused
+        else:
+            ctl = request.app.get(CONTROL)
+            if ctl is not None and ctl.draining and not path.startswith(_ALWAYS_OPEN):
+                if path == "/health":
+                    body = orjson.dumps({"status": "draining"})
+                    return web.Response(status=503, body=body, content_type="application/json")
+                return error_response(
+                    503,
+                    "the router is draining; retry on another instance",
+                    "draining",
+                    headers={"Retry-After": "1"},
+                )
+        if request.body_exists:
+            timeout_s = request.app[SERVICES].cfg.server.client_read_timeout_s
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await request.read()
+            except TimeoutError:
+                return error_response(
+                    408, f"the request body did not arrive within {timeout_s:g} s", "timeout"
+                )
         return await handler(request)
     except web.HTTPRequestEntityTooLarge as e:
         return error_response(413, f"request body too large ({e.text or 'over the limit'})", "body_too_large")
+    except HttpProcessingError as e:  # a malformed body (chunked framing, compression)
+        return error_response(400, f"malformed request: {e.message}", "invalid_request")
     except web.HTTPException as e:
         if e.status < 400:
             raise

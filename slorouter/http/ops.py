@@ -11,6 +11,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from slorouter.http.admin import CONTROL
 from slorouter.http.context import SERVICES
 from slorouter.proxy.errors import error_response
 from slorouter.proxy.upstream import downstream_headers, upstream_headers
@@ -58,11 +59,17 @@ async def models(request: web.Request) -> web.Response:
 async def health(request: web.Request) -> web.Response:
     svc = request.app[SERVICES]
     healthy = len(svc.tracker.eligible(None))
-    body = {
+    body: dict[str, Any] = {
         "status": "ok" if healthy else "unavailable",
         "healthy_backends": healthy,
         "backends": len(svc.tracker.backends),
     }
+    ctl = request.app.get(CONTROL)
+    if ctl is not None:  # per backend: routable, probes up/down, circuit closed/open/half_open, drained
+        body["backend_states"] = {
+            bid: {k: st[k] for k in ("routable", "probe", "circuit", "drained")}
+            for bid, st in ctl.monitor.describe().items()
+        }
     return web.Response(
         status=200 if healthy else 503, body=orjson.dumps(body), content_type="application/json"
     )

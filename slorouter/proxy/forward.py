@@ -1,14 +1,25 @@
 """Forwarding one request to its backend, with failover before the first byte.
 
 Contract:
+
 * the caller (HTTP handler) has registered the request (``tracker.on_arrival``) and
   will finalize it (``tracker.on_finish``) in its ``finally``; this module only moves
   it (``on_dispatch`` / ``on_retry``) and reports tokens and usage;
-* a backend that fails before anything reached the client (connect error, timeout
-  before the first body byte, 5xx/429 answer, empty body) is skipped for the next one
-  of the decision's ranked list, with jittered exponential backoff, at most
-  ``max_attempts`` backends; after the first byte reached the client nothing is
-  retried: a streaming client gets an SSE error event and a clean end;
+* a backend that fails before anything reached the client (connect error, no first
+  body byte within the tier's ``first_byte_s``, a 5xx or 429 answer, a stream that
+  ends before its first byte) is skipped for the next one of the decision's ranked
+  list, with jittered exponential backoff (``backoff_s`` doubling, capped at
+  ``backoff_max_s``), at most ``max_attempts`` backends in all. A retry is not started
+  once the request's TTFT deadline (deadline classes: its deadline) has passed —
+  except for best-effort tiers, which have none; the backoff never sleeps past it;
+* after the first byte reached the client nothing is retried: a streaming client gets
+  a well-formed error event (OpenAI: ``data: {"error": ...}`` then ``data: [DONE]``;
+  TGI: ``data:{"error": ..., "error_type": ...}``) and a clean end of the stream;
+* no wait is unbounded: connect (``connect_s``), headers and first byte
+  (``first_byte_s``), every later silence of the engine (``idle_s``), and a client
+  that stops reading while its buffer is full (``idle_s``: the router then drops it);
+* every attempt is reported to ``report(backend_id, signal, detail)`` (passive health,
+  see :mod:`slorouter.proxy.health`);
 * the upstream response is released to the pool only after a complete, clean
   exchange; on any failure or client disconnect it is closed, so the engine sees the
   connection drop and frees the request's slot.
@@ -17,23 +28,27 @@ Contract:
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
+import orjson
 from aiohttp import web
 
 from slorouter.proxy.engines import Prepared
 from slorouter.proxy.errors import error_response, sse_error_event
+from slorouter.proxy.health import Signal
 from slorouter.proxy.sse import Flavor, SseObserver, usage_of_body
-from slorouter.proxy.upstream import UpstreamSettings, downstream_headers, upstream_headers
+from slorouter.proxy.upstream import Timeouts, UpstreamSettings, downstream_headers, upstream_headers
 from slorouter.state.backends import Backend, BackendSet
 from slorouter.state.tracker import Tracker
-from slorouter.values import RequestInfo, Status
+from slorouter.values import RequestInfo, SloClass, Status
 
-BackendReport = Callable[[str, bool, str], None]  # (backend id, ok, what happened)
+BackendReport = Callable[[str, Signal, str], None]  # (backend id, what happened, detail)
 _UPSTREAM_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
+_SLOW_CLIENT_BYTES = 256 * 1024  # client write buffer above which a write gets a deadline
 
 
 @dataclass(slots=True)
@@ -48,6 +63,27 @@ class _ClientGone(Exception):
     pass
 
 
+def _signal_of(e: BaseException) -> Signal:
+    if isinstance(e, TimeoutError | aiohttp.ServerTimeoutError):
+        return Signal.TIMEOUT
+    return Signal.CONNECT
+
+
+def retry_deadline(info: RequestInfo) -> float:
+    """Latest time a retry may start: the TTFT deadline, else the whole-response
+    deadline, else never (best effort)."""
+    slo = info.tier.slo
+    if slo.slo_class is SloClass.BEST_EFFORT:
+        return math.inf
+    if slo.ttft_s is not None:
+        return info.arrival + slo.ttft_s
+    return info.deadline_at if info.deadline_at is not None else math.inf
+
+
+def tgi_error_event(message: str) -> bytes:
+    return b"data:" + orjson.dumps({"error": message, "error_type": "upstream_error"}) + b"\n\n"
+
+
 class Forwarder:
     def __init__(
         self,
@@ -60,17 +96,24 @@ class Forwarder:
     ) -> None:
         self.session = session
         self.tracker = tracker
-        self.settings = settings
-        self._report = report or (lambda _b, _ok, _w: None)
+        self.settings = settings  # replaced as a whole on a config reload
+        self._report = report or (lambda _b, _s, _d: None)
         self._rng = random.Random(seed)
         self._api_keys = api_keys or {}
         self.retries = 0  # attempts beyond the first, over the process lifetime
+        self.budget_stops = 0  # failovers not started because the TTFT budget was spent
+        self.slow_clients = 0  # clients dropped for not reading their stream
 
     def api_key(self, backend_id: str) -> str | None:
         return self._api_keys.get(backend_id)
 
     def _backends(self) -> BackendSet:
         return self.tracker.backends
+
+    def _backoff(self, attempts: int) -> float:
+        s = self.settings
+        base: float = min(s.backoff_max_s, s.backoff_s * 2.0 ** (attempts - 1))
+        return base * (0.5 + self._rng.random())
 
     async def forward(
         self,
@@ -88,15 +131,21 @@ class Forwarder:
         last_failure: aiohttp.ClientResponse | None = None
         last_reason = "no backend could be reached"
         attempts = 0
+        deadline = retry_deadline(info)
+        clock = tracker.clock
         candidates = [b for b in (self._backends().get(x) for x in ranked) if b is not None]
         for backend in candidates[: settings.max_attempts]:
             if attempts == 0:
                 tracker.on_dispatch(rid, backend.id)
             else:
+                now = clock.now()
+                if now >= deadline:
+                    self.budget_stops += 1
+                    last_reason += "; not retried: the request's TTFT deadline has passed"
+                    break
                 self.retries += 1
                 tracker.on_retry(rid, backend.id)
-                delay = settings.backoff_s * (2 ** (attempts - 1)) * (0.5 + self._rng.random())
-                await asyncio.sleep(delay)
+                await asyncio.sleep(min(self._backoff(attempts), (deadline - now) / 2))
             attempts += 1
             if last_failure is not None:
                 last_failure.close()
@@ -112,12 +161,13 @@ class Forwarder:
                         backend.url + path,
                         data=prep.body,
                         headers=headers,
-                        timeout=aiohttp.ClientTimeout(
-                            total=None, sock_connect=to.connect_s, sock_read=to.idle_s
-                        ),
+                        timeout=aiohttp.ClientTimeout(total=None, sock_connect=to.connect_s),
                     )
                     if up.status >= 500 or up.status == 429:
-                        self._report(backend.id, False, f"http {up.status}")
+                        over = up.status == 429
+                        self._report(
+                            backend.id, Signal.OVERLOADED if over else Signal.HTTP_5XX, f"http {up.status}"
+                        )
                         last_reason = f"backend {backend.id} answered {up.status}"
                         last_failure = up
                         continue
@@ -128,29 +178,32 @@ class Forwarder:
             except _UPSTREAM_ERRORS as e:
                 if up is not None:
                     up.close()
-                self._report(backend.id, False, type(e).__name__)
-                last_reason = f"backend {backend.id}: {type(e).__name__} {e}".strip()
+                self._report(backend.id, _signal_of(e), type(e).__name__)
+                what = "no first byte in time" if isinstance(e, TimeoutError) else f"{type(e).__name__} {e}"
+                last_reason = f"backend {backend.id}: {what}".strip()
                 continue
             except BaseException:
                 if up is not None:
                     up.close()
                 raise
-            self._report(backend.id, True, "ok")
+            self._report(backend.id, Signal.OK, "")
+            _set_idle(up, to)
             if prep.stream and up.status == 200:
-                return await self._stream(request, info, backend, up, prep, first, attempts)
+                return await self._stream(request, info, backend, up, prep, first, attempts, to)
             return await self._whole(info, backend, up, attempts)
-        if last_failure is not None:  # every backend failed; the last one's answer goes back as it is
+        return await self._failed(last_failure, last_reason, attempts)
+
+    async def _failed(self, last: aiohttp.ClientResponse | None, reason: str, attempts: int) -> Result:
+        if last is not None:  # every backend failed; the last one's answer goes back as it is
             try:
-                body = await last_failure.read()
+                body = await _read_some(last, 1 << 20, 2.0)  # an error body: small, bounded
                 resp = web.Response(
-                    status=last_failure.status,
-                    body=body,
-                    headers=downstream_headers(last_failure.headers.items()),
+                    status=last.status, body=body, headers=downstream_headers(last.headers.items())
                 )
             except _UPSTREAM_ERRORS:
-                resp = error_response(502, last_reason, "upstream_error")
+                resp = error_response(502, reason, "upstream_error")
             finally:
-                last_failure.close()
+                last.close()
             return Result(resp, Status.ERROR, None, attempts)
         if attempts == 0:
             return Result(
@@ -159,30 +212,43 @@ class Forwarder:
                 None,
                 0,
             )
-        return Result(error_response(502, last_reason, "upstream_error"), Status.ERROR, None, attempts)
+        status = 504 if "no first byte in time" in reason else 502
+        return Result(error_response(status, reason, "upstream_error"), Status.ERROR, None, attempts)
 
     async def _whole(
         self, info: RequestInfo, backend: Backend, up: aiohttp.ClientResponse, attempts: int
     ) -> Result:
+        limit = self.settings.max_response_bytes
+        parts: list[bytes] = []
+        size = 0
         try:
-            body = await up.content.read(self.settings.max_response_bytes + 1)
-            if len(body) > self.settings.max_response_bytes:
-                up.close()
-                return Result(
-                    error_response(502, "engine response too large", "upstream_error"),
-                    Status.ERROR,
-                    backend.id,
-                    attempts,
-                )
+            while True:
+                chunk = await up.content.readany()
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > limit:
+                    up.close()
+                    return Result(
+                        error_response(502, "engine response too large", "upstream_error"),
+                        Status.ERROR,
+                        backend.id,
+                        attempts,
+                    )
+                parts.append(chunk)
         except _UPSTREAM_ERRORS as e:
             up.close()
-            self._report(backend.id, False, type(e).__name__)
+            self._report(backend.id, Signal.BROKEN, type(e).__name__)
             return Result(
                 error_response(502, f"backend {backend.id}: {type(e).__name__}", "upstream_error"),
                 Status.ERROR,
                 backend.id,
                 attempts,
             )
+        except BaseException:
+            up.close()
+            raise
+        body = b"".join(parts)
         up.release()
         status = Status.OK if up.status < 400 else Status.ERROR
         if up.status == 200:
@@ -202,6 +268,7 @@ class Forwarder:
         prep: Prepared,
         first: bytes,
         attempts: int,
+        to: Timeouts,
     ) -> Result:
         rid = info.rid
         tracker = self.tracker
@@ -216,41 +283,58 @@ class Forwarder:
         resp = web.StreamResponse(status=up.status, headers=downstream_headers(up.headers.items()))
         status = Status.ERROR
         clean = False
+        transport = request.transport
+
+        async def send(data: bytes) -> None:
+            try:
+                if transport is not None and transport.get_write_buffer_size() > _SLOW_CLIENT_BYTES:
+                    async with asyncio.timeout(to.idle_s):
+                        await resp.write(data)
+                else:
+                    await resp.write(data)
+            except TimeoutError as e:  # the client stopped reading: drop it
+                self.slow_clients += 1
+                if transport is not None:
+                    transport.abort()
+                raise _ClientGone from e
+            except ConnectionError as e:
+                raise _ClientGone from e
+
         try:
             try:
                 await resp.prepare(request)
-                out = obs.feed(first)
-                if out:
-                    await resp.write(out)
             except ConnectionError as e:
                 raise _ClientGone from e
+            out = obs.feed(first)
+            if out:
+                await send(out)
             while True:
                 try:
                     data = await up.content.readany()
                 except _UPSTREAM_ERRORS as e:
-                    self._report(backend.id, False, f"mid-stream {type(e).__name__}")
-                    await self._write_error(resp, f"the engine stream broke: {type(e).__name__}")
+                    idle = isinstance(e, TimeoutError | aiohttp.ServerTimeoutError)
+                    self._report(backend.id, Signal.BROKEN, f"mid-stream {type(e).__name__}")
+                    why = f"no data for {to.idle_s:g} s" if idle else type(e).__name__
+                    await self._write_error(resp, prep.flavor, f"the engine stream broke: {why}")
                     break
                 if not data:
                     rest = obs.flush()
-                    try:
-                        if rest:
-                            await resp.write(rest)
-                        if prep.flavor is Flavor.OPENAI and not obs.done:
-                            await self._write_error(resp, "the engine closed the stream early")
-                        else:
-                            status = Status.OK
-                            clean = True
-                        await resp.write_eof()
-                    except ConnectionError as e:
-                        raise _ClientGone from e
+                    if rest:
+                        await send(rest)
+                    if prep.flavor is Flavor.OPENAI and not obs.done:
+                        self._report(backend.id, Signal.BROKEN, "closed early")
+                        await self._write_error(resp, prep.flavor, "the engine closed the stream early")
+                    else:
+                        status = Status.OK
+                        clean = True
+                        try:
+                            await resp.write_eof()
+                        except ConnectionError as e:
+                            raise _ClientGone from e
                     break
                 out = obs.feed(data)
                 if out:
-                    try:
-                        await resp.write(out)
-                    except ConnectionError as e:
-                        raise _ClientGone from e
+                    await send(out)
         except _ClientGone:
             status = Status.CANCELLED
         finally:
@@ -261,9 +345,35 @@ class Forwarder:
         return Result(resp, status, backend.id, attempts)
 
     @staticmethod
-    async def _write_error(resp: web.StreamResponse, message: str) -> None:
+    async def _write_error(resp: web.StreamResponse, flavor: Flavor, message: str) -> None:
+        event = tgi_error_event(message) if flavor is Flavor.TGI else sse_error_event(message)
         try:
-            await resp.write(sse_error_event(message))
-            await resp.write_eof()
-        except ConnectionError:
+            async with asyncio.timeout(1.0):
+                await resp.write(event)
+                await resp.write_eof()
+        except (ConnectionError, TimeoutError):
             pass
+
+
+async def _read_some(up: aiohttp.ClientResponse, limit: int, timeout_s: float) -> bytes:
+    """At most ``limit`` bytes of a body, within ``timeout_s``."""
+    parts: list[bytes] = []
+    size = 0
+    async with asyncio.timeout(timeout_s):
+        while size < limit:
+            chunk = await up.content.readany()
+            if not chunk:
+                break
+            parts.append(chunk)
+            size += len(chunk)
+    return b"".join(parts)[:limit]
+
+
+def _set_idle(up: aiohttp.ClientResponse, to: Timeouts) -> None:
+    """From now on, every silence of the engine longer than ``idle_s`` fails the read
+    (aiohttp's own per-read timer on the connection, re-armed by each arriving chunk)."""
+    conn = up.connection
+    proto = conn.protocol if conn is not None else None
+    if proto is not None:
+        proto.read_timeout = to.idle_s
+        proto.start_timeout()

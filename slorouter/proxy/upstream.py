@@ -24,7 +24,16 @@ HOP_BY_HOP: Final = frozenset(
         "proxy-connection",
     }
 )
-_NOT_FORWARDED_UP: Final = HOP_BY_HOP | {"host", "content-length", "authorization", "x-api-key", "cookie"}
+# the body goes up as the router read it (decoded), so its length/encoding headers are the router's
+_NOT_FORWARDED_UP: Final = HOP_BY_HOP | {
+    "host",
+    "content-length",
+    "content-encoding",
+    "expect",
+    "authorization",
+    "x-api-key",
+    "cookie",
+}
 _NOT_FORWARDED_DOWN: Final = HOP_BY_HOP | {"content-length", "content-encoding", "server", "date"}
 
 
@@ -41,6 +50,7 @@ class UpstreamSettings:
     per_tier: Mapping[str, Timeouts] = field(default_factory=dict)
     max_attempts: int = 3  # backends tried for one request (failover before the first byte)
     backoff_s: float = 0.02  # base of the jittered exponential backoff between attempts
+    backoff_max_s: float = 1.0  # longest pause between attempts
     max_response_bytes: int = 64 * 1024 * 1024  # non-streaming responses
 
     def timeouts(self, tier: str) -> Timeouts:

@@ -1,5 +1,7 @@
 """``slorouter serve --config FILE [--host H] [--port P]``: validate the config (every
-error listed, with the file and the field), then run the router until SIGINT/SIGTERM."""
+error listed, with the file and the field), then run the router until SIGINT/SIGTERM.
+SIGHUP re-reads the config file (as ``POST /admin/reload`` does): an invalid file is
+refused with every error logged and the running config stays."""
 
 from __future__ import annotations
 
@@ -8,12 +10,14 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 
 from aiohttp import web
 
 from slorouter.app import build_app, runner_for
 from slorouter.config.model import RouterConfig
+from slorouter.http.admin import CONTROL
 from slorouter.tools.config_cmd import check
 
 log = logging.getLogger("slorouter")
@@ -22,29 +26,37 @@ log = logging.getLogger("slorouter")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", "-c", required=True, metavar="FILE", help="router YAML config")
     parser.add_argument("--host", help="address to bind (default: server.host from the config)")
-    parser.add_argument("--port", type=int, help="port to bind (default: server.port from the config)")
+    parser.add_argument(
+        "--port", type=int, help="port to bind (default: server.port from the config; 0: any free port)"
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
-async def serve(cfg: RouterConfig, ready: asyncio.Event | None = None) -> None:
-    app = build_app(cfg)
+async def serve(
+    cfg: RouterConfig,
+    ready: asyncio.Event | None = None,
+    adjust: Callable[[RouterConfig], RouterConfig] | None = None,
+) -> None:
+    app = build_app(cfg, adjust=adjust)
     runner = runner_for(app, cfg)
     await runner.setup()
     site = web.TCPSite(runner, cfg.server.host, cfg.server.port, reuse_address=True)
     await site.start()
+    port = int(runner.addresses[0][1]) if runner.addresses else cfg.server.port
     log.info(
         "slorouter listening on http://%s:%d (%d backends, %d tiers, policy %s)",
         cfg.server.host,
-        cfg.server.port,
+        port,
         len(cfg.backends),
         len(cfg.tiers),
         cfg.policy.kind,
     )
-    print(f"slorouter listening on http://{cfg.server.host}:{cfg.server.port}", flush=True)
+    print(f"slorouter listening on http://{cfg.server.host}:{port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: _reload(app))
     if ready is not None:
         ready.set()
     try:
@@ -52,6 +64,13 @@ async def serve(cfg: RouterConfig, ready: asyncio.Event | None = None) -> None:
     finally:
         log.info("shutting down (in-flight requests get %.0f s)", cfg.server.shutdown_grace_s)
         await runner.cleanup()
+
+
+def _reload(app: web.Application) -> None:
+    """SIGHUP: re-read the config file (the outcome is logged by the reload itself)."""
+    ctl = app[CONTROL]
+    if ctl.reload is not None:
+        ctl.reload()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,18 +84,25 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {e}", file=sys.stderr)
         print("fix them (check with: slorouter config check FILE) and start again", file=sys.stderr)
         return 2
-    server = cfg.server
-    if args.host:
-        server = replace(server, host=args.host)
-    if args.port:
-        server = replace(server, port=args.port)
-    cfg = replace(cfg, server=server)
+
+    def adjust(c: RouterConfig) -> RouterConfig:  # the command line wins, at start and on reload
+        server = c.server
+        if args.host:
+            server = replace(server, host=args.host)
+        if args.port is not None:
+            server = replace(server, port=args.port)
+        return replace(c, server=server)
+
+    if args.port is not None and not 0 <= args.port <= 65535:
+        print(f"slorouter: --port {args.port}: give a port from 0 (any free port) to 65535", file=sys.stderr)
+        return 2
+    cfg = adjust(cfg)
     try:
         import uvloop
 
-        uvloop.run(serve(cfg))
+        uvloop.run(serve(cfg, adjust=adjust))
     except ImportError:
-        asyncio.run(serve(cfg))
+        asyncio.run(serve(cfg, adjust=adjust))
     except OSError as e:
         print(f"slorouter: cannot listen on {cfg.server.host}:{cfg.server.port}: {e}", file=sys.stderr)
         return 1
