@@ -1,0 +1,302 @@
+#!/usr/bin/env python3
+"""Router overhead: the same load direct to the engines, through nginx, through slorouter.
+
+One run, three scenarios, each target measured ``--repeats`` times in rotating order:
+
+* ``paced_32x20ms``  — 32 streams, engines stepping every 20 ms whatever the batch
+  (each token is its own read and write: the fair per-token comparison);
+* ``unpaced_64``     — 64 streams, engines stepping as fast as they can (~0 s steps);
+* ``nonstreaming_32``— 32 clients, non-streaming requests to the unpaced engines.
+
+Engines: 2 simulated vLLM engines (``slorouter sim``, a generated profile whose step is
+``c0`` alone). Proxies: nginx 1 worker (generated config in a temp dir: proxy_buffering
+off, HTTP/1.1 keep-alive upstream, round-robin) and the real ``slorouter serve``
+(generated config, policy round-robin). The client is this process (aiohttp + uvloop).
+By default the proxies run on core 1 and engines + client on core 0 (``taskset`` /
+``sched_setaffinity``; ``--no-pin`` to disable).
+
+Figures per target (medians over repeats): added TTFT p50/p99 and added inter-token gap
+p99 (paired with the direct run of the same round), tokens/s, proxy CPU µs per token
+(utime+stime from /proc/PID/stat before/after the run; nginx = master + worker), µs per
+non-streaming request, RSS; slorouter's ratios to nginx. Prints JSON on stdout, a table
+and progress on stderr. See docs/overhead.md.
+
+Usage: ``scripts/bench_overhead.py [--repeats 3] [--out FILE] [--py-spy DIR]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _overhead_client import make_session, run_load, warm_up
+from _overhead_procs import VENV_BIN, Proc, start_nginx, start_sim, start_slorouter
+from _overhead_report import print_table, run_record, summarize
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    fleet: str  # which engine fleet: "paced" | "unpaced"
+    streams: int
+    stream: bool
+    max_tokens: int
+    duration_s: float
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--repeats", type=int, default=3, help="runs per target and scenario (default 3)")
+    p.add_argument("--paced-duration", type=float, default=6.0, help="seconds per paced run (default 6)")
+    p.add_argument("--unpaced-duration", type=float, default=4.0, help="seconds per unpaced run (default 4)")
+    p.add_argument(
+        "--nonstream-duration", type=float, default=3.0, help="seconds per non-streaming run (default 3)"
+    )
+    p.add_argument(
+        "--max-tokens", type=int, default=64, help="output tokens per streamed request (default 64)"
+    )
+    p.add_argument("--nonstream-tokens", type=int, default=16, help="output tokens per non-streaming request")
+    p.add_argument("--step-ms", type=float, default=20.0, help="paced engines' step [ms] (default 20)")
+    p.add_argument(
+        "--warmup", type=float, default=1.0, help="discarded load per target first [s] (default 1)"
+    )
+    p.add_argument("--proxy-core", type=int, default=1, help="core for the proxies (default 1)")
+    p.add_argument("--load-core", type=int, default=0, help="core for engines and client (default 0)")
+    p.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
+    p.add_argument("--skip-nginx", action="store_true", help="no nginx (no ratios then)")
+    p.add_argument("--only", choices=("paced", "unpaced", "nonstreaming"), action="append", help="scenarios")
+    p.add_argument("--out", type=Path, help="also write the JSON to this file")
+    p.add_argument(
+        "--py-spy",
+        type=Path,
+        metavar="DIR",
+        help="record slorouter with py-spy (raw folded stacks into DIR) during its runs; "
+        "perturbs the figures — use for profiling only",
+    )
+    a = p.parse_args(argv)
+    if a.repeats < 1 or a.max_tokens < 2 or a.nonstream_tokens < 1 or a.step_ms <= 0:
+        p.error("--repeats >= 1, --max-tokens >= 2, --nonstream-tokens >= 1 and --step-ms > 0, please")
+    if min(a.paced_duration, a.unpaced_duration, a.nonstream_duration) <= 0:
+        p.error("durations must be > 0")
+    ncpu = os.cpu_count() or 1
+    if not a.no_pin and max(a.proxy_core, a.load_core) >= ncpu:
+        p.error(f"--proxy-core/--load-core: this machine has cores 0..{ncpu - 1} (or use --no-pin)")
+    return a
+
+
+def scenarios(a: argparse.Namespace) -> list[Scenario]:
+    all_ = [
+        Scenario(
+            "paced_32x20ms",
+            f"32 streams, {a.step_ms:g} ms steps, {a.max_tokens} tokens/request",
+            "paced",
+            32,
+            True,
+            a.max_tokens,
+            a.paced_duration,
+        ),
+        Scenario(
+            "unpaced_64",
+            f"64 streams, ~0 s steps, {a.max_tokens} tokens/request",
+            "unpaced",
+            64,
+            True,
+            a.max_tokens,
+            a.unpaced_duration,
+        ),
+        Scenario(
+            "nonstreaming_32",
+            f"32 clients, non-streaming, ~0 s steps, {a.nonstream_tokens} tokens/request",
+            "unpaced",
+            32,
+            False,
+            a.nonstream_tokens,
+            a.nonstream_duration,
+        ),
+    ]
+    if not a.only:
+        return all_
+    return [s for s in all_ if s.name.split("_")[0] in a.only]
+
+
+class Spy:
+    """py-spy record attached to a PID for the duration of a ``with`` block."""
+
+    def __init__(self, out_dir: Path | None, pid: int, name: str) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            exe = VENV_BIN / "py-spy"
+            argv = [str(exe), "record", "--pid", str(pid), "--format", "raw", "--rate", "250"]
+            argv += ["--output", str(out_dir / f"{name}.txt"), "--nonblocking"]
+            self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
+
+    def __enter__(self) -> Spy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+async def measure(
+    sc: Scenario, target: str, urls: list[str], proxy: Proc | None, sim: Proc, spy_dir: Path | None, rnd: int
+) -> dict[str, Any]:
+    async with make_session(sc.streams) as session:
+        warm_errors = await warm_up(session, urls, sc.streams)
+        spy_name = f"{sc.name}-r{rnd}"
+        with Spy(spy_dir if target == "slorouter" else None, proxy.pid if proxy else 0, spy_name):
+            p0 = proxy.cpu() if proxy else None
+            e0 = sim.cpu()
+            res = await run_load(
+                session, urls, streams=sc.streams, duration_s=sc.duration_s, max_tokens=sc.max_tokens,
+                stream=sc.stream,
+            )  # fmt: skip
+            p1 = proxy.cpu() if proxy else None
+            e1 = sim.cpu()
+    cpu = None if p0 is None or p1 is None else (p1[0] - p0[0], p1[1] - p0[1], p1[2] - p0[2])
+    rec = run_record(target, res, cpu, e1[1] - e0[1], proxy.rss() if proxy else None)
+    if warm_errors:
+        rec["warmup_errors"] = warm_errors
+    return rec
+
+
+async def run_fleet(
+    a: argparse.Namespace, fleet: str, scs: list[Scenario], tmp: Path, progress: Any, task: Any
+) -> dict[str, Any]:
+    pin_load = None if a.no_pin else a.load_core
+    pin_proxy = None if a.no_pin else a.proxy_core
+    c0 = a.step_ms / 1e3 if fleet == "paced" else 1e-6
+    procs: list[Proc] = []
+    out: dict[str, Any] = {}
+    try:
+        sim, ports = start_sim(tmp, fleet, c0, 2, pin_load)
+        procs.append(sim)
+        targets: dict[str, tuple[list[str], Proc | None]] = {
+            "direct": ([f"http://127.0.0.1:{p}/v1/chat/completions" for p in ports], None)
+        }
+        if not a.skip_nginx:
+            ng, nport = start_nginx(tmp, ports, pin_proxy)
+            procs.append(ng)
+            targets["nginx"] = ([f"http://127.0.0.1:{nport}/v1/chat/completions"], ng)
+        sr, sport = start_slorouter(tmp, ports, pin_proxy)
+        procs.append(sr)
+        targets["slorouter"] = ([f"http://127.0.0.1:{sport}/v1/chat/completions"], sr)
+        names = list(targets)
+        for t in names:  # a short discarded load per target: connections, caches, the JIT-less warm path
+            progress.update(task, description=f"{fleet} engines: warming up {t}")
+            urls = targets[t][0]
+            async with make_session(scs[0].streams) as session:
+                await run_load(
+                    session, urls, streams=scs[0].streams, duration_s=a.warmup, max_tokens=scs[0].max_tokens
+                )
+        for sc in scs:
+            rounds: list[dict[str, dict[str, Any]]] = []
+            for rnd in range(a.repeats):
+                order = names[rnd % len(names) :] + names[: rnd % len(names)]
+                rows: dict[str, dict[str, Any]] = {}
+                for t in order:
+                    progress.update(task, description=f"{sc.name} round {rnd + 1}/{a.repeats}: {t}")
+                    urls, proxy = targets[t]
+                    rows[t] = await measure(sc, t, urls, proxy, sim, a.py_spy, rnd)
+                    progress.advance(task)
+                rounds.append(rows)
+            out[sc.name] = {
+                "description": sc.description,
+                "stream": sc.stream,
+                "streams": sc.streams,
+                "max_tokens": sc.max_tokens,
+                "duration_s": sc.duration_s,
+                "engine_step_s": c0,
+                "repeats": a.repeats,
+                "summary": summarize(rounds, names),
+                "rounds": rounds,
+            }
+    finally:
+        for p in reversed(procs):
+            p.stop()
+    return out
+
+
+async def main_async(a: argparse.Namespace) -> dict[str, Any]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    scs = scenarios(a)
+    n_targets = 2 if a.skip_nginx else 3
+    result: dict[str, Any] = {
+        "command": " ".join(shlex.quote(x) for x in [sys.argv[0], *sys.argv[1:]]),
+        "machine": {"cpus": os.cpu_count(), "loadavg_start": [round(x, 2) for x in os.getloadavg()]},
+        "pinning": None
+        if a.no_pin
+        else {"proxy_core": a.proxy_core, "engines_and_client_core": a.load_core, "how": "taskset -c"},
+        "engines": "2 x `slorouter sim` (vLLM chat wire format), step = c0 only (batch-independent)",
+        "proxies": {
+            "nginx": "1 worker, proxy_buffering off, proxy_http_version 1.1, upstream keepalive 256",
+            "slorouter": "slorouter serve, policy round-robin, one best_effort tier",
+        },
+    }
+    t0 = time.monotonic()
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmpd,
+        Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            transient=True,
+        ) as progress,
+    ):  # fmt: skip
+        task = progress.add_task("starting", total=len(scs) * a.repeats * n_targets)
+        out: dict[str, Any] = {}
+        for fleet in ("paced", "unpaced"):
+            mine = [s for s in scs if s.fleet == fleet]
+            if mine:
+                out.update(await run_fleet(a, fleet, mine, Path(tmpd), progress, task))
+    result["scenarios"] = out
+    result["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    result["wall_s"] = round(time.monotonic() - t0, 1)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    if not a.no_pin:
+        os.sched_setaffinity(0, {a.load_core})
+    try:
+        try:
+            import uvloop
+        except ImportError:
+            result = asyncio.run(main_async(a))
+        else:
+            result = uvloop.run(main_async(a))
+    except RuntimeError as e:
+        print(f"bench_overhead: {e}", file=sys.stderr)
+        return 1
+    print_table(result["scenarios"])
+    text = orjson.dumps(result, option=orjson.OPT_INDENT_2).decode()
+    print(text)
+    if a.out:
+        a.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
