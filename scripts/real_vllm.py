@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -169,14 +170,18 @@ def ensure_model(p: Paths) -> None:
 
 
 def ensure_all(p: Paths | None = None) -> Paths:
+    """Install and build if needed; a lock file serialises concurrent callers."""
     p = p or Paths(cache_dir())
-    t = time.monotonic()
-    times = ensure_env(p)
-    if times:
-        log(f"installed vLLM in {time.monotonic() - t:.0f} s ({json.dumps(times)})")
-    t = time.monotonic()
-    ensure_model(p)
-    log(f"model ready in {time.monotonic() - t:.1f} s: {p.model}")
+    p.cache.mkdir(parents=True, exist_ok=True)
+    with (p.cache / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        t = time.monotonic()
+        times = ensure_env(p)
+        if times:
+            log(f"installed vLLM in {time.monotonic() - t:.0f} s ({json.dumps(times)})")
+        t = time.monotonic()
+        ensure_model(p)
+        log(f"model ready in {time.monotonic() - t:.1f} s: {p.model}")
     return p
 
 

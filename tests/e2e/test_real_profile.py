@@ -58,6 +58,39 @@ async def test_vllm_stream_shapes_the_router_relies_on(vllm_servers: RealVllm) -
     assert counts[0] == 0 and counts[-1] == 6 and counts == sorted(counts)
 
 
+async def _running(session: aiohttp.ClientSession, url: str) -> float:
+    async with session.get(url + "/metrics") as r:
+        text = await r.text()
+    return sum(
+        float(x.rsplit(" ", 1)[1]) for x in text.splitlines() if x.startswith("vllm:num_requests_running{")
+    )
+
+
+async def test_a_client_disconnect_aborts_the_request_in_vllm(vllm_servers: RealVllm) -> None:
+    url = vllm_servers.urls[1]
+    body = {
+        "model": vllm_servers.model,
+        "messages": [{"role": "user", "content": "hello"}],
+        "max_tokens": 900,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    async with aiohttp.ClientSession() as s:
+        async with s.post(url + "/v1/chat/completions", json=body) as r:
+            seen = 0
+            async for line in r.content:
+                seen += line.startswith(b"data: ")
+                if seen >= 5:
+                    break
+            assert await _running(s, url) == 1
+            r.close()  # drop the connection mid-stream
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 3.0  # the ~895 tokens left would take > 8 s at >= 9 ms per step
+        while await _running(s, url) != 0:
+            assert loop.time() < deadline, "vLLM still runs the request after the client left"
+            await asyncio.sleep(0.1)
+
+
 @pytest.fixture(scope="module")
 def real_profile(vllm_servers: RealVllm, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     d = tmp_path_factory.mktemp("profile")
