@@ -378,5 +378,8 @@ def runner_for(app: web.Application, cfg: RouterConfig) -> web.AppRunner:
         max_line_size=cfg.server.max_header_bytes,
         shutdown_timeout=cfg.server.shutdown_grace_s,
         keepalive_timeout=cfg.server.client_read_timeout_s,
+        # after answering a request whose body was not read (408, 413), keep reading (and
+        # dropping) what the client still sends for a while, so it sees the answer, then close
+        lingering_time=min(10.0, cfg.server.client_read_timeout_s),
         logger=_quiet_protocol_logger(),
     )

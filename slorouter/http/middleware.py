@@ -58,12 +58,16 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
                 async with asyncio.timeout(timeout_s):
                     await request.read()
             except TimeoutError:
-                return error_response(
+                resp = error_response(
                     408, f"the request body did not arrive within {timeout_s:g} s", "timeout"
                 )
+                resp.force_close()  # the rest of the body will not be waited for
+                return resp
         return await handler(request)
     except web.HTTPRequestEntityTooLarge as e:
-        return error_response(413, f"request body too large ({e.text or 'over the limit'})", "body_too_large")
+        resp = error_response(413, f"request body too large ({e.text or 'over the limit'})", "body_too_large")
+        resp.force_close()  # the rest of the body is not read
+        return resp
     except HttpProcessingError as e:  # a malformed body (chunked framing, compression)
         return error_response(400, f"malformed request: {e.message}", "invalid_request")
     except web.HTTPException as e:
