@@ -91,7 +91,7 @@ def state_path(cfg: RouterConfig) -> Path | None:
     p = Path(f)
     if not p.is_absolute() and cfg.source and Path(cfg.source).is_file():
         p = Path(cfg.source).parent / p
-    return p
+    return p.resolve()
 
 
 def _load_state(path: Path, latency: OnlineLatency, lengths: OnlineLengths, clock: Clock) -> None:
