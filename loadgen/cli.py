@@ -244,9 +244,10 @@ async def _sweep(args: argparse.Namespace, w: Workload, console: Console) -> int
         if args.runs_dir:
             results.save(doc, Path(args.runs_dir) / f"{w.name}-rate{rate:g}.json")
         p = sweep.point_from_doc(rate, doc)
-        tiers = " ".join(f"{n} {100 * (v or 0):.1f}%" for n, v in p["tiers"].items())
+        tiers = " · ".join(f"{n} {'—' if v is None else f'{100 * v:.1f}%'}" for n, v in p["tiers"].items())
         flag = " [bold red](generator behind)[/]" if p["behind"] else ""
-        console.print(f"rate {rate:8.2f}/s: overall {100 * (p['overall'] or 0):5.1f}% · {tiers}{flag}")
+        overall = "—" if p["overall"] is None else f"{100 * p['overall']:5.1f}%"
+        console.print(f"rate {rate:8.2f}/s: overall {overall} · {tiers}{flag}")
         await asyncio.sleep(args.cooldown)
         return p
 
@@ -275,7 +276,8 @@ def _write(path: str, data: bytes) -> None:
 
 def goodput_rich(table: dict[str, Any]) -> Table:
     t = Table(
-        title=f"Goodput (highest passing rate, arrivals/s; servers = {table['servers']})",
+        title="Goodput: highest passing rate",
+        caption=f"arrivals/s over {table['servers']} server(s); a tier passes at attainment ≥ the column",
         title_justify="left",
     )
     t.add_column("criterion")

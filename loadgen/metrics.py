@@ -162,13 +162,18 @@ def tier_block(units: Sequence[Unit], tier: TierSpec, duration: float) -> dict[s
 
 
 def summarize(
-    units: Sequence[Unit], tiers: dict[str, TierSpec], duration: float
+    units: Sequence[Unit], tiers: dict[str, TierSpec], duration: float, expected: Sequence[str] = ()
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """(vLLM-compatible overall block, ``tiers`` block, ``overall`` SLO block)."""
+    """(vLLM-compatible overall block, ``tiers`` block, ``overall`` SLO block).
+
+    The ``tiers`` block lists the tiers in ``expected`` (the workload's mix) even when
+    they had no arrivals (attainment None), and any other tier that had arrivals."""
     by_tier: dict[str, list[Unit]] = {name: [] for name in tiers}
     for u in units:
         by_tier.setdefault(u.tier, []).append(u)
-    tier_out = {name: tier_block(us, tiers[name], duration) for name, us in by_tier.items() if us}
+    tier_out = {
+        name: tier_block(us, tiers[name], duration) for name, us in by_tier.items() if us or name in expected
+    }
     slo_units = [(u, tiers[u.tier]) for u in units if tiers[u.tier].has_slo]
     verdicts = [slo.judge(u, t) for u, t in slo_units]
     n = len(verdicts)

@@ -60,7 +60,8 @@ def run_meta(res: RunResult) -> dict[str, Any]:
 def build(units: list[Unit], duration: float, meta: dict[str, Any], max_lag_ms: float) -> dict[str, Any]:
     """The whole results document from records and run metadata."""
     tiers = {d["name"]: TierSpec.from_json(d) for d in meta["tier_defs"]}
-    vllm, tier_out, overall = summarize(units, tiers, duration)
+    mix_tiers = [m["tier"] for m in meta.get("mix", [])]
+    vllm, tier_out, overall = summarize(units, tiers, duration, mix_tiers)
     lags = [] if meta.get("closed_loop") else _lags(units)
     lag_sorted = sorted(lags)
     cpu_util = meta["cpu_s"] / duration if duration > 0 else 0.0

@@ -147,3 +147,29 @@ async def test_cli_errors_are_clear(tmp_path: Path) -> None:
     )  # fmt: skip
     _, stderr = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 2 and "cannot reach http://127.0.0.1:9" in stderr.decode()
+
+
+async def test_cli_sweep_writes_goodput_and_a_plot(tmp_path: Path) -> None:
+    w = tmp_path / "w.yaml"
+    w.write_text(
+        "tiers:\n  - {name: loose, class: latency, ttft_ms: 2000, tpot_ms: 100}\n"
+        "  - {name: impossible, class: latency, ttft_ms: 100, tpot_ms: 1}\n"
+        "mix:\n  - {tier: loose, share: 1, prompt_tokens: 32, output_tokens: 16}\n"
+        "  - {tier: impossible, share: 1, prompt_tokens: 32, output_tokens: 60}\n"
+        "arrival: {process: poisson, rate: 1}\nmodel: auto\n"
+    )
+    out = tmp_path / "sweep.json"
+    async with serve_engines(1, profile="h100-8b") as fleet:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "loadgen.cli", "sweep", "--target", fleet.urls[0], "--workload", str(w),
+            "--rates", "8,4", "--requests", "6", "--cooldown", "0", "--out", str(out), "--plot", str(tmp_path),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), 50)
+    assert proc.returncode == 0, stderr.decode()
+    doc = orjson.loads(out.read_bytes())
+    assert [p["rate"] for p in doc["points"]] == [4, 8]
+    g = doc["goodput"]["90"]
+    assert g["per_tier"]["loose"] == 8 and g["per_tier"]["impossible"] is None and g["all_tiers"] is None
+    assert (tmp_path / "attainment_vs_rate.png").stat().st_size > 0
+    assert "every tier (decides)" in stdout.decode()

@@ -44,6 +44,7 @@ class Seen:
     workflow: str | None
     arrived: float
     finished: float = 0.0
+    auth: str | None = None
 
 
 class ScriptServer:
@@ -80,6 +81,7 @@ class ScriptServer:
             request.headers.get("x-slo-tier"),
             request.headers.get("x-slo-workflow-id"),
             time.perf_counter(),
+            auth=request.headers.get("Authorization"),
         )
         self.seen.append(seen)
         body = await request.json()
@@ -335,3 +337,21 @@ async def test_results_round_trip_and_keys(tmp_path: Path) -> None:
         assert again["tiers"]["a"][key] == doc["tiers"]["a"][key]
     assert again["tiers"]["a"]["p99_itl_ms"] == pytest.approx(doc["tiers"]["a"]["p99_itl_ms"], abs=1e-3)
     assert again["median_ttft_ms"] == pytest.approx(doc["median_ttft_ms"], abs=1e-3)
+
+
+async def test_tier_by_api_key_sends_the_key_and_no_tier_header() -> None:
+    def script(req: web.Request) -> Script:
+        return Script(gaps=[0.01])
+
+    w = _workload(
+        [{"name": "gold", **LAT}, {"name": "bulk", "class": "best_effort"}],
+        [{"tier": "gold", "share": 1}, {"tier": "bulk", "share": 1}],
+        tier_by="api_key",
+        api_keys={"gold": "k-gold", "bulk": "k-bulk"},
+        requests=8,
+    )
+    res, _, srv = await _run(script, w)
+    by_rid = {s.rid.rsplit("-", 1)[1]: s for s in srv.seen}
+    for r in res.records:
+        seen = by_rid[str(r.rid)]
+        assert seen.tier is None and seen.auth == f"Bearer k-{r.tier}"
