@@ -27,7 +27,7 @@ Driving it::
     q.push(req, priority(req, snapshot))                    # on arrival (or after a Defer)
     results = q.drain(lambda r: policy.select(r, tracker.snapshot()), now)   # on wake-up
     for req, decision in results: ...                       # Dispatch / Reject (removed)
-    wake = q.next_retry()                                   # earliest Defer.retry_at
+    wake = q.next_retry(now)                                # earliest Defer.retry_at
 
 Wake the drain on arrivals, completions, fleet changes and at ``next_retry()``.
 :meth:`AdmissionQueue.drain` tries requests in order and stops a tier after its first
@@ -90,6 +90,7 @@ class AdmissionQueue:
         self._late: list[_LateEntry] = []
         self._reqs: dict[int, RequestInfo] = {}
         self._retry: dict[int, float] = {}
+        self._retry_heap: list[tuple[float, int]] = []
         self._late_rids: set[int] = set()
 
     def __len__(self) -> int:
@@ -98,11 +99,14 @@ class AdmissionQueue:
     def __contains__(self, rid: object) -> bool:
         return rid in self._reqs
 
-    def push(self, request: RequestInfo, key: float) -> None:
+    def push(self, request: RequestInfo, key: float, retry_at: float | None = None) -> None:
+        """Queue a request with its :func:`priority` key (and the ``retry_at`` of the
+        ``Defer`` that queued it, if any)."""
         rid = request.rid
         if rid in self._reqs:
             raise ValueError(f"request {rid} is already queued")
         self._reqs[rid] = request
+        self._set_retry(rid, retry_at)
         seq = next(self._seq)
         if math.isinf(key) and key > 0:
             heapq.heappush(self._late, (request.arrival, seq, rid))
@@ -117,6 +121,7 @@ class AdmissionQueue:
         return self._reqs.pop(rid, None)
 
     def is_late(self, rid: int) -> bool:
+        """True when the request is in the second (best-effort) lane: late, or no SLO."""
         return rid in self._late_rids
 
     def _promote_late(self, now: float) -> None:
@@ -151,9 +156,22 @@ class AdmissionQueue:
             heapq.heappop(self._late)
         return self._reqs[self._late[0][2]] if self._late else None
 
-    def next_retry(self) -> float | None:
-        """Earliest ``Defer.retry_at`` among queued requests (None: no timer needed)."""
-        return min(self._retry.values()) if self._retry else None
+    def _set_retry(self, rid: int, at: float | None) -> None:
+        if at is None:
+            self._retry.pop(rid, None)
+        elif self._retry.get(rid) != at:
+            self._retry[rid] = at
+            heapq.heappush(self._retry_heap, (at, rid))
+
+    def next_retry(self, now: float = -math.inf) -> float | None:
+        """Earliest ``Defer.retry_at`` after ``now`` among queued requests (None: no timer
+        needed). Times already past are dropped: a wake-up at or after them happened."""
+        h = self._retry_heap
+        while h and (self._retry.get(h[0][1]) != h[0][0] or h[0][0] <= now):
+            at, rid = heapq.heappop(h)
+            if self._retry.get(rid) == at:
+                del self._retry[rid]
+        return h[0][0] if h else None
 
     def drain(
         self, decide: Callable[[RequestInfo], Decision], now: float
@@ -193,10 +211,7 @@ class AdmissionQueue:
                     out.append((req, d))
                     continue
                 blocked.add(req.tier.name)
-                if d.retry_at is not None:
-                    self._retry[rid] = d.retry_at
-                else:
-                    self._retry.pop(rid, None)
+                self._set_retry(rid, d.retry_at)
             if e is not None:
                 kept.append(e)
             elif le is not None:

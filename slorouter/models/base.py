@@ -15,7 +15,11 @@ from slorouter.models.static import EngineLimits, LinearStep
 class LatencyView(Protocol):
     def step_time(self, backend_id: str, batch: int, kv_tokens: int, prefill_tokens: int = 0) -> float:
         """Predicted duration (s) of one engine step carrying ``batch`` running requests
-        holding ``kv_tokens`` KV tokens, plus ``prefill_tokens`` of prompt prefill."""
+        holding ``kv_tokens`` KV tokens, plus ``prefill_tokens`` of prompt prefill.
+
+        The online model (:mod:`slorouter.models.latency`) predicts the *pace* a resident
+        sees: with ``prefill_tokens=0`` the typical prefill interference at that load is
+        included (new requests' prompts ride along as finished ones are replaced)."""
         ...
 
     def prefill_time(self, backend_id: str, prompt_tokens: int) -> float:

@@ -1,38 +1,51 @@
-"""The online latency model: step time per backend, learned from streamed responses.
+"""The online latency model: per-token pace per backend, learned from streamed responses.
 
 Contract (what policies get, through :class:`~slorouter.models.base.LatencyView`):
 
 * ``step_time(b, batch, kv, prefill)`` — the *q*-quantile (default p90, never the mean)
-  of one engine step on backend ``b`` carrying ``batch`` running requests that hold
-  ``kv`` KV tokens, plus ``prefill`` prompt tokens of chunked prefill.
+  of the **pace** a resident of backend ``b`` sees at that load (``batch`` running
+  requests holding ``kv`` KV tokens): one decode step plus the *typical* prefill
+  interference per step (finished requests are replaced by new ones whose prompts ride
+  along in chunks), over windows of ``window_tokens`` tokens — what a per-token
+  deadline with catch-up cares about; plus ``prefill`` explicit prompt tokens in the
+  step (``c_prefill · prefill``).
 * ``support(b, batch, kv)`` — how many (decayed) observations that prediction rests on;
-  0 means it is the fitted/prior model only.
-* ``linear(b)`` — conservative linear coefficients (mean fit × quantile ratio), for
-  screening many servers cheaply; ``limits(b)`` — the engine's limits.
+  0 means it is the fitted/prior model only; ``observations(b)`` — on the whole backend.
+* ``linear(b)`` — conservative linear coefficients of the pace (the interference folded
+  into ``c_batch_s``), for screening many servers cheaply; ``limits(b)`` — engine limits.
 
-How it learns (per backend):
+The model (per backend)::
 
-1. **Load buckets.** Every observed step gap ``(gap, running, kv)`` (from
-   :attr:`Outcome.step_samples`) goes into the t-digest of its bucket: running requests
-   exact up to 16 then 8 bins per doubling; KV tokens 4 bins per doubling from 512.
-   Digests forget exponentially (``half_life_s``), so a backend that slows down moves
-   its p90 within seconds of traffic.
-2. **Least-squares fit** ``step ≈ c0 + c_batch·batch + c_kv·kv`` of the mean, on
-   decayed normal equations plus fixed-weight pseudo-observations of the prior (a
-   ridge toward the prior that keeps the fit sane when the data covers one load only);
-   coefficients are kept ≥ 0. The prefill coefficient is not identifiable from decode
-   gaps and stays the prior's.
-3. **Quantile ratio.** A digest of ``gap / fit(batch, kv)`` gives the multiplier that
-   turns the mean fit into the *q*-quantile; blended with the prior's ratio (1, or
-   ``p90/mean`` of the profile's points) by support.
+    pace(batch, kv) = c0 + c_batch·batch + c_kv·kv + c_prefill·batch·ρ
+    step_time       = ratio_q · pace  (blended with the load bucket's own quantile)
 
-Prediction at a load: the fitted quantile (``fit × ratio``), blended with the bucket's
-own quantile (shifted along the fit from the bucket's mean load to the query load) with
-weight ``min(1, bucket mass / min_support)``; plus ``c_prefill·prefill``.
+``ρ`` = prompt tokens per output token of the traffic (decayed ``Σ prompt / Σ output``
+of finished requests: each decode slot brings ``ρ`` prefill tokens per step on average).
 
-Updates are batched: at most ``samples_per_outcome`` evenly strided samples of one
-outcome, grouped by bucket, one ``batch_update`` per bucket. Refits happen every
-``refit_every`` outcomes per backend. Everything is O(1) in the number of requests.
+How it learns:
+
+1. **Windows.** An outcome's step samples ``(gap, running, kv)`` are averaged over
+   windows of ``window_tokens`` consecutive tokens (at most ``samples_per_outcome``
+   windows, evenly spread), so a prefill-carrying step is spread over its window as
+   the deadline's catch-up spreads it.
+2. **Load buckets.** Each window's pace goes into the t-digest of its bucket (running:
+   exact up to 16, then 8 bins per doubling; KV: 4 bins per doubling from 512), with
+   exponential forgetting (``half_life_s``): a backend that slows down moves its
+   quantile within seconds of traffic.
+3. **Least-squares fit** of the decode part ``gap − c_prefill·running·ρ ≈ c0 +
+   c_batch·running + c_kv·kv`` on decayed normal equations plus fixed-weight
+   pseudo-observations of the prior (a ridge toward the prior); coefficients ≥ 0.
+   ``c_prefill`` is not identifiable from gaps and stays the prior's.
+4. **Quantile ratio** ``ratio_q``: the *q*-quantile of ``gap / pace`` (a digest),
+   blended with the prior's ratio (1, or p90/mean of a profile's points) by support.
+
+Prediction at a load: ``ratio_q · pace``, blended with the bucket's quantile (shifted
+along the fit from the bucket's mean load to the query load) by weight
+``min(1, bucket mass / min_support)``.
+
+Cost: a backend learns from at most ``max_batches_per_s`` outcomes a second (ρ from
+all), one ``batch_update`` per touched bucket, a 3×3 refit every ``refit_every``
+batches. Everything is O(1) in the number of requests.
 """
 
 from __future__ import annotations
@@ -55,9 +68,11 @@ Sample = tuple[float, int, int]  # (gap_s, running, kv_tokens)
 class LatencySettings:
     quantile: float = 0.9
     half_life_s: float = 30.0  # forgetting of digests and of the fit
-    decay_interval_s: float = 1.0
+    decay_interval_s: float = 2.0
     min_support: float = 32.0  # bucket observations for full trust in the bucket
-    samples_per_outcome: int = 64
+    samples_per_outcome: int = 16  # windows used per outcome
+    window_tokens: int = 16
+    max_batches_per_s: float = 5.0  # per backend; 0 = learn from every outcome
     refit_every: int = 8  # outcomes (per backend) between least-squares refits
     prior_weight: float = 64.0  # pseudo-observations of the prior in the fit
     max_centroids: int = 100
@@ -107,19 +122,24 @@ class _State:
         "limits",
         "lin",
         "n_outcomes",
+        "next_batch_at",
         "observations",
         "prior",
         "prior_ratio",
         "prior_sums",
         "ratio",
         "ratio_q",
+        "rho",
+        "rho_n",
+        "rho_p",
+        "rho_stamp",
         "source",
         "stamp",
         "sums",
     )
 
     def __init__(
-        self, prior: LinearStep, limits: EngineLimits, prior_ratio: float, source: str, now: float
+        self, prior: LinearStep, limits: EngineLimits, prior_ratio: float, source: str, now: float, rho: float
     ) -> None:
         self.prior = prior
         self.limits = limits
@@ -127,7 +147,11 @@ class _State:
         self.source = source
         self.coef = prior
         self.ratio_q = prior_ratio
-        self.lin = prior.scaled(prior_ratio)
+        self.rho = rho  # prompt tokens per output token
+        self.rho_p = 0.0
+        self.rho_n = 0.0
+        self.rho_stamp = now
+        self.lin = _pace(prior, rho, prior_ratio)
         self.buckets: dict[int, _Bucket] = {}
         self.ratio: DecayingDigest | None = None
         self.sums = [0.0] * 9  # decayed: XtX (6 upper entries) + Xty (3)
@@ -135,7 +159,18 @@ class _State:
         self.stamp = now
         self.n_outcomes = 0
         self.observations = 0
+        self.next_batch_at = -math.inf
         _add_sums(self.prior_sums, _prior_points(prior, limits))
+
+
+def _pace(coef: LinearStep, rho: float, ratio: float) -> LinearStep:
+    """Conservative pace coefficients: the interference folded into ``c_batch_s``."""
+    return LinearStep(
+        coef.c0_s * ratio,
+        (coef.c_batch_s + coef.c_prefill_s * rho) * ratio,
+        coef.c_kv_s * ratio,
+        coef.c_prefill_s * ratio,
+    )
 
 
 def _prior_points(prior: LinearStep, limits: EngineLimits) -> list[tuple[float, float, float, float]]:
@@ -204,7 +239,7 @@ def _fit(total: list[float]) -> tuple[float, float, float] | None:
 
 
 class OnlineLatency:
-    """Per-backend online step-time model (implements ``LatencyView``); see module docs."""
+    """Per-backend online pace model (implements ``LatencyView``); see module docs."""
 
     def __init__(
         self,
@@ -215,16 +250,17 @@ class OnlineLatency:
         settings: LatencySettings | None = None,
         default_ratio: float = 1.0,
         default_source: str = "default",
+        prefill_ratio: float = 0.0,
     ) -> None:
         self.clock = clock
         self.settings = settings or LatencySettings()
-        self._default = _State(
+        self._default: tuple[LinearStep, EngineLimits, float, str] = (
             default_prior or LinearStep(),
             default_limits or EngineLimits(),
             default_ratio,
             default_source,
-            clock.now(),
         )
+        self._rho0 = prefill_ratio
         self._states: dict[str, _State] = {}
         self._priors: dict[str, tuple[LinearStep, EngineLimits, float, str]] = {}
 
@@ -242,42 +278,45 @@ class OnlineLatency:
         self._priors[backend_id] = (prior, limits, ratio, source)
         self._states.pop(backend_id, None)
 
+    def set_prefill_ratio(self, rho: float) -> None:
+        """Prior prompt-tokens-per-output-token of the traffic (e.g. from a workload sample),
+        for backends with nothing observed yet; learning takes over with data."""
+        self._rho0 = rho
+        for st in self._states.values():
+            if st.rho_n == 0:
+                st.rho = rho
+                st.lin = _pace(st.coef, rho, st.ratio_q)
+
     def _state(self, backend_id: str) -> _State:
         st = self._states.get(backend_id)
         if st is None:
-            pr = self._priors.get(backend_id)
-            d = self._default
-            st = _State(*(pr or (d.prior, d.limits, d.prior_ratio, d.source)), self.clock.now())
-            self._states[backend_id] = st
+            pr = self._priors.get(backend_id) or self._default
+            st = self._states[backend_id] = _State(*pr, self.clock.now(), self._rho0)
         return st
 
     # -- LatencyView -----------------------------------------------------------------
 
     def step_time(self, backend_id: str, batch: int, kv_tokens: int, prefill_tokens: int = 0) -> float:
-        st = self._states.get(backend_id)
-        if st is None:
-            pr = self._priors.get(backend_id)
-            lin = pr[0].scaled(pr[2]) if pr else self._default.lin
-            return lin.at(batch, kv_tokens, prefill_tokens)
+        st = self._states.get(backend_id) or self._state(backend_id)
         lin = st.lin
         pred = lin.at(batch, kv_tokens, 0)
         if st.buckets:
             bk = st.buckets.get(bucket_key(batch, kv_tokens))
             if bk is not None and bk.n > 0:
                 w = min(1.0, bk.n / self.settings.min_support)
-                c = st.coef
                 q = bk.digest.quantile(self.settings.quantile)
-                shift = c.at(batch, kv_tokens) - c.at(round(bk.sum_b / bk.n), round(bk.sum_kv / bk.n))
-                pred = w * max(0.0, q + shift) + (1.0 - w) * pred
+                shift = lin.at(batch, kv_tokens) - lin.at(round(bk.sum_b / bk.n), round(bk.sum_kv / bk.n))
+                pred = w * max(0.0, q + shift / st.ratio_q) + (1.0 - w) * pred
         return pred + lin.c_prefill_s * prefill_tokens
 
     def prefill_time(self, backend_id: str, prompt_tokens: int) -> float:
-        lin = self.linear(backend_id)
-        n = self.limits(backend_id).prefill_chunks(prompt_tokens)
+        st = self._states.get(backend_id) or self._state(backend_id)
+        c = st.coef.scaled(st.ratio_q)
+        n = st.limits.prefill_chunks(prompt_tokens)
         return (
-            n * (lin.c0_s + lin.c_batch_s)
-            + lin.c_kv_s * prompt_tokens * (n + 1) / 2
-            + (lin.c_prefill_s * prompt_tokens)
+            n * (c.c0_s + c.c_batch_s)
+            + c.c_kv_s * prompt_tokens * (n + 1) / 2
+            + c.c_prefill_s * prompt_tokens
         )
 
     def support(self, backend_id: str, batch: int, kv_tokens: int) -> int:
@@ -287,50 +326,78 @@ class OnlineLatency:
         bk = st.buckets.get(bucket_key(batch, kv_tokens))
         return 0 if bk is None else int(bk.n)
 
-    def linear(self, backend_id: str) -> LinearStep:
+    def observations(self, backend_id: str) -> int:
         st = self._states.get(backend_id)
-        if st is not None:
-            return st.lin
-        pr = self._priors.get(backend_id)
-        return pr[0].scaled(pr[2]) if pr else self._default.lin
+        return 0 if st is None else st.observations
+
+    def linear(self, backend_id: str) -> LinearStep:
+        st = self._states.get(backend_id) or self._state(backend_id)
+        return st.lin
 
     def limits(self, backend_id: str) -> EngineLimits:
-        st = self._states.get(backend_id)
-        if st is not None:
-            return st.limits
-        pr = self._priors.get(backend_id)
-        return pr[1] if pr else self._default.limits
+        st = self._states.get(backend_id) or self._state(backend_id)
+        return st.limits
 
     # -- learning --------------------------------------------------------------------
 
     def observe_outcome(self, outcome: Outcome) -> None:
-        """Tracker listener: learn from the step gaps of one finished request."""
-        if outcome.backend is not None and outcome.step_samples:
+        """Tracker listener: learn from one finished request (its gaps and its lengths)."""
+        if outcome.backend is None:
+            return
+        st = self._state(outcome.backend)
+        if outcome.output_tokens > 0 and outcome.prompt_tokens > 0:
+            now = self.clock.now()
+            f = 0.5 ** ((now - st.rho_stamp) / self.settings.half_life_s)
+            st.rho_stamp = now
+            st.rho_p = st.rho_p * f + outcome.prompt_tokens
+            st.rho_n = st.rho_n * f + outcome.output_tokens
+            st.rho = st.rho_p / st.rho_n
+        if outcome.step_samples:
             self.observe(outcome.backend, outcome.step_samples)
 
     def observe(self, backend_id: str, samples: Sequence[Sample]) -> None:
-        """Learn from ``(gap_s, running, kv_tokens)`` samples of one backend (one batch)."""
+        """Learn from consecutive ``(gap_s, running, kv_tokens)`` samples of one backend.
+
+        Samples are averaged over windows of ``window_tokens``; at most
+        ``samples_per_outcome`` windows are used; at most ``max_batches_per_s`` calls a
+        second per backend are used (enough data either way; bounded cost)."""
         cfg = self.settings
-        stride = max(1, -(-len(samples) // cfg.samples_per_outcome))
         now = self.clock.now()
         st = self._state(backend_id)
-        groups: dict[int, tuple[list[float], list[int]]] = {}
+        if cfg.max_batches_per_s > 0:
+            if now < st.next_batch_at:
+                return
+            st.next_batch_at = now + 1.0 / cfg.max_batches_per_s
+        m = len(samples)
+        w = min(cfg.window_tokens, m)
+        nwin = m // w
+        stride = max(1, -(-nwin // cfg.samples_per_outcome))
+        groups: dict[int, tuple[list[float], list[float]]] = {}
         pts: list[tuple[float, float, float, float]] = []
         ratios: list[float] = []
-        coef = st.coef
-        for gap, running, kv in samples[::stride]:
-            if not 0.0 < gap < 60.0 or running < 1:
+        coef, rho = st.coef, st.rho
+        cpr = coef.c_prefill_s * rho
+        for k in range(0, nwin, stride):
+            win = samples[k * w : (k + 1) * w]
+            if win[0] == win[-1]:  # a chunk of tokens: identical samples
+                gap, r, kv = float(win[0][0]), float(win[0][1]), float(win[0][2])
+            else:
+                gap = sum(x[0] for x in win) / w
+                r = sum(x[1] for x in win) / w
+                kv = sum(x[2] for x in win) / w
+            if not 0.0 < gap < 60.0 or r < 1:
                 continue
-            g = groups.get(bucket_key(running, kv))
+            key = bucket_key(round(r), round(kv))
+            g = groups.get(key)
             if g is None:
-                g = groups[bucket_key(running, kv)] = ([], [0, 0])
+                g = groups[key] = ([], [0.0, 0.0])
             g[0].append(gap)
-            g[1][0] += running
+            g[1][0] += r
             g[1][1] += kv
-            pts.append((1.0, float(running), float(kv), gap))
-            mean = coef.at(running, kv)
-            if mean > 0:
-                ratios.append(gap / mean)
+            pts.append((1.0, r, kv, gap - cpr * r))
+            pace = coef.c0_s + (coef.c_batch_s + cpr) * r + coef.c_kv_s * kv
+            if pace > 0:
+                ratios.append(gap / pace)
         if not pts:
             return
         for key, (gaps, (sb, skv)) in groups.items():
@@ -367,27 +434,26 @@ class OnlineLatency:
             if m > 0 and not math.isnan(r):
                 k = cfg.min_support
                 st.ratio_q = max(0.5, (m * r + k * st.prior_ratio) / (m + k))
-        st.lin = st.coef.scaled(st.ratio_q)
+        st.lin = _pace(st.coef, st.rho, st.ratio_q)
 
     def refit(self, backend_id: str) -> None:
-        """Refit one backend now (normally done every ``refit_every`` outcomes)."""
+        """Refit one backend now (normally done every ``refit_every`` batches)."""
         self._refit(self._state(backend_id), self.clock.now())
 
     def describe(self, backend_id: str) -> dict[str, Any]:
         """What the model believes about one backend, and on how much data."""
-        st = self._states.get(backend_id)
-        if st is None:
-            st = self._state(backend_id)
+        st = self._state(backend_id)
         c, lin = st.coef, st.lin
         return {
             "source": st.source,
             "observations": st.observations,
-            "outcomes": st.n_outcomes,
+            "batches": st.n_outcomes,
             "buckets": len(st.buckets),
             "quantile": self.settings.quantile,
             "ratio_q": st.ratio_q,
-            "mean_fit": {"c0_s": c.c0_s, "c_batch_s": c.c_batch_s, "c_kv_s": c.c_kv_s},
-            "conservative": {
+            "prefill_per_output_token": st.rho,
+            "decode_fit": {"c0_s": c.c0_s, "c_batch_s": c.c_batch_s, "c_kv_s": c.c_kv_s},
+            "pace": {
                 "c0_s": lin.c0_s,
                 "c_batch_s": lin.c_batch_s,
                 "c_kv_s": lin.c_kv_s,
@@ -413,14 +479,17 @@ def build_latency(
     profile: StepProfile | None = None,
     per_backend: Mapping[str, StepProfile] | None = None,
     settings: LatencySettings | None = None,
+    prefill_ratio: float = 0.0,
 ) -> OnlineLatency:
     """The wiring's entry point: a model seeded from ``profile`` (all backends) and
-    ``per_backend`` profiles; without any, engine defaults marked ``source="default"``."""
+    ``per_backend`` profiles; without any, engine defaults marked ``source="default"``.
+    ``prefill_ratio``: prior prompt tokens per output token of the traffic (0: unknown
+    until requests finish)."""
     base = settings or LatencySettings()
     if base.quantile != quantile:
         base = LatencySettings(**{**_fields(base), "quantile": quantile})
     if profile is None:
-        model = OnlineLatency(clock, settings=base)
+        model = OnlineLatency(clock, settings=base, prefill_ratio=prefill_ratio)
     else:
         model = OnlineLatency(
             clock,
@@ -429,6 +498,7 @@ def build_latency(
             settings=base,
             default_ratio=profile_ratio(profile),
             default_source=profile.source,
+            prefill_ratio=prefill_ratio,
         )
     for bid, prof in (per_backend or {}).items():
         model.set_prior(bid, prof.step, profile_limits(prof), profile_ratio(prof), prof.source)

@@ -6,13 +6,16 @@ with the backend's :meth:`~slorouter.models.base.LatencyView.linear` coefficient
 
 1. **room**: ``running + 1 ≤ max_num_seqs`` and the future-peak KV
    ``peak_kv + prompt + bound ≤ kv_capacity`` (no preemption);
-2. **TPOT**: the step time at ``batch + 1`` and the estimated KV — ``peak`` (default:
-   every resident grown to its predicted length, plus this request at its peak) or
-   ``current`` (the KV held now plus this request's prompt and half its bound) —
-   plus, with ``amortize``, the prefill that replacing finished residents brings per
-   step (``batch · Σprompt / Σbound`` tokens, the fluid model's rate), is at most
-   ``headroom × τ_host``, where ``τ_host`` is the tightest TPOT on the server (its bin's
-   TPOT, its residents', this request's);
+2. **TPOT**: the pace (step time including the typical prefill interference, see
+   :mod:`slorouter.models.latency`) at ``batch + 1`` and the estimated KV — ``peak``
+   (default: every resident grown to its predicted length, plus this request at its
+   peak) or ``current`` (the KV held now plus this request's prompt and half its
+   bound), plus the **prefill backlog** (prompts not yet started, this one included)
+   spread over ``catchup_tokens`` steps — ``c_prefill · backlog / catchup_tokens``: a
+   burst of long prompts stalls every resident, and per-token deadlines forgive a stall
+   only as far as later steps catch up — is at most ``headroom × τ_host``, where
+   ``τ_host`` is the tightest TPOT on the server (its bin's TPOT, its residents', this
+   request's);
 3. **TTFT** (unless the request is already late): time left until the TTFT deadline ≥
    the current step + the prefill backlog ahead of it and its own prompt, chunked by the
    engine's ``max_batched_tokens`` (``chunks · step(batch) + c_prefill · tokens``); and
@@ -21,15 +24,24 @@ with the backend's :meth:`~slorouter.models.base.LatencyView.linear` coefficient
 
 :func:`assess` returns the predicted step time (the server's *load* after placement,
 used to rank: most loaded = largest ``step / τ_host``) or ``-1.0`` when infeasible.
-:func:`spike_ok` tells whether the step carrying the request's first prefill chunk stays
-within ``spike_factor × τ_host`` (the chunked-prefill interference preference).
+
+**Chunked-prefill interference** (a preference, not a hard check): the request's prompt
+(behind the prompts already waiting) rides along in the next steps and delays every
+decoding resident by about ``c_prefill · (backlog + prompt)`` in total (a 14k-token prompt: 7 full-budget steps). It *fits* on a
+server when that delay is at most the smallest slack among the residents
+(:func:`min_slack`: time until a resident's next per-token deadline, extrapolated from
+its last observed token at the server's current pace). :func:`prefer_fitting` moves the
+first fitting candidate (in rank order) to the front; when none of the checked
+candidates fits, the one whose residents have the most slack.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+from slorouter.models.base import LatencyView
 from slorouter.models.static import EngineLimits, LinearStep
 from slorouter.state.tracker import BackendLoad
 from slorouter.values import RequestInfo
@@ -41,8 +53,8 @@ INF = math.inf
 class FeasibilityParams:
     kv_estimate: str = "peak"  # peak | current
     headroom: float = 1.0  # usable fraction of the host's TPOT
-    amortize_prefill: bool = True
-    spike_factor: float = 2.0
+    interference_checks: int = 4  # candidates examined for prefill interference (0: off)
+    catchup_tokens: float = 32.0  # steps over which a prefill backlog is amortized
 
 
 class Need:
@@ -82,9 +94,7 @@ def assess(
         return -1.0
     kv = peak if fp.kv_estimate == "peak" else load.kv_tokens + need.weight_kv
     step = lin.c0_s + lin.c_batch_s * n + lin.c_kv_s * kv
-    if fp.amortize_prefill:
-        out = load.peak_kv - load.prompt_tokens + need.b
-        step += lin.c_prefill_s * n * (load.prompt_tokens + need.p) / out
+    step += lin.c_prefill_s * (load.prefill_tokens + need.p) / fp.catchup_tokens
     tau = tau_host if tau_host < need.tpot else need.tpot
     if step > fp.headroom * tau:
         return -1.0
@@ -113,16 +123,53 @@ def first_token_time(p: int, load: BackendLoad, lin: LinearStep, lim: EngineLimi
     )
 
 
-def spike_ok(
-    need: Need, load: BackendLoad, lin: LinearStep, lim: EngineLimits, tau_host: float, fp: FeasibilityParams
-) -> bool:
-    """Does the step carrying this request's first prefill chunk stay within
-    ``spike_factor × τ_host``?"""
-    n = len(load.residents) + 1
-    chunk = need.p if lim.max_batched_tokens <= 0 else min(need.p, max(1, lim.max_batched_tokens - n))
-    s = lin.c0_s + lin.c_batch_s * n + lin.c_kv_s * (load.kv_tokens + chunk) + lin.c_prefill_s * chunk
-    tau = tau_host if tau_host < need.tpot else need.tpot
-    return s <= fp.spike_factor * tau
+def min_slack(load: BackendLoad, now: float, pace: float, floor: float = -INF) -> float:
+    """Smallest slack (s) among the server's decoding residents with a TPOT: time left
+    until their next token's deadline, extrapolated from the last observed token at
+    ``pace`` seconds per token. Stops early once below ``floor``."""
+    best = INF
+    for r in load.residents.values():
+        last = r.last_token_at
+        if last is None:
+            continue  # still prefilling: ahead of the new prompt in the engine's FCFS order
+        slo = r.req.tier.slo
+        tpot = slo.tpot_s
+        if tpot is None or slo.ttft_s is None:
+            continue
+        made = (now - last) / pace if pace > 0 else 0.0
+        dl = r.req.arrival + slo.ttft_s + (r.output_tokens - 1 + made) * tpot
+        sl = dl - (last + made * pace)
+        if sl < best:
+            best = sl
+            if best < floor:
+                return best
+    return best
+
+
+def prefer_fitting(
+    ranked: list[str], need: Need, loads: Mapping[str, BackendLoad], lat: LatencyView, now: float, checks: int
+) -> list[str]:
+    """Reorder ``ranked`` so that the first server whose residents can absorb the
+    request's prefill delay comes first (see module docs); at most ``checks`` servers
+    are examined."""
+    best_i, best_slack = 0, -INF
+    for i, bid in enumerate(ranked[:checks]):
+        load = loads[bid]
+        if not load.residents:
+            best_i = i
+            break
+        lin = lat.linear(bid)
+        delay = lin.c_prefill_s * (load.prefill_tokens + need.p)
+        pace = lin.c0_s + lin.c_batch_s * len(load.residents) + lin.c_kv_s * load.kv_tokens
+        sl = min_slack(load, now, pace, delay)
+        if sl >= delay:
+            best_i = i
+            break
+        if sl > best_slack:
+            best_i, best_slack = i, sl
+    if best_i:
+        ranked = [ranked[best_i], *ranked[:best_i], *ranked[best_i + 1 :]]
+    return ranked
 
 
 def tightest_tpot(load: BackendLoad, tpot_by_tier: dict[str, float]) -> float:

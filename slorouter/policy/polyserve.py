@@ -7,8 +7,8 @@
   (:mod:`slorouter.policy.feasibility`): with ``placement: pack`` the most loaded one
   (largest predicted ``step / τ_host`` after placement — so emptied servers can be
   given back), with ``spread`` the least loaded; ``auto`` = pack when autoscaling is on,
-  else spread. Servers where the first prefill chunk would exceed ``spike_factor × τ``
-  come after those where it fits.
+  else spread. Among the first ``interference_checks`` candidates, the first whose
+  residents have the slack to absorb this request's prefill goes first.
 * **Lazy, upward-only overflow.** Only if no server of its bin is feasible, the next
   tighter bin is tried, then the next; there every check uses the host's tighter TPOT.
   Never downward. Deadline/workflow requests scan bins from the loosest to the
@@ -20,9 +20,8 @@
   placed only where it breaks no one's TPOT, TTFT checks dropped.
 
 Params: ``placement`` (pack|spread|auto), ``kv_estimate`` (peak|current), ``headroom``
-(usable fraction of TPOT, default 1.0), ``amortize_prefill`` (default true),
-``spike_factor`` (default 2.0), ``overflow`` (default true), ``fallbacks`` (extra
-ranked servers for failover, default 2).
+(usable fraction of TPOT, default 1.0), ``interference_checks`` (default 4; 0 = off),
+``overflow`` (default true), ``fallbacks`` (extra ranked servers for failover, default 2).
 """
 
 from __future__ import annotations
@@ -38,7 +37,7 @@ from slorouter.policy.feasibility import (
     Need,
     assess,
     earliest_first_token,
-    spike_ok,
+    prefer_fitting,
     tightest_tpot,
 )
 from slorouter.state.backends import BackendSet
@@ -111,8 +110,7 @@ class PolyServe(BasePolicy):
         for i in order:
             tau_bin = bins.taus[i]
             host = tau_bin if tau_bin < 1e3 else INF
-            good: list[tuple[float, str]] = []
-            other: list[tuple[float, str]] = []
+            found: list[tuple[float, str]] = []
             for bid in bins.bins[i]:
                 load = loads[bid]
                 lin = lat.linear(bid)
@@ -129,15 +127,12 @@ class PolyServe(BasePolicy):
                 else:
                     t = tau if tau < need.tpot else need.tpot
                     util = s / t
-                key = -util if self.pack else util
-                if spike_ok(need, load, lin, lim, tau, fp):
-                    good.append((key, bid))
-                else:
-                    other.append((key, bid))
-            if good or other:
-                good.sort()
-                other.sort()
-                ranked = [b for _, b in good] + [b for _, b in other]
+                found.append((-util if self.pack else util, bid))
+            if found:
+                found.sort()
+                ranked = [b for _, b in found]
+                if fp.interference_checks and len(ranked) > 1:
+                    ranked = prefer_fitting(ranked, need, loads, lat, snap.now, fp.interference_checks)
                 return ranked[: 1 + self.fallbacks]
         return []
 
@@ -198,8 +193,8 @@ def make_polyserve(params: Mapping[str, Any], ctx: PolicyContext) -> PolyServe:
     fp = FeasibilityParams(
         kv_estimate=p.choice("kv_estimate", "peak", ("peak", "current")),
         headroom=p.number("headroom", 1.0, lo=0.1, hi=2.0),
-        amortize_prefill=p.boolean("amortize_prefill", True),
-        spike_factor=p.number("spike_factor", 2.0, lo=1.0),
+        interference_checks=p.integer("interference_checks", 4, lo=0),
+        catchup_tokens=p.number("catchup_tokens", 32.0, lo=1.0),
     )
     overflow = p.boolean("overflow", True)
     fallbacks = p.integer("fallbacks", 2, lo=0)

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from slorouter.policy.base import BasePolicy, Params, PolicyContext
-from slorouter.policy.feasibility import INF, FeasibilityParams, Need, assess, spike_ok, tightest_tpot
+from slorouter.policy.feasibility import INF, FeasibilityParams, Need, assess, prefer_fitting, tightest_tpot
 from slorouter.policy.polyserve import late_at
 from slorouter.state.snapshot import Snapshot
 from slorouter.values import Decision, Defer, Dispatch, Reject, RequestInfo
@@ -50,8 +50,7 @@ class SloPack(BasePolicy):
             return Reject(429, "the TTFT deadline can no longer be met", retry_after_s=1.0)
         need = Need(request, snapshot.now, late, self.fp.kv_estimate)
         loads, lat, fp = snapshot.loads, snapshot.latency, self.fp
-        good: list[tuple[float, str]] = []
-        other: list[tuple[float, str]] = []
+        found: list[tuple[float, str]] = []
         for b in pool:
             load = loads[b.id]
             lin, lim = lat.linear(b.id), lat.limits(b.id)
@@ -61,12 +60,12 @@ class SloPack(BasePolicy):
                 continue
             t = min(tau, need.tpot)
             util = s / t if t < INF else (len(load.residents) + 1) / lim.max_num_seqs
-            key = -util if self.pack else util
-            (good if spike_ok(need, load, lin, lim, tau, fp) else other).append((key, b.id))
-        if good or other:
-            good.sort()
-            other.sort()
-            ranked = [x for _, x in good] + [x for _, x in other]
+            found.append((-util if self.pack else util, b.id))
+        if found:
+            found.sort()
+            ranked = [x for _, x in found]
+            if fp.interference_checks and len(ranked) > 1:
+                ranked = prefer_fitting(ranked, need, loads, lat, snapshot.now, fp.interference_checks)
             return Dispatch(tuple(ranked[: 1 + self.fallbacks]), "late, best effort" if late else "feasible")
         if late:
             return Defer("late: waiting for a server it does not slow down")
@@ -81,8 +80,8 @@ def make_slo_pack(params: Mapping[str, Any], ctx: PolicyContext) -> SloPack:
     fp = FeasibilityParams(
         kv_estimate=p.choice("kv_estimate", "peak", ("peak", "current")),
         headroom=p.number("headroom", 1.0, lo=0.1, hi=2.0),
-        amortize_prefill=p.boolean("amortize_prefill", True),
-        spike_factor=p.number("spike_factor", 2.0, lo=1.0),
+        interference_checks=p.integer("interference_checks", 4, lo=0),
+        catchup_tokens=p.number("catchup_tokens", 32.0, lo=1.0),
     )
     fallbacks = p.integer("fallbacks", 2, lo=0)
     p.done()

@@ -1,0 +1,367 @@
+"""The offline fleet simulator: the live router's decision path on simulated engines.
+
+It runs **the same objects** as the proxy — a policy from the registry, the
+:class:`~slorouter.state.tracker.Tracker` with its lifecycle hooks, the online latency
+and length models as tracker listeners, the :class:`~slorouter.admission.AdmissionQueue`
+— under a :class:`~slorouter.clock.ManualClock`, with one
+:class:`~slorouter.sim.engine.EngineModel` per server instead of HTTP.
+
+Time advances from event to event (next arrival, next step end of any engine, next
+``Defer.retry_at``); idle servers cost nothing. What the tracker sees:
+
+* ``on_arrival`` / ``on_dispatch`` / ``on_finish`` at the exact times;
+* ``on_tokens``: at the first token, then every ``sync_tokens`` tokens (default 32) and
+  at the end — the live proxy counts every chunk; per-token updates would dominate the
+  cost here. Counters lag by < ``sync_tokens`` tokens per request; step samples for the
+  latency model are the mean gap over those tokens.
+
+Per-token deadlines are checked exactly, from the engine's step end times and each
+request's token segments (:mod:`slorouter.sim.engine`). Deterministic under the seed.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+import numpy as np
+
+from slorouter.admission import AdmissionQueue, priority
+from slorouter.clock import ManualClock
+from slorouter.models.latency import build_latency
+from slorouter.models.lengths import build_lengths
+from slorouter.policy import registry
+from slorouter.policy.base import Policy, PolicyContext
+from slorouter.sim.bound import auto_bins
+from slorouter.sim.engine import EngineModel, RequestTooLarge, Segment
+from slorouter.sim.fleet_metrics import ERROR, OK, REJECTED, Records, summarize
+from slorouter.sim.scenario import Scenario
+from slorouter.sim.scenario_workload import Workload, generate, mean_lengths, output_sample
+from slorouter.state.backends import Backend, BackendSet, Health
+from slorouter.state.tracker import Tracker
+from slorouter.values import Decision, Defer, Dispatch, Reject, RequestInfo, SloClass, Status
+
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class SimOptions:
+    sync_tokens: int = 64
+    learn: bool = True  # latency and length models learn online (else: priors + warm start)
+    drain_s: float = 120.0  # after the last arrival, stop at most this much later
+    max_tries: int = 16  # admission-queue decisions per wake-up
+
+
+@dataclass(slots=True)
+class SimResult:
+    summary: dict[str, Any]
+    wall_s: float
+    cpu_s: float
+    decisions: int
+    steps: int
+    events: int
+
+
+def _lateness(ends: Any, segs: tuple[Segment, ...], due0: float, tpot: float) -> float:
+    """max over tokens of (arrival time − deadline), deadline_i = due0 + i·tpot."""
+    worst = -math.inf
+    for s0, i0, n in segs:
+        if n <= 0:
+            continue
+        if n <= 48:
+            m = max(ends[s0 + j] - j * tpot for j in range(n))
+        else:
+            chunk = np.frombuffer(ends[s0 : s0 + n], dtype=np.float64)
+            m = float((chunk - np.arange(n) * tpot).max())
+        late = m - (due0 + i0 * tpot)
+        if late > worst:
+            worst = late
+    return worst
+
+
+class FleetSim:
+    def __init__(
+        self,
+        scn: Scenario,
+        policy_kind: str,
+        *,
+        rate: float,
+        servers: int | None = None,
+        requests: int | None = None,
+        params: Mapping[str, Any] | None = None,
+        seed: int | None = None,
+        options: SimOptions | None = None,
+        workload: Workload | None = None,
+    ) -> None:
+        self.scn = scn
+        self.opt = options or SimOptions()
+        self.seed = scn.seed if seed is None else seed
+        self.n_servers = servers or scn.servers
+        self.rate = rate
+        self.wl = workload or generate(scn, rate, requests, self.seed)
+        self.clock = ManualClock(0.0)
+        tiers = self.wl.tiers
+        bins = dict(scn.bins) if scn.bins is not None and servers in (None, scn.servers) else None
+        if bins is None:
+            bins = auto_bins(scn, self.n_servers)
+        backends: list[Backend] = []
+        for tier in tiers:
+            for _ in range(bins.get(tier.name, 0)):
+                backends.append(Backend(f"s{len(backends)}", f"sim://s{len(backends)}", tier=tier.name))
+        self.backends = BackendSet(backends, tiers)
+        warm = scn.workload.length_warmup
+        rho = 0.0
+        if warm:  # a router that has been running knows the traffic's prompt/output ratio
+            mp, mo, _ = mean_lengths(scn)
+            rho = mp / mo
+        self.latency = build_latency(self.clock, profile=scn.profile, prefill_ratio=rho)
+        self.lengths = build_lengths(self.clock, default_output_tokens=256)
+        if warm:
+            sample = output_sample(scn, warm, self.seed)
+            for tier in tiers:
+                self.lengths.observe(tier.name, sample)
+        self.tracker = Tracker(
+            self.clock, self.backends, Health(b.id for b in backends), self.latency, self.lengths
+        )
+        if self.opt.learn:
+            self.tracker.add_listener(self.latency.observe_outcome)
+            self.tracker.add_listener(self.lengths.observe_outcome)
+        p = dict(scn.policies.get(policy_kind, {}))
+        p.update(params or {})
+        self.policy: Policy = registry.build(policy_kind, p, PolicyContext(self.clock, self.seed))
+        self.queue = AdmissionQueue(self.opt.max_tries)
+        self.engines = [
+            EngineModel(scn.profile, seed=self.seed * 1000 + i, noise=scn.noise, keep_history=True)
+            for i in range(len(backends))
+        ]
+        self.index = {b.id: i for i, b in enumerate(backends)}
+        self.records = Records(len(self.wl))
+
+    # -- the run ---------------------------------------------------------------------
+
+    def run(self, progress: ProgressFn | None = None) -> SimResult:
+        t0 = time.perf_counter()
+        c0 = time.process_time()
+        wl, clock, tracker, policy, queue = self.wl, self.clock, self.tracker, self.policy, self.queue
+        engines, index, rec = self.engines, self.index, self.records
+        k_sync = self.opt.sync_tokens
+        heap: list[tuple[float, int, int]] = []  # (time, seq, server) ; server -1 = retry timer
+        seq = 0
+        synced: dict[int, int] = {}
+        milestones: list[dict[int, list[int]]] = [{} for _ in engines]
+        pending = [False] * len(engines)  # a step end of this engine is in the heap
+        arrivals = wl.arrival
+        n = len(arrivals)
+        timer_at = math.inf
+        decisions = steps = events = 0
+        busy = 0.0
+        dslo_met = rec.dslo
+        stop_at = (arrivals[-1] if n else 0.0) + self.opt.drain_s
+        ok_status = Status.OK
+
+        def apply(req: RequestInfo, d: Decision) -> Decision:
+            nonlocal seq, decisions
+            decisions += 1
+            rid = req.rid
+            if isinstance(d, Dispatch):
+                bid = d.backends[0] if d.backends else None
+                i = index.get(bid) if bid is not None else None
+                if bid is None or i is None:
+                    tracker.on_finish(rid, Status.ERROR)
+                    rec.status[rid] = ERROR
+                    return Reject(503, "policy chose an unknown backend")
+                tracker.on_dispatch(rid, bid)
+                policy.on_dispatch(req, bid)
+                eng = engines[i]
+                try:
+                    eng.submit(rid, wl.prompt[rid], wl.output[rid], clock.now())
+                except RequestTooLarge:
+                    tracker.on_finish(rid, Status.ERROR)
+                    rec.status[rid] = ERROR
+                    return d
+                if not pending[i]:
+                    end = eng.plan(clock.now())
+                    if end is not None:
+                        pending[i] = True
+                        seq += 1
+                        heapq.heappush(heap, (end, seq, i))
+            elif isinstance(d, Reject):
+                out = tracker.on_finish(rid, Status.REJECTED)
+                rec.status[rid] = REJECTED
+                if out is not None:
+                    policy.on_finish(out)
+            return d
+
+        def decide(req: RequestInfo) -> Decision:
+            return apply(req, policy.select(req, tracker.snapshot()))
+
+        def wake() -> None:
+            nonlocal timer_at, seq
+            if not len(queue):
+                return
+            queue.drain(decide, clock.now())
+            nr = queue.next_retry(clock.now())
+            if nr is not None and nr < timer_at:
+                timer_at = nr
+                seq += 1
+                heapq.heappush(heap, (timer_at, seq, -1))
+
+        i = 0
+        while True:
+            t_arr = arrivals[i] if i < n else math.inf
+            t_ev = heap[0][0] if heap else math.inf
+            if t_arr == math.inf and t_ev == math.inf:
+                break
+            if t_arr <= t_ev:
+                clock.set(t_arr)
+                v = wl.variant[i]
+                req = RequestInfo(
+                    rid=i,
+                    tier=v,
+                    arrival=t_arr,
+                    prompt_tokens=wl.prompt[i],
+                    max_tokens=self.scn.workload.max_tokens,
+                    output_bound=self.lengths.bound(v.name, 0, self.scn.workload.max_tokens),
+                )
+                i += 1
+                tracker.on_arrival(req)
+                if len(queue):
+                    queue.push(req, priority(req, tracker.snapshot()))
+                    wake()
+                else:
+                    d = decide(req)
+                    if isinstance(d, Defer):
+                        queue.push(req, priority(req, tracker.snapshot()), d.retry_at)
+                        if d.retry_at is not None and t_arr < d.retry_at < timer_at:
+                            timer_at = d.retry_at
+                            seq += 1
+                            heapq.heappush(heap, (timer_at, seq, -1))
+                if progress is not None and i % 2000 == 0:
+                    progress(i, n)
+                continue
+            t, _, si = heapq.heappop(heap)
+            if t > stop_at:
+                break
+            events += 1
+            clock.set(t)
+            if si < 0:
+                if t >= timer_at:
+                    timer_at = math.inf
+                wake()
+                continue
+            eng = engines[si]
+            pending[si] = False
+            res = eng.step()
+            steps += 1
+            busy += res.end - res.start
+            ms = milestones[si]
+            idx = res.index
+            for rid in cast("tuple[int, ...]", res.first_token):
+                tracker.on_tokens(rid, 1)
+                synced[rid] = 1
+                if rid in eng:
+                    ms.setdefault(idx + k_sync, []).append(rid)
+            due = ms.pop(idx, None)
+            if due:
+                for rid in due:
+                    if rid in eng:
+                        g = eng.generated(rid)
+                        dd = g - synced[rid]
+                        if dd > 0:
+                            tracker.on_tokens(rid, dd)
+                            synced[rid] = g
+                        ms.setdefault(idx + k_sync, []).append(rid)
+            if res.finished:
+                ends = eng.step_ends
+                for f in res.finished:
+                    rid = cast(int, f.rid)
+                    dd = f.output_tokens - synced.pop(rid, 0)
+                    if dd > 0:
+                        tracker.on_tokens(rid, dd)
+                    out = tracker.on_finish(rid, ok_status)
+                    if out is not None:
+                        policy.on_finish(out)
+                    self._record(rid, f.segments, f.first_token_step, res.end, ends, dslo_met)
+                wake()
+            if not pending[si]:
+                end = eng.plan(t)
+                if end is not None:
+                    pending[si] = True
+                    seq += 1
+                    heapq.heappush(heap, (end, seq, si))
+        if progress is not None:
+            progress(n, n)
+        span = arrivals[-1] - arrivals[0] if n > 1 else 1.0
+        makespan = clock.now() - (arrivals[0] if n else 0.0)
+        summary = summarize(
+            rec,
+            wl.tier,
+            [t.name for t in wl.tiers],
+            servers=len(engines),
+            span_s=span,
+            makespan_s=makespan,
+            busy_server_s=busy,
+        )
+        return SimResult(
+            summary, time.perf_counter() - t0, time.process_time() - c0, decisions, steps, events
+        )
+
+    def _record(
+        self,
+        rid: int,
+        segs: tuple[Segment, ...],
+        first_step: int,
+        finished_at: float,
+        ends: Any,
+        dslo_met: list[bool],
+    ) -> None:
+        rec, wl = self.records, self.wl
+        rec.status[rid] = OK
+        arrival = wl.arrival[rid]
+        first = ends[first_step]
+        ttft = first - arrival
+        rec.ttft[rid] = ttft
+        n_out = wl.output[rid]
+        tpot_mean = (finished_at - first) / (n_out - 1) if n_out > 1 else math.nan
+        rec.tpot[rid] = tpot_mean
+        slo = wl.variant[rid].slo
+        cls = slo.slo_class
+        if cls is SloClass.LATENCY and slo.ttft_s is not None:
+            tpot = slo.tpot_s or 0.0
+            late = _lateness(ends, segs, arrival + slo.ttft_s, tpot)
+            dslo_met[rid] = late <= 1e-9
+            rec.mean_ok[rid] = ttft <= slo.ttft_s + 1e-9 and (n_out < 2 or tpot_mean <= tpot + 1e-9)
+        elif slo.deadline_s is not None:
+            ok = finished_at - arrival <= slo.deadline_s + 1e-9
+            dslo_met[rid] = rec.mean_ok[rid] = ok
+        else:
+            dslo_met[rid] = rec.mean_ok[rid] = True
+
+
+def run_once(
+    scn: Scenario,
+    policy_kind: str,
+    rate: float,
+    *,
+    servers: int | None = None,
+    requests: int | None = None,
+    params: Mapping[str, Any] | None = None,
+    seed: int | None = None,
+    options: SimOptions | None = None,
+    progress: ProgressFn | None = None,
+) -> SimResult:
+    sim = FleetSim(
+        scn,
+        policy_kind,
+        rate=rate,
+        servers=servers,
+        requests=requests,
+        params=params,
+        seed=seed,
+        options=options,
+    )
+    return sim.run(progress)

@@ -1,0 +1,231 @@
+"""``slorouter simulate``: run a policy offline on a simulated fleet (no HTTP).
+
+    slorouter simulate --scenario polyserve-conv --policy polyserve [--servers N]
+                       [--rate R | --sweep] [--requests N] [--json OUT]
+
+Prints per-tier DSLO and mean-TPOT attainment, TTFT/TPOT percentiles, goodput and cost
+(a rich table); with ``--sweep`` the goodput (highest rate where every tier attains
+≥ 90 %, and ≥ 99 %) found by bisection, next to the scenario's fluid bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from slorouter.policy import registry
+from slorouter.policy.base import ParamError
+from slorouter.sim.bound import auto_bins, fluid_bound
+from slorouter.sim.fleet import SimOptions, SimResult, run_once
+from slorouter.sim.fleet_sweep import Probe, sweep
+from slorouter.sim.scenario import Scenario, ScenarioError, load_scenario
+from slorouter.sim.scenario_workload import check_slos
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scenario", required=True, help="scenario YAML path or name in config/scenarios/")
+    p.add_argument("--policy", required=True, help=f"policy kind ({', '.join(registry.kinds())})")
+    p.add_argument("--servers", type=int, help="fleet size (default: the scenario's)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--rate", type=float, help="total arrival rate, requests/s (default: 80%% of the fluid bound)"
+    )
+    g.add_argument("--sweep", action="store_true", help="find the goodput at 90 %% and 99 %% attainment")
+    p.add_argument("--requests", type=int, help="requests per run (default: the scenario's)")
+    p.add_argument("--seed", type=int, help="seed (default: the scenario's)")
+    p.add_argument("--param", action="append", default=[], metavar="K=V", help="policy param (repeatable)")
+    p.add_argument("--no-learn", action="store_true", help="freeze the latency/length models at their priors")
+    p.add_argument("--sync-tokens", type=int, default=64, help="tracker token updates every N tokens")
+    p.add_argument("--json", metavar="OUT", help="write the results as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _param(kv: str) -> tuple[str, Any]:
+    if "=" not in kv:
+        raise ValueError(f"--param {kv!r}: expected KEY=VALUE")
+    k, v = kv.split("=", 1)
+    for conv in (int, float):
+        try:
+            return k, conv(v)
+        except ValueError:
+            pass
+    low = v.lower()
+    if low in ("true", "false"):
+        return k, low == "true"
+    return k, v
+
+
+def _fmt(x: float | None, scale: float = 1.0, nd: int = 1) -> str:
+    return "-" if x is None else f"{x * scale:.{nd}f}"
+
+
+def _table(console: Console, s: dict[str, Any], title: str) -> None:
+    t = Table(title=title)
+    for c in ("tier", "arrivals", "DSLO att.", "mean-TPOT att.", "rejected", "unfinished"):
+        t.add_column(c, justify="right")
+    for c in ("TTFT p50/p90/p99 ms", "TPOT p50/p90/p99 ms"):
+        t.add_column(c, justify="right")
+    rows = [*s["tiers"].items(), ("overall", s["overall"])]
+    for name, v in rows:
+        tt, tp = v["ttft_s"], v["tpot_s"]
+        t.add_row(
+            name,
+            str(v["arrivals"]),
+            _fmt(v["dslo_attainment"], 100, 2) + " %",
+            _fmt(v["mean_tpot_attainment"], 100, 2) + " %",
+            str(v["rejected"]),
+            str(v["unfinished"]),
+            "/".join(_fmt(tt[k], 1e3, 0) for k in ("p50", "p90", "p99")),
+            "/".join(_fmt(tp[k], 1e3, 1) for k in ("p50", "p90", "p99")),
+        )
+    console.print(t)
+    o = s["overall"]
+    console.print(
+        f"goodput {_fmt(o['goodput_rps_per_server'], 1, 2)} good req/s per server · "
+        f"server-s per good request {_fmt(o['server_seconds_per_good'], 1, 3)} "
+        f"(busy servers only {_fmt(o['busy_server_seconds_per_good'], 1, 3)})"
+    )
+
+
+def _result_json(r: SimResult, rate: float) -> dict[str, Any]:
+    return {
+        "rate_rps": rate,
+        "wall_s": r.wall_s,
+        "cpu_s": r.cpu_s,
+        "decisions": r.decisions,
+        "steps": r.steps,
+        **r.summary,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    console = Console(stderr=False)
+    err = Console(stderr=True)
+    try:
+        scn: Scenario = load_scenario(args.scenario)
+        check_slos(scn)
+    except ScenarioError as e:
+        err.print(f"[red]error:[/red] {e}")
+        return 2
+    if args.policy not in registry.REGISTRY:
+        err.print(
+            f"[red]error:[/red] unknown policy {args.policy!r}; choose one of {', '.join(registry.kinds())}"
+        )
+        return 2
+    try:
+        params = dict(_param(kv) for kv in args.param)
+    except ValueError as e:
+        err.print(f"[red]error:[/red] {e}")
+        return 2
+    servers = args.servers or scn.servers
+    if servers < 1 or (args.requests is not None and args.requests < 1):
+        err.print("[red]error:[/red] --servers and --requests must be >= 1")
+        return 2
+    if args.rate is not None and args.rate <= 0:
+        err.print("[red]error:[/red] --rate must be > 0 (requests per second, all tiers together)")
+        return 2
+    fb = fluid_bound(scn)
+    opts = SimOptions(sync_tokens=max(1, args.sync_tokens), learn=not args.no_learn)
+    n_req = args.requests or scn.workload.requests
+    bins = scn.bins if scn.bins is not None and servers == scn.servers else auto_bins(scn, servers, fb)
+    console.print(
+        f"[bold]{scn.name}[/bold] · policy [bold]{args.policy}[/bold] · {servers} servers "
+        f"({', '.join(f'{k}:{v}' for k, v in bins.items())}) · {scn.profile.name} · {n_req} requests · "
+        f"fluid bound {fb.rps_per_server:.2f} req/s per server"
+    )
+    show = not args.no_progress and sys.stderr.isatty()
+
+    def one(rate: float) -> SimResult:
+        try:
+            if not show:
+                return run_once(
+                    scn,
+                    args.policy,
+                    rate,
+                    servers=servers,
+                    requests=n_req,
+                    params=params,
+                    seed=args.seed,
+                    options=opts,
+                )
+            with Progress(
+                TextColumn(f"rate {rate:.1f} req/s"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TimeElapsedColumn(),
+                console=err,
+                transient=True,
+            ) as prog:
+                task = prog.add_task("sim", total=n_req)
+                return run_once(
+                    scn,
+                    args.policy,
+                    rate,
+                    servers=servers,
+                    requests=n_req,
+                    params=params,
+                    seed=args.seed,
+                    options=opts,
+                    progress=lambda i, n: prog.update(task, completed=i),
+                )
+        except ParamError as e:
+            raise SystemExit(f"error: policy params: {e}") from None
+
+    out: dict[str, Any] = {
+        "scenario": scn.name,
+        "policy": args.policy,
+        "servers": servers,
+        "requests": n_req,
+        "fluid_bound": fb.to_json(),
+        "params": params,
+    }
+    try:
+        if args.sweep:
+            guess = 0.8 * fb.rps_per_server * servers
+
+            def note(p: Probe) -> None:
+                console.print(
+                    f"  probe {p.rate:8.2f} req/s ({p.rate / servers:6.2f}/server): min tier "
+                    f"{p.min_tier * 100:6.2f} %, overall {p.overall * 100:6.2f} % "
+                    f"[dim]({p.result.cpu_s:.1f} s cpu)[/dim]"
+                )
+
+            sw = sweep(one, guess, on_probe=note)
+            t = Table(title=f"goodput of {args.policy} on {scn.name}")
+            for c in ("criterion", "rate req/s", "req/s per server", "of fluid bound"):
+                t.add_column(c, justify="right")
+            for label, d in (("every tier", sw.goodput), ("overall", sw.goodput_overall)):
+                for tgt, v in d.items():
+                    per = None if v is None else v / servers
+                    ratio = None if per is None or fb.rps_per_server <= 0 else per / fb.rps_per_server
+                    t.add_row(
+                        f"{label} ≥ {tgt * 100:g} %",
+                        _fmt(v, 1, 2),
+                        _fmt(per, 1, 3),
+                        _fmt(ratio, 100, 1) + " %",
+                    )
+            console.print(t)
+            out["sweep"] = sw.to_json(servers)
+        else:
+            rate = args.rate or scn.workload.rate_rps or 0.8 * fb.rps_per_server * servers
+            r = one(rate)
+            _table(console, r.summary, f"{args.policy} at {rate:.1f} req/s ({rate / servers:.2f} per server)")
+            console.print(
+                f"[dim]{r.decisions} decisions, {r.steps} engine steps, {r.wall_s:.1f} s wall, "
+                f"{r.cpu_s:.1f} s cpu[/dim]"
+            )
+            out["result"] = _result_json(r, rate)
+    except SystemExit as e:
+        err.print(f"[red]{e}[/red]")
+        return 2
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+        console.print(f"wrote {args.json}")
+    return 0

@@ -1,0 +1,101 @@
+"""Per-request records of a fleet simulation and their summary (DESIGN.md §2 definitions).
+
+* **DSLO attainment** (per tier and overall): requests whose every output token ``i``
+  arrived by ``arrival + TTFT + i·TPOT`` / **all arrivals** (rejected, failed and
+  unfinished requests count as misses). Deadline/workflow tiers: finished by the
+  deadline. Best effort: finished.
+* **Mean-TPOT attainment**: TTFT met and ``(latency − ttft)/(n_out − 1) ≤ TPOT`` (the
+  ``vllm bench serve`` form), same denominator.
+* TTFT / mean-TPOT p50/p90/p99 over finished requests; goodput = requests meeting their
+  DSLO per second of arrivals (per server); server-seconds per good request, for the
+  whole fleet and for busy servers only (what a fleet that gives idle servers back pays).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+UNFINISHED, OK, REJECTED, ERROR = 0, 1, 2, 3
+
+
+@dataclass(slots=True)
+class Records:
+    n: int
+    status: list[int] = field(init=False)
+    ttft: list[float] = field(init=False)
+    tpot: list[float] = field(init=False)
+    dslo: list[bool] = field(init=False)
+    mean_ok: list[bool] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.status = [UNFINISHED] * self.n
+        self.ttft = [math.nan] * self.n
+        self.tpot = [math.nan] * self.n
+        self.dslo = [False] * self.n
+        self.mean_ok = [False] * self.n
+
+
+def _pcts(x: np.ndarray[Any, Any]) -> dict[str, float | None]:
+    if x.size == 0:
+        return {"p50": None, "p90": None, "p99": None}
+    p = np.percentile(x, [50, 90, 99])
+    return {"p50": float(p[0]), "p90": float(p[1]), "p99": float(p[2])}
+
+
+def _group(rec: Records, idx: np.ndarray[Any, Any], span_s: float, servers: int) -> dict[str, Any]:
+    st = np.asarray(rec.status)[idx]
+    ttft = np.asarray(rec.ttft)[idx]
+    tpot = np.asarray(rec.tpot)[idx]
+    dslo = np.asarray(rec.dslo, dtype=bool)[idx]
+    mean_ok = np.asarray(rec.mean_ok, dtype=bool)[idx]
+    n = int(idx.size)
+    good = int(dslo.sum())
+    return {
+        "arrivals": n,
+        "finished": int((st == OK).sum()),
+        "rejected": int((st == REJECTED).sum()),
+        "errors": int((st == ERROR).sum()),
+        "unfinished": int((st == UNFINISHED).sum()),
+        "dslo_attainment": good / n if n else None,
+        "mean_tpot_attainment": float(mean_ok.sum()) / n if n else None,
+        "good": good,
+        "goodput_rps": good / span_s if span_s > 0 else None,
+        "goodput_rps_per_server": good / span_s / servers if span_s > 0 else None,
+        "ttft_s": _pcts(ttft[~np.isnan(ttft)]),
+        "tpot_s": _pcts(tpot[~np.isnan(tpot)]),
+    }
+
+
+def summarize(
+    rec: Records,
+    tier_of: list[int],
+    tier_names: list[str],
+    *,
+    servers: int,
+    span_s: float,
+    makespan_s: float,
+    busy_server_s: float,
+) -> dict[str, Any]:
+    tiers = np.asarray(tier_of)
+    allidx = np.arange(rec.n)
+    overall = _group(rec, allidx, span_s, servers)
+    good = overall["good"]
+    overall["server_seconds_per_good"] = servers * makespan_s / good if good else None
+    overall["busy_server_seconds_per_good"] = busy_server_s / good if good else None
+    per_tier = {
+        name: _group(rec, np.nonzero(tiers == i)[0], span_s, servers) for i, name in enumerate(tier_names)
+    }
+    att = [v["dslo_attainment"] for v in per_tier.values() if v["arrivals"]]
+    return {
+        "overall": overall,
+        "tiers": per_tier,
+        "min_tier_dslo_attainment": min(att) if att else None,
+        "servers": servers,
+        "span_s": span_s,
+        "makespan_s": makespan_s,
+        "busy_server_s": busy_server_s,
+    }

@@ -1,0 +1,334 @@
+"""Fleet-simulator scenarios: one YAML file names the engine, the fleet, the tiers and the
+workload. Errors name the file and the path (``x.yaml: tiers[2].tpot_ms: must be > 0``).
+
+Format (every key but ``tiers`` optional)::
+
+    name: polyserve-conv
+    seed: 1
+    engine:
+      profile: h100-8b            # built-in (h100-8b, h100-70b, cpu-tiny) or profile JSON path
+      max_batched_tokens: 2048    # overrides of the profile
+      max_num_seqs: 256
+      noise: 0.0                  # log-normal step-time noise (sigma)
+    fleet:
+      servers: 20
+      bins: auto                  # auto (servers per tier ∝ share × fluid cost) | {tier: count}
+    tiers:
+      - {name: t20, class: latency, tpot_ms: 20, ttft_ms: [300, 500, 1000], share: 0.1}
+      - {name: batch, class: best_effort, share: 0.5}
+    workload:
+      lengths: splitwise_conv     # built-in trace name, a CSV path, or "synthetic"
+      prompt: {mean: 1000, sigma: 1.0, max: 8000}    # synthetic: log-normal
+      output: {mean: 200, sigma: 1.0, max: 2000}
+      arrivals: poisson           # poisson | gamma | trace
+      cv: 2.0                     # gamma: coefficient of variation of inter-arrival times
+      requests: 30000             # requests per run
+      rate_rps: 150               # total arrival rate when --rate is not given
+      max_tokens: null            # the clients' max_tokens (bound cap), if any
+      length_warmup: 2000         # output lengths the length model has seen at start
+    policies:                     # optional params per policy kind
+      polyserve: {placement: spread}
+
+``ttft_ms`` may be a list: each request draws one uniformly (PolyServe's mix).
+A scenario may only assign SLOs an idle server can meet (checked at load against the
+workload's p99 prompt: first token within the smallest TTFT, one idle step within TPOT).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from slorouter.models.profile import ProfileError, StepProfile
+from slorouter.sim.profiles import load_profile
+from slorouter.values import SloClass
+
+SCENARIO_DIR = Path(__file__).resolve().parents[2] / "config" / "scenarios"
+
+
+class ScenarioError(ValueError):
+    def __init__(self, source: str, errors: list[tuple[str, str]]) -> None:
+        self.source = source
+        self.errors = errors
+        super().__init__("\n".join(f"{source}: {p}: {m}" if p else f"{source}: {m}" for p, m in errors))
+
+
+@dataclass(frozen=True, slots=True)
+class TierSpec:
+    name: str
+    slo_class: SloClass
+    share: float
+    ttft_ms: tuple[float, ...] = ()
+    tpot_ms: float | None = None
+    deadline_ms: float | None = None
+    weight: float = 1.0
+    reject_when_late: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LengthDist:
+    mean: float
+    sigma: float = 1.0
+    max: int = 8192
+
+
+DEFAULT_PROMPT = LengthDist(1000.0)
+DEFAULT_OUTPUT = LengthDist(200.0, 1.0, 2048)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadSpec:
+    lengths: str = "splitwise_conv"
+    prompt: LengthDist = DEFAULT_PROMPT
+    output: LengthDist = DEFAULT_OUTPUT
+    arrivals: str = "poisson"
+    cv: float = 2.0
+    requests: int = 30_000
+    rate_rps: float | None = None
+    max_tokens: int | None = None
+    length_warmup: int = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    profile: StepProfile
+    tiers: tuple[TierSpec, ...]
+    servers: int = 20
+    bins: Mapping[str, int] | None = None  # None: auto
+    workload: WorkloadSpec = WorkloadSpec()
+    seed: int = 0
+    noise: float = 0.0
+    policies: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    source: str = "<scenario>"
+
+    def with_servers(self, n: int) -> Scenario:
+        return replace(self, servers=n, bins=None if self.bins is None else self.bins)
+
+
+class _R:
+    """Reads one mapping, collecting (path, message) errors."""
+
+    def __init__(self, raw: Any, path: str, errs: list[tuple[str, str]]) -> None:
+        self.path, self.errs = path, errs
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, Mapping):
+            errs.append((path, "must be a mapping"))
+            raw = {}
+        self.raw: Mapping[str, Any] = raw
+        self.seen: set[str] = set()
+
+    def at(self, k: str) -> str:
+        return f"{self.path}.{k}" if self.path else k
+
+    def get(self, k: str) -> Any:
+        self.seen.add(k)
+        return self.raw.get(k)
+
+    def num(self, k: str, default: float | None, gt: float | None = None, ge: float | None = None) -> Any:
+        v = self.get(k)
+        if v is None:
+            return default
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            self.errs.append((self.at(k), f"must be a number, got {v!r}"))
+            return default
+        if gt is not None and not v > gt:
+            self.errs.append((self.at(k), f"must be > {gt:g}"))
+        if ge is not None and not v >= ge:
+            self.errs.append((self.at(k), f"must be >= {ge:g}"))
+        return v
+
+    def int_(self, k: str, default: int | None, ge: int = 0) -> Any:
+        v = self.get(k)
+        if v is None:
+            return default
+        if isinstance(v, bool) or not isinstance(v, int):
+            self.errs.append((self.at(k), f"must be an integer, got {v!r}"))
+            return default
+        if v < ge:
+            self.errs.append((self.at(k), f"must be >= {ge}"))
+        return v
+
+    def str_(self, k: str, default: str, choices: tuple[str, ...] | None = None) -> str:
+        v = self.get(k)
+        if v is None:
+            return default
+        if not isinstance(v, str) or (choices is not None and v not in choices):
+            want = f"one of {', '.join(choices)}" if choices else "a string"
+            self.errs.append((self.at(k), f"must be {want}, got {v!r}"))
+            return default
+        return v
+
+    def done(self) -> None:
+        for k in self.raw:
+            if k not in self.seen:
+                self.errs.append((self.at(str(k)), "unknown key"))
+
+
+def _tier(raw: Any, path: str, errs: list[tuple[str, str]]) -> TierSpec | None:
+    r = _R(raw, path, errs)
+    name = r.str_("name", "")
+    if not name:
+        errs.append((r.at("name"), "required"))
+    cls_s = r.str_("class", "latency", tuple(c.value for c in SloClass))
+    share = r.num("share", None, ge=0)
+    if share is None:
+        errs.append((r.at("share"), "required (fraction of the traffic)"))
+    ttft = r.get("ttft_ms")
+    ttfts: tuple[float, ...] = ()
+    if ttft is not None:
+        vals = ttft if isinstance(ttft, list) else [ttft]
+        if not vals or any(isinstance(x, bool) or not isinstance(x, int | float) or x <= 0 for x in vals):
+            errs.append((r.at("ttft_ms"), "must be a number > 0 or a non-empty list of them"))
+        else:
+            ttfts = tuple(float(x) for x in vals)
+    tpot = r.num("tpot_ms", None, gt=0)
+    deadline = r.num("deadline_ms", None, gt=0)
+    weight = r.num("weight", 1.0, gt=0)
+    rwl = r.get("reject_when_late")
+    if rwl is not None and not isinstance(rwl, bool):
+        errs.append((r.at("reject_when_late"), "must be true or false"))
+    r.done()
+    cls = SloClass(cls_s)
+    if cls is SloClass.LATENCY and (not ttfts or tpot is None):
+        errs.append((path, "a latency tier needs ttft_ms and tpot_ms"))
+    if cls in (SloClass.DEADLINE, SloClass.WORKFLOW) and deadline is None:
+        errs.append((r.at("deadline_ms"), f"required for class {cls.value}"))
+    if share is None or not name:
+        return None
+    return TierSpec(name, cls, float(share), ttfts, tpot, deadline, float(weight), bool(rwl))
+
+
+def _dist(raw: Any, path: str, errs: list[tuple[str, str]], dflt: LengthDist) -> LengthDist:
+    r = _R(raw, path, errs)
+    d = LengthDist(
+        float(r.num("mean", dflt.mean, gt=0)),
+        float(r.num("sigma", dflt.sigma, ge=0)),
+        r.int_("max", dflt.max, 1),
+    )
+    r.done()
+    return d
+
+
+def parse_scenario(raw: Any, source: str = "<scenario>", base_dir: Path | None = None) -> Scenario:
+    errs: list[tuple[str, str]] = []
+    top = _R(raw, "", errs)
+    name = top.str_("name", Path(source).stem)
+    seed = top.int_("seed", 0)
+    eng = _R(top.get("engine"), "engine", errs)
+    prof_name = eng.str_("profile", "h100-8b")
+    overrides = {
+        k: eng.int_(k, None, 1) for k in ("max_batched_tokens", "max_num_seqs", "kv_capacity_tokens")
+    }
+    noise = float(eng.num("noise", 0.0, ge=0))
+    eng.done()
+    profile: StepProfile | None = None
+    try:
+        p = Path(prof_name)
+        if base_dir is not None and p.suffix == ".json" and not p.is_absolute():
+            p = base_dir / p
+        profile = load_profile(str(p) if p.suffix == ".json" else prof_name)
+        profile = replace(profile, **{k: v for k, v in overrides.items() if v is not None})
+    except ProfileError as e:
+        errs.append(("engine.profile", str(e)))
+    fleet = _R(top.get("fleet"), "fleet", errs)
+    servers = fleet.int_("servers", 20, 1)
+    bins_raw = fleet.get("bins")
+    bins: dict[str, int] | None = None
+    if isinstance(bins_raw, Mapping):
+        bins = {}
+        for k, v in bins_raw.items():
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                errs.append((f"fleet.bins.{k}", "must be an integer >= 0"))
+            else:
+                bins[str(k)] = v
+    elif bins_raw not in (None, "auto"):
+        errs.append(("fleet.bins", "must be auto or a mapping tier -> servers"))
+    fleet.done()
+    tiers_raw = top.get("tiers")
+    tiers: list[TierSpec] = []
+    if not isinstance(tiers_raw, list) or not tiers_raw:
+        errs.append(("tiers", "required: a non-empty list"))
+    else:
+        for i, t in enumerate(tiers_raw):
+            ts = _tier(t, f"tiers[{i}]", errs)
+            if ts is not None:
+                tiers.append(ts)
+    names = [t.name for t in tiers]
+    for n in set(names):
+        if names.count(n) > 1:
+            errs.append(("tiers", f"duplicate tier name {n!r}"))
+    if tiers and sum(t.share for t in tiers) <= 0:
+        errs.append(("tiers", "the shares must not all be 0"))
+    if bins is not None:
+        for k in bins:
+            if k not in names:
+                errs.append((f"fleet.bins.{k}", f"unknown tier (tiers: {', '.join(names)})"))
+        if sum(bins.values()) != servers:
+            errs.append(("fleet.bins", f"counts add up to {sum(bins.values())}, fleet.servers is {servers}"))
+    wl = _R(top.get("workload"), "workload", errs)
+    w = WorkloadSpec(
+        lengths=wl.str_("lengths", "splitwise_conv"),
+        prompt=_dist(wl.get("prompt"), "workload.prompt", errs, DEFAULT_PROMPT),
+        output=_dist(wl.get("output"), "workload.output", errs, DEFAULT_OUTPUT),
+        arrivals=wl.str_("arrivals", "poisson", ("poisson", "gamma", "trace")),
+        cv=float(wl.num("cv", 2.0, gt=0)),
+        requests=wl.int_("requests", 30_000, 1),
+        rate_rps=wl.num("rate_rps", None, gt=0),
+        max_tokens=wl.int_("max_tokens", None, 1),
+        length_warmup=wl.int_("length_warmup", 2000, 0),
+    )
+    wl.done()
+    pol_raw = top.get("policies")
+    policies: dict[str, Mapping[str, Any]] = {}
+    if isinstance(pol_raw, Mapping):
+        for k, v in pol_raw.items():
+            if not isinstance(v, Mapping):
+                errs.append((f"policies.{k}", "must be a mapping of params"))
+            else:
+                policies[str(k)] = dict(v)
+    elif pol_raw is not None:
+        errs.append(("policies", "must be a mapping kind -> params"))
+    top.done()
+    if errs or profile is None:
+        raise ScenarioError(source, errs)
+    return Scenario(
+        name=name,
+        profile=profile,
+        tiers=tuple(tiers),
+        servers=servers,
+        bins=bins,
+        workload=w,
+        seed=seed,
+        noise=noise,
+        policies=policies,
+        source=source,
+    )
+
+
+def resolve_path(name_or_path: str) -> Path:
+    """A scenario by path, or by name in ``config/scenarios/``."""
+    p = Path(name_or_path)
+    if p.exists():
+        return p
+    cand = SCENARIO_DIR / (name_or_path if name_or_path.endswith(".yaml") else f"{name_or_path}.yaml")
+    if cand.exists():
+        return cand
+    known = sorted(x.stem for x in SCENARIO_DIR.glob("*.yaml")) if SCENARIO_DIR.exists() else []
+    raise ScenarioError(
+        name_or_path, [("", f"no such scenario file (shipped scenarios: {', '.join(known) or 'none'})")]
+    )
+
+
+def load_scenario(name_or_path: str) -> Scenario:
+    p = resolve_path(name_or_path)
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ScenarioError(str(p), [("", f"not valid YAML: {e}")]) from None
+    return parse_scenario(raw, str(p), p.parent)
