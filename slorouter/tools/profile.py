@@ -75,7 +75,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--requests-per-level",
         type=_positive,
         default=None,
-        help="requests per level (default max(4, 2 x concurrency); never below the level)",
+        help="requests per level (default max(8, 2 x concurrency); never below the level)",
     )
     p.add_argument(
         "--prompt-tokens", type=_positive, default=100, help="prompt length in tokens (default 100)"
@@ -112,7 +112,7 @@ async def sweep(
         kv_cap = args.kv_capacity or await scrape_vllm_kv_capacity(session, args.target) or 262_144
         stats: list[LevelStats] = []
         engine_itl: dict[int, float] = {}
-        counts = {c: max(c, args.requests_per_level or max(4, 2 * c)) for c in args.concurrency}
+        counts = {c: max(c, args.requests_per_level or max(8, 2 * c)) for c in args.concurrency}
         with Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             console=console, disable=args.quiet, transient=False,
