@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_parser import RawRequestMessage
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from slorouter.clock import Clock, RealClock
 from slorouter.config import ConfigError, format_error, load_config
@@ -160,6 +162,7 @@ def build_app(
     tracker.add_listener(metrics.observe)
 
     app = web.Application(client_max_size=cfg.server.max_body_bytes, middlewares=[openai_errors])
+    _sanitize_expect(app)
     app[CONTROL] = control
 
     def save_state() -> str | None:
@@ -216,6 +219,24 @@ def build_app(
         r.add_post(path, ops.passthrough)
     r.add_route("*", "/v1/{tail:.*}", ops.passthrough)
     return app
+
+
+def _sanitize_expect(app: web.Application) -> None:
+    """aiohttp answers an ``Expect`` header it does not know with 417 before any
+    middleware runs, echoing the value; a value with non-UTF-8 bytes makes that echo
+    fail (a 500). Such a value is made ASCII (escaped) when the request is built, so the
+    client gets the 417. (The one touch of aiohttp internals: the app's request factory.)"""
+    make = app._make_request
+
+    def make_request(message: RawRequestMessage, *args: Any, **kw: Any) -> web.Request:
+        expect = message.headers.get("Expect")
+        if expect is not None and not expect.isascii():
+            headers = CIMultiDict(message.headers)
+            headers["Expect"] = expect.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")
+            message = message._replace(headers=CIMultiDictProxy(headers))
+        return make(message, *args, **kw)
+
+    app._make_request = make_request  # type: ignore[method-assign]
 
 
 def _extra_metrics(app: web.Application) -> list[str]:

@@ -21,6 +21,7 @@ from slorouter.values import Engine, Reject, RequestInfo, SloClass, Status, Tier
 
 WORKFLOW_HEADER = "x-slo-workflow-id"
 _MAX_WORKFLOWS = 100_000
+_MAX_WORKFLOW_ID = 256  # characters; ids are kept until their deadline passes (bounded memory)
 
 
 class BadRequest(Exception):
@@ -140,6 +141,13 @@ def classify(
 ) -> tuple[RequestInfo, str] | Refusal:
     """Resolve the tier (key, header, alias) and build the request's RequestInfo."""
     cfg = svc.cfg
+    wid = request.headers.get(WORKFLOW_HEADER)
+    if wid is not None and not (0 < len(wid) <= _MAX_WORKFLOW_ID and wid.isprintable()):
+        return Refusal(
+            400,
+            f"{WORKFLOW_HEADER} must be 1..{_MAX_WORKFLOW_ID} printable characters",
+            "invalid_workflow_id",
+        )
     key = bearer(request.headers.get("Authorization")) or request.headers.get("x-api-key") or None
     res = resolve(cfg, key, request.headers.get(cfg.routing.header), model)
     if isinstance(res, Refusal):

@@ -209,6 +209,13 @@ async def test_invalid_bodies_get_openai_style_400(router: RouterHandle, data: b
     assert s == 400 and is_openai_error(b, s) and b["error"]["code"] == code, b
 
 
+@pytest.mark.parametrize("wid", ["w" * 257, "a\tb"])
+async def test_workflow_ids_are_bounded(router: RouterHandle, wid: str) -> None:
+    headers = {**auth(KEY_ALL), "x-slo-workflow-id": wid}
+    s, b = await call(router.url + "/v1/chat/completions", body=CHAT, headers=headers)
+    assert s == 400 and b["error"]["code"] == "invalid_workflow_id"
+
+
 async def test_wrong_methods_and_unknown_routes_are_json(router: RouterHandle) -> None:
     s, b = await call(router.url + "/generate", method="GET", headers=auth(KEY_ALL))
     assert s == 405 and is_openai_error(b, s)
