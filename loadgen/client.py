@@ -118,9 +118,9 @@ class Client:
                     text = await resp.read()
                     rec.status = "rejected" if resp.status == 429 else "error"
                     rec.error = f"HTTP {resp.status}: {text[:200].decode('utf-8', 'replace')}"
-                elif rec.stream:
+                elif rec.stream and resp.content_type != "application/json":
                     await self._read_stream(resp, rec)
-                else:
+                else:  # not streaming (or a server that answered a stream request with JSON)
                     data = await resp.read()
                     now = clock() - t0
                     rec.chunks.append(now)
