@@ -9,8 +9,12 @@ stamp="$VENV/.installed-$(sha1sum "$ROOT/pyproject.toml" | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
   echo "[setup] creating $VENV and installing slorouter (first run only)..." >&2
   "$PY" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q --upgrade pip >&2
-  "$VENV/bin/python" -m pip install -q -e "$ROOT[dev]" >&2
+  log="$VENV/install.log"
+  if ! { "$VENV/bin/python" -m pip install --upgrade pip && "$VENV/bin/python" -m pip install -e "$ROOT[dev]"; } >"$log" 2>&1; then
+    tail -n 30 "$log" >&2
+    echo "[setup] installing failed (full log: $log)" >&2
+    exit 1
+  fi
   rm -f "$VENV"/.installed-* && touch "$stamp"
 fi
 # shellcheck disable=SC1091
