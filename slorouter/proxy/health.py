@@ -173,9 +173,11 @@ class HealthMonitor:
 
     def set_backends(self, backends: Iterable[Backend]) -> None:
         """Track exactly ``backends``: new ones start routable (and probed), removed ones
-        leave the healthy set and stop being probed; kept ones keep their state."""
+        leave the healthy set and stop being probed; kept ones keep their state (a backend
+        whose URL changed starts afresh)."""
         new = {b.id: b for b in backends}
-        for bid in [b for b in self.backends if b not in new]:
+        moved = [b for b in self.backends if b in new and new[b].url != self.backends[b].url]
+        for bid in [b for b in self.backends if b not in new or b in moved]:
             self.states.pop(bid, None)
             self._wakeups.pop(bid, None)
             task = self._tasks.pop(bid, None)

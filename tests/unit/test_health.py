@@ -100,3 +100,9 @@ def test_monitor_drives_the_shared_health_set() -> None:
     assert mon.drain("b") is False
     mon.report("b", Signal.CONNECT)  # a straggler of a removed backend: ignored
     assert "b" not in mon.states
+    # the same id at a new URL starts afresh (its old history says nothing of the new server)
+    for _ in range(3):
+        mon.report("c", Signal.CONNECT)
+    assert "c" not in health.healthy
+    mon.set_backends([Backend("a", "http://127.0.0.1:1"), Backend("c", "http://127.0.0.1:4")])
+    assert health.healthy == {"a", "c"} and mon.states["c"].circuit is Circuit.CLOSED
