@@ -102,8 +102,11 @@ async def _worker(
     stop_at: float,
     max_requests: int,
     res: LoadResult,
+    delay_s: float = 0.0,
 ) -> None:
     one = _one_stream if stream else _one_whole
+    if delay_s > 0:
+        await asyncio.sleep(delay_s)
     for _ in range(max_requests):
         if time.perf_counter() >= stop_at:
             return
@@ -135,17 +138,26 @@ async def run_load(
     model: str = "sim-llama",
     max_requests: int = 100_000,
     grace_s: float = 60.0,
+    spread: bool = False,
+    stagger_s: float = 0.0,
 ) -> LoadResult:
     """Closed-loop load (see the module docstring); worker i talks to ``urls[i % len(urls)]``;
-    ``elapsed_s`` is start -> last worker done."""
+    ``elapsed_s`` is start -> last worker done.
+
+    ``spread``: worker i asks for ``max_tokens · (0.5 + i/streams)`` tokens (same mean, but
+    streams finish at different steps instead of all together); ``stagger_s``: worker i
+    starts ``i/streams · stagger_s`` late. Both keep closed-loop streams from arriving in
+    synchronized bursts, which would make "added TTFT" mostly queueing behind the burst."""
     res = LoadResult()
-    data = body(max_tokens, stream, model)
     t0 = time.perf_counter()
     stop_at = t0 + duration_s
-    tasks = [
-        asyncio.create_task(_worker(session, urls[i % len(urls)], data, stream, stop_at, max_requests, res))
-        for i in range(streams)
-    ]
+    tasks = []
+    for i in range(streams):
+        n = max(1, round(max_tokens * (0.5 + i / streams))) if spread else max_tokens
+        data = body(n, stream, model)
+        delay = stagger_s * i / streams
+        w = _worker(session, urls[i % len(urls)], data, stream, stop_at, max_requests, res, delay)
+        tasks.append(asyncio.create_task(w))
     try:
         async with asyncio.timeout(duration_s + grace_s):
             await asyncio.gather(*tasks)

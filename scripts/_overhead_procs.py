@@ -254,3 +254,14 @@ def start_slorouter(tmp: Path, engine_ports: list[int], core: int | None) -> tup
     p = Proc(f"slorouter-{port}", argv, tmp, core)
     wait_http(p, f"http://127.0.0.1:{port}/health")
     return p, port
+
+
+def start_passthrough(tmp: Path, engine_ports: list[int], core: int | None) -> tuple[Proc, int]:
+    """The minimal aiohttp + uvloop pass-through (``scripts/_overhead_passthrough.py``)."""
+    port = free_port()
+    argv = [sys.executable, str(Path(__file__).with_name("_overhead_passthrough.py")), "--port", str(port)]
+    for ep in engine_ports:
+        argv += ["--upstream", f"http://127.0.0.1:{ep}"]
+    p = Proc(f"aiohttp-min-{port}", argv, tmp, core)
+    wait_http(p, f"http://127.0.0.1:{port}/health")
+    return p, port

@@ -96,7 +96,7 @@ _ADDED = {
 }
 
 
-def summarize(rounds: list[dict[str, dict[str, Any]]], targets: list[str]) -> dict[str, Any]:
+def summarize(rounds: list[dict[str, dict[str, Any]]], targets: list[str], stream: bool) -> dict[str, Any]:
     """Per target: medians over rounds, paired added latencies, and ratios to nginx."""
     out: dict[str, Any] = {}
     for t in targets:
@@ -120,25 +120,40 @@ def summarize(rounds: list[dict[str, dict[str, Any]]], targets: list[str]) -> di
                 if m is not None:
                     s[name] = m
         out[t] = s
-    nginx = out.get("nginx")
-    if nginx is not None:
+    for ref in ("nginx", "aiohttp-min"):
+        base = out.get(ref)
+        if base is None:
+            continue
         for t, s in out.items():
-            if t in ("direct", "nginx"):
+            if t in ("direct", "nginx", ref) or (ref == "aiohttp-min" and t != "slorouter"):
                 continue
-            ratios: dict[str, Any] = {}
-            for k in ("proxy_cpu_us_per_token", "proxy_cpu_us_per_request", "tokens_per_s", "requests_per_s"):
-                if s.get(k) and nginx.get(k):
-                    ratios[k] = round(s[k] / nginx[k], 2)
-            for k in ("proxy_cpu_us_per_token", "proxy_cpu_us_per_request"):
-                per_round = [
-                    round(r[t][k] / r["nginx"][k], 2)
-                    for r in rounds
-                    if t in r and "nginx" in r and r[t].get(k) and r["nginx"].get(k)
-                ]
-                if per_round:
-                    ratios[f"{k}_per_round"] = per_round
-            s["ratio_to_nginx"] = ratios
+            s[f"ratio_to_{ref.replace('-', '_')}"] = _ratios(rounds, t, ref, s, base, stream)
     return out
+
+
+def _ratios(
+    rounds: list[dict[str, dict[str, Any]]],
+    t: str,
+    ref: str,
+    s: dict[str, Any],
+    base: dict[str, Any],
+    stream: bool,
+) -> dict[str, Any]:
+    """Ratios of medians (CPU per unit of work, throughput), and the per-round CPU ratios."""
+    cpu = "proxy_cpu_us_per_token" if stream else "proxy_cpu_us_per_request"
+    rate = "tokens_per_s" if stream else "requests_per_s"
+    ratios: dict[str, Any] = {}
+    for k in (cpu, rate):
+        if s.get(k) and base.get(k):
+            ratios[k] = round(s[k] / base[k], 2)
+    per_round = [
+        round(r[t][cpu] / r[ref][cpu], 2)
+        for r in rounds
+        if t in r and ref in r and r[t].get(cpu) and r[ref].get(cpu)
+    ]
+    if per_round:
+        ratios[f"{cpu}_per_round"] = per_round
+    return ratios
 
 
 def print_table(scenarios: dict[str, Any]) -> None:
@@ -154,7 +169,7 @@ def print_table(scenarios: dict[str, Any]) -> None:
             cols += ["+TTFT p50 ms", "+TTFT p99 ms", "+gap p99 ms", "µs/token"]
         else:
             cols += ["µs/request"]
-        cols += ["× nginx", "RSS MB", "errors"]
+        cols += ["× nginx", "× aiohttp-min", "RSS MB", "errors"]
         for c in cols:
             t.add_column(c, justify="left" if c == "target" else "right")
         for target, s in sc["summary"].items():
@@ -170,6 +185,8 @@ def print_table(scenarios: dict[str, Any]) -> None:
             row += [f(cpu_key)]
             ratio = s.get("ratio_to_nginx", {}).get(cpu_key)
             row += ["1.0" if target == "nginx" else "–" if ratio is None else f"{ratio:g}"]
+            r2 = s.get("ratio_to_aiohttp_min", {}).get(cpu_key)
+            row += ["1.0" if target == "aiohttp-min" else "–" if r2 is None else f"{r2:g}"]
             row += [f("proxy_rss_mb"), str(s["errors"])]
             t.add_row(*row)
         con.print(t)

@@ -1,27 +1,34 @@
 #!/usr/bin/env python3
-"""Router overhead: the same load direct to the engines, through nginx, through slorouter.
+"""Router overhead: the same load direct to the engines, through nginx, through a minimal
+aiohttp pass-through, and through slorouter — in one run, ratios side by side.
 
-One run, three scenarios, each target measured ``--repeats`` times in rotating order:
+Three scenarios, each target measured ``--repeats`` times in rounds (order rotates per round):
 
-* ``paced_32x20ms``  — 32 streams, engines stepping every 20 ms whatever the batch
+* ``paced_32x20ms``   — 32 streams, engines stepping every 20 ms whatever the batch
   (each token is its own read and write: the fair per-token comparison);
-* ``unpaced_64``     — 64 streams, engines stepping as fast as they can (~0 s steps);
-* ``nonstreaming_32``— 32 clients, non-streaming requests to the unpaced engines.
+* ``unpaced_64``      — 64 streams, engines stepping as fast as they can (~0 s steps);
+* ``nonstreaming_32`` — 32 clients, non-streaming requests to the unpaced engines.
 
 Engines: 2 simulated vLLM engines (``slorouter sim``, a generated profile whose step is
-``c0`` alone). Proxies: nginx 1 worker (generated config in a temp dir: proxy_buffering
-off, HTTP/1.1 keep-alive upstream, round-robin) and the real ``slorouter serve``
-(generated config, policy round-robin). The client is this process (aiohttp + uvloop).
-By default the proxies run on core 1 and engines + client on core 0 (``taskset`` /
+``c0`` alone). Targets: ``direct`` (clients spread over the engines), ``nginx`` (1 worker,
+generated config in a temp dir: proxy_buffering off, HTTP/1.1 keep-alive upstream,
+round-robin), ``aiohttp-min`` (``scripts/_overhead_passthrough.py``: aiohttp + uvloop,
+copies reads, no parsing — the floor for an aiohttp router) and the real ``slorouter
+serve`` (generated config, policy round-robin). The client is this process (aiohttp +
+uvloop; closed-loop streams with output lengths spread over 0.5–1.5× ``--max-tokens`` and,
+when paced, staggered starts, so arrivals do not come in synchronized bursts). By default
+the proxies run on core 1 and engines + client on core 0 (``taskset`` /
 ``sched_setaffinity``; ``--no-pin`` to disable).
 
 Figures per target (medians over repeats): added TTFT p50/p99 and added inter-token gap
-p99 (paired with the direct run of the same round), tokens/s, proxy CPU µs per token
-(utime+stime from /proc/PID/stat before/after the run; nginx = master + worker), µs per
-non-streaming request, RSS; slorouter's ratios to nginx. Prints JSON on stdout, a table
-and progress on stderr. See docs/overhead.md.
+p99 (paired with the direct run of the same round), tokens/s, proxy CPU µs per token and
+per request (CPU time of the proxy's processes before/after the run — nginx = master +
+worker — from /proc/PID/task/*/schedstat, cross-checked with utime+stime of
+/proc/PID/stat), the share of the run the proxy ran and waited for its core, RSS; ratios
+to nginx (and slorouter's to aiohttp-min). Prints JSON on stdout, progress and tables on
+stderr. See docs/overhead.md.
 
-Usage: ``scripts/bench_overhead.py [--repeats 3] [--out FILE] [--py-spy DIR]``
+Usage: ``scripts/bench_overhead.py [--repeats 5] [--out FILE] [--py-spy DIR]``
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _overhead_client import make_session, run_load, warm_up
-from _overhead_procs import VENV_BIN, Proc, start_nginx, start_sim, start_slorouter
+from _overhead_procs import VENV_BIN, Proc, start_nginx, start_passthrough, start_sim, start_slorouter
 from _overhead_report import print_table, run_record, summarize
 
 
@@ -57,15 +64,18 @@ class Scenario:
     stream: bool
     max_tokens: int
     duration_s: float
+    stagger_s: float = 0.0  # worker i starts i/streams of this late (spreads closed-loop arrivals)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("--repeats", type=int, default=3, help="runs per target and scenario (default 3)")
-    p.add_argument("--paced-duration", type=float, default=6.0, help="seconds per paced run (default 6)")
-    p.add_argument("--unpaced-duration", type=float, default=4.0, help="seconds per unpaced run (default 4)")
+    p.add_argument("--repeats", type=int, default=5, help="runs per target and scenario (default 5)")
+    p.add_argument("--paced-duration", type=float, default=3.5, help="seconds per paced run (default 3.5)")
     p.add_argument(
-        "--nonstream-duration", type=float, default=3.0, help="seconds per non-streaming run (default 3)"
+        "--unpaced-duration", type=float, default=2.5, help="seconds per unpaced run (default 2.5)"
+    )
+    p.add_argument(
+        "--nonstream-duration", type=float, default=2.0, help="seconds per non-streaming run (default 2)"
     )
     p.add_argument(
         "--max-tokens", type=int, default=64, help="output tokens per streamed request (default 64)"
@@ -79,6 +89,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--load-core", type=int, default=0, help="core for engines and client (default 0)")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
     p.add_argument("--skip-nginx", action="store_true", help="no nginx (no ratios then)")
+    p.add_argument(
+        "--skip-baseline", action="store_true", help="no minimal aiohttp pass-through (target aiohttp-min)"
+    )
     p.add_argument("--only", choices=("paced", "unpaced", "nonstreaming"), action="append", help="scenarios")
     p.add_argument("--out", type=Path, help="also write the JSON to this file")
     p.add_argument(
@@ -88,6 +101,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="record slorouter with py-spy (raw folded stacks into DIR) during its runs; "
         "perturbs the figures — use for profiling only",
     )
+    p.add_argument("--py-spy-native", action="store_true", help="with --py-spy: include native frames")
     a = p.parse_args(argv)
     if a.repeats < 1 or a.max_tokens < 2 or a.nonstream_tokens < 1 or a.step_ms <= 0:
         p.error("--repeats >= 1, --max-tokens >= 2, --nonstream-tokens >= 1 and --step-ms > 0, please")
@@ -100,35 +114,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def scenarios(a: argparse.Namespace) -> list[Scenario]:
+    def lengths(n: int, streams: int) -> str:
+        lo, hi = max(1, round(n * 0.5)), round(n * (1.5 - 1 / streams))
+        return f"{lo}–{hi} tokens/request (mean ~{n})"
+
+    step_s = a.step_ms / 1e3
     all_ = [
         Scenario(
-            "paced_32x20ms",
-            f"32 streams, {a.step_ms:g} ms steps, {a.max_tokens} tokens/request",
-            "paced",
-            32,
-            True,
-            a.max_tokens,
-            a.paced_duration,
+            "paced_32x20ms", f"32 streams, {a.step_ms:g} ms steps, {lengths(a.max_tokens, 32)}", "paced",
+            32, True, a.max_tokens, a.paced_duration,
+            stagger_s=min(a.paced_duration / 4, a.max_tokens * step_s / 2),
         ),
         Scenario(
-            "unpaced_64",
-            f"64 streams, ~0 s steps, {a.max_tokens} tokens/request",
-            "unpaced",
-            64,
-            True,
-            a.max_tokens,
-            a.unpaced_duration,
+            "unpaced_64", f"64 streams, ~0 s steps, {lengths(a.max_tokens, 64)}", "unpaced", 64, True,
+            a.max_tokens, a.unpaced_duration,
         ),
         Scenario(
-            "nonstreaming_32",
-            f"32 clients, non-streaming, ~0 s steps, {a.nonstream_tokens} tokens/request",
-            "unpaced",
-            32,
-            False,
-            a.nonstream_tokens,
-            a.nonstream_duration,
+            "nonstreaming_32", f"32 clients, non-streaming, ~0 s steps, {lengths(a.nonstream_tokens, 32)}",
+            "unpaced", 32, False, a.nonstream_tokens, a.nonstream_duration,
         ),
-    ]
+    ]  # fmt: skip
     if not a.only:
         return all_
     return [s for s in all_ if s.name.split("_")[0] in a.only]
@@ -137,13 +142,17 @@ def scenarios(a: argparse.Namespace) -> list[Scenario]:
 class Spy:
     """py-spy record attached to a PID for the duration of a ``with`` block."""
 
-    def __init__(self, out_dir: Path | None, pid: int, name: str) -> None:
+    def __init__(self, out_dir: Path | None, pid: int, name: str, native: bool = False) -> None:
         self.proc: subprocess.Popen[bytes] | None = None
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
             exe = VENV_BIN / "py-spy"
             argv = [str(exe), "record", "--pid", str(pid), "--format", "raw", "--rate", "250"]
-            argv += ["--output", str(out_dir / f"{name}.txt"), "--nonblocking"]
+            argv += [
+                "--output",
+                str(out_dir / f"{name}.txt"),
+                *(["--native"] if native else ["--nonblocking"]),
+            ]
             self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(0.5)
 
@@ -161,17 +170,18 @@ class Spy:
 
 
 async def measure(
-    sc: Scenario, target: str, urls: list[str], proxy: Proc | None, sim: Proc, spy_dir: Path | None, rnd: int
+    sc: Scenario, target: str, urls: list[str], proxy: Proc | None, sim: Proc, a: argparse.Namespace, rnd: int
 ) -> dict[str, Any]:
     async with make_session(sc.streams) as session:
         warm_errors = await warm_up(session, urls, sc.streams)
         spy_name = f"{sc.name}-r{rnd}"
-        with Spy(spy_dir if target == "slorouter" else None, proxy.pid if proxy else 0, spy_name):
+        spy_dir = a.py_spy if target == "slorouter" else None
+        with Spy(spy_dir, proxy.pid if proxy else 0, spy_name, a.py_spy_native):
             p0 = proxy.cpu() if proxy else None
             e0 = sim.cpu()
             res = await run_load(
                 session, urls, streams=sc.streams, duration_s=sc.duration_s, max_tokens=sc.max_tokens,
-                stream=sc.stream,
+                stream=sc.stream, spread=True, stagger_s=sc.stagger_s,
             )  # fmt: skip
             p1 = proxy.cpu() if proxy else None
             e1 = sim.cpu()
@@ -200,6 +210,10 @@ async def run_fleet(
             ng, nport = start_nginx(tmp, ports, pin_proxy)
             procs.append(ng)
             targets["nginx"] = ([f"http://127.0.0.1:{nport}/v1/chat/completions"], ng)
+        if not a.skip_baseline:
+            ap, aport = start_passthrough(tmp, ports, pin_proxy)
+            procs.append(ap)
+            targets["aiohttp-min"] = ([f"http://127.0.0.1:{aport}/v1/chat/completions"], ap)
         sr, sport = start_slorouter(tmp, ports, pin_proxy)
         procs.append(sr)
         targets["slorouter"] = ([f"http://127.0.0.1:{sport}/v1/chat/completions"], sr)
@@ -209,8 +223,9 @@ async def run_fleet(
             urls = targets[t][0]
             async with make_session(scs[0].streams) as session:
                 await run_load(
-                    session, urls, streams=scs[0].streams, duration_s=a.warmup, max_tokens=scs[0].max_tokens
-                )
+                    session, urls, streams=scs[0].streams, duration_s=a.warmup, max_tokens=scs[0].max_tokens,
+                    spread=True,
+                )  # fmt: skip
         for sc in scs:
             rounds: list[dict[str, dict[str, Any]]] = []
             for rnd in range(a.repeats):
@@ -219,7 +234,7 @@ async def run_fleet(
                 for t in order:
                     progress.update(task, description=f"{sc.name} round {rnd + 1}/{a.repeats}: {t}")
                     urls, proxy = targets[t]
-                    rows[t] = await measure(sc, t, urls, proxy, sim, a.py_spy, rnd)
+                    rows[t] = await measure(sc, t, urls, proxy, sim, a, rnd)
                     progress.advance(task)
                 rounds.append(rows)
             out[sc.name] = {
@@ -230,7 +245,7 @@ async def run_fleet(
                 "duration_s": sc.duration_s,
                 "engine_step_s": c0,
                 "repeats": a.repeats,
-                "summary": summarize(rounds, names),
+                "summary": summarize(rounds, names, sc.stream),
                 "rounds": rounds,
             }
     finally:
@@ -243,7 +258,7 @@ async def main_async(a: argparse.Namespace) -> dict[str, Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     scs = scenarios(a)
-    n_targets = 2 if a.skip_nginx else 3
+    n_targets = 4 - a.skip_nginx - a.skip_baseline
     result: dict[str, Any] = {
         "command": " ".join(shlex.quote(x) for x in [sys.argv[0], *sys.argv[1:]]),
         "machine": {"cpus": os.cpu_count(), "loadavg_start": [round(x, 2) for x in os.getloadavg()]},
@@ -253,6 +268,7 @@ async def main_async(a: argparse.Namespace) -> dict[str, Any]:
         "engines": "2 x `slorouter sim` (vLLM chat wire format), step = c0 only (batch-independent)",
         "proxies": {
             "nginx": "1 worker, proxy_buffering off, proxy_http_version 1.1, upstream keepalive 256",
+            "aiohttp-min": "scripts/_overhead_passthrough.py: aiohttp + uvloop, copy reads, no parsing",
             "slorouter": "slorouter serve, policy round-robin, one best_effort tier",
         },
     }
