@@ -18,12 +18,13 @@ def _plt() -> Any:
     return plt
 
 
-def _cdf(ax: Any, values: list[float], label: str) -> None:
+def _cdf(ax: Any, values: list[float], label: str, color: str) -> bool:
     if not values:
-        return
+        return False
     xs = sorted(values)
     ys = [(i + 1) / len(xs) for i in range(len(xs))]
-    ax.step(xs, ys, where="post", label=label)
+    ax.step(xs, ys, where="post", label=label, color=color)
+    return True
 
 
 def plot_run(doc: dict[str, Any], out_dir: str | Path) -> list[Path]:
@@ -60,15 +61,14 @@ def plot_run(doc: dict[str, Any], out_dir: str | Path) -> list[Path]:
         ("tpot_cdf.png", "mean TPOT per request", slo.mean_tpot),
     ):
         fig, ax = plt.subplots(figsize=(7, 4))
-        for name in names:
+        for k, name in enumerate(names):
             vals = [
                 1000.0 * v for r in recs if r.tier == name and r.ok and r.stream if (v := fn(r)) is not None
             ]
-            _cdf(ax, vals, name)
             spec = tiers[name]["slo"]
             limit = spec["ttft_ms"] if fname.startswith("ttft") else spec["tpot_ms"]
-            if limit:
-                ax.axvline(limit, ls=":", lw=0.8, color=ax.lines[-1].get_color() if ax.lines else "gray")
+            if _cdf(ax, vals, name, f"C{k % 10}") and limit:
+                ax.axvline(limit, ls=":", lw=0.8, color=f"C{k % 10}")
         ax.set_xlabel(f"{title} (ms); dotted: tier limit")
         ax.set_ylabel("fraction of completed streamed requests")
         ax.set_title(f"{title} CDF per tier")
@@ -76,13 +76,13 @@ def plot_run(doc: dict[str, Any], out_dir: str | Path) -> list[Path]:
         paths.append(_save(fig, out / fname, plt))
 
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
-    for name in names:
+    for k, name in enumerate(names):
         pts = [
             (r.sent, 1000.0 * t) for r in recs if r.tier == name and r.ok if (t := slo.ttft(r)) is not None
         ]
         if pts:
-            ax1.scatter([p[0] for p in pts], [p[1] for p in pts], s=4, label=name)
-    ax1.set_ylabel("TTFT (ms)")
+            ax1.scatter([p[0] for p in pts], [p[1] for p in pts], s=4, label=name, color=f"C{k % 10}")
+    ax1.set_ylabel("TTFT (ms; not streamed: whole answer)")
     ax1.set_yscale("log")
     ax1.legend(fontsize=8, markerscale=3)
     ax1.set_title("requests over time")
@@ -109,9 +109,17 @@ def plot_sweep(points: list[dict[str, Any]], path: str | Path, title: str) -> Pa
     pts = sorted(points, key=lambda p: p["rate"])
     tiers = sorted({t for p in pts for t in p["tiers"]})
     rates = [p["rate"] for p in pts]
+    slo_tiers = {t for p in pts for t in p.get("slo_tiers", p["tiers"])}
     for t in tiers:
         ys = [100.0 * (p["tiers"].get(t) or 0.0) for p in pts]
-        ax.plot(rates, ys, marker="o", label=t)
+        best_effort = t not in slo_tiers
+        ax.plot(
+            rates,
+            ys,
+            marker="o",
+            ls="--" if best_effort else "-",
+            label=t + (" (no SLO)" if best_effort else ""),
+        )
     ax.plot(
         rates, [100.0 * (p["overall"] or 0.0) for p in pts], marker="s", color="black", lw=2, label="overall"
     )
