@@ -47,7 +47,7 @@ async def test_step_well_under_tpot_attains_everything() -> None:
     assert t["attainment_dslo"] == 1.0 and t["attainment_mean_tpot"] == 1.0
     # the prompt synthesis hits the engine's token count exactly, and ignore_eos fixes the output
     assert doc["input_lens"] == [64] * 10 and doc["output_lens"] == [32] * 10
-    assert 7.0 <= doc["median_tpot_ms"] < 20.0  # the engine's step, seen from the client
+    assert 7.0 <= doc["median_tpot_ms"] < 50.0  # the engine's step (>= 7 ms), seen from the client
 
 
 async def test_tpot_tighter_than_any_step_attains_nothing() -> None:
