@@ -167,7 +167,7 @@ async def _schedule(
             # shows up in the schedule lag (send time - scheduled time)
     st.scheduling_done = True
     if tasks:
-        _done, pending = await asyncio.wait(set(tasks), timeout=w.drain_s if w.drain_s > 0 else None)
+        _done, pending = await asyncio.wait(set(tasks), timeout=w.drain_s)
         for task in pending:
             task.cancel()
         if pending:
