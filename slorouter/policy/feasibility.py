@@ -27,8 +27,9 @@ used to rank: most loaded = largest ``step / τ_host``) or ``-1.0`` when infeasi
 
 **Chunked-prefill interference** (a preference, not a hard check): the request's prompt
 (behind the prompts already waiting) rides along in the next steps and delays every
-decoding resident by about ``c_prefill · (backlog + prompt)`` in total (a 14k-token prompt: 7 full-budget steps). It *fits* on a
-server when that delay is at most the smallest slack among the residents
+decoding resident by about ``c_prefill · (backlog + prompt)`` in total (a 14k-token
+prompt: 7 full-budget steps). It *fits* on a server when that delay is at most the
+smallest slack among the residents
 (:func:`min_slack`: time until a resident's next per-token deadline, extrapolated from
 its last observed token at the server's current pace). :func:`prefer_fitting` moves the
 first fitting candidate (in rank order) to the front; when none of the checked

@@ -54,6 +54,8 @@ class SimOptions:
     learn: bool = True  # latency and length models learn online (else: priors + warm start)
     drain_s: float = 120.0  # after the last arrival, stop at most this much later
     max_tries: int = 16  # admission-queue decisions per wake-up
+    latency_quantile: float = 0.9
+    length_quantile: float = 0.9
 
 
 @dataclass(slots=True)
@@ -118,8 +120,10 @@ class FleetSim:
         if warm:  # a router that has been running knows the traffic's prompt/output ratio
             mp, mo, _ = mean_lengths(scn)
             rho = mp / mo
-        self.latency = build_latency(self.clock, profile=scn.profile, prefill_ratio=rho)
-        self.lengths = build_lengths(self.clock, default_output_tokens=256)
+        self.latency = build_latency(
+            self.clock, quantile=self.opt.latency_quantile, profile=scn.profile, prefill_ratio=rho
+        )
+        self.lengths = build_lengths(self.clock, quantile=self.opt.length_quantile, default_output_tokens=256)
         if warm:
             sample = output_sample(scn, warm, self.seed)
             for tier in tiers:

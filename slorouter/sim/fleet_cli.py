@@ -43,6 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--param", action="append", default=[], metavar="K=V", help="policy param (repeatable)")
     p.add_argument("--no-learn", action="store_true", help="freeze the latency/length models at their priors")
     p.add_argument("--sync-tokens", type=int, default=64, help="tracker token updates every N tokens")
+    p.add_argument("--latency-quantile", type=float, default=0.9, help="quantile of the latency model")
+    p.add_argument("--length-quantile", type=float, default=0.9, help="quantile of the length model")
     p.add_argument("--json", metavar="OUT", help="write the results as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -132,7 +134,15 @@ def run(args: argparse.Namespace) -> int:
         err.print("[red]error:[/red] --rate must be > 0 (requests per second, all tiers together)")
         return 2
     fb = fluid_bound(scn)
-    opts = SimOptions(sync_tokens=max(1, args.sync_tokens), learn=not args.no_learn)
+    if not (0 < args.latency_quantile < 1 and 0 < args.length_quantile < 1):
+        err.print("[red]error:[/red] --latency-quantile and --length-quantile must be in (0, 1)")
+        return 2
+    opts = SimOptions(
+        sync_tokens=max(1, args.sync_tokens),
+        learn=not args.no_learn,
+        latency_quantile=args.latency_quantile,
+        length_quantile=args.length_quantile,
+    )
     n_req = args.requests or scn.workload.requests
     bins = scn.bins if scn.bins is not None and servers == scn.servers else auto_bins(scn, servers, fb)
     console.print(

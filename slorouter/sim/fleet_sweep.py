@@ -105,14 +105,14 @@ def sweep(
             else:
                 hi = nxt
         if lo is None or hi is None:
-            return lo
+            return None if lo is None else round(lo, 6)
         while (hi - lo) / lo > rel_tol and len(cache) < max_probes:
             mid = (lo + hi) / 2
             if ok(probe(mid)):
                 lo = mid
             else:
                 hi = mid
-        return lo
+        return round(lo, 6)
 
     goodput: dict[float, float | None] = {}
     overall: dict[float, float | None] = {}

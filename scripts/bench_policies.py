@@ -1,0 +1,177 @@
+#!/usr/bin/env python3
+"""Every policy on every scenario: goodput per server (highest rate at which every tier
+attains ≥ 90 % of its per-token deadlines), against the scenario's fluid bound.
+
+    scripts/bench_policies.py --json OUT [--scenarios a,b] [--policies x,y] [--requests N] [--jobs N]
+
+Writes ``{"scenarios": {NAME: {"fluid_bound_rps_per_server": x, "best_baseline": kind,
+"polyserve_vs_best_baseline": r, "polyserve_vs_bound": b, "policies": {kind:
+{"goodput_rps_per_server": g, ...}}, ...}}}`` and prints, per scenario, a table of every
+policy and the two ratios. ``polyserve:pack`` is polyserve with ``placement: pack`` (what
+an autoscaled fleet runs; its cost is the busy-server column).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from slorouter.policy import registry
+from slorouter.sim.bound import fluid_bound
+from slorouter.sim.fleet import run_once
+from slorouter.sim.fleet_sweep import sweep
+from slorouter.sim.scenario import load_scenario
+
+SCENARIOS = ("polyserve-conv", "polyserve-code", "chat-batch")
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "polyserve:pack": ("polyserve", {"placement": "pack"}),
+}
+
+
+def policies() -> list[str]:
+    return [*registry.kinds(), *VARIANTS]
+
+
+def one(scenario: str, name: str, requests: int | None) -> dict[str, Any]:
+    scn = load_scenario(scenario)
+    kind, params = VARIANTS.get(name, (name, {}))
+    fb = fluid_bound(scn)
+    n = scn.servers
+    t0 = time.process_time()
+    sw = sweep(
+        lambda r: run_once(scn, kind, r, requests=requests, params=params), 0.8 * fb.rps_per_server * n
+    )
+    cpu = time.process_time() - t0
+    g = sw.goodput.get(0.9)
+    best = None
+    if g is not None:
+        best = next((p for p in sw.probes if abs(p.rate - g) < 1e-9), None)
+    o = best.result.summary["overall"] if best else {}
+    return {
+        "goodput_rps_per_server": None if g is None else g / n,
+        "goodput99_rps_per_server": None if sw.goodput.get(0.99) is None else sw.goodput[0.99] / n,  # type: ignore[operator]
+        "goodput_overall_rps_per_server": None
+        if sw.goodput_overall.get(0.9) is None
+        else sw.goodput_overall[0.9] / n,  # type: ignore[operator]
+        "server_seconds_per_good": o.get("server_seconds_per_good"),
+        "busy_server_seconds_per_good": o.get("busy_server_seconds_per_good"),
+        "at_goodput": None
+        if best is None
+        else {
+            "tiers_dslo_attainment": {
+                k: v["dslo_attainment"] for k, v in best.result.summary["tiers"].items()
+            },
+            "overall_dslo_attainment": o.get("dslo_attainment"),
+            "overall_mean_tpot_attainment": o.get("mean_tpot_attainment"),
+            "ttft_s": o.get("ttft_s"),
+            "tpot_s": o.get("tpot_s"),
+        },
+        "probes": len(sw.probes),
+        "cpu_s": cpu,
+        "kind": kind,
+        "params": params,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", metavar="OUT", help="write the results here")
+    ap.add_argument("--scenarios", default=",".join(SCENARIOS))
+    ap.add_argument("--policies", default=",".join(policies()))
+    ap.add_argument("--requests", type=int, help="requests per probe (default: each scenario's)")
+    ap.add_argument("--jobs", type=int, default=1, help="parallel processes")
+    args = ap.parse_args()
+    console = Console()
+    scns = [s for s in args.scenarios.split(",") if s]
+    pols = [p for p in args.policies.split(",") if p]
+    unknown = [p for p in pols if p not in policies()]
+    if unknown:
+        console.print(f"[red]unknown policies {unknown}; known: {policies()}[/red]")
+        return 2
+    jobs = [(s, p) for s in scns for p in pols]
+    results: dict[tuple[str, str], dict[str, Any]] = {}
+    t0 = time.time()
+    if args.jobs > 1:
+        with ProcessPoolExecutor(args.jobs) as ex:
+            futs = {ex.submit(one, s, p, args.requests): (s, p) for s, p in jobs}
+            for f, key in futs.items():
+                results[key] = f.result()
+                console.print(f"[dim]{key[0]} {key[1]}: done ({time.time() - t0:.0f} s)[/dim]")
+    else:
+        for s, p in jobs:
+            results[(s, p)] = one(s, p, args.requests)
+            console.print(
+                f"[dim]{s} {p}: {results[(s, p)]['goodput_rps_per_server']} ({time.time() - t0:.0f} s)[/dim]"
+            )
+    out: dict[str, Any] = {"scenarios": {}, "requests_per_probe": args.requests, "wall_s": time.time() - t0}
+    for s in scns:
+        scn = load_scenario(s)
+        fb = fluid_bound(scn)
+        pol = {p: results[(s, p)] for p in pols}
+        base = {
+            p: v["goodput_rps_per_server"] or 0.0 for p, v in pol.items() if not p.startswith("polyserve")
+        }
+        best = max(base, key=lambda k: base[k]) if base else None
+        ps = pol.get("polyserve", {}).get("goodput_rps_per_server")
+        entry = {
+            "fluid_bound_rps_per_server": fb.rps_per_server,
+            "fluid_bound": fb.to_json(),
+            "servers": scn.servers,
+            "best_baseline": best,
+            "polyserve_vs_best_baseline": None
+            if ps is None or not best or not base[best]
+            else ps / base[best],
+            "polyserve_vs_bound": None if ps is None else ps / fb.rps_per_server,
+            "policies": pol,
+        }
+        out["scenarios"][s] = entry
+        t = Table(
+            title=f"{s}: {scn.servers} servers, {scn.profile.name}, fluid bound {fb.rps_per_server:.2f} req/s/server"
+        )
+        for c in (
+            "policy",
+            "goodput/server (every tier ≥90%)",
+            "≥99%",
+            "overall ≥90%",
+            "of bound",
+            "busy server-s/good",
+        ):
+            t.add_column(c, justify="right")
+        for p, v in sorted(pol.items(), key=lambda kv: -(kv[1]["goodput_rps_per_server"] or 0)):
+            g = v["goodput_rps_per_server"]
+
+            def f(x: float | None, nd: int = 2) -> str:
+                return "-" if x is None else f"{x:.{nd}f}"
+
+            t.add_row(
+                p,
+                f(g),
+                f(v["goodput99_rps_per_server"]),
+                f(v["goodput_overall_rps_per_server"]),
+                "-" if g is None else f"{100 * g / fb.rps_per_server:.1f} %",
+                f(v["busy_server_seconds_per_good"], 3),
+            )
+        console.print(t)
+        r1, r2 = entry["polyserve_vs_best_baseline"], entry["polyserve_vs_bound"]
+        console.print(
+            f"polyserve vs best baseline ({best}): {'-' if r1 is None else f'{r1:.3f}x'} · "
+            f"polyserve vs fluid bound: {'-' if r2 is None else f'{100 * r2:.1f} %'}"
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+        console.print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Properties of every policy on random fleets: a decision only names known, healthy
+backends; the SLO-aware policies never pick an infeasible server, and never wait while
+a feasible one exists."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from slorouter.clock import ManualClock
+from slorouter.models.static import LinearStep
+from slorouter.policy import registry
+from slorouter.policy.base import PolicyContext
+from slorouter.policy.feasibility import INF, FeasibilityParams, Need, assess, tightest_tpot
+from slorouter.policy.polyserve import late_at, tier_tightness
+from slorouter.values import Defer, Dispatch, Reject, RequestInfo
+from tests.unit.test_policy_table import BE, T20, T30, T50, Fleet, tier
+
+TIERS = (T20, T30, T50, BE, tier("t20q", 20, 0, ttft_ms=150, late_429=True))
+BIN_NAMES = ("t20", "t30", "t50", "batch")
+
+fleets = st.lists(
+    st.tuples(st.sampled_from(BIN_NAMES), st.integers(0, 200), st.booleans()), min_size=1, max_size=8
+)
+requests = st.tuples(st.sampled_from(TIERS), st.integers(1, 30_000), st.floats(0.0, 2.0))
+# KV and prefill cost something here, so load, prompt size and waiting time all matter
+STEP = LinearStep(c0_s=0.008, c_batch_s=6e-5, c_kv_s=1e-7, c_prefill_s=2e-5)
+POLICIES: list[tuple[str, dict[str, Any]]] = [
+    ("polyserve", {"placement": "pack"}),
+    ("polyserve", {"placement": "spread"}),
+    ("slo-pack", {"placement": "pack"}),
+    ("static-partition", {}),
+    ("round-robin", {}),
+    ("least-tokens", {}),
+    ("power-of-two", {}),
+    ("random", {}),
+    ("least-request", {}),
+]
+
+
+def _setup(spec: list[tuple[str, int, bool]]) -> Fleet:
+    bins = {f"s{i}": b for i, (b, _, _) in enumerate(spec)}
+    loads = {f"s{i}": n for i, (_, n, _) in enumerate(spec)}
+    down = tuple(f"s{i}" for i, (_, _, ok) in enumerate(spec) if not ok)
+    return Fleet(bins, loads, unhealthy=down, step=STEP, resident_prompt=400)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(fleets, requests)
+def test_decisions_name_only_known_healthy_backends(spec: list[tuple[str, int, bool]], rq: Any) -> None:
+    f = _setup(spec)
+    t, prompt, now = rq
+    f.clock.set(now)
+    req = RequestInfo(1, t, 0.0, prompt_tokens=prompt, max_tokens=None, output_bound=50)
+    snap = f.snap()
+    for kind, params in POLICIES:
+        d = registry.build(kind, params, PolicyContext(ManualClock(), seed=3)).select(req, snap)
+        if isinstance(d, Dispatch):
+            assert d.backends, kind
+            assert len(set(d.backends)) == len(d.backends), kind
+            assert all(b in snap.healthy and b in snap.backends for b in d.backends), (kind, d)
+        else:
+            assert isinstance(d, Defer | Reject)
+
+
+def _feasible(f: Fleet, req: RequestInfo, kind: str, late: bool) -> list[str]:
+    """Brute force: every server the policy may use on which ``req`` is feasible."""
+    snap = f.snap()
+    tpots = {t.name: (t.slo.tpot_s if t.slo.tpot_s is not None else INF) for t in snap.backends.tiers}
+    need = Need(req, snap.now, late)
+    fp = FeasibilityParams()
+    out = []
+    for b in snap.eligible(None):
+        load = snap.loads[b.id]
+        lat = snap.latency
+        bin_t = tier_tightness(snap.backends.tier_by_name.get(b.tier))
+        if kind == "polyserve":
+            if bin_t > tier_tightness(req.tier):
+                continue  # never downward
+            tau = bin_t if bin_t < 1e3 else (tightest_tpot(load, tpots) if load.tier_counts else INF)
+        else:
+            tau = tightest_tpot(load, tpots) if load.tier_counts else INF
+        if assess(need, load, lat.linear(b.id), lat.limits(b.id), tau, fp) >= 0:
+            out.append(b.id)
+    return out
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(fleets, requests, st.sampled_from(["polyserve", "slo-pack"]), st.sampled_from(["pack", "spread"]))
+def test_never_infeasible_never_waiting_while_a_feasible_server_exists(
+    spec: list[tuple[str, int, bool]], rq: Any, kind: str, placement: str
+) -> None:
+    f = _setup(spec)
+    t, prompt, now = rq
+    f.clock.set(now)
+    req = RequestInfo(1, t, 0.0, prompt_tokens=prompt, max_tokens=None, output_bound=50)
+    snap = f.snap()
+    if not snap.healthy:
+        return
+    pool = snap.eligible(None)
+    at = late_at(req, snap, pool[0].id)
+    late = at is not None and now > at
+    feasible = _feasible(f, req, kind, late)
+    d = registry.build(kind, {"placement": placement}, PolicyContext(ManualClock())).select(req, snap)
+    if isinstance(d, Dispatch):
+        assert d.backends[0] in feasible, (d, feasible)
+    elif isinstance(d, Reject):
+        assert d.status == 503 or (d.status == 429 and late and t.reject_when_late), d
+    else:
+        assert not feasible, (d, feasible)

@@ -1,0 +1,168 @@
+"""The online latency model: priors, learning, forgetting, windows, support."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from slorouter.clock import ManualClock
+from slorouter.models.latency import LatencySettings, OnlineLatency, bucket_key, build_latency
+from slorouter.models.profile import ProfilePoint, StepProfile
+from slorouter.models.static import EngineLimits, LinearStep
+from slorouter.values import Outcome, Status
+
+TRUE = LinearStep(c0_s=0.010, c_batch_s=1e-4, c_kv_s=5e-8, c_prefill_s=3e-5)
+LIMITS = EngineLimits(max_num_seqs=256, kv_capacity_tokens=400_000, max_batched_tokens=2048)
+
+
+def _model(clock: ManualClock, prior: LinearStep = TRUE, **kw: object) -> OnlineLatency:
+    settings = LatencySettings(max_batches_per_s=0, refit_every=1, **kw)  # type: ignore[arg-type]
+    return OnlineLatency(clock, prior, LIMITS, settings=settings)
+
+
+def _feed(
+    model: OnlineLatency,
+    clock: ManualClock,
+    coef: LinearStep,
+    seconds: float,
+    rng: random.Random,
+    noise: float = 0.0,
+    backend: str = "b0",
+) -> None:
+    """One batch of 64 samples per 0.1 s at random loads, gap = coef.at(load) * noise."""
+    t_end = clock.now() + seconds
+    while clock.now() < t_end:
+        clock.advance(0.1)
+        batch = rng.randint(1, 200)
+        kv = batch * rng.randint(200, 2000)
+        gap = coef.at(batch, kv) * (1 + noise * rng.random())
+        model.observe(backend, [(gap, batch, kv)] * 64)
+
+
+@pytest.mark.parametrize(
+    ("batch", "kv", "prefill"),
+    [(1, 100, 0), (32, 32_000, 0), (128, 200_000, 0), (8, 8_000, 2048)],
+)
+def test_prior_only_prediction_is_the_profile_and_says_so(batch: int, kv: int, prefill: int) -> None:
+    m = _model(ManualClock())
+    assert m.step_time("b0", batch, kv, prefill) == pytest.approx(TRUE.at(batch, kv, prefill))
+    assert m.support("b0", batch, kv) == 0
+    assert m.observations("b0") == 0
+    assert m.describe("b0")["source"] == "default"
+
+
+def test_pace_includes_the_prefill_interference_of_the_traffic() -> None:
+    clock = ManualClock()
+    m = OnlineLatency(clock, TRUE, LIMITS, prefill_ratio=5.0)
+    # each decode slot brings 5 prefill tokens per step
+    assert m.step_time("b0", 40, 40_000) == pytest.approx(TRUE.at(40, 40_000) + 40 * 5.0 * TRUE.c_prefill_s)
+
+
+def test_prefill_ratio_is_learned_from_finished_requests() -> None:
+    clock = ManualClock()
+    m = _model(clock)
+    for i in range(50):
+        clock.advance(0.01)
+        m.observe_outcome(
+            Outcome(i, "t", "b0", Status.OK, 0.0, clock.now(), prompt_tokens=1000, output_tokens=200)
+        )
+    assert m.describe("b0")["prefill_per_output_token"] == pytest.approx(5.0)
+
+
+def test_learns_a_backend_that_differs_from_its_prior() -> None:
+    clock = ManualClock()
+    rng = random.Random(1)
+    slow = LinearStep(0.020, 2e-4, 1e-7, TRUE.c_prefill_s)
+    m = _model(clock)  # prior says TRUE, the backend is twice as slow
+    _feed(m, clock, slow, 60.0, rng)
+    for batch, kv in [(10, 10_000), (100, 100_000), (180, 300_000)]:
+        assert m.step_time("b0", batch, kv) == pytest.approx(slow.at(batch, kv), rel=0.15)
+    assert m.observations("b0") > 0
+
+
+def test_quantile_is_conservative_under_noise() -> None:
+    clock = ManualClock()
+    rng = random.Random(2)
+    m = _model(clock)
+    _feed(m, clock, TRUE, 60.0, rng, noise=0.5)  # gaps uniform in [1, 1.5] x the mean model
+    pred = m.step_time("b0", 64, 64_000)
+    mean = TRUE.at(64, 64_000) * 1.25
+    assert pred > mean  # p90, never the mean
+    assert pred < TRUE.at(64, 64_000) * 1.6
+
+
+def test_a_slowdown_is_noticed_within_seconds() -> None:
+    clock = ManualClock()
+    rng = random.Random(3)
+    m = _model(clock, half_life_s=5.0, decay_interval_s=0.5)
+    _feed(m, clock, TRUE, 120.0, rng)
+    before = m.step_time("b0", 50, 50_000)
+    _feed(m, clock, TRUE.scaled(2.0), 10.0, rng)
+    after = m.step_time("b0", 50, 50_000)
+    assert before == pytest.approx(TRUE.at(50, 50_000), rel=0.1)
+    assert after > 1.6 * before
+
+
+def test_support_counts_observations_in_the_load_bucket() -> None:
+    clock = ManualClock()
+    m = _model(clock)
+    clock.advance(1.0)
+    m.observe("b0", [(0.02, 40, 40_000)] * 64)
+    assert m.support("b0", 40, 40_000) >= 1
+    assert m.support("b0", 200, 300_000) == 0
+    assert bucket_key(40, 40_000) != bucket_key(200, 300_000)
+
+
+def test_windows_spread_a_prefill_spike() -> None:
+    clock = ManualClock()
+    m = _model(clock, window_tokens=16)
+    clock.advance(1.0)
+    samples = [(0.010, 8, 8000)] * 15 + [(0.170, 8, 8000)]  # one 170 ms step among 16
+    m.observe("b0", samples)
+    # the bucket learned the window's mean pace (20 ms), not the spike
+    bk = m._states["b0"].buckets[bucket_key(8, 8000)]
+    assert bk.digest.quantile(0.5) == pytest.approx(0.020)
+
+
+def test_learning_rate_is_bounded_per_backend() -> None:
+    clock = ManualClock()
+    m = OnlineLatency(clock, TRUE, LIMITS, settings=LatencySettings(max_batches_per_s=2.0))
+    for _ in range(100):  # 100 batches within one second
+        clock.advance(0.01)
+        m.observe("b0", [(0.02, 10, 10_000)] * 16)
+    assert m.describe("b0")["batches"] == 2
+
+
+def test_build_from_profiles() -> None:
+    clock = ManualClock()
+    prof = StepProfile(
+        name="p",
+        step=TRUE,
+        source="measured",
+        max_num_seqs=64,
+        kv_capacity_tokens=1000,
+        max_batched_tokens=512,
+        points=(ProfilePoint(1, mean_itl_s=0.010, p90_itl_s=0.012),),
+    )
+    other = StepProfile(name="q", step=TRUE.scaled(3.0), source="measured")
+    m = build_latency(clock, quantile=0.95, profile=prof, per_backend={"fast": other})
+    assert m.settings.quantile == 0.95
+    assert m.limits("x") == EngineLimits(64, 1000, 512)
+    assert m.step_time("x", 1, 10) == pytest.approx(TRUE.at(1, 10) * 1.2)  # p90/mean of the points
+    assert m.step_time("fast", 1, 10) == pytest.approx(TRUE.scaled(3.0).at(1, 10))
+    assert m.describe("x")["source"] == "measured"
+    assert build_latency(clock).describe("x")["source"] == "default"
+
+
+def test_prefill_time_counts_chunks() -> None:
+    m = _model(ManualClock())
+    one = m.prefill_time("b0", 1000)
+    four = m.prefill_time("b0", 8000)  # 4 chunks of 2048
+    assert one == pytest.approx(TRUE.c0_s + TRUE.c_batch_s + TRUE.c_kv_s * 1000 + TRUE.c_prefill_s * 1000)
+    assert four > 4 * TRUE.c0_s + TRUE.c_prefill_s * 8000
+
+
+def test_bad_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="quantile"):
+        LatencySettings(quantile=1.5)
