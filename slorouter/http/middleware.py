@@ -68,8 +68,12 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
         resp = error_response(413, f"request body too large ({e.text or 'over the limit'})", "body_too_large")
         resp.force_close()  # the rest of the body is not read
         return resp
-    except HttpProcessingError as e:  # a malformed body (chunked framing, compression)
+    except HttpProcessingError as e:  # a malformed request (framing)
         return error_response(400, f"malformed request: {e.message}", "invalid_request")
+    except web.RequestPayloadError as e:  # a body that cannot be decoded (Content-Encoding)
+        resp = error_response(400, f"malformed request body: {e}", "invalid_request")
+        resp.force_close()
+        return resp
     except web.HTTPException as e:
         if e.status < 400:
             raise

@@ -5,6 +5,7 @@ admin token, entitlement, and keys never logged or forwarded."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -207,6 +208,18 @@ async def test_slow_body_gets_408_and_slow_headers_are_cut(router: RouterHandle)
 async def test_invalid_bodies_get_openai_style_400(router: RouterHandle, data: bytes, code: str) -> None:
     s, b = await call(router.url + "/v1/chat/completions", data=data, headers=auth(KEY_ALL))
     assert s == 400 and is_openai_error(b, s) and b["error"]["code"] == code, b
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br"])
+async def test_a_body_that_does_not_decode_is_400(router: RouterHandle, encoding: str) -> None:
+    headers = {**auth(KEY_ALL), "Content-Encoding": encoding, "Content-Type": "application/json"}
+    s, _ = await call(router.url + "/v1/chat/completions", data=orjson.dumps(CHAT), headers=headers)
+    assert s == 400
+    if encoding == "gzip":  # a real gzip body is decoded, and the engine gets plain JSON
+        s, b = await call(
+            router.url + "/v1/chat/completions", data=gzip.compress(orjson.dumps(CHAT)), headers=headers
+        )
+        assert s == 200 and b["usage"]["completion_tokens"] >= 1
 
 
 @pytest.mark.parametrize("wid", ["w" * 257, "a\tb"])
