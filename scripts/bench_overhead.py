@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shlex
 import signal
@@ -94,6 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--only", choices=("paced", "unpaced", "nonstreaming"), action="append", help="scenarios")
     p.add_argument("--out", type=Path, help="also write the JSON to this file")
+    p.add_argument("--logs", type=Path, metavar="DIR", help="keep configs and process logs in DIR")
     p.add_argument(
         "--py-spy",
         type=Path,
@@ -273,8 +275,15 @@ async def main_async(a: argparse.Namespace) -> dict[str, Any]:
         },
     }
     t0 = time.monotonic()
+    if a.logs is not None:
+        a.logs.mkdir(parents=True, exist_ok=True)
+    workdir = (
+        contextlib.nullcontext(str(a.logs))
+        if a.logs
+        else tempfile.TemporaryDirectory(prefix="bench-overhead-")
+    )
     with (
-        tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmpd,
+        workdir as tmpd,
         Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             transient=True,
