@@ -6,7 +6,7 @@ Starts a simulated vLLM and TGI engine and ``slorouter serve`` as processes on
 strategies in tests/fuzz/strategies.py: bodies, headers, methods, paths, framing), each
 on its own connection, and prints JSON: inputs sent, answers by status class, responses
 >= 500, hangs (no complete answer within 10 s), time per input, and whether anything was
-left in flight afterwards. Exit status 1 if any response was >= 500, hung, or was not HTTP.
+left in flight afterwards. Exit status 1 if any response was >= 500, hung, or had no final HTTP answer.
 """
 
 from __future__ import annotations
@@ -64,9 +64,10 @@ def main() -> int:
         def run(req: FuzzRequest) -> None:
             a = send(stack.port, req, timeout_s=10.0)
             times.append(a.seconds)
-            key = "hang" if a.hung else "not-http" if a.status is None else f"{a.status // 100}xx"
+            final = a.status is not None and a.status >= 200
+            key = "hang" if a.hung else "no-final-answer" if not final else f"{a.status // 100}xx"
             statuses[key] += 1
-            if a.hung or a.status is None or a.status >= 500:
+            if a.hung or not final or a.status is None or a.status >= 500:
                 bad.append({"request": repr(req)[:500], "answer": a.raw_head[:200].decode("latin-1")})
             progress.advance(task)
 
@@ -81,7 +82,7 @@ def main() -> int:
         "by_status": dict(sorted(statuses.items())),
         "responses_5xx": statuses["5xx"],
         "hangs": statuses["hang"],
-        "not_http": statuses["not-http"],
+        "no_final_answer": statuses["no-final-answer"],
         "left_in_flight": left,
         "router_tracebacks": log.count("Traceback"),
         "seconds": round(time.monotonic() - t0, 1),

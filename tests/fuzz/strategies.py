@@ -349,12 +349,12 @@ def send(port: int, req: FuzzRequest, timeout_s: float = 10.0) -> Answer:
     status: int | None = None
     rest = raw
     while rest:  # the final status, after any 1xx interim answers (100 Continue)
-        line, _, rest = rest.partition(b"\r\n")
-        parts = line.split(b" ", 2)
+        head, _, after = rest.partition(b"\r\n\r\n")
+        parts = head.split(b"\r\n", 1)[0].split(b" ", 2)
         if not (len(parts) >= 2 and parts[0].startswith(b"HTTP/1.") and parts[1].isdigit()):
             break
         status = int(parts[1])
         if status >= 200:
             break
-        _, _, rest = rest.partition(b"\r\n\r\n")
+        rest = after
     return Answer(status, time.monotonic() - t0, hung, raw[:300])
