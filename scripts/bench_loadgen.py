@@ -18,11 +18,12 @@ Clients, side by side on the same scenarios:
   bare      the floor: aiohttp post + readany + a timestamp per read, nothing else
   openai    the official client (AsyncOpenAI, streaming), target scenario only (--no-openai skips)
 
-Per client and scenario: achieved request and token rates, CPU utilization of this
-process, schedule lag p50/p99/max (send time − scheduled time), timing error
-(client-observed − server-written, first and last token) p50/p99. For loadgen and bare,
-CPU µs per request and per token solved from the requests/tokens scenarios, and the
-ratio loadgen/bare.
+Each scenario runs ``--repeats`` times with the clients interleaved (openai once); per
+client and scenario the run with the median CPU is shown: achieved request and token
+rates, CPU utilization of this process, schedule lag p50/p99/max (send time − scheduled
+time), timing error (client-observed − server-written, first and last token) p50/p99.
+For loadgen and bare, CPU µs per request and per token solved from the requests/tokens
+scenarios of each repeat (median shown), and the ratio loadgen/bare.
 
     .venv/bin/python scripts/bench_loadgen.py [--duration 10] [--rate 500] [--tokens 40] [--step-ms 10]
 """
@@ -328,7 +329,14 @@ def solve(req: dict[str, Any], tok: dict[str, Any]) -> dict[str, float]:
     return {"cpu_us_per_request": round(a * 1e6, 2), "cpu_us_per_token": round(b * 1e6, 3)}
 
 
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median client CPU (its own numbers, not a mix of runs)."""
+    return sorted(runs, key=lambda r: r["client_cpu_s"])[len(runs) // 2]
+
+
 async def bench(args: argparse.Namespace, url: str) -> dict[str, Any]:
+    """Every scenario ``--repeats`` times, the clients interleaved (loadgen, bare, loadgen, ...),
+    so that both see the same machine; per client and scenario the median-CPU run is kept."""
     out: dict[str, Any] = {"config": vars(args) | {"url": url}, "clients": {}}
     scen = {
         "target": (args.rate, args.tokens),
@@ -336,17 +344,28 @@ async def bench(args: argparse.Namespace, url: str) -> dict[str, Any]:
         "tokens": (args.rate / 10, args.tokens * 10),
     }
     kinds = ["loadgen", "bare"] + ([] if args.no_openai else ["openai"])
-    for kind in kinds:
-        res: dict[str, Any] = {}
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {k: {n: [] for n in scen} for k in kinds}
+    for rep in range(args.repeats):
         for name, (rate, tokens) in scen.items():
-            if kind == "openai" and name != "target":
-                continue
-            print(f"[bench] {kind} {name}: {rate:g} req/s x {tokens} tokens", file=sys.stderr)
-            res[name] = await measure(kind, url, rate, tokens, args.duration)
-            await asyncio.sleep(1.0)
+            for kind in kinds:
+                if kind == "openai" and (name != "target" or rep > 0):
+                    continue
+                print(
+                    f"[bench] {rep + 1}/{args.repeats} {kind} {name}: {rate:g} req/s x {tokens} tokens",
+                    file=sys.stderr,
+                )
+                runs[kind][name].append(await measure(kind, url, rate, tokens, args.duration))
+                await asyncio.sleep(1.0)
+    for kind in kinds:
+        res: dict[str, Any] = {name: _median_run(rs) for name, rs in runs[kind].items() if rs}
         if "requests" in res:
-            res["per_unit"] = solve(res["requests"], res["tokens"])
-        for r in res.values():
+            per = [solve(a, b) for a, b in zip(runs[kind]["requests"], runs[kind]["tokens"], strict=True)]
+            res["per_unit"] = {
+                k: sorted(p[k] for p in per)[len(per) // 2]
+                for k in ("cpu_us_per_request", "cpu_us_per_token")
+            }
+            res["per_unit_each_repeat"] = per
+        for r in (x for rs in runs[kind].values() for x in rs):
             r.pop("_requests", None)
             r.pop("_tokens", None)
         out["clients"][kind] = res
@@ -368,6 +387,7 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=500.0)
     ap.add_argument("--tokens", type=int, default=40)
     ap.add_argument("--step-ms", type=float, default=10.0)
+    ap.add_argument("--repeats", type=int, default=3, help="runs per scenario and client (median kept)")
     ap.add_argument("--no-openai", action="store_true")
     ap.add_argument("--pin", action="store_true", help="pin client and server to separate cores")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
