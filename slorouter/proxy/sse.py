@@ -45,9 +45,10 @@ UsageSink = Callable[[int | None, int | None], None]
 
 
 def _find_end(buf: bytes | bytearray, start: int) -> tuple[int, int]:
-    """Position and length of the first event terminator at/after ``start``."""
+    """Position and length of the first event terminator at/after ``start``. The CRLF
+    search is bounded by the LF hit, so a read of many events stays linear."""
     a = buf.find(b"\n\n", start)
-    b = buf.find(b"\r\n\r\n", start)
+    b = buf.find(b"\r\n\r\n", start, len(buf) if a == -1 else a + 3)
     if b != -1 and (a == -1 or b < a):
         return b, 4
     return a, 2

@@ -236,9 +236,15 @@ class Tracker:
             load.prefilling -= 1
             load.prefill_tokens -= r.prompt_tokens
         elif len(r.samples) < _MAX_SAMPLES and r.last_token_at is not None:
-            gap = (now - r.last_token_at) / n
-            sample = (gap, load.running, load.kv_tokens)
-            r.samples.extend([sample] * n)
+            sample = (
+                (now - r.last_token_at) / n,
+                len(load.residents),
+                load.prompt_tokens + load.output_tokens,
+            )
+            if n == 1:
+                r.samples.append(sample)
+            else:
+                r.samples.extend([sample] * n)
         late = now - slo.token_deadline(r.req.arrival, i)
         if late > r.max_lateness:
             r.max_lateness = late
