@@ -136,7 +136,8 @@ def main() -> int:
         }
         out["scenarios"][s] = entry
         t = Table(
-            title=f"{s}: {scn.servers} servers, {scn.profile.name}, fluid bound {fb.rps_per_server:.2f} req/s/server"
+            title=f"{s}: {scn.servers} servers, {scn.profile.name}, "
+            f"fluid bound {fb.rps_per_server:.2f} req/s/server"
         )
         for c in (
             "policy",

@@ -19,15 +19,19 @@ The model (per backend)::
     pace(batch, kv) = c0 + c_batch·batch + c_kv·kv + c_prefill·batch·ρ
     step_time       = ratio_q · pace  (blended with the load bucket's own quantile)
 
-``ρ`` = prompt tokens per output token of the traffic (decayed ``Σ prompt / Σ output``
-of finished requests: each decode slot brings ``ρ`` prefill tokens per step on average).
+``ρ`` = prompt tokens per output token of the traffic (``Σ prompt / Σ output`` of all
+finished requests, forgetting 10× slower than the step model, with 1,000 output tokens
+of prior weight: each decode slot brings ``ρ`` prefill tokens per step on average). It is
+one estimate for the whole fleet: a property of the traffic, not of a server.
 
 How it learns:
 
-1. **Windows.** An outcome's step samples ``(gap, running, kv)`` are averaged over
-   windows of ``window_tokens`` consecutive tokens (at most ``samples_per_outcome``
-   windows, evenly spread), so a prefill-carrying step is spread over its window as
-   the deadline's catch-up spreads it.
+1. **Windows.** Step samples ``(gap, running, kv)`` are averaged over windows of
+   ``window_tokens`` (256) token-steps of the backend: a long response gives its own
+   windows (at most ``samples_per_outcome``, evenly spread), shorter ones are pooled
+   with the backend's other recent responses. A window's pace is what a per-token
+   deadline with catch-up cares about: a prefill-carrying step is spread over it, as
+   the slack of a request absorbs it, and the quantile below is over such windows.
 2. **Load buckets.** Each window's pace goes into the t-digest of its bucket (running:
    exact up to 16, then 8 bins per doubling; KV: 4 bins per doubling from 512), with
    exponential forgetting (``half_life_s``): a backend that slows down moves its
@@ -71,7 +75,7 @@ class LatencySettings:
     decay_interval_s: float = 2.0
     min_support: float = 32.0  # bucket observations for full trust in the bucket
     samples_per_outcome: int = 16  # windows used per outcome
-    window_tokens: int = 16
+    window_tokens: int = 256
     max_batches_per_s: float = 5.0  # per backend; 0 = learn from every outcome
     refit_every: int = 8  # outcomes (per backend) between least-squares refits
     prior_weight: float = 64.0  # pseudo-observations of the prior in the fit
@@ -124,15 +128,13 @@ class _State:
         "n_outcomes",
         "next_batch_at",
         "observations",
+        "pool",
         "prior",
         "prior_ratio",
         "prior_sums",
         "ratio",
         "ratio_q",
         "rho",
-        "rho_n",
-        "rho_p",
-        "rho_stamp",
         "source",
         "stamp",
         "sums",
@@ -147,10 +149,7 @@ class _State:
         self.source = source
         self.coef = prior
         self.ratio_q = prior_ratio
-        self.rho = rho  # prompt tokens per output token
-        self.rho_p = 0.0
-        self.rho_n = 0.0
-        self.rho_stamp = now
+        self.rho = rho  # prompt tokens per output token (the model's, applied to this state)
         self.lin = _pace(prior, rho, prior_ratio)
         self.buckets: dict[int, _Bucket] = {}
         self.ratio: DecayingDigest | None = None
@@ -160,7 +159,16 @@ class _State:
         self.n_outcomes = 0
         self.observations = 0
         self.next_batch_at = -math.inf
+        self.pool = [0.0, 0.0, 0.0, 0.0]  # Σgap·n, Σrunning·n, Σkv·n, n of short responses
         _add_sums(self.prior_sums, _prior_points(prior, limits))
+
+
+def _mean(win: Sequence[Sample]) -> tuple[float, float, float]:
+    """Mean (gap, running, kv) of consecutive samples."""
+    if win[0] == win[-1] and len(win) > 1 and win[0] == win[len(win) // 2]:
+        return float(win[0][0]), float(win[0][1]), float(win[0][2])  # one chunk of tokens
+    n = len(win)
+    return sum(x[0] for x in win) / n, sum(x[1] for x in win) / n, sum(x[2] for x in win) / n
 
 
 def _pace(coef: LinearStep, rho: float, ratio: float) -> LinearStep:
@@ -261,6 +269,10 @@ class OnlineLatency:
             default_source,
         )
         self._rho0 = prefill_ratio
+        self._rho_applied = prefill_ratio
+        self._rho_p = 0.0
+        self._rho_n = 0.0
+        self._rho_stamp = clock.now()
         self._states: dict[str, _State] = {}
         self._priors: dict[str, tuple[LinearStep, EngineLimits, float, str]] = {}
 
@@ -279,19 +291,22 @@ class OnlineLatency:
         self._states.pop(backend_id, None)
 
     def set_prefill_ratio(self, rho: float) -> None:
-        """Prior prompt-tokens-per-output-token of the traffic (e.g. from a workload sample),
-        for backends with nothing observed yet; learning takes over with data."""
+        """Prompt tokens per output token of the traffic (e.g. from a workload sample);
+        learning from finished requests takes over with data."""
         self._rho0 = rho
+        self._apply_rho(rho)
+
+    def _apply_rho(self, rho: float) -> None:
+        self._rho_applied = rho
         for st in self._states.values():
-            if st.rho_n == 0:
-                st.rho = rho
-                st.lin = _pace(st.coef, rho, st.ratio_q)
+            st.rho = rho
+            st.lin = _pace(st.coef, rho, st.ratio_q)
 
     def _state(self, backend_id: str) -> _State:
         st = self._states.get(backend_id)
         if st is None:
             pr = self._priors.get(backend_id) or self._default
-            st = self._states[backend_id] = _State(*pr, self.clock.now(), self._rho0)
+            st = self._states[backend_id] = _State(*pr, self.clock.now(), self._rho_applied)
         return st
 
     # -- LatencyView -----------------------------------------------------------------
@@ -344,56 +359,74 @@ class OnlineLatency:
         """Tracker listener: learn from one finished request (its gaps and its lengths)."""
         if outcome.backend is None:
             return
-        st = self._state(outcome.backend)
         if outcome.output_tokens > 0 and outcome.prompt_tokens > 0:
+            # ρ is a property of the traffic, not of a backend: one estimate, slow forgetting
             now = self.clock.now()
-            f = 0.5 ** ((now - st.rho_stamp) / self.settings.half_life_s)
-            st.rho_stamp = now
-            st.rho_p = st.rho_p * f + outcome.prompt_tokens
-            st.rho_n = st.rho_n * f + outcome.output_tokens
-            st.rho = st.rho_p / st.rho_n
+            f = 0.5 ** ((now - self._rho_stamp) / (10.0 * self.settings.half_life_s))
+            self._rho_stamp = now
+            self._rho_p = self._rho_p * f + outcome.prompt_tokens
+            self._rho_n = self._rho_n * f + outcome.output_tokens
+            k = 1000.0  # output tokens of prior weight
+            rho = (self._rho_p + k * self._rho0) / (self._rho_n + k)
+            if abs(rho - self._rho_applied) > 0.01 * max(self._rho_applied, 1e-9):
+                self._apply_rho(rho)
         if outcome.step_samples:
             self.observe(outcome.backend, outcome.step_samples)
 
     def observe(self, backend_id: str, samples: Sequence[Sample]) -> None:
         """Learn from consecutive ``(gap_s, running, kv_tokens)`` samples of one backend.
 
-        Samples are averaged over windows of ``window_tokens``; at most
-        ``samples_per_outcome`` windows are used; at most ``max_batches_per_s`` calls a
-        second per backend are used (enough data either way; bounded cost)."""
+        Windows of ``window_tokens`` tokens: a long response gives its own (at most
+        ``samples_per_outcome`` of them, evenly spread); shorter ones are pooled with
+        the backend's other recent responses until a window is full — so a window is
+        always the pace over ``window_tokens`` token-steps, whatever the lengths.
+        At most ``max_batches_per_s`` windows-batches a second per backend are used."""
         cfg = self.settings
         now = self.clock.now()
         st = self._state(backend_id)
+        m = len(samples)
+        if m == 0:
+            return
+        W = cfg.window_tokens
+        wins: list[tuple[float, float, float]] = []
+        if m >= W:
+            nwin = m // W
+            stride = max(1, -(-nwin // cfg.samples_per_outcome))
+            for k in range(0, nwin, stride):
+                wins.append(_mean(samples[k * W : (k + 1) * W]))
+        else:
+            pick = samples if m <= 32 else samples[:: -(-m // 32)]
+            g, r, kv = _mean(pick)
+            pool = st.pool
+            pool[0] += g * m
+            pool[1] += r * m
+            pool[2] += kv * m
+            pool[3] += m
+            if pool[3] >= W:
+                n = pool[3]
+                wins.append((pool[0] / n, pool[1] / n, pool[2] / n))
+                st.pool = [0.0, 0.0, 0.0, 0.0]
+        if not wins:
+            return
         if cfg.max_batches_per_s > 0:
             if now < st.next_batch_at:
                 return
             st.next_batch_at = now + 1.0 / cfg.max_batches_per_s
-        m = len(samples)
-        w = min(cfg.window_tokens, m)
-        nwin = m // w
-        stride = max(1, -(-nwin // cfg.samples_per_outcome))
         groups: dict[int, tuple[list[float], list[float]]] = {}
         pts: list[tuple[float, float, float, float]] = []
         ratios: list[float] = []
         coef, rho = st.coef, st.rho
         cpr = coef.c_prefill_s * rho
-        for k in range(0, nwin, stride):
-            win = samples[k * w : (k + 1) * w]
-            if win[0] == win[-1]:  # a chunk of tokens: identical samples
-                gap, r, kv = float(win[0][0]), float(win[0][1]), float(win[0][2])
-            else:
-                gap = sum(x[0] for x in win) / w
-                r = sum(x[1] for x in win) / w
-                kv = sum(x[2] for x in win) / w
+        for gap, r, kv in wins:
             if not 0.0 < gap < 60.0 or r < 1:
                 continue
             key = bucket_key(round(r), round(kv))
-            g = groups.get(key)
-            if g is None:
-                g = groups[key] = ([], [0.0, 0.0])
-            g[0].append(gap)
-            g[1][0] += r
-            g[1][1] += kv
+            grp = groups.get(key)
+            if grp is None:
+                grp = groups[key] = ([], [0.0, 0.0])
+            grp[0].append(gap)
+            grp[1][0] += r
+            grp[1][1] += kv
             pts.append((1.0, r, kv, gap - cpr * r))
             pace = coef.c0_s + (coef.c_batch_s + cpr) * r + coef.c_kv_s * kv
             if pace > 0:

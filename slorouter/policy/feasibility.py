@@ -48,6 +48,7 @@ from slorouter.state.tracker import BackendLoad
 from slorouter.values import RequestInfo
 
 INF = math.inf
+_SLACK_SCAN = 8  # residents examined by min_slack (the newest ones)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +62,7 @@ class FeasibilityParams:
 class Need:
     """Per-decision constants of one request."""
 
-    __slots__ = ("b", "deadline_left", "late", "p", "tpot", "ttft_left", "weight_kv")
+    __slots__ = ("b", "deadline_left", "late", "p", "tightness", "tpot", "ttft_left", "weight_kv")
 
     def __init__(self, req: RequestInfo, now: float, late: bool, kv_estimate: str = "peak") -> None:
         slo = req.tier.slo
@@ -74,6 +75,8 @@ class Need:
             dl = req.arrival + slo.deadline_s
         self.deadline_left = INF if dl is None else dl - now
         self.late = late
+        t = req.tier.slo.tightness
+        self.tightness = 1e12 if math.isinf(t) else t  # the request's own bin (see polyserve)
         # KV this request adds to the estimate used for the TPOT check
         self.weight_kv = self.p + self.b if kv_estimate == "peak" else self.p + self.b // 2
 
@@ -125,11 +128,17 @@ def first_token_time(p: int, load: BackendLoad, lin: LinearStep, lim: EngineLimi
 
 
 def min_slack(load: BackendLoad, now: float, pace: float, floor: float = -INF) -> float:
-    """Smallest slack (s) among the server's decoding residents with a TPOT: time left
-    until their next token's deadline, extrapolated from the last observed token at
-    ``pace`` seconds per token. Stops early once below ``floor``."""
+    """Smallest slack (s) among the server's newest decoding residents with a TPOT: time
+    left until their next token's deadline, extrapolated from the last observed token at
+    ``pace`` seconds per token. Older residents have had time to bank slack (the
+    server's pace is kept under their TPOT), so the newest ``_SLACK_SCAN`` are checked.
+    Stops early once below ``floor``."""
     best = INF
-    for r in load.residents.values():
+    seen = 0
+    for r in reversed(load.residents.values()):  # newest first: the least slack accrued
+        seen += 1
+        if seen > _SLACK_SCAN:
+            break
         last = r.last_token_at
         if last is None:
             continue  # still prefilling: ahead of the new prompt in the engine's FCFS order
@@ -161,6 +170,9 @@ def prefer_fitting(
             break
         lin = lat.linear(bid)
         delay = lin.c_prefill_s * (load.prefill_tokens + need.p)
+        if delay <= lin.c0_s:  # smaller than one idle step: anyone absorbs it
+            best_i = i
+            break
         pace = lin.c0_s + lin.c_batch_s * len(load.residents) + lin.c_kv_s * load.kv_tokens
         sl = min_slack(load, now, pace, delay)
         if sl >= delay:

@@ -27,10 +27,12 @@ Params: ``placement`` (pack|spread|auto), ``kv_estimate`` (peak|current), ``head
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from typing import Any, Final
 
 from slorouter.policy.base import BasePolicy, Params, PolicyContext
+from slorouter.policy.binindex import BinIndex, key_of
 from slorouter.policy.feasibility import (
     INF,
     FeasibilityParams,
@@ -42,9 +44,11 @@ from slorouter.policy.feasibility import (
 )
 from slorouter.state.backends import BackendSet
 from slorouter.state.snapshot import Snapshot
-from slorouter.values import Decision, Defer, Dispatch, Reject, RequestInfo, SloClass, Tier
+from slorouter.values import Decision, Defer, Dispatch, Outcome, Reject, RequestInfo, SloClass, Tier
 
 _BE = 1e12  # tightness of best-effort / tier-less bins
+_INDEX_MIN: Final = 16  # bins larger than this are indexed (see slorouter.policy.binindex)
+_REFRESH_PER_DECISION: Final = 4
 
 
 def tier_tightness(t: Tier | None) -> float:
@@ -80,20 +84,71 @@ class PolyServe(BasePolicy):
         fp: FeasibilityParams | None = None,
         overflow: bool = True,
         fallbacks: int = 2,
+        overflow_headroom: float = 1.0,
+        relax: float = 1.0,
     ) -> None:
         self.pack = placement == "pack"
         self.fp = fp or FeasibilityParams()
+        self.fp_overflow = replace(self.fp, headroom=self.fp.headroom * overflow_headroom)
+        self.relax = relax
         self.overflow = overflow
         self.fallbacks = fallbacks
         self._bins: _Bins | None = None
-        self._bins_key: tuple[int, int] = (0, 0)
+        self._bins_key: tuple[int, int, int] = (0, 0, 0)
+        self._index: list[BinIndex | None] = []
+        self._dirty: set[str] = set()
+        self._rr: list[tuple[int, str]] = []  # round-robin refresh order (bin, server)
+        self._rr_at = 0
+        self._where: dict[str, int] = {}
+
+    # -- private state ---------------------------------------------------------------
+
+    def on_dispatch(self, request: RequestInfo, backend_id: str) -> None:
+        self._dirty.add(backend_id)
+
+    def on_finish(self, outcome: Outcome) -> None:
+        if outcome.backend is not None:
+            self._dirty.add(outcome.backend)
 
     def _get_bins(self, snap: Snapshot) -> _Bins:
-        key = (id(snap.backends), id(snap.healthy))
+        key = (id(snap.backends), id(snap.healthy), id(snap.loads))
         if self._bins is None or key != self._bins_key:
-            self._bins = _Bins(snap.backends, snap.healthy)
+            bins = self._bins = _Bins(snap.backends, snap.healthy)
             self._bins_key = key
+            self._index = []
+            self._rr = []
+            for i, ids in enumerate(bins.bins):
+                if bins.taus[i] < 1e3 and self.fp.kv_estimate == "peak" and len(ids) > _INDEX_MIN:
+                    ix = BinIndex()
+                    ix.build(ids, snap.loads, snap.latency)
+                    self._index.append(ix)
+                    self._rr.extend((i, b) for b in ids)
+                else:
+                    self._index.append(None)
+            self._where = {b: i for i, ids in enumerate(bins.bins) for b in ids}
+            self._dirty.clear()
+        else:
+            self._refresh(snap)
         return self._bins
+
+    def _refresh(self, snap: Snapshot) -> None:
+        loads, lat, index = snap.loads, snap.latency, self._index
+        if self._dirty:
+            where = self._where
+            for bid in self._dirty:
+                i = where.get(bid)
+                ix = index[i] if i is not None else None
+                if ix is not None:
+                    ix.update(bid, key_of(loads[bid], lat, bid))
+            self._dirty.clear()
+        rr = self._rr
+        if rr:
+            for _ in range(_REFRESH_PER_DECISION):
+                self._rr_at = (self._rr_at + 1) % len(rr)
+                i, bid = rr[self._rr_at]
+                ix = index[i]
+                assert ix is not None
+                ix.update(bid, key_of(loads[bid], lat, bid))
 
     def _candidate_bins(self, req: RequestInfo, bins: _Bins) -> list[int]:
         own = tier_tightness(req.tier)
@@ -103,15 +158,34 @@ class PolyServe(BasePolicy):
             allowed = allowed[:1] if allowed and bins.taus[allowed[0]] == own else []
         return allowed
 
-    def _scan(self, need: Need, bins: _Bins, order: list[int], snap: Snapshot) -> list[str]:
+    def _candidates(
+        self, i: int, need: Need, host: float, bins: _Bins, fp: FeasibilityParams
+    ) -> Iterable[str]:
+        """Servers of bin ``i`` to examine, in preference order (all of them, or the
+        index's screen: those that may be feasible, most/least loaded first)."""
+        ix = self._index[i] if i < len(self._index) else None
+        if ix is None:
+            return bins.bins[i]
+        tau = host if host < need.tpot else need.tpot
+        limit = fp.headroom * tau - ix.min_cb - ix.min_ckv * (need.p + need.b)
+        return ix.descending(limit) if self.pack else ix.ascending(limit)
+
+    def _scan(
+        self, need: Need, bins: _Bins, order: list[int], snap: Snapshot, relax: float = 1.0
+    ) -> list[str]:
         loads = snap.loads
         lat = snap.latency
-        fp = self.fp
+        want = 1 + max(self.fallbacks, self.fp.interference_checks)
+        own = tier_tightness_of_need(need)
         for i in order:
+            fp = self.fp if bins.taus[i] >= own else self.fp_overflow
+            if relax != 1.0:
+                fp = replace(fp, headroom=fp.headroom * relax)
             tau_bin = bins.taus[i]
             host = tau_bin if tau_bin < 1e3 else INF
             found: list[tuple[float, str]] = []
-            for bid in bins.bins[i]:
+            indexed = i < len(self._index) and self._index[i] is not None
+            for bid in self._candidates(i, need, host, bins, fp):
                 load = loads[bid]
                 lin = lat.linear(bid)
                 lim = lat.limits(bid)
@@ -128,6 +202,8 @@ class PolyServe(BasePolicy):
                     t = tau if tau < need.tpot else need.tpot
                     util = s / t
                 found.append((-util if self.pack else util, bid))
+                if indexed and len(found) >= want:
+                    break  # the index gave them in preference order
             if found:
                 found.sort()
                 ranked = [b for _, b in found]
@@ -151,6 +227,10 @@ class PolyServe(BasePolicy):
         chosen = self._scan(need, bins, order, snapshot)
         if chosen:
             return Dispatch(tuple(chosen), "late, best effort" if late else "feasible")
+        if not late and self.relax > 1.0:
+            chosen = self._scan(need, bins, order, snapshot, self.relax)
+            if chosen:
+                return Dispatch(tuple(chosen), "relaxed")
         if late:
             return Defer("late: waiting for a server it does not slow down")
         return Defer("no feasible server", retry_at=self._late_at(request, snapshot, bins, order))
@@ -162,6 +242,10 @@ class PolyServe(BasePolicy):
     def _is_late(self, req: RequestInfo, snap: Snapshot, bins: _Bins, order: list[int], now: float) -> bool:
         at = self._late_at(req, snap, bins, order)
         return at is not None and now > at
+
+
+def tier_tightness_of_need(need: Need) -> float:
+    return need.tightness
 
 
 def late_at(req: RequestInfo, snap: Snapshot, bid: str) -> float | None:
@@ -198,5 +282,7 @@ def make_polyserve(params: Mapping[str, Any], ctx: PolicyContext) -> PolyServe:
     )
     overflow = p.boolean("overflow", True)
     fallbacks = p.integer("fallbacks", 2, lo=0)
+    overflow_headroom = p.number("overflow_headroom", 1.0, lo=0.1, hi=1.0)
+    relax = p.number("relax", 1.0, lo=1.0, hi=2.0)
     p.done()
-    return PolyServe(placement, fp, overflow, fallbacks)
+    return PolyServe(placement, fp, overflow, fallbacks, overflow_headroom, relax)

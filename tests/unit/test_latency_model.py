@@ -30,14 +30,14 @@ def _feed(
     noise: float = 0.0,
     backend: str = "b0",
 ) -> None:
-    """One batch of 64 samples per 0.1 s at random loads, gap = coef.at(load) * noise."""
+    """One 256-token window per 0.1 s at random loads, gap = coef.at(load) * noise."""
     t_end = clock.now() + seconds
     while clock.now() < t_end:
         clock.advance(0.1)
         batch = rng.randint(1, 200)
         kv = batch * rng.randint(200, 2000)
         gap = coef.at(batch, kv) * (1 + noise * rng.random())
-        model.observe(backend, [(gap, batch, kv)] * 64)
+        model.observe(backend, [(gap, batch, kv)] * 256)
 
 
 @pytest.mark.parametrize(
@@ -62,12 +62,13 @@ def test_pace_includes_the_prefill_interference_of_the_traffic() -> None:
 def test_prefill_ratio_is_learned_from_finished_requests() -> None:
     clock = ManualClock()
     m = _model(clock)
-    for i in range(50):
+    for i in range(500):
         clock.advance(0.01)
         m.observe_outcome(
             Outcome(i, "t", "b0", Status.OK, 0.0, clock.now(), prompt_tokens=1000, output_tokens=200)
         )
-    assert m.describe("b0")["prefill_per_output_token"] == pytest.approx(5.0)
+    # 1,000 output tokens of prior weight (ρ = 0 here) against 100,000 observed
+    assert m.describe("b0")["prefill_per_output_token"] == pytest.approx(5.0, rel=0.02)
 
 
 def test_learns_a_backend_that_differs_from_its_prior() -> None:
@@ -75,7 +76,7 @@ def test_learns_a_backend_that_differs_from_its_prior() -> None:
     rng = random.Random(1)
     slow = LinearStep(0.020, 2e-4, 1e-7, TRUE.c_prefill_s)
     m = _model(clock)  # prior says TRUE, the backend is twice as slow
-    _feed(m, clock, slow, 60.0, rng)
+    _feed(m, clock, slow, 120.0, rng)
     for batch, kv in [(10, 10_000), (100, 100_000), (180, 300_000)]:
         assert m.step_time("b0", batch, kv) == pytest.approx(slow.at(batch, kv), rel=0.15)
     assert m.observations("b0") > 0
@@ -108,8 +109,11 @@ def test_support_counts_observations_in_the_load_bucket() -> None:
     clock = ManualClock()
     m = _model(clock)
     clock.advance(1.0)
-    m.observe("b0", [(0.02, 40, 40_000)] * 64)
-    assert m.support("b0", 40, 40_000) >= 1
+    m.observe("b0", [(0.02, 40, 40_000)] * 64)  # a short response: pooled, not a window yet
+    assert m.support("b0", 40, 40_000) == 0
+    for _ in range(3):
+        m.observe("b0", [(0.02, 40, 40_000)] * 64)
+    assert m.support("b0", 40, 40_000) == 1
     assert m.support("b0", 200, 300_000) == 0
     assert bucket_key(40, 40_000) != bucket_key(200, 300_000)
 
@@ -125,12 +129,23 @@ def test_windows_spread_a_prefill_spike() -> None:
     assert bk.digest.quantile(0.5) == pytest.approx(0.020)
 
 
+def test_short_responses_are_pooled_into_windows() -> None:
+    clock = ManualClock()
+    m = _model(clock, window_tokens=100)
+    clock.advance(1.0)
+    for gap in (0.010, 0.030):  # two 50-token responses: one window, mean pace 20 ms
+        m.observe("b0", [(gap, 8, 8000)] * 50)
+    bk = m._states["b0"].buckets[bucket_key(8, 8000)]
+    assert bk.n == 1
+    assert bk.digest.quantile(0.5) == pytest.approx(0.020)
+
+
 def test_learning_rate_is_bounded_per_backend() -> None:
     clock = ManualClock()
     m = OnlineLatency(clock, TRUE, LIMITS, settings=LatencySettings(max_batches_per_s=2.0))
-    for _ in range(100):  # 100 batches within one second
+    for _ in range(100):  # 100 windows within one second
         clock.advance(0.01)
-        m.observe("b0", [(0.02, 10, 10_000)] * 16)
+        m.observe("b0", [(0.02, 10, 10_000)] * 256)
     assert m.describe("b0")["batches"] == 2
 
 
