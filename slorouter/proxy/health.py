@@ -349,13 +349,13 @@ class HealthMonitor:
             if ev is None:
                 return
             ev.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(pause):
+            with contextlib.suppress(TimeoutError):  # woken early by a config change or an
+                async with asyncio.timeout(pause):  # opening circuit (the pause is recomputed)
                     await ev.wait()
-            st = self.states.get(backend_id, st)
-            left = st.cooldown_left(self.clock.now(), self.cfg)
-            if left > 0:  # woken by an opening circuit: probe when the cooldown ends
-                await asyncio.sleep(left + 0.01)
+            if ev.is_set():
+                st = self.states.get(backend_id, st)
+                left = st.cooldown_left(self.clock.now(), self.cfg)
+                await asyncio.sleep(min(self.cfg.interval_s, left + 0.01) if left > 0 else 0.0)
 
     async def _probe_once(self, session: aiohttp.ClientSession, b: Backend) -> tuple[bool, str]:
         timeout = aiohttp.ClientTimeout(total=self.cfg.timeout_s)

@@ -27,6 +27,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from slorouter.http.admin import CONTROL
 from slorouter.values import Outcome
 from tests.faults.kit import EngineProcess, hang_server, refused_port, status_server
 from tests.routerkit import RouterHandle, router_config, run_router
@@ -193,7 +194,9 @@ async def _scenario(
     eject["victim"] = round(await poll(lambda: not healthy("victim"), probe_bound + slack), 3)
     killed_at = t_kill - t0
 
-    await asyncio.sleep(0.5)
+    monitor = router.app[CONTROL].monitor  # probes see it too (not only live traffic)
+    probes_down = await poll(lambda: not monitor.states[vid].probe_up, probe_bound + slack)
+    await asyncio.sleep(0.2)
     victim.start()
     await victim.wait_ready()
     t_up = time.monotonic()
@@ -232,6 +235,7 @@ async def _scenario(
         "retried": svc.forwarder.retries,
         "killed_at_s": round(killed_at, 2),
         "time_to_eject_s": eject,
+        "victim_probes_down_after_ejection_s": round(probes_down, 3),
         "eject_bound_s": round(probe_bound + slack, 2),
         "time_to_recover_s": round(recover, 3),
         "recover_bound_s": round(recover_bound, 2),

@@ -58,8 +58,13 @@ async def post(url: str, body: dict[str, Any], headers: dict[str, str] | None = 
 
 async def test_stall_after_first_byte_ends_with_an_sse_error_event() -> None:
     async with stall_server() as url:
-        cfg = router_config(
-            [url], extra={"health": QUIET_HEALTH, "timeouts": {"first_byte_s": 2.0, "idle_s": 0.3}}
+        tiers = [
+            {"name": "chat", "class": "latency", "ttft_ms": 2000, "tpot_ms": 100, "timeouts": {"idle_s": 0.3}}
+        ]
+        cfg = router_config(  # the tier's idle_s overrides the top-level one
+            [url],
+            tiers=tiers,
+            extra={"health": QUIET_HEALTH, "timeouts": {"first_byte_s": 2.0, "idle_s": 30}},
         )
         async with run_router(cfg) as router:
             outs: list[Outcome] = []
