@@ -245,6 +245,8 @@ def server_env(p: Paths, core: int, cache_root: Path) -> dict[str, str]:
         VLLM_NO_USAGE_STATS="1",
         VLLM_TARGET_DEVICE="cpu",
         VLLM_CACHE_ROOT=str(cache_root),
+        VLLM_RPC_BASE_PATH=str(cache_root),  # its ZMQ ipc sockets, removed with the temp dir
+        TMPDIR=str(cache_root),
         VLLM_CPU_OMP_THREADS_BIND=str(core),
         OMP_NUM_THREADS="1",
     )
