@@ -226,10 +226,12 @@ class PolyServe(BasePolicy):
             return Reject(429, "the TTFT deadline can no longer be met", retry_after_s=1.0)
         chosen = self._scan(need, bins, order, snapshot)
         if chosen:
+            self._dirty.add(chosen[0])  # its load is about to change (even without on_dispatch)
             return Dispatch(tuple(chosen), "late, best effort" if late else "feasible")
         if not late and self.relax > 1.0:
             chosen = self._scan(need, bins, order, snapshot, self.relax)
             if chosen:
+                self._dirty.add(chosen[0])
                 return Dispatch(tuple(chosen), "relaxed")
         if late:
             return Defer("late: waiting for a server it does not slow down")
