@@ -11,7 +11,7 @@ with the backend's :meth:`~slorouter.models.base.LatencyView.linear` coefficient
    (default: every resident grown to its predicted length, plus this request at its
    peak) or ``current`` (the KV held now plus this request's prompt and half its
    bound), plus the **prefill backlog** (prompts not yet started, this one included)
-   spread over ``catchup_tokens`` steps — ``c_prefill · backlog / catchup_tokens``: a
+   spread over ``catchup_tokens`` (64) steps — ``c_prefill · backlog / catchup_tokens``: a
    burst of long prompts stalls every resident, and per-token deadlines forgive a stall
    only as far as later steps catch up — is at most ``headroom × τ_host``, where
    ``τ_host`` is the tightest TPOT on the server (its bin's TPOT, its residents', this
@@ -56,7 +56,7 @@ class FeasibilityParams:
     kv_estimate: str = "peak"  # peak | current
     headroom: float = 1.0  # usable fraction of the host's TPOT
     interference_checks: int = 4  # candidates examined for prefill interference (0: off)
-    catchup_tokens: float = 32.0  # steps over which a prefill backlog is amortized
+    catchup_tokens: float = 64.0  # steps over which a prefill backlog is amortized
 
 
 class Need:

@@ -13,7 +13,10 @@
   tighter bin is tried, then the next; there every check uses the host's tighter TPOT.
   Never downward. Deadline/workflow requests scan bins from the loosest to the
   tightest (just-enough capacity: the loosest server that still meets the deadline).
-* **Nothing feasible** → :class:`Defer` (the router queue orders by slack and retries on
+* **Nothing feasible** → first, for a request with an SLO, the same scan with every
+  threshold × ``relax`` (default 1.15: the predictions are a conservative quantile, and
+  waiting in the queue costs TTFT — a nearly-feasible server now beats a feasible one
+  too late); then :class:`Defer` (the router queue orders by slack and retries on
   completions), with ``retry_at`` = the moment its TTFT can no longer be met even on an
   idle server. Once that moment has passed the request is *late*: ``Reject(429,
   Retry-After)`` if its tier says ``reject_when_late``, else it is served best effort —
@@ -21,7 +24,10 @@
 
 Params: ``placement`` (pack|spread|auto), ``kv_estimate`` (peak|current), ``headroom``
 (usable fraction of TPOT, default 1.0), ``interference_checks`` (default 4; 0 = off),
-``overflow`` (default true), ``fallbacks`` (extra ranked servers for failover, default 2).
+``catchup_tokens`` (default 64), ``overflow`` (default true), ``overflow_headroom``
+(share of a tighter host's TPOT budget that overflow may use, default 0.85 — the rest
+stays for the host bin's own tier), ``relax`` (default 1.15), ``fallbacks`` (extra ranked
+servers for failover, default 2).
 """
 
 from __future__ import annotations
@@ -84,8 +90,8 @@ class PolyServe(BasePolicy):
         fp: FeasibilityParams | None = None,
         overflow: bool = True,
         fallbacks: int = 2,
-        overflow_headroom: float = 1.0,
-        relax: float = 1.0,
+        overflow_headroom: float = 0.85,
+        relax: float = 1.15,
     ) -> None:
         self.pack = placement == "pack"
         self.fp = fp or FeasibilityParams()
@@ -228,7 +234,7 @@ class PolyServe(BasePolicy):
         if chosen:
             self._dirty.add(chosen[0])  # its load is about to change (even without on_dispatch)
             return Dispatch(tuple(chosen), "late, best effort" if late else "feasible")
-        if not late and self.relax > 1.0:
+        if not late and self.relax > 1.0 and request.tier.slo.slo_class is not SloClass.BEST_EFFORT:
             chosen = self._scan(need, bins, order, snapshot, self.relax)
             if chosen:
                 self._dirty.add(chosen[0])
@@ -280,11 +286,11 @@ def make_polyserve(params: Mapping[str, Any], ctx: PolicyContext) -> PolyServe:
         kv_estimate=p.choice("kv_estimate", "peak", ("peak", "current")),
         headroom=p.number("headroom", 1.0, lo=0.1, hi=2.0),
         interference_checks=p.integer("interference_checks", 4, lo=0),
-        catchup_tokens=p.number("catchup_tokens", 32.0, lo=1.0),
+        catchup_tokens=p.number("catchup_tokens", 64.0, lo=1.0),
     )
     overflow = p.boolean("overflow", True)
     fallbacks = p.integer("fallbacks", 2, lo=0)
-    overflow_headroom = p.number("overflow_headroom", 1.0, lo=0.1, hi=1.0)
-    relax = p.number("relax", 1.0, lo=1.0, hi=2.0)
+    overflow_headroom = p.number("overflow_headroom", 0.85, lo=0.1, hi=1.0)
+    relax = p.number("relax", 1.15, lo=1.0, hi=2.0)
     p.done()
     return PolyServe(placement, fp, overflow, fallbacks, overflow_headroom, relax)

@@ -81,7 +81,7 @@ def make_slo_pack(params: Mapping[str, Any], ctx: PolicyContext) -> SloPack:
         kv_estimate=p.choice("kv_estimate", "peak", ("peak", "current")),
         headroom=p.number("headroom", 1.0, lo=0.1, hi=2.0),
         interference_checks=p.integer("interference_checks", 4, lo=0),
-        catchup_tokens=p.number("catchup_tokens", 32.0, lo=1.0),
+        catchup_tokens=p.number("catchup_tokens", 64.0, lo=1.0),
     )
     fallbacks = p.integer("fallbacks", 2, lo=0)
     p.done()

@@ -78,6 +78,8 @@ def request(t: Tier, arrival: float = 0.0, prompt: int = 10, rid: int = 1) -> Re
 
 
 def build(kind: str, **params: Any) -> Any:
+    if kind == "polyserve":  # strict feasibility unless a test says otherwise
+        params = {"relax": 1.0, **params}
     return registry.build(kind, params, PolicyContext(ManualClock()))
 
 
@@ -180,6 +182,32 @@ def test_deadline_passed(late_429: bool, load: int, want: type) -> None:
     assert isinstance(d, want), d
     if isinstance(d, Reject):
         assert d.status == 429 and d.retry_after_s is not None
+
+
+@pytest.mark.parametrize(
+    ("load", "t", "want"),
+    [
+        (100, T20, "relaxed"),  # 20.1 ms > 20 ms: nearly feasible, better now than too late
+        (140, T20, "Defer"),  # 24.1 ms > 1.15 x 20 ms
+        (100, BE, "Defer"),  # best effort has no deadline to lose by waiting: never relaxed
+    ],
+)
+def test_relax_takes_a_nearly_feasible_server_rather_than_wait(load: int, t: Tier, want: str) -> None:
+    f = Fleet({"a": "t20"}, {"a": load})
+    d = build("polyserve", relax=1.15).select(request(t), f.snap())
+    if want == "Defer":
+        assert isinstance(d, Defer), d
+    else:
+        assert isinstance(d, Dispatch) and d.reason == want and d.backends == ("a",)
+
+
+def test_overflow_keeps_headroom_for_the_host_tier() -> None:
+    # t50 own bin full; the t20 host would run at 16.1 ms after placement: feasible for
+    # its own tier (<= 20 ms) but above 0.75 x 20 ms, the budget overflow may use
+    f = Fleet({"a": "t50", "b": "t20"}, {"a": 256, "b": 60})
+    assert isinstance(build("polyserve", overflow_headroom=1.0).select(request(T50), f.snap()), Dispatch)
+    assert isinstance(build("polyserve", overflow_headroom=0.75).select(request(T50), f.snap()), Defer)
+    assert isinstance(build("polyserve", overflow_headroom=0.75).select(request(T20), f.snap()), Dispatch)
 
 
 def test_never_returns_unhealthy_or_nothing_healthy_is_503() -> None:
