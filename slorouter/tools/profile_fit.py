@@ -16,10 +16,13 @@ whose first token arrived in that gap. One :class:`StepObs` per gap, normalised 
 is the simulated engine's step model (``slorouter.sim.engine``: batch = sequences in the
 step including prefill chunks, kv = KV held, prefill = prompt tokens in the step).
 
-:func:`fit_step` solves it by non-negative least squares (exactly, by enumerating the
-subsets of the optional terms; ``c0`` is always in) and keeps the simplest subset whose
-residual is within ``tolerance`` (default 1 %) of the best: a term the data cannot separate
-(``c_kv`` when kv only grows with batch) is dropped rather than given a noisy value.
+:func:`fit_step` solves it by non-negative weighted least squares (every concurrency level
+weighs the same in total; exact, by enumerating the subsets of the optional terms; ``c0`` is
+always in) and keeps the simplest subset whose residual is within ``tolerance`` (default 1 %)
+of the best: a term the data cannot separate (``c_kv`` when kv only grows with batch) is
+dropped rather than given a noisy value. Among equally simple subsets the lower residual wins,
+so with collinear batch and kv either may carry the slope; predictions inside the measured
+range are the same, and the router's online model refines it with live traffic.
 """
 
 from __future__ import annotations
