@@ -25,6 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from slorouter.models import fluid
+from slorouter.models.latency import profile_limits
 from slorouter.models.profile import StepProfile
 from slorouter.sim.scenario import Scenario
 from slorouter.sim.scenario_workload import mean_lengths
@@ -71,27 +73,18 @@ class FluidBound:
 
 
 def steady_step(prof: StepProfile, b: int, mp: float, mo: float, ctx: float) -> float:
-    c = prof.step
-    return c.c0_s + c.c_batch_s * b * (1 + 1 / mo) + c.c_kv_s * b * ctx + c.c_prefill_s * b * mp / mo
+    return fluid.steady_step(prof.step, b, fluid.Lengths(mp, mo, ctx))
 
 
 def max_batch(prof: StepProfile, tau: float | None, mp: float, mo: float, ctx: float) -> int:
-    top = min(prof.max_num_seqs, int(prof.kv_capacity_tokens // max(ctx, 1.0)))
-    if tau is None:
-        return max(1, top)
-    lo, hi = 0, top
-    while lo < hi:  # step() is increasing in B
-        mid = (lo + hi + 1) // 2
-        if steady_step(prof, mid, mp, mo, ctx) <= tau:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
+    return fluid.max_batch(prof.step, profile_limits(prof), tau, fluid.Lengths(mp, mo, ctx))
 
 
 def fluid_bound(scn: Scenario) -> FluidBound:
     mp, mo, ctx = mean_lengths(scn)
+    ln = fluid.Lengths(mp, mo, ctx)
     prof = scn.profile
+    limits = profile_limits(prof)
     total = sum(t.share for t in scn.tiers)
     tiers: list[TierBound] = []
     per_req = 0.0
@@ -104,16 +97,13 @@ def fluid_bound(scn: Scenario) -> FluidBound:
             tau = t.deadline_ms / 1e3 / mo
         else:
             tau = None
-        b = max_batch(prof, tau, mp, mo, ctx)
+        b, step, cost = fluid.tier_cost(prof.step, limits, tau, ln)
+        tiers.append(TierBound(t.name, share, tau, b, step, cost))
         if b < 1:
-            tiers.append(TierBound(t.name, share, tau, 0, float("inf"), float("inf")))
             per_req = float("inf")
             continue
-        step = steady_step(prof, b, mp, mo, ctx)
-        cost = mo * step / b
-        tiers.append(TierBound(t.name, share, tau, b, step, cost))
         per_req += share * cost
-    rps = 0.0 if per_req == float("inf") or per_req <= 0 else 1.0 / per_req
+    rps = 0.0 if per_req == float("inf") or per_req <= 0 else 1.0 / per_req  # formula: slorouter.models.fluid
     return FluidBound(rps, mp, mo, ctx, tuple(tiers))
 
 
