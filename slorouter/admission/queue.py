@@ -165,7 +165,9 @@ class AdmissionQueue:
 
     def next_retry(self, now: float = -math.inf) -> float | None:
         """Earliest ``Defer.retry_at`` after ``now`` among queued requests (None: no timer
-        needed). Times already past are dropped: a wake-up at or after them happened."""
+        needed). Times already past are dropped: a wake-up at or after them happened
+        (:meth:`drain` drops those up to its ``now`` itself, so after a drain the result
+        never lies in the past, with or without ``now``)."""
         h = self._retry_heap
         while h and (self._retry.get(h[0][1]) != h[0][0] or h[0][0] <= now):
             at, rid = heapq.heappop(h)
@@ -220,4 +222,5 @@ class AdmissionQueue:
             heapq.heappush(h, e2)
         for le2 in kept_late:
             heapq.heappush(late, le2)
+        self.next_retry(now)  # this was the wake-up for every retry time up to now: drop them
         return out

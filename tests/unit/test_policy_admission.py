@@ -65,6 +65,17 @@ def test_drain_removes_decided_keeps_deferred_and_blocks_a_deferred_tier() -> No
     assert q.next_retry(now=6.0) is None  # past retry times are dropped
 
 
+def test_a_drain_consumes_the_retry_times_it_passed() -> None:
+    # the second request of a tier is skipped after the first defers: its old retry time
+    # must not stay behind in the past (a timer armed on it would fire at once, forever)
+    q = AdmissionQueue()
+    a, b = req(1, CHAT, 0.0), req(2, CHAT, 0.1)
+    q.push(a, priority(a), retry_at=1.0)
+    q.push(b, priority(b), retry_at=2.0)
+    q.drain(lambda r: Defer("full", retry_at=9.0), now=3.0)
+    assert q.next_retry() == 9.0
+
+
 def test_drain_makes_at_most_max_tries_decisions() -> None:
     q = AdmissionQueue(max_tries=3)
     for i in range(10):
