@@ -35,7 +35,7 @@ def small(lengths: str = "synthetic", **over: Any) -> Scenario:
             "lengths": lengths,
             "prompt": {"mean": 300, "sigma": 0.5, "max": 2000},
             "output": {"mean": 60, "sigma": 0.5, "max": 300},
-            "requests": 400,
+            "requests": 250,
             "length_warmup": 200,
         },
     }
@@ -49,13 +49,13 @@ def test_every_arrival_is_accounted_for_and_state_drains(kind: str) -> None:
     sim = FleetSim(scn, kind, rate=20.0)
     r = sim.run()
     o = r.summary["overall"]
-    assert o["arrivals"] == 400
-    assert o["finished"] + o["rejected"] + o["errors"] + o["unfinished"] == 400
-    assert sum(t["arrivals"] for t in r.summary["tiers"].values()) == 400
+    assert o["arrivals"] == 250
+    assert o["finished"] + o["rejected"] + o["errors"] + o["unfinished"] == 250
+    assert sum(t["arrivals"] for t in r.summary["tiers"].values()) == 250
     assert 0.0 <= o["dslo_attainment"] <= o["mean_tpot_attainment"] + 0.1
     if o["unfinished"] == 0:
         assert sim.tracker.all_zero()
-    assert r.steps > 0 and r.decisions >= 400 - o["rejected"]
+    assert r.steps > 0 and r.decisions >= 250 - o["rejected"]
 
 
 def test_light_load_meets_every_slo_and_overload_does_not() -> None:
