@@ -9,8 +9,8 @@ right after sending). Every ``--interval-s`` (default 60 s) it prints the router
 resident memory (RSS) and open file descriptors, with the requests finished in that
 interval. At the end it prints JSON: every sample, the growth of RSS and fds from the
 first sample after ``--warmup-minutes`` to the last, whether both stayed under 5 %, and
-whether the router had nothing left in flight. Exit status 1 if growth >= 5 % or
-requests were left in flight.
+whether the router had nothing left in flight. Exit status 1 if growth >= 5 %, any
+request failed (a disconnect is not a failure), or requests were left in flight.
 """
 
 from __future__ import annotations
@@ -39,23 +39,18 @@ MSG = [{"role": "user", "content": "write a short note about reliable request ro
 
 
 def free_port_range(n: int) -> int:
-    """A base port with ``n`` free consecutive ports after it (best effort)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = int(s.getsockname()[1])
-        if base + n >= 65535:
-            continue
-        ok = True
-        for p in range(base, base + n):
-            with socket.socket() as t:
-                try:
+    """A base port with ``n`` free consecutive ports, below Linux's ephemeral range (so the
+    clients' own connections cannot take them before the engines bind)."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 30000 - n)
+        try:
+            for p in range(base, base + n):
+                with socket.socket() as t:
                     t.bind(("127.0.0.1", p))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
+        except OSError:
+            continue
+        return base
     raise RuntimeError("no free port range")
 
 
@@ -170,6 +165,7 @@ async def soak(args: argparse.Namespace, router_pid: int, url: str, console: Con
             break
         await asyncio.sleep(0.1)
     rss_end, fds_end = rss_and_fds(router_pid)
+    errors_total = sum(v for key, v in stats.items() if key.startswith(("http_", "client_", "incomplete")))
     warm = [s for s in samples if s["minute"] >= args.warmup_minutes] or samples[-1:]
     base, last = warm[0], warm[-1]
     rss_growth = (last["rss_mb"] - base["rss_mb"]) / base["rss_mb"]
@@ -189,7 +185,8 @@ async def soak(args: argparse.Namespace, router_pid: int, url: str, console: Con
         "fd_growth_pct": round(100 * fd_growth, 2),
         "after_idle": {"rss_mb": round(rss_end, 1), "fds": fds_end},
         "left_in_flight": busy,
-        "pass": rss_growth < 0.05 and fd_growth < 0.05 and not busy,
+        "errors": errors_total,
+        "pass": rss_growth < 0.05 and fd_growth < 0.05 and not busy and errors_total == 0,
     }
 
 
@@ -240,10 +237,18 @@ def main() -> int:
             url = f"http://127.0.0.1:{int(m.group(1))}"
             for port in range(base, base + args.engines):  # wait for the engines
                 for _ in range(400):
+                    if procs[0].poll() is not None:
+                        console.print(
+                            f"the simulated engines exited ({procs[0].returncode}); ports {base}+ busy?"
+                        )
+                        return 2
                     with socket.socket() as s:
                         if s.connect_ex(("127.0.0.1", port)) == 0:
                             break
                     time.sleep(0.05)
+                else:
+                    console.print(f"engine port {port} never answered")
+                    return 2
             report = asyncio.run(soak(args, router.pid, url, console))
         finally:
             for p in reversed(procs):
