@@ -65,14 +65,19 @@ class RealVllm:
     model_dir: Path  # the tiny model (a Hugging Face folder: tokenizer for load generators)
 
 
+SKIP_REASON = "real vLLM tests run when SLOROUTER_REAL_ENGINE=1 or CI is set"
+
+
 @pytest.fixture(autouse=True)
 def _real_engine_only() -> None:
     if not _enabled():
-        pytest.skip("real vLLM tests run when SLOROUTER_REAL_ENGINE=1 or CI is set")
+        pytest.skip(SKIP_REASON)
 
 
 @pytest.fixture(scope="session")
 def vllm_servers() -> Iterator[RealVllm]:
+    if not _enabled():  # session fixtures are set up before the autouse function-scoped skip
+        pytest.skip(SKIP_REASON)
     rv = real_vllm_module()
     given = os.environ.get("SLOROUTER_VLLM_URLS", "").strip()
     paths = rv.Paths(rv.cache_dir())
