@@ -8,7 +8,10 @@ Writes ``{"scenarios": {NAME: {"fluid_bound_rps_per_server": x, "best_baseline":
 "polyserve_vs_best_baseline": r, "polyserve_vs_bound": b, "policies": {kind:
 {"goodput_rps_per_server": g, ...}}, ...}}}`` and prints, per scenario, a table of every
 policy and the two ratios. ``polyserve:pack`` is polyserve with ``placement: pack`` (what
-an autoscaled fleet runs; its cost is the busy-server column).
+an autoscaled fleet runs; its cost is the busy-server column);
+``static-partition:by-share`` splits the servers by request share instead of by the
+fluid model's cost (``static-partition`` proper gets the cost-optimal split). The best
+baseline is the best of every non-polyserve entry.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import json
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +34,30 @@ from slorouter.policy import registry
 from slorouter.sim.bound import fluid_bound
 from slorouter.sim.fleet import run_once
 from slorouter.sim.fleet_sweep import sweep
-from slorouter.sim.scenario import load_scenario
+from slorouter.sim.scenario import Scenario, load_scenario
 
 SCENARIOS = ("polyserve-conv", "polyserve-code", "chat-batch")
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "polyserve:pack": ("polyserve", {"placement": "pack"}),
+    # the same policy on a fleet split by request share instead of by fluid cost: how a
+    # user would size separate deployments without the fluid model
+    "static-partition:by-share": ("static-partition", {}),
 }
+BY_SHARE = {"static-partition:by-share"}
+
+
+def by_share(scn: Scenario) -> Scenario:
+    """The scenario with servers per tier ∝ share (largest remainder, ≥ 1 each)."""
+    tot = sum(t.share for t in scn.tiers)
+    exact = {t.name: scn.servers * t.share / tot for t in scn.tiers}
+    bins = {k: max(1, int(v)) for k, v in exact.items()}
+    while sum(bins.values()) > scn.servers:
+        k = max(bins, key=lambda x: bins[x] - exact[x])
+        bins[k] -= 1
+    while sum(bins.values()) < scn.servers:
+        k = max(bins, key=lambda x: exact[x] - bins[x])
+        bins[k] += 1
+    return replace(scn, bins=bins)
 
 
 def policies() -> list[str]:
@@ -44,6 +66,8 @@ def policies() -> list[str]:
 
 def one(scenario: str, name: str, requests: int | None) -> dict[str, Any]:
     scn = load_scenario(scenario)
+    if name in BY_SHARE:
+        scn = by_share(scn)
     kind, params = VARIANTS.get(name, (name, {}))
     fb = fluid_bound(scn)
     n = scn.servers
@@ -80,6 +104,7 @@ def one(scenario: str, name: str, requests: int | None) -> dict[str, Any]:
         "cpu_s": cpu,
         "kind": kind,
         "params": params,
+        "bins": dict(scn.bins) if scn.bins is not None else "auto",
     }
 
 

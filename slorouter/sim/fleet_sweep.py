@@ -57,6 +57,7 @@ def sweep(
     guess: float,
     *,
     targets: tuple[float, ...] = (0.9, 0.99),
+    overall_targets: tuple[float, ...] | None = None,
     rel_tol: float = 0.02,
     max_probes: int = 24,
     on_probe: Callable[[Probe], None] | None = None,
@@ -118,6 +119,6 @@ def sweep(
     overall: dict[float, float | None] = {}
     for t in targets:
         goodput[t] = search(lambda p, t=t: p.min_tier >= t)  # type: ignore[misc]
-    for t in targets:
+    for t in targets if overall_targets is None else overall_targets:
         overall[t] = search(lambda p, t=t: p.overall >= t)  # type: ignore[misc]
     return SweepResult(goodput, overall, list(cache.values()))
