@@ -55,12 +55,13 @@ batches. Everything is O(1) in the number of requests.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from slorouter.clock import Clock
 from slorouter.models.digest import DecayingDigest
+from slorouter.models.latency_fit import KV_SCALE, add_sums, fit, prior_points
 from slorouter.models.profile import StepProfile
 from slorouter.models.static import EngineLimits, LinearStep
 from slorouter.values import Outcome
@@ -93,9 +94,6 @@ def bucket_key(batch: int, kv_tokens: int) -> int:
     b = batch if batch <= 16 else 16 + int(8.0 * math.log2(batch / 16.0))
     k = 0 if kv_tokens < 512 else 1 + int(4.0 * math.log2(kv_tokens / 512.0))
     return b * 256 + k
-
-
-_KV_SCALE = 1e-3  # the fit works on kv/1000 for conditioning
 
 
 class _Bucket:
@@ -160,7 +158,7 @@ class _State:
         self.observations = 0
         self.next_batch_at = -math.inf
         self.pool = [0.0, 0.0, 0.0, 0.0]  # Σgap·n, Σrunning·n, Σkv·n, n of short responses
-        _add_sums(self.prior_sums, _prior_points(prior, limits))
+        add_sums(self.prior_sums, prior_points(prior, limits))
 
 
 def _mean(win: Sequence[Sample]) -> tuple[float, float, float]:
@@ -179,71 +177,6 @@ def _pace(coef: LinearStep, rho: float, ratio: float) -> LinearStep:
         coef.c_kv_s * ratio,
         coef.c_prefill_s * ratio,
     )
-
-
-def _prior_points(prior: LinearStep, limits: EngineLimits) -> list[tuple[float, float, float, float]]:
-    """Pseudo-observations (weight, batch, kv, step) of the prior over a load grid."""
-    pts: list[tuple[float, float, float, float]] = []
-    top = max(1, limits.max_num_seqs)
-    for b in sorted({1, 4, 16, 64, max(1, top // 2), top}):
-        if b > top:
-            continue
-        for per in (256, 1024, 4096):
-            kv = min(limits.kv_capacity_tokens, b * per)
-            pts.append((1.0, float(b), float(kv), prior.at(b, kv)))
-    return pts
-
-
-def _add_sums(s: list[float], pts: Iterable[tuple[float, float, float, float]]) -> None:
-    for w, b, kv, y in pts:
-        k = kv * _KV_SCALE
-        s[0] += w
-        s[1] += w * b
-        s[2] += w * k
-        s[3] += w * b * b
-        s[4] += w * b * k
-        s[5] += w * k * k
-        s[6] += w * y
-        s[7] += w * b * y
-        s[8] += w * k * y
-
-
-def _solve(a: list[list[float]], y: list[float]) -> list[float] | None:
-    """Gaussian elimination with partial pivoting (tiny systems)."""
-    n = len(y)
-    m = [[*row, y[i]] for i, row in enumerate(a)]
-    for c in range(n):
-        p = max(range(c, n), key=lambda r: abs(m[r][c]))
-        if abs(m[p][c]) < 1e-18:
-            return None
-        m[c], m[p] = m[p], m[c]
-        for r in range(n):
-            if r != c:
-                f = m[r][c] / m[c][c]
-                for k in range(c, n + 1):
-                    m[r][k] -= f * m[c][k]
-    return [m[i][n] / m[i][i] for i in range(n)]
-
-
-def _fit(total: list[float]) -> tuple[float, float, float] | None:
-    """Non-negative least squares on 3 features by an active set (drop negatives, refit)."""
-    full = [[total[0], total[1], total[2]], [total[1], total[3], total[4]], [total[2], total[4], total[5]]]
-    rhs = [total[6], total[7], total[8]]
-    active = [0, 1, 2]
-    for _ in range(3):
-        sol = _solve([[full[i][j] for j in active] for i in active], [rhs[i] for i in active])
-        if sol is None:
-            return None
-        coef = [0.0, 0.0, 0.0]
-        for i, v in zip(active, sol, strict=True):
-            coef[i] = v
-        neg = [i for i in active if coef[i] < 0]
-        if not neg:
-            return coef[0], coef[1], coef[2]
-        active = [i for i in active if i not in neg]
-        if not active:
-            return None
-    return None
 
 
 class OnlineLatency:
@@ -444,7 +377,7 @@ class OnlineLatency:
         f = 0.5 ** ((now - st.stamp) / cfg.half_life_s)
         st.stamp = now
         st.sums = [v * f for v in st.sums]
-        _add_sums(st.sums, pts)
+        add_sums(st.sums, pts)
         st.observations += len(pts)
         st.n_outcomes += 1
         if st.n_outcomes % cfg.refit_every == 1 or cfg.refit_every == 1:
@@ -458,9 +391,9 @@ class OnlineLatency:
         cfg = self.settings
         w = cfg.prior_weight / max(1.0, st.prior_sums[0])
         total = [s + w * p for s, p in zip(st.sums, st.prior_sums, strict=True)]
-        sol = _fit(total)
+        sol = fit(total)
         if sol is not None:
-            st.coef = LinearStep(sol[0], sol[1], sol[2] * _KV_SCALE, st.prior.c_prefill_s)
+            st.coef = LinearStep(sol[0], sol[1], sol[2] * KV_SCALE, st.prior.c_prefill_s)
         if st.ratio is not None:
             m = st.ratio.mass(now)
             r = st.ratio.quantile(cfg.quantile)
