@@ -57,6 +57,30 @@ async def test_profile_of_a_simulated_tgi(tmp_path: Path) -> None:
     assert prof.points[1].mean_itl_s > prof.points[0].mean_itl_s
 
 
+@pytest.mark.timeout(60)
+async def test_profile_with_only_the_final_usage(tmp_path: Path) -> None:
+    """``--engine openai``: no vLLM extensions; tokens come from the final usage chunk."""
+    out, raw = tmp_path / "p.json", tmp_path / "raw.json"
+    args = [
+        "--engine",
+        "openai",
+        "--concurrency",
+        "1,4",
+        "--output-tokens",
+        "16",
+        "--requests-per-level",
+        "4",
+    ]
+    async with serve_engines(1, profile=KNOWN, eos_mean=1e9) as fleet:
+        code = await asyncio.to_thread(cli.main, profile_args(fleet.urls[0], out, *args, "--raw", str(raw)))
+        assert code == 0
+    prof = StepProfile.load(out)
+    assert prof.engine == "openai"
+    for p in prof.points:
+        assert p.mean_itl_s == pytest.approx(0.008 + 0.002 * p.concurrency, rel=0.3), p
+    assert abs(json.loads(raw.read_text())["prompt_tokens"] - 100) <= 2  # calibrated from the final usage
+
+
 def test_unreachable_target_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
