@@ -12,6 +12,8 @@ import yaml
 
 from slorouter.config import load_config
 from slorouter.models.latency import OnlineLatency
+from slorouter.models.profile import StepProfile
+from slorouter.models.static import LinearStep
 from slorouter.sim.server import serve_engines
 from tests.faults.test_faults import poll
 from tests.integration.test_reload import ENV, TOKEN, admin, raw_config, write
@@ -25,7 +27,17 @@ async def test_models_survive_a_restart(
 ) -> None:
     monkeypatch.setenv(ENV, TOKEN)
     caplog.set_level(logging.INFO, logger="slorouter")
-    async with serve_engines(2, profile="cpu-tiny") as fleet:
+    fast = StepProfile(  # fast steps: responses long enough for the latency model's windows
+        name="fast",
+        engine="vllm",
+        model="tiny",
+        source="default",
+        step=LinearStep(c0_s=0.0005, c_batch_s=0.0001, c_kv_s=0.0, c_prefill_s=1e-6),
+        max_num_seqs=64,
+        kv_capacity_tokens=65_536,
+        max_batched_tokens=2048,
+    )
+    async with serve_engines(2, profile=fast) as fleet:
         cfg_file = tmp_path / "conf" / "router.yaml"
         cfg_file.parent.mkdir()
         write(
@@ -39,10 +51,9 @@ async def test_models_survive_a_restart(
         state = tmp_path / "state" / "models.json"
         async with run_router(load_config(cfg_file)) as router:
             async with aiohttp.ClientSession() as s:
-                for i in range(16):
-                    async with s.post(
-                        router.url + "/v1/chat/completions", json={**CHAT, "max_tokens": 10 + i}
-                    ) as r:
+                for i in range(8):
+                    body = {**CHAT, "max_tokens": 300 + i, "ignore_eos": True}
+                    async with s.post(router.url + "/v1/chat/completions", json=body) as r:
                         assert r.status == 200
                         await r.read()
             latency = router.services.tracker.latency
