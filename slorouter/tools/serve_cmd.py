@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -32,6 +33,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
+def _tune_gc() -> None:
+    """Everything built at start-up lives as long as the process: move it out of the
+    collector's sight (``gc.freeze``) so full collections stop walking ~45k long-lived
+    objects, and collect the young generation less often. Request objects form few
+    cycles; the measured effect was fewer, shorter pauses (docs/overhead.md)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
+
+
 async def serve(
     cfg: RouterConfig,
     ready: asyncio.Event | None = None,
@@ -42,6 +53,7 @@ async def serve(
     await runner.setup()
     site = web.TCPSite(runner, cfg.server.host, cfg.server.port, reuse_address=True)
     await site.start()
+    _tune_gc()
     port = int(runner.addresses[0][1]) if runner.addresses else cfg.server.port
     log.info(
         "slorouter listening on http://%s:%d (%d backends, %d tiers, policy %s)",
