@@ -32,6 +32,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from slorouter.models.latency_fit import solve
 from slorouter.models.static import LinearStep
 
 TERMS = ("c_batch_s", "c_kv_s", "c_prefill_s")
@@ -189,23 +190,6 @@ def level_stats(concurrency: int, traces: Sequence[Trace], wall_s: float) -> Lev
     )
 
 
-def _solve(a: list[list[float]], b: list[float]) -> list[float] | None:
-    """Gaussian elimination with partial pivoting; None if singular."""
-    n = len(b)
-    m = [[*row, b[i]] for i, row in enumerate(a)]
-    for col in range(n):
-        piv = max(range(col, n), key=lambda r: abs(m[r][col]))
-        if abs(m[piv][col]) < 1e-12:
-            return None
-        m[col], m[piv] = m[piv], m[col]
-        for r in range(n):
-            if r != col:
-                f = m[r][col] / m[col][col]
-                for c in range(col, n + 1):
-                    m[r][c] -= f * m[col][c]
-    return [m[i][n] / m[i][i] for i in range(n)]
-
-
 def _lstsq(cols: list[list[float]], y: list[float], w: list[float]) -> tuple[list[float], float] | None:
     """Weighted least squares on scaled columns (normal equations); (coefficients, weighted SSE)."""
     scale = [max(abs(v) for v in c) or 1.0 for c in cols]
@@ -216,7 +200,7 @@ def _lstsq(cols: list[list[float]], y: list[float], w: list[float]) -> tuple[lis
         for i in range(k)
     ]
     aty = [sum(wi * p * q for wi, p, q in zip(w, xs[i], y, strict=True)) for i in range(k)]
-    sol = _solve(ata, aty)
+    sol = solve(ata, aty)
     if sol is None:
         return None
     coef = [s / sc for s, sc in zip(sol, scale, strict=True)]
