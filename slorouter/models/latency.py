@@ -162,11 +162,13 @@ class _State:
 
 
 def _mean(win: Sequence[Sample]) -> tuple[float, float, float]:
-    """Mean (gap, running, kv) of consecutive samples."""
-    if win[0] == win[-1] and len(win) > 1 and win[0] == win[len(win) // 2]:
-        return float(win[0][0]), float(win[0][1]), float(win[0][2])  # one chunk of tokens
+    """Mean (gap, running, kv) of consecutive samples (of at most 16, evenly spread)."""
     n = len(win)
-    return sum(x[0] for x in win) / n, sum(x[1] for x in win) / n, sum(x[2] for x in win) / n
+    if n > 16:
+        win = win[:: n // 16]
+        n = len(win)
+    g, r, kv = map(sum, zip(*win, strict=True))
+    return g / n, r / n, kv / n
 
 
 def _pace(coef: LinearStep, rho: float, ratio: float) -> LinearStep:
@@ -323,13 +325,14 @@ class OnlineLatency:
         W = cfg.window_tokens
         wins: list[tuple[float, float, float]] = []
         if m >= W:
+            if cfg.max_batches_per_s > 0 and now < st.next_batch_at:
+                return
             nwin = m // W
             stride = max(1, -(-nwin // cfg.samples_per_outcome))
             for k in range(0, nwin, stride):
                 wins.append(_mean(samples[k * W : (k + 1) * W]))
         else:
-            pick = samples if m <= 32 else samples[:: -(-m // 32)]
-            g, r, kv = _mean(pick)
+            g, r, kv = _mean(samples)
             pool = st.pool
             pool[0] += g * m
             pool[1] += r * m
