@@ -1,0 +1,129 @@
+"""The router's latency model and policies on two real vLLM servers.
+
+* Load levels 1, 4, 8 per server driven through the router: its online model of each server
+  (from the engine defaults, learning from the traffic it routes) should predict vLLM's own
+  mean inter-token latency over each level within 25 %, rising with the batch. It does not
+  yet (marked xfail, strict): the model moves only a little from its GPU-sized prior in a
+  CI-sized run — see "The router's latency model against vLLM" in docs/real-vllm.md.
+* Two tiers (tight TPOT = 1.5 x the single-stream step, loose = 4 x), one server per tier,
+  the same closed-loop users through ``round-robin`` and ``polyserve`` (both starting from
+  the model state the levels left): polyserve gives the tight tier a higher DSLO attainment
+  (the router's own measurement, ``max_lateness_s <= 0``).
+
+The work is done by ``scripts/bench_real_policies.py`` (the same functions produce the
+tables in docs/real-vllm.md); this module loads it by path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import sys
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import ROOT, RealVllm
+
+pytestmark = [pytest.mark.real_engine, pytest.mark.timeout(900)]  # includes install + start on a clean CI
+
+
+def bench_module() -> ModuleType:
+    name = "slorouter_scripts_bench_real_policies"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / "bench_real_policies.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@dataclass(frozen=True)
+class Learned:
+    state: bytes  # the router's learned models after the levels (a warm-start file)
+    levels: dict[str, Any]  # bench.model_levels(): per server and level, vLLM vs the model
+
+    @property
+    def single_stream_step_s(self) -> float:
+        """vLLM's own mean ITL at one stream (the faster server: a busy machine's hiccups
+        inflate a mean, and a tier's TPOT should be what the engine can do)."""
+        return min(float(r["vllm_itl_ms"]) for r in self.levels["rows"] if r["level"] == 1) / 1e3
+
+
+@pytest.fixture(scope="module")
+def learned(vllm_servers: RealVllm, tmp_path_factory: pytest.TempPathFactory) -> Learned:
+    bench = bench_module()
+    d = tmp_path_factory.mktemp("model")
+    state = d / "state.json"
+
+    levels: dict[str, Any] = asyncio.run(bench.model_levels(vllm_servers.urls, None, state))
+    return Learned(state.read_bytes(), levels)
+
+
+def test_load_levels_through_the_router(learned: Learned) -> None:
+    """The levels the model is judged on: every request served, ``least-request`` kept
+    ``level`` streams on each server, and the router saw their steps."""
+    rows = learned.levels["rows"]
+    print(
+        "\nlevel  server  vLLM ITL ms  router gaps ms  batch  model mean ms  model p90 ms  support  error %"
+    )
+    for r in rows:
+        print(
+            f"{r['level']:5d}  {r['backend']:>6}  {r['vllm_itl_ms']:11.1f}  {r['router_gap_ms']:14.1f}  "
+            f"{r['batch']:5.1f}  {r['model_mean_ms']:13.1f}  {r['model_p90_ms']:12.1f}  {r['support']:7d}  "
+            f"{r['error_pct']:+7.1f}"
+        )
+    print(json.dumps(learned.levels["models"], indent=1))
+    assert all(r["errors"] == 0 and r["samples"] > 0 for r in rows), rows
+    for b in ("e0", "e1"):
+        mine = sorted((r for r in rows if r["backend"] == b), key=lambda r: r["level"])
+        assert [r["level"] for r in mine] == [1, 4, 8]
+        assert mine[0]["batch"] <= 1.5 and 3 <= mine[1]["batch"] <= 4.5 and mine[2]["batch"] >= 6, mine
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the online latency model learns too slowly from the engine defaults on a ~50-300 tok/s "
+    "server (256-token windows, prior worth 64 windows, 30 s half-life): see docs/real-vllm.md",
+)
+def test_the_routers_model_of_each_server_follows_vllms_own_itl(learned: Learned) -> None:
+    rows = learned.levels["rows"]
+    for b in ("e0", "e1"):
+        mine = sorted((r for r in rows if r["backend"] == b), key=lambda r: r["level"])
+        means = [r["model_mean_ms"] for r in mine]
+        assert means == sorted(means) and means[-1] > 1.2 * means[0], (b, means)  # rises with the batch
+        for r in mine:
+            assert abs(r["error_pct"]) <= 25, r
+
+
+async def test_polyserve_gives_the_tight_tier_higher_attainment_than_round_robin(
+    vllm_servers: RealVllm, learned: Learned
+) -> None:
+    bench = bench_module()
+    res: dict[str, Any] = await bench.compare_policies(
+        vllm_servers.urls, learned.single_stream_step_s, None, learned.state, seconds=20.0
+    )
+    print(
+        f"\nsingle-stream step {res['single_stream_step_ms']:.1f} ms; tiers {res['tiers']}; users {res['users']}"
+    )
+    print("policy       tier   requests  met  attainment  TTFT ms  TPOT ms  tok/s  by server")
+    for p in ("round-robin", "polyserve"):
+        for t in ("tight", "loose"):
+            x = res[p][t]
+            print(
+                f"{p:11}  {t:5}  {x['requests']:8d}  {x['met']:3d}  {x['attainment']:10.2f}  "
+                f"{x['ttft_mean_ms']:7.0f}  {x['tpot_mean_ms']:7.1f}  {x['tokens_per_s']:5.0f}  {x['by_backend']}"
+            )
+        print(f"{'':11}  vLLM's own ITL per server (ms): {res[p]['vllm_itl_ms']}")
+    rr, ps = res["round-robin"], res["polyserve"]
+    for r in (rr, ps):
+        assert r["counters_zero"]
+        assert all(r[t]["errors"] == 0 and r[t]["requests"] >= 3 for t in ("tight", "loose")), r
+    assert set(rr["tight"]["by_backend"]) == {"e0", "e1"}  # round robin mixes the tiers
+    assert set(ps["tight"]["by_backend"]) == {"e0"}  # polyserve keeps the tight tier in its bin
+    assert ps["tight"]["attainment"] > rr["tight"]["attainment"], (ps["tight"], rr["tight"])
