@@ -227,8 +227,14 @@ async def serve_generation(
             status = Status.REJECTED
             what = f"model {info.model!r}" if info.model else "this request"
             return error_response(503, f"no healthy backend serves {what}", "no_backend")
-        svc.dispatcher.policy.on_dispatch(info, ranked[0])
-        result = await svc.forwarder.forward(request, info, ranked, path, prepare)
+        result = await svc.forwarder.forward(
+            request,
+            info,
+            ranked,
+            path,
+            prepare,
+            on_attempt=lambda i, b: svc.dispatcher.policy.on_dispatch(i, b),
+        )
         status = result.status
         return result.response
     except asyncio.CancelledError:

@@ -122,7 +122,10 @@ class Forwarder:
         ranked: tuple[str, ...],
         path: str,
         prepare: Callable[[Backend], Prepared],
+        on_attempt: Callable[[RequestInfo, str], None] | None = None,
     ) -> Result:
+        """``on_attempt(info, backend_id)`` is told of every backend actually tried
+        (the policy's ``on_dispatch`` hook), the first one and each failover."""
         rid = info.rid
         tracker = self.tracker
         settings = self.settings
@@ -146,6 +149,8 @@ class Forwarder:
                 self.retries += 1
                 tracker.on_retry(rid, backend.id)
                 await asyncio.sleep(min(self._backoff(attempts), (deadline - now) / 2))
+            if on_attempt is not None:
+                on_attempt(info, backend.id)
             attempts += 1
             if last_failure is not None:
                 last_failure.close()
