@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one command that sets everything up and runs the main job on an embedded default:
 # a simulated engine fleet (4 engines), the router in front of it (config/example.yaml),
-# and a short mixed-tier load-generator run that prints per-tier attainment and goodput.
+# and a short mixed-tier load-generator run that prints per-tier attainment and goodput;
+# then the offline fleet simulator runs round-robin and polyserve on PolyServe's 4-tier mix.
 #   scripts/demo.sh [--policy KIND] [--duration S]
 source "$(dirname "$0")/_env.sh"
 POLICY=""
@@ -14,6 +15,7 @@ while [ $# -gt 0 ]; do
     *) echo "demo.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
   esac
 done
+export COLUMNS="${COLUMNS:-130}"  # rich tables: do not squeeze columns when output is not a terminal
 OUT="${SLOROUTER_DEMO_OUT:-$ROOT/out/demo}"
 mkdir -p "$OUT"
 CONFIG="$ROOT/config/example.yaml"
@@ -51,3 +53,11 @@ args=(run --target http://127.0.0.1:8080 --workload "$ROOT/config/workloads/smok
 [ -n "$DURATION" ] && args+=(--duration "$DURATION")
 slorouter-loadgen "${args[@]}"
 echo "[demo] results: $OUT/results.json, plots in $OUT/, logs in $OUT/*.log"
+echo
+echo "[demo] the same policy code, offline: 20 simulated H100-8B-like servers, PolyServe's mix of four"
+echo "[demo] TPOT tiers (20/30/50/100 ms, config/scenarios/polyserve-conv.yaml) at 260 req/s, 6000 requests"
+for policy in round-robin polyserve; do
+  slorouter simulate --scenario polyserve-conv --policy "$policy" --requests 6000 --rate 260 --no-progress \
+    --json "$OUT/simulate-$policy.json"
+done
+echo "[demo] compare the t20 row: the tightest tier is where a router that ignores SLOs loses requests"
