@@ -48,6 +48,8 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from rich.console import Console
+from rich.table import Table
 
 from slorouter import cli
 from slorouter.app import build_app, runner_for
@@ -439,6 +441,62 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _f(x: Any, fmt: str = ".1f") -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def tables(result: dict[str, Any], console: Console) -> None:
+    """The JSON's figures as terminal tables."""
+    for c, row in result.get("overhead", {}).items():
+        t = Table(title=f"router overhead, concurrency {c} (client-side medians, ms)")
+        for col in ("path", "requests", "TTFT p50", "ITL p50"):
+            t.add_column(col, justify="right")
+        for name in ("direct", "router"):
+            x = row[name]
+            t.add_row(name, str(x["requests"]), _f(x["ttft_p50_ms"]), _f(x["itl_p50_ms"]))
+        t.add_row("delta", "", _f(row["ttft_delta_ms"], "+.1f"), _f(row["itl_delta_ms"], "+.1f"))
+        console.print(t)
+    for key, title in (("model_defaults", "engine defaults"), ("model", "seeded with a profile")):
+        if key not in result:
+            continue
+        t = Table(title=f"the router's model vs vLLM's own ITL ({title}; ms)")
+        cols = ("level", "server", "vLLM ITL", "router gaps", "batch", "model mean", "model p90", "error %")
+        for col in cols:
+            t.add_column(col, justify="right")
+        for r in result[key]["rows"]:
+            t.add_row(
+                str(r["level"]),
+                r["backend"],
+                _f(r["vllm_itl_ms"]),
+                _f(r["router_gap_ms"]),
+                _f(r["batch"]),
+                _f(r["model_mean_ms"]),
+                _f(r["model_p90_ms"]),
+                _f(r["error_pct"], "+.0f"),
+            )
+        console.print(t)
+    for i, run in enumerate(result.get("policies", [])):
+        tiers = ", ".join(f"{x['name']} TPOT {x['tpot_ms']} ms TTFT {x['ttft_ms']} ms" for x in run["tiers"])
+        t = Table(title=f"run {i + 1}: {tiers}; users {run['users']}")
+        for col in ("policy", "tier", "requests", "met", "DSLO att.", "TTFT", "TPOT", "tok/s", "servers"):
+            t.add_column(col, justify="right")
+        for pol in ("round-robin", "polyserve"):
+            for tier in run["users"]:
+                x = run[pol][tier]
+                t.add_row(
+                    pol,
+                    tier,
+                    str(x["requests"]),
+                    str(x["met"]),
+                    _f(x["attainment"], ".2f"),
+                    _f(x["ttft_mean_ms"], ".0f"),
+                    _f(x["tpot_mean_ms"]),
+                    _f(x["tokens_per_s"], ".0f"),
+                    " ".join(f"{b}:{n}" for b, n in x["by_backend"].items()),
+                )
+        console.print(t)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--urls", required=True, help="comma-separated vLLM base URLs (two for model/policies)")
@@ -454,6 +512,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = asyncio.run(_main(args))
     text = json.dumps(result, indent=2, default=lambda o: asdict(o))
     print(text)
+    tables(result, Console(stderr=True))
     if args.json:
         args.json.write_text(text)
     return 0
