@@ -20,7 +20,8 @@
   completions), with ``retry_at`` = the moment its TTFT can no longer be met even on an
   idle server. Once that moment has passed the request is *late*: ``Reject(429,
   Retry-After)`` if its tier says ``reject_when_late``, else it is served best effort —
-  placed only where it breaks no one's TPOT, TTFT checks dropped.
+  placed only where it breaks no one's TPOT, TTFT checks dropped, or on any idle server
+  (so a late request is never stranded, whatever the model predicts).
 
 Params: ``placement`` (pack|spread|auto), ``kv_estimate`` (peak|current), ``headroom``
 (usable fraction of TPOT, default 1.0), ``interference_checks`` (default 4; 0 = off),
@@ -240,6 +241,15 @@ class PolyServe(BasePolicy):
                 self._dirty.add(chosen[0])
                 return Dispatch(tuple(chosen), "relaxed")
         if late:
+            # An idle server slows no one down: a late request must not wait for a fit
+            # the latency model may never predict (e.g. its TPOT below the idle step).
+            loads = snapshot.loads
+            for i in order:
+                for bid in bins.bins[i]:
+                    load = loads.get(bid)
+                    if load is not None and not load.residents:
+                        self._dirty.add(bid)
+                        return Dispatch((bid,), "late, best effort on an idle server")
             return Defer("late: waiting for a server it does not slow down")
         return Defer("no feasible server", retry_at=self._late_at(request, snapshot, bins, order))
 
