@@ -39,11 +39,12 @@ candidates fits, the one whose residents have the most slack.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from slorouter.models.base import LatencyView
 from slorouter.models.static import EngineLimits, LinearStep
+from slorouter.policy.base import Params, PolicyContext
 from slorouter.state.tracker import BackendLoad
 from slorouter.values import RequestInfo
 
@@ -200,3 +201,29 @@ def earliest_first_token(p: int, lin: LinearStep, lim: EngineLimits) -> float:
     """First-token time of a ``p``-token prompt on an idle server (the best case)."""
     chunks = lim.prefill_chunks(p)
     return chunks * (lin.c0_s + lin.c_batch_s) + lin.c_kv_s * p + lin.c_prefill_s * p
+
+
+def read_params(p: Params, ctx: PolicyContext) -> tuple[str, FeasibilityParams]:
+    """The params every feasibility-based policy shares: ``placement`` (pack|spread|auto;
+    auto = pack when autoscaling gives emptied servers back, else spread) and the
+    feasibility knobs."""
+    placement = p.choice("placement", "auto", ("pack", "spread", "auto"))
+    if placement == "auto":
+        placement = "pack" if ctx.autoscaling else "spread"
+    fp = FeasibilityParams(
+        kv_estimate=p.choice("kv_estimate", "peak", ("peak", "current")),
+        headroom=p.number("headroom", 1.0, lo=0.1, hi=2.0),
+        interference_checks=p.integer("interference_checks", 4, lo=0),
+        catchup_tokens=p.number("catchup_tokens", 64.0, lo=1.0),
+    )
+    return placement, fp
+
+
+def idle_server(ids: Iterable[str], loads: Mapping[str, BackendLoad]) -> str | None:
+    """The first of ``ids`` with nothing resident: where a late request slows no one down,
+    whatever the latency model predicts (so a late request is never stranded)."""
+    for bid in ids:
+        load = loads.get(bid)
+        if load is not None and not load.residents:
+            return bid
+    return None

@@ -46,7 +46,9 @@ from slorouter.policy.feasibility import (
     Need,
     assess,
     earliest_first_token,
+    idle_server,
     prefer_fitting,
+    read_params,
     tightest_tpot,
 )
 from slorouter.state.backends import BackendSet
@@ -243,13 +245,10 @@ class PolyServe(BasePolicy):
         if late:
             # An idle server slows no one down: a late request must not wait for a fit
             # the latency model may never predict (e.g. its TPOT below the idle step).
-            loads = snapshot.loads
-            for i in order:
-                for bid in bins.bins[i]:
-                    load = loads.get(bid)
-                    if load is not None and not load.residents:
-                        self._dirty.add(bid)
-                        return Dispatch((bid,), "late, best effort on an idle server")
+            idle = idle_server((bid for i in order for bid in bins.bins[i]), snapshot.loads)
+            if idle is not None:
+                self._dirty.add(idle)
+                return Dispatch((idle,), "late, best effort on an idle server")
             return Defer("late: waiting for a server it does not slow down")
         return Defer("no feasible server", retry_at=self._late_at(request, snapshot, bins, order))
 
@@ -289,15 +288,7 @@ def late_at(req: RequestInfo, snap: Snapshot, bid: str) -> float | None:
 
 def make_polyserve(params: Mapping[str, Any], ctx: PolicyContext) -> PolyServe:
     p = Params(params)
-    placement = p.choice("placement", "auto", ("pack", "spread", "auto"))
-    if placement == "auto":
-        placement = "pack" if ctx.autoscaling else "spread"
-    fp = FeasibilityParams(
-        kv_estimate=p.choice("kv_estimate", "peak", ("peak", "current")),
-        headroom=p.number("headroom", 1.0, lo=0.1, hi=2.0),
-        interference_checks=p.integer("interference_checks", 4, lo=0),
-        catchup_tokens=p.number("catchup_tokens", 64.0, lo=1.0),
-    )
+    placement, fp = read_params(p, ctx)
     overflow = p.boolean("overflow", True)
     fallbacks = p.integer("fallbacks", 2, lo=0)
     overflow_headroom = p.number("overflow_headroom", 0.85, lo=0.1, hi=1.0)

@@ -19,7 +19,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from slorouter.policy.base import BasePolicy, Params, PolicyContext
-from slorouter.policy.feasibility import INF, FeasibilityParams, Need, assess, prefer_fitting, tightest_tpot
+from slorouter.policy.feasibility import (
+    INF,
+    FeasibilityParams,
+    Need,
+    assess,
+    idle_server,
+    prefer_fitting,
+    read_params,
+    tightest_tpot,
+)
 from slorouter.policy.polyserve import late_at
 from slorouter.state.snapshot import Snapshot
 from slorouter.values import Decision, Defer, Dispatch, Reject, RequestInfo
@@ -68,21 +77,16 @@ class SloPack(BasePolicy):
                 ranked = prefer_fitting(ranked, need, loads, lat, snapshot.now, fp.interference_checks)
             return Dispatch(tuple(ranked[: 1 + self.fallbacks]), "late, best effort" if late else "feasible")
         if late:
+            idle = idle_server((b.id for b in pool), loads)
+            if idle is not None:
+                return Dispatch((idle,), "late, best effort on an idle server")
             return Defer("late: waiting for a server it does not slow down")
         return Defer("no feasible server", retry_at=at)
 
 
 def make_slo_pack(params: Mapping[str, Any], ctx: PolicyContext) -> SloPack:
     p = Params(params)
-    placement = p.choice("placement", "auto", ("pack", "spread", "auto"))
-    if placement == "auto":
-        placement = "pack" if ctx.autoscaling else "spread"
-    fp = FeasibilityParams(
-        kv_estimate=p.choice("kv_estimate", "peak", ("peak", "current")),
-        headroom=p.number("headroom", 1.0, lo=0.1, hi=2.0),
-        interference_checks=p.integer("interference_checks", 4, lo=0),
-        catchup_tokens=p.number("catchup_tokens", 64.0, lo=1.0),
-    )
+    placement, fp = read_params(p, ctx)
     fallbacks = p.integer("fallbacks", 2, lo=0)
     p.done()
     return SloPack(placement, fp, fallbacks)

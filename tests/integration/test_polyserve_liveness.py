@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from slorouter.sim.profiles import load_profile
 from slorouter.sim.server import serve_engines
@@ -13,14 +14,15 @@ from slorouter.values import Outcome, Status
 from tests.routerkit import router_config, run_router
 
 
-async def test_unmeetable_tpot_is_served_late_not_stranded(tmp_path: Path) -> None:
+@pytest.mark.parametrize("policy", ["polyserve", "slo-pack"])
+async def test_unmeetable_tpot_is_served_late_not_stranded(tmp_path: Path, policy: str) -> None:
     profile = tmp_path / "cpu-tiny.json"
     load_profile("cpu-tiny").save(profile)  # the router knows the engine's real step time
     tiers = [{"name": "t", "class": "latency", "ttft_ms": 200, "tpot_ms": 15}]
     cfg_tiers = tiers
     async with serve_engines(1, profile="cpu-tiny", seed=1) as fleet:  # idle step ≈ 21 ms > 15 ms
         cfg = router_config(
-            fleet.urls, policy="polyserve", tiers=cfg_tiers, extra={"models": {"profile": str(profile)}}
+            fleet.urls, policy=policy, tiers=cfg_tiers, extra={"models": {"profile": str(profile)}}
         )
         async with run_router(cfg) as router:
             outs: list[Outcome] = []
