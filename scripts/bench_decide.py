@@ -8,7 +8,8 @@ The fleet is loaded to about half its capacity (random residents per server, the
 ``h100-8b`` profile, the online latency model seeded from it); each decision is for a
 random request of a random tier and is dispatched (so the state keeps changing), and a
 random resident finishes, keeping the load steady — as in a live router.
-Timing is around ``select`` only, after 200 warm-up decisions: the thread's CPU time
+Timing is around what a live decision costs — ``policy.select(request, tracker.snapshot())``
+(the snapshot of the live state, then the choice) — after 200 warm-up decisions: the thread's CPU time
 (``thread_time_ns``: what the decision costs, immune to the OS descheduling us on a
 shared machine) and wall time (``perf_counter_ns``). The setup's objects are moved out of
 the garbage collector's young generations (``gc.freeze``), as a long-running router's
@@ -96,10 +97,9 @@ def measure(
         clock.advance(0.001)
         r = new_request(rng.choice(tiers))
         tracker.on_arrival(r)
-        snap = tracker.snapshot()
         c0 = time.thread_time_ns()
         t0 = time.perf_counter_ns()
-        d = policy.select(r, snap)
+        d = policy.select(r, tracker.snapshot())
         t1 = time.perf_counter_ns()
         c1 = time.thread_time_ns()
         if k >= warm:

@@ -1,51 +1,86 @@
-"""A policy-private index of one bin's servers, ordered by a cached load key.
+"""A policy-private index of one bin's servers, ordered by an exact load key.
 
-Scanning every server of a bin costs ~1 µs each — 250 µs for a 250-server bin. The
-index keeps the servers sorted by ``key = c0 + c_batch·running + c_kv·peak_kv`` (the
-server's step at its future-peak KV, with its own conservative coefficients) so that a
-decision looks at the few servers around the feasibility threshold only:
+Checking a server costs ~1 µs — 250 µs for a 250-server bin. The index keeps the
+servers sorted by
 
-    feasible  ⇒  key + c_batch + c_kv·(prompt + bound) ≤ headroom·τ
-              ⇒  key ≤ headroom·τ − (min c_batch + min c_kv·(prompt + bound))  (screen)
+    key = c0 + c_batch·running + c_kv·peak_kv + c_prefill·prefill_tokens / catchup
 
-Every candidate found by the screen is then checked exactly against the live snapshot
-(:func:`~slorouter.policy.feasibility.assess`), so the index never makes a decision
-wrong, only cheap. Keys go stale only when loads change: the policy marks servers dirty
-in its ``on_dispatch``/``on_finish`` hooks and refreshes them (and a few others, round
-robin) before each decision; between refreshes a key can only be *lower* than the truth
-(a request outgrowing its predicted length raises ``peak_kv``), which the exact check
-catches. Lists are plain sorted Python lists (``bisect``): O(log n) search, O(n)
-memmove updates — microseconds at 1,000 servers.
+(with each server's own conservative coefficients), which is the server's predicted
+step with a request placed (:func:`~slorouter.policy.feasibility.assess`, ``kv_estimate:
+peak``) *minus* the part that depends on the request, ``add = c_batch + c_kv·(prompt +
+bound) + c_prefill·prompt / catchup``. With ``lo``/``hi`` the smallest/largest
+coefficients in the bin, ``key + lo_add ≤ step ≤ key + hi_add``, so a decision
+
+* **screens**: a server with ``key + lo_add > headroom·τ`` is infeasible — bisect;
+* **stops early**: walking keys up (spread) or down (pack) from the screen, once the
+  best a remaining server could score is worse than the K-th best found, no remaining
+  server can enter the top K; every server it does look at is checked exactly against
+  the live snapshot.
+
+So an indexed decision equals a full scan of the bin, as long as the keys are exact.
+They are kept exact by the tracker's change feed (:meth:`Tracker.watch
+<slorouter.state.tracker.Tracker.watch>`: every backend whose running count, peak KV or
+prefill backlog changed) and by re-keying every server when the latency model's
+coefficients change (the policy watches for that, see :mod:`slorouter.policy.polyserve`).
+Lists are plain sorted Python lists (``bisect``): O(log n) search, O(n) memmove updates —
+microseconds at 1,000 servers.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 from slorouter.models.base import LatencyView
+from slorouter.models.static import LinearStep
 from slorouter.state.tracker import BackendLoad
+
+TOP = "\U0010ffff"  # sorts after every backend id: bisect_right(order, (k, TOP)) = keys ≤ k
 
 
 class BinIndex:
-    __slots__ = ("keys", "min_cb", "min_ckv", "order")
+    __slots__ = ("catchup", "hi", "keys", "lins", "lo", "order")
 
-    def __init__(self) -> None:
+    def __init__(self, catchup: float) -> None:
+        self.catchup = catchup
         self.keys: dict[str, float] = {}
+        self.lins: dict[str, LinearStep] = {}  # the coefficients each key was computed with
         self.order: list[tuple[float, str]] = []
-        self.min_cb = 0.0
-        self.min_ckv = 0.0
+        self.lo = (0.0, 0.0, 0.0)  # smallest (c_batch, c_kv, c_prefill) in the bin (or lower)
+        self.hi = (0.0, 0.0, 0.0)  # largest (or higher)
 
     def build(self, ids: tuple[str, ...], loads: Mapping[str, BackendLoad], lat: LatencyView) -> None:
-        self.keys = {b: key_of(loads[b], lat, b) for b in ids}
+        self.lins = {b: lat.linear(b) for b in ids}
+        self.keys = {b: self.key(loads[b], self.lins[b]) for b in ids}
         self.order = sorted((k, b) for b, k in self.keys.items())
-        lins = [lat.linear(b) for b in ids]
-        self.min_cb = min((x.c_batch_s for x in lins), default=0.0)
-        self.min_ckv = min((x.c_kv_s for x in lins), default=0.0)
+        lins = self.lins.values()
+        if lins:
+            cb = [x.c_batch_s for x in lins]
+            ckv = [x.c_kv_s for x in lins]
+            cp = [x.c_prefill_s for x in lins]
+            self.lo = (min(cb), min(ckv), min(cp))
+            self.hi = (max(cb), max(ckv), max(cp))
 
-    def update(self, bid: str, key: float) -> None:
+    def key(self, load: BackendLoad, lin: LinearStep) -> float:
+        return (
+            lin.c0_s
+            + lin.c_batch_s * len(load.residents)
+            + lin.c_kv_s * load.peak_kv
+            + lin.c_prefill_s * load.prefill_tokens / self.catchup
+        )
+
+    def refresh(self, bid: str, load: BackendLoad, lin: LinearStep) -> None:
+        """Re-key one server from its live load and current coefficients."""
         old = self.keys.get(bid)
-        if old == key or old is None:
+        if old is None:
+            return
+        if self.lins[bid] is not lin:
+            self.lins[bid] = lin
+            lo, hi = self.lo, self.hi
+            self.lo = (min(lo[0], lin.c_batch_s), min(lo[1], lin.c_kv_s), min(lo[2], lin.c_prefill_s))
+            self.hi = (max(hi[0], lin.c_batch_s), max(hi[1], lin.c_kv_s), max(hi[2], lin.c_prefill_s))
+        key = self.key(load, lin)
+        if key == old:
             return
         o = self.order
         i = bisect.bisect_left(o, (old, bid))
@@ -54,21 +89,8 @@ class BinIndex:
         bisect.insort(o, (key, bid))
         self.keys[bid] = key
 
-    def descending(self, max_key: float) -> Iterator[str]:
-        """Servers with key ≤ ``max_key``, most loaded first (a snapshot of the order)."""
-        o = self.order
-        i = bisect.bisect_right(o, (max_key, "\U0010ffff"))
-        for _, b in reversed(o[:i]):
-            yield b
-
-    def ascending(self, max_key: float) -> Iterator[str]:
-        """Servers with key ≤ ``max_key``, least loaded first."""
-        o = self.order
-        i = bisect.bisect_right(o, (max_key, "\U0010ffff"))
-        for _, b in o[:i]:
-            yield b
-
-
-def key_of(load: BackendLoad, lat: LatencyView, bid: str) -> float:
-    lin = lat.linear(bid)
-    return lin.c0_s + lin.c_batch_s * len(load.residents) + lin.c_kv_s * load.peak_kv
+    def adds(self, p: int, b: int) -> tuple[float, float]:
+        """(lo_add, hi_add): bounds on ``step − key`` for a request of prompt ``p`` and
+        output bound ``b`` on any server of the bin."""
+        lo, hi, c = self.lo, self.hi, self.catchup
+        return lo[0] + lo[1] * (p + b) + lo[2] * p / c, hi[0] + hi[1] * (p + b) + hi[2] * p / c

@@ -35,13 +35,16 @@ servers for failover, default 2).
 
 from __future__ import annotations
 
+import bisect
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any, Final
 
+from slorouter.models.base import LatencyView
+from slorouter.models.static import LinearStep
 from slorouter.policy.base import BasePolicy, Params, PolicyContext
-from slorouter.policy.binindex import BinIndex, key_of
+from slorouter.policy.binindex import TOP, BinIndex
 from slorouter.policy.feasibility import (
     INF,
     FeasibilityParams,
@@ -56,11 +59,16 @@ from slorouter.policy.feasibility import (
 )
 from slorouter.state.backends import BackendSet
 from slorouter.state.snapshot import Snapshot
-from slorouter.values import Decision, Defer, Dispatch, Outcome, Reject, RequestInfo, SloClass, Tier
+from slorouter.state.tracker import BackendLoad
+from slorouter.values import Decision, Defer, Dispatch, Reject, RequestInfo, SloClass, Tier
 
 _BE = 1e12  # tightness of best-effort / tier-less bins
 _INDEX_MIN: Final = 16  # bins larger than this are indexed (see slorouter.policy.binindex)
-_REFRESH_PER_DECISION: Final = 4
+_EPS: Final = 1e-9  # relative margin on the index's bounds (float rounding)
+
+
+class _Stale(Exception):
+    """An examined server's coefficients changed without the change feed saying so."""
 
 
 def tier_tightness(t: Tier | None) -> float:
@@ -98,124 +106,109 @@ class PolyServe(BasePolicy):
         fallbacks: int = 2,
         overflow_headroom: float = 0.85,
         relax: float = 1.15,
+        *,
+        index_min: float = _INDEX_MIN,
     ) -> None:
         self.pack = placement == "pack"
         self.fp = fp or FeasibilityParams()
         self.fp_overflow = replace(self.fp, headroom=self.fp.headroom * overflow_headroom)
+        self._relaxed = {id(f): replace(f, headroom=f.headroom * relax) for f in (self.fp, self.fp_overflow)}
         self.relax = relax
         self.overflow = overflow
         self.fallbacks = fallbacks
+        # the ranked list depends on the top `_top` feasible servers of a bin only
+        self._top = max(1 + fallbacks, self.fp.interference_checks)
+        self._index_min = index_min  # bins with more servers are indexed (inf: never)
         self._bins: _Bins | None = None
         self._bins_key: tuple[int, int, int] = (0, 0, 0)
         self._index: list[BinIndex | None] = []
-        self._dirty: set[str] = set()
-        self._rr: list[tuple[int, str]] = []  # round-robin refresh order (bin, server)
-        self._rr_at = 0
-        self._where: dict[str, int] = {}
+        self._where: dict[str, BinIndex] = {}
+        self._changed: set[str] | None = None  # the tracker's change feed (Tracker.watch)
+        self._feed_of: object = None  # whose feed it is (the tracker's loads mapping)
+        self._sentinel: tuple[str, LinearStep] | None = None
+        self._order_cache: dict[float, list[int]] = {}
 
     # -- private state ---------------------------------------------------------------
-
-    def on_dispatch(self, request: RequestInfo, backend_id: str) -> None:
-        self._dirty.add(backend_id)
-
-    def on_finish(self, outcome: Outcome) -> None:
-        if outcome.backend is not None:
-            self._dirty.add(outcome.backend)
 
     def _get_bins(self, snap: Snapshot) -> _Bins:
         key = (id(snap.backends), id(snap.healthy), id(snap.loads))
         if self._bins is None or key != self._bins_key:
-            bins = self._bins = _Bins(snap.backends, snap.healthy)
+            self._bins = _Bins(snap.backends, snap.healthy)
             self._bins_key = key
-            self._index = []
-            self._rr = []
-            for i, ids in enumerate(bins.bins):
-                if bins.taus[i] < 1e3 and self.fp.kv_estimate == "peak" and len(ids) > _INDEX_MIN:
-                    ix = BinIndex()
-                    ix.build(ids, snap.loads, snap.latency)
-                    self._index.append(ix)
-                    self._rr.extend((i, b) for b in ids)
-                else:
-                    self._index.append(None)
-            self._where = {b: i for i, ids in enumerate(bins.bins) for b in ids}
-            self._dirty.clear()
-        else:
+            self._order_cache = {}
+            self._build_index(snap)
+        elif self._sentinel is not None:
             self._refresh(snap)
         return self._bins
 
+    def _build_index(self, snap: Snapshot) -> None:
+        bins = self._bins
+        assert bins is not None
+        self._index = []
+        self._where = {}
+        self._sentinel = None
+        if snap.watch is not None and snap.loads is not self._feed_of:
+            self._changed = snap.watch()
+            self._feed_of = snap.loads
+        if self._changed is None or snap.watch is None or self.fp.kv_estimate != "peak":
+            return  # keys could not be kept exact: every decision scans its bins
+        for i, ids in enumerate(bins.bins):
+            if bins.taus[i] < 1e3 and len(ids) > self._index_min:
+                ix = BinIndex(self.fp.catchup_tokens)
+                ix.build(ids, snap.loads, snap.latency)
+                self._index.append(ix)
+                self._where.update((b, ix) for b in ids)
+                if self._sentinel is None:
+                    self._sentinel = (ids[0], ix.lins[ids[0]])
+            else:
+                self._index.append(None)
+        self._changed.clear()
+
     def _refresh(self, snap: Snapshot) -> None:
-        loads, lat, index = snap.loads, snap.latency, self._index
-        if self._dirty:
-            where = self._where
-            for bid in self._dirty:
-                i = where.get(bid)
-                ix = index[i] if i is not None else None
+        """Re-key the servers whose load changed; re-key all when the latency model's
+        coefficients changed for every server at once (e.g. a new prefill ratio)."""
+        loads, lat, where = snap.loads, snap.latency, self._where
+        ch = self._changed
+        if ch:
+            for bid in ch:
+                ix = where.get(bid)
                 if ix is not None:
-                    ix.update(bid, key_of(loads[bid], lat, bid))
-            self._dirty.clear()
-        rr = self._rr
-        if rr:
-            for _ in range(_REFRESH_PER_DECISION):
-                self._rr_at = (self._rr_at + 1) % len(rr)
-                i, bid = rr[self._rr_at]
-                ix = index[i]
-                assert ix is not None
-                ix.update(bid, key_of(loads[bid], lat, bid))
+                    ix.refresh(bid, loads[bid], lat.linear(bid))
+            ch.clear()
+        s = self._sentinel
+        if s is not None and (lin := lat.linear(s[0])) is not s[1] and lin != s[1]:
+            self._build_index(snap)
 
     def _candidate_bins(self, req: RequestInfo, bins: _Bins) -> list[int]:
         own = tier_tightness(req.tier)
+        got = self._order_cache.get(own)
+        if got is not None:
+            return got
         allowed = [i for i, t in enumerate(bins.taus) if t <= own]
         allowed.reverse()  # loosest allowed first: own bin, then tighter ones
         if not self.overflow:
             allowed = allowed[:1] if allowed and bins.taus[allowed[0]] == own else []
+        self._order_cache[own] = allowed
         return allowed
 
-    def _candidates(
-        self, i: int, need: Need, host: float, bins: _Bins, fp: FeasibilityParams
-    ) -> Iterable[str]:
-        """Servers of bin ``i`` to examine, in preference order (all of them, or the
-        index's screen: those that may be feasible, most/least loaded first)."""
-        ix = self._index[i] if i < len(self._index) else None
-        if ix is None:
-            return bins.bins[i]
-        tau = host if host < need.tpot else need.tpot
-        limit = fp.headroom * tau - ix.min_cb - ix.min_ckv * (need.p + need.b)
-        return ix.descending(limit) if self.pack else ix.ascending(limit)
-
     def _scan(
-        self, need: Need, bins: _Bins, order: list[int], snap: Snapshot, relax: float = 1.0
+        self, need: Need, bins: _Bins, order: list[int], snap: Snapshot, relax: bool = False
     ) -> list[str]:
         loads = snap.loads
         lat = snap.latency
-        want = 1 + max(self.fallbacks, self.fp.interference_checks)
-        own = tier_tightness_of_need(need)
+        own = need.tightness
+        index = self._index
         for i in order:
             fp = self.fp if bins.taus[i] >= own else self.fp_overflow
-            if relax != 1.0:
-                fp = replace(fp, headroom=fp.headroom * relax)
+            if relax:
+                fp = self._relaxed[id(fp)]
             tau_bin = bins.taus[i]
             host = tau_bin if tau_bin < 1e3 else INF
-            found: list[tuple[float, str]] = []
-            indexed = i < len(self._index) and self._index[i] is not None
-            for bid in self._candidates(i, need, host, bins, fp):
-                load = loads[bid]
-                lin = lat.linear(bid)
-                lim = lat.limits(bid)
-                tau = host
-                if load.tier_counts and host >= 1e3:
-                    tau = tightest_tpot(load, bins.tpot_by_tier)
-                s = assess(need, load, lin, lim, tau, fp)
-                if s < 0:
-                    continue
-                if tau >= 1e3 and host >= 1e3:
-                    # best-effort bin: no TPOT to fill, rank by batch
-                    util = (len(load.residents) + 1) / lim.max_num_seqs
-                else:
-                    t = tau if tau < need.tpot else need.tpot
-                    util = s / t
-                found.append((-util if self.pack else util, bid))
-                if indexed and len(found) >= want:
-                    break  # the index gave them in preference order
+            ix = index[i] if i < len(index) else None
+            if ix is None:
+                found = self._scan_all(bins.bins[i], need, host, bins, fp, loads, lat)
+            else:
+                found = self._scan_index(ix, need, host, fp, loads, lat)
             if found:
                 found.sort()
                 ranked = [b for _, b in found]
@@ -224,7 +217,84 @@ class PolyServe(BasePolicy):
                 return ranked[: 1 + self.fallbacks]
         return []
 
+    def _scan_all(
+        self,
+        ids: tuple[str, ...],
+        need: Need,
+        host: float,
+        bins: _Bins,
+        fp: FeasibilityParams,
+        loads: Mapping[str, BackendLoad],
+        lat: LatencyView,
+    ) -> list[tuple[float, str]]:
+        """Every feasible server of a bin with its rank key (the reference scan)."""
+        found: list[tuple[float, str]] = []
+        for bid in ids:
+            load = loads[bid]
+            lim = lat.limits(bid)
+            tau = host
+            if load.tier_counts and host >= 1e3:
+                tau = tightest_tpot(load, bins.tpot_by_tier)
+            s = assess(need, load, lat.linear(bid), lim, tau, fp)
+            if s < 0:
+                continue
+            if tau >= 1e3 and host >= 1e3:
+                # best-effort bin: no TPOT to fill, rank by batch
+                util = (len(load.residents) + 1) / lim.max_num_seqs
+            else:
+                util = s / (tau if tau < need.tpot else need.tpot)
+            found.append((-util if self.pack else util, bid))
+        return found
+
+    def _scan_index(
+        self,
+        ix: BinIndex,
+        need: Need,
+        host: float,
+        fp: FeasibilityParams,
+        loads: Mapping[str, BackendLoad],
+        lat: LatencyView,
+    ) -> list[tuple[float, str]]:
+        """The top ``_top`` entries of :meth:`_scan_all` for an indexed bin (a tight
+        bin: ``host`` < 1e3), from the few servers around the screen (see binindex)."""
+        t = host if host < need.tpot else need.tpot
+        lo_add, hi_add = ix.adds(need.p, need.b)
+        limit = fp.headroom * t - lo_add
+        limit += abs(limit) * _EPS
+        o = ix.order
+        end = bisect.bisect_right(o, (limit, TOP))
+        top, pack, lins = self._top, self.pack, ix.lins
+        found: list[tuple[float, str]] = []
+        worst = INF  # rank key of the top-th best found so far
+        for j in range(end - 1, -1, -1) if pack else range(end):
+            key, bid = o[j]
+            if worst < INF:
+                # the best rank key a server with this key (or any after it) could have
+                best = -(key + hi_add) * (1.0 + _EPS) / t if pack else (key + lo_add) * (1.0 - _EPS) / t
+                if best > worst:
+                    break
+            lin = lat.linear(bid)
+            if lin is not lins[bid] and lin != lins[bid]:
+                raise _Stale(bid)
+            s = assess(need, loads[bid], lin, lat.limits(bid), host, fp)
+            if s < 0:
+                continue
+            util = s / t
+            found.append((-util if pack else util, bid))
+            if len(found) >= top:
+                found.sort()
+                del found[top:]
+                worst = found[-1][0]
+        return found
+
     def select(self, request: RequestInfo, snapshot: Snapshot) -> Decision:
+        try:
+            return self._select(request, snapshot)
+        except _Stale:
+            self._bins = None  # a coefficient changed unannounced: re-key everything
+            return self._select(request, snapshot)
+
+    def _select(self, request: RequestInfo, snapshot: Snapshot) -> Decision:
         if not snapshot.healthy:
             return self.no_backend(snapshot)
         bins = self._get_bins(snapshot)
@@ -238,12 +308,10 @@ class PolyServe(BasePolicy):
             return Reject(429, "the TTFT deadline can no longer be met", retry_after_s=1.0)
         chosen = self._scan(need, bins, order, snapshot)
         if chosen:
-            self._dirty.add(chosen[0])  # its load is about to change (even without on_dispatch)
             return Dispatch(tuple(chosen), "late, best effort" if late else "feasible")
         if not late and self.relax > 1.0 and request.tier.slo.slo_class is not SloClass.BEST_EFFORT:
-            chosen = self._scan(need, bins, order, snapshot, self.relax)
+            chosen = self._scan(need, bins, order, snapshot, relax=True)
             if chosen:
-                self._dirty.add(chosen[0])
                 return Dispatch(tuple(chosen), "relaxed")
         if not late and hopeless(
             request, (b for i in order for b in bins.bins[i]), snapshot.latency, self.fp, self.relax
@@ -260,7 +328,6 @@ class PolyServe(BasePolicy):
             # the latency model may never predict (e.g. its TPOT below the idle step).
             idle = idle_server((bid for i in order for bid in bins.bins[i]), snapshot.loads)
             if idle is not None:
-                self._dirty.add(idle)
                 return Dispatch((idle,), "late, best effort on an idle server")
             return Defer("late: waiting for a server it does not slow down")
         return Defer("no feasible server", retry_at=self._late_at(request, snapshot, bins, order))
@@ -272,10 +339,6 @@ class PolyServe(BasePolicy):
     def _is_late(self, req: RequestInfo, snap: Snapshot, bins: _Bins, order: list[int], now: float) -> bool:
         at = self._late_at(req, snap, bins, order)
         return at is not None and now > at
-
-
-def tier_tightness_of_need(need: Need) -> float:
-    return need.tightness
 
 
 def late_at(req: RequestInfo, snap: Snapshot, bid: str) -> float | None:

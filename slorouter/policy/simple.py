@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from slorouter.policy.base import BasePolicy, Params, PolicyContext, ranked
+from slorouter.state.backends import Backend
 from slorouter.state.snapshot import Snapshot
 from slorouter.values import Decision, Dispatch, RequestInfo
 
@@ -18,14 +19,20 @@ class RoundRobin(BasePolicy):
 
     def __init__(self) -> None:
         self._cursor = 0
+        self._pool: tuple[Backend, ...] = ()
+        self._ids2: tuple[str, ...] = ()  # the pool's ids, twice: any rotation is one slice
 
     def select(self, request: RequestInfo, snapshot: Snapshot) -> Decision:
         pool = snapshot.eligible(None)
         if not pool:
             return self.no_backend(snapshot)
-        i = self._cursor % len(pool)
+        if pool is not self._pool:
+            self._pool = pool
+            self._ids2 = tuple(b.id for b in pool) * 2
+        n = len(pool)
+        i = self._cursor % n
         self._cursor = i + 1
-        return ranked(pool[i:] + pool[:i])
+        return Dispatch(self._ids2[i : i + n])
 
 
 class Random(BasePolicy):

@@ -132,6 +132,7 @@ class Tracker:
         self.requests: dict[int, Resident] = {}
         self.queued: dict[str, int] = {}
         self._listeners: list[OutcomeListener] = []
+        self._watchers: list[set[str]] = []
         self._eligible: dict[str | None, tuple[Backend, ...]] = {}
         self._eligible_key: tuple[int, int] = (-1, -1)
         self.backends = backends
@@ -148,6 +149,15 @@ class Tracker:
 
     def add_listener(self, fn: OutcomeListener) -> None:
         self._listeners.append(fn)
+
+    def watch(self) -> set[str]:
+        """A new set into which the tracker adds, from now on, the id of every backend
+        whose ``running``, ``peak_kv`` or ``prefill_tokens`` changed — the inputs of load
+        keys a policy caches per server (see :mod:`slorouter.policy.binindex`). The caller
+        reads and clears it; it never holds more than the fleet's ids."""
+        s: set[str] = set()
+        self._watchers.append(s)
+        return s
 
     def set_models(self, latency: LatencyView, lengths: LengthView) -> None:
         self.latency = latency
@@ -179,6 +189,7 @@ class Tracker:
             lengths=self.lengths,
             queued=self.queued,
             eligible=self.eligible,
+            watch=self.watch,
         )
 
     def in_flight(self) -> int:
@@ -235,6 +246,8 @@ class Tracker:
             r.first_token_at = now
             load.prefilling -= 1
             load.prefill_tokens -= r.prompt_tokens
+            for w in self._watchers:
+                w.add(r.backend)
         elif len(r.samples) < _MAX_SAMPLES and r.last_token_at is not None:
             sample = (
                 (now - r.last_token_at) / n,
@@ -264,6 +277,8 @@ class Tracker:
                 load.peak_kv += d
                 if r.first_token_at is None:
                     load.prefill_tokens += d
+                for w in self._watchers:
+                    w.add(load.backend_id)
         if completion_tokens is not None and completion_tokens >= 0 and completion_tokens != r.output_tokens:
             if load is None:
                 r.output_tokens = completion_tokens
@@ -317,6 +332,8 @@ class Tracker:
             load.prefill_tokens += r.prompt_tokens
         tier = r.req.tier.name
         load.tier_counts[tier] = load.tier_counts.get(tier, 0) + 1
+        for w in self._watchers:
+            w.add(backend_id)
 
     def _detach(self, r: Resident) -> None:
         assert r.backend is not None
@@ -332,6 +349,8 @@ class Tracker:
         load.tier_counts[tier] -= 1
         if not load.tier_counts[tier]:
             del load.tier_counts[tier]
+        for w in self._watchers:
+            w.add(r.backend)
         if not load.residents and r.backend not in self.backends:
             del self.loads[r.backend]
 
@@ -347,4 +366,8 @@ class Tracker:
                 r.output_tokens,
                 self.lengths.bound(r.req.tier.name, r.output_tokens, r.req.max_tokens),
             )
-        load.peak_kv += max(r.bound, r.output_tokens) - before
+        grown = max(r.bound, r.output_tokens) - before
+        if grown:
+            load.peak_kv += grown
+            for w in self._watchers:
+                w.add(load.backend_id)
