@@ -321,7 +321,6 @@ class PolyServe(BasePolicy):
             need = Need(request, now, True, self.fp.kv_estimate)
             chosen = self._scan(need, bins, order, snapshot)
             if chosen:
-                self._dirty.add(chosen[0])
                 return Dispatch(tuple(chosen), "best effort: its TPOT is below every server's idle step")
         if late:
             # An idle server slows no one down: a late request must not wait for a fit
