@@ -23,7 +23,9 @@ Sections:
   single-stream TTFT) on server 1 and ``loose`` (TPOT 4 x, TTFT 10 x) on server 2; the
   single-stream step is vLLM's own ITL at level 1 in ``model-defaults`` and the TTFT the
   router's (the faster server of the two); the same closed-loop
-  users (3 tight, 33 loose, 96 output tokens) for ``--seconds`` through ``round-robin``
+  users (``--users``, by default chosen from vLLM's measured ITL curve: as many tight
+  users as one server holds well within the tight TPOT, as many loose ones as one
+  server holds within 0.75 x the loose TPOT; 96 output tokens) for ``--seconds`` through ``round-robin``
   and ``polyserve`` (both routers start from the model state ``model-defaults`` left);
   DSLO attainment per tier is the router's own (``Outcome.max_lateness_s <= 0``).
 
@@ -37,6 +39,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -336,6 +339,37 @@ def single_stream(levels: dict[str, Any]) -> tuple[float, float]:
     return min(r["vllm_itl_ms"] for r in ones) / 1e3, min(r["ttft_ms"] for r in ones) / 1e3
 
 
+def itl_curve(levels: dict[str, Any]) -> tuple[float, float]:
+    """vLLM's own mean ITL against the streams per server, ``itl(b) = a + s·b`` (seconds),
+    least squares over the levels of :func:`model_levels` (the faster server's at each
+    level: a busy machine's hiccups only ever slow a level down)."""
+    best: dict[int, float] = {}
+    for r in levels["rows"]:
+        best[r["level"]] = min(best.get(r["level"], math.inf), r["vllm_itl_ms"] / 1e3)
+    xs, ys = list(best), [best[x] for x in best]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    slope = max(0.0, sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx) if sxx else 0.0
+    return my - slope * mx, slope
+
+
+def choose_users(curve: tuple[float, float], tiers: list[dict[str, Any]]) -> dict[str, int]:
+    """Closed-loop users that make the comparison meaningful on *these* servers: as many
+    tight users as one server holds at 1.3x below the tight TPOT (at least 1, at most 4),
+    and as many loose users as one server holds at 0.75x the loose TPOT — so a policy
+    that gives each tier its own server can meet both, while one that mixes them puts
+    about half of all users on each server (at 4 / 1.5 x the single-stream step per loose
+    TPOT vs tight TPOT, far above the tight TPOT)."""
+    a, s = curve
+    tight = next(t["tpot_ms"] / 1e3 for t in tiers if t["name"] == "tight")
+    loose = next(t["tpot_ms"] / 1e3 for t in tiers if t["name"] == "loose")
+
+    def holds(limit: float) -> int:
+        return int((limit - a) / s) if s > 0 else 64
+
+    return {"tight": min(4, max(1, holds(tight / 1.3))), "loose": min(40, max(4, holds(0.75 * loose)))}
+
+
 def slo_tiers(step_s: float, ttft_s: float) -> list[dict[str, Any]]:
     """tight: TPOT 1.5 x the single-stream step, TTFT 3 x the single-stream TTFT; loose: 4 x, 10 x."""
     ms, first = 1e3 * step_s, 1e3 * ttft_s
@@ -413,12 +447,19 @@ async def compare_policies(
     seconds: float = 20.0,
     tokens: int = 96,
     policies: Sequence[str] = ("round-robin", "polyserve"),
+    curve: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
+    """``users`` per tier, or chosen from ``curve`` (:func:`itl_curve`) by :func:`choose_users`."""
     tiers = slo_tiers(step_s, ttft_s)
-    users = dict(users or {"tight": 3, "loose": 33})
+    if users is None:
+        if curve is None:
+            raise ValueError("give users or the servers' ITL curve")
+        users = choose_users(curve, tiers)
+    users = dict(users)
     out: dict[str, Any] = {
         "single_stream_step_ms": 1e3 * step_s,
         "single_stream_ttft_ms": 1e3 * ttft_s,
+        "itl_curve_ms": None if curve is None else {"a": 1e3 * curve[0], "per_stream": 1e3 * curve[1]},
         "tiers": tiers,
         "users": users,
     }
@@ -452,10 +493,13 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
     if "policies" in sections:
         step = (args.step_ms or result["single_stream_step_ms"]) / 1e3
         first = (args.ttft_ms or result["single_stream_ttft_ms"]) / 1e3
-        tight, loose = (int(x) for x in args.users.split(","))
-        users = {"tight": tight, "loose": loose}
+        users: dict[str, int] | None = None
+        if args.users != "auto":
+            tight, loose = (int(x) for x in args.users.split(","))
+            users = {"tight": tight, "loose": loose}
+        curve = itl_curve(result["model_defaults"])
         result["policies"] = [
-            await compare_policies(urls, step, first, None, state, users, seconds=args.seconds)
+            await compare_policies(urls, step, first, None, state, users, seconds=args.seconds, curve=curve)
             for _ in range(args.repeat)
         ]
     return result
@@ -523,7 +567,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--sections", default="overhead,model-defaults,model,policies")
     ap.add_argument("--repeat", type=int, default=3, help="alternations (overhead) / policy runs")
     ap.add_argument("--seconds", type=float, default=20.0, help="seconds of load per policy run")
-    ap.add_argument("--users", default="3,33", help="closed-loop users: tight,loose (default 3,33)")
+    ap.add_argument(
+        "--users",
+        default="auto",
+        help="closed-loop users: tight,loose (default auto: from the servers' measured ITL curve)",
+    )
     ap.add_argument("--step-ms", type=float, help="single-stream step for the tiers (default: measured)")
     ap.add_argument("--ttft-ms", type=float, help="single-stream TTFT for the tiers (default: measured)")
     ap.add_argument("--json", type=Path, help="also write the JSON here")

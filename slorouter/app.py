@@ -177,7 +177,7 @@ def build_app(
         control.reload = lambda: reload_config(app, cfg.source, adjust)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        session = make_session()
+        session = make_session(keepalive_s=cfg.timeouts.keepalive_s)
         forwarder = Forwarder(
             session, tracker, upstream_settings(cfg), report=monitor.report, seed=cfg.policy.seed
         )
@@ -252,6 +252,10 @@ def _extra_metrics(app: web.Application) -> list[str]:
             "# HELP slorouter_failovers_skipped_total Failovers not started: the TTFT deadline had passed.",
             "# TYPE slorouter_failovers_skipped_total counter",
             f"slorouter_failovers_skipped_total {f.budget_stops}",
+            "# HELP slorouter_upstream_resends_total Requests sent again on a fresh connection: "
+            "the engine closed an idle pooled one as the request went out.",
+            "# TYPE slorouter_upstream_resends_total counter",
+            f"slorouter_upstream_resends_total {f.resends}",
             "# HELP slorouter_slow_clients_total Streaming clients dropped for not reading.",
             "# TYPE slorouter_slow_clients_total counter",
             f"slorouter_slow_clients_total {f.slow_clients}",

@@ -58,6 +58,16 @@ class Timeouts:
     connect_s: Annotated[float, F("connect to the backend", unit="s", gt=0)] = 3.0
     first_byte_s: Annotated[float, F("from sending to the first response byte", unit="s", gt=0)] = 120.0
     idle_s: Annotated[float, F("longest silence between two streamed chunks", unit="s", gt=0)] = 60.0
+    keepalive_s: Annotated[
+        float,
+        F(
+            "how long an idle pooled connection to a backend is kept; stay below the engine's own "
+            "idle timeout (vLLM and uvicorn close at 5 s), or requests race the engine's close "
+            "(applied at start)",
+            unit="s",
+            gt=0,
+        ),
+    ] = 4.0
 
     def merged(self, o: TimeoutOverrides | None) -> Timeouts:
         if o is None:
@@ -66,6 +76,7 @@ class Timeouts:
             connect_s=o.connect_s if o.connect_s is not None else self.connect_s,
             first_byte_s=o.first_byte_s if o.first_byte_s is not None else self.first_byte_s,
             idle_s=o.idle_s if o.idle_s is not None else self.idle_s,
+            keepalive_s=self.keepalive_s,
         )
 
 

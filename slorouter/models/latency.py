@@ -37,11 +37,15 @@ How it learns:
    exponential forgetting (``half_life_s``): a backend that slows down moves its
    quantile within seconds of traffic.
 3. **Least-squares fit** of the decode part ``gap − c_prefill·running·ρ ≈ c0 +
-   c_batch·running + c_kv·kv`` on decayed normal equations plus fixed-weight
-   pseudo-observations of the prior (a ridge toward the prior); coefficients ≥ 0.
+   c_batch·running + c_kv·kv`` on decayed normal equations (a window weighs 1, or the
+   windows it stands for) plus pseudo-observations of the prior worth ``prior_weight``
+   windows in all (4: 1,024 token-steps — a ridge toward the prior that holds the
+   directions the traffic does not explore, and that seconds of traffic outweigh even on
+   a slow CPU server); coefficients ≥ 0.
    ``c_prefill`` is not identifiable from gaps and stays the prior's.
 4. **Quantile ratio** ``ratio_q``: the *q*-quantile of ``gap / pace`` (a digest),
-   blended with the prior's ratio (1, or p90/mean of a profile's points) by support.
+   blended with the prior's ratio (1, or p90/mean of a profile's points), the prior
+   again worth ``prior_weight`` windows.
 
 Prediction at a load: ``ratio_q · pace``, blended with the bucket's quantile (shifted
 along the fit from the bucket's mean load to the query load) by weight
@@ -49,7 +53,7 @@ along the fit from the bucket's mean load to the query load) by weight
 
 Cost: a backend learns from at most ``max_batches_per_s`` outcomes a second (ρ from
 all), one ``batch_update`` per touched bucket, a 3×3 refit every ``refit_every``
-batches. Everything is O(1) in the number of requests.
+batches or ``refit_interval_s``, whichever comes first. Everything is O(1) in the number of requests.
 """
 
 from __future__ import annotations
@@ -61,7 +65,7 @@ from typing import Any
 
 from slorouter.clock import Clock
 from slorouter.models.digest import DecayingDigest
-from slorouter.models.latency_fit import KV_SCALE, add_sums, fit, prior_points
+from slorouter.models.latency_fit import KV_SCALE, add_sums, fit, ridge
 from slorouter.models.profile import StepProfile
 from slorouter.models.static import EngineLimits, LinearStep
 from slorouter.values import Outcome
@@ -78,8 +82,12 @@ class LatencySettings:
     samples_per_outcome: int = 16  # windows used per outcome
     window_tokens: int = 256
     max_batches_per_s: float = 5.0  # per backend; 0 = learn from every outcome
-    refit_every: int = 8  # outcomes (per backend) between least-squares refits
-    prior_weight: float = 64.0  # pseudo-observations of the prior in the fit
+    refit_every: int = 8  # outcomes (per backend) between least-squares refits ...
+    refit_interval_s: float = 1.0  # ... or this long since the last one, if sooner
+    prior_weight: float = 4.0  # the prior quantile ratio's worth in windows
+    prior_spread: float = 0.5  # a measured profile's coefficients: right within ±50 % (1 sd)
+    default_spread: float = 10.0  # the engine defaults' coefficients: a guess within 10x
+    noise: float = 0.1  # sd of a window's pace, relative to the mean pace observed
     max_centroids: int = 100
 
     def __post_init__(self) -> None:
@@ -129,13 +137,14 @@ class _State:
         "pool",
         "prior",
         "prior_ratio",
-        "prior_sums",
         "ratio",
         "ratio_q",
+        "refit_at",
         "rho",
         "source",
         "stamp",
         "sums",
+        "window_batches",
     )
 
     def __init__(
@@ -152,13 +161,13 @@ class _State:
         self.buckets: dict[int, _Bucket] = {}
         self.ratio: DecayingDigest | None = None
         self.sums = [0.0] * 9  # decayed: XtX (6 upper entries) + Xty (3)
-        self.prior_sums = [0.0] * 9
         self.stamp = now
         self.n_outcomes = 0
         self.observations = 0
         self.next_batch_at = -math.inf
+        self.refit_at = -math.inf
+        self.window_batches = 0
         self.pool = [0.0, 0.0, 0.0, 0.0]  # Σgap·n, Σrunning·n, Σkv·n, n of short responses
-        add_sums(self.prior_sums, prior_points(prior, limits))
 
 
 def _mean(win: Sequence[Sample]) -> tuple[float, float, float]:
@@ -311,28 +320,31 @@ class OnlineLatency:
     def observe(self, backend_id: str, samples: Sequence[Sample]) -> None:
         """Learn from consecutive ``(gap_s, running, kv_tokens)`` samples of one backend.
 
-        Windows of ``window_tokens`` tokens: a long response gives its own (at most
-        ``samples_per_outcome`` of them, evenly spread); shorter ones are pooled with
-        the backend's other recent responses until a window is full — so a window is
-        always the pace over ``window_tokens`` token-steps, whatever the lengths.
-        At most ``max_batches_per_s`` windows-batches a second per backend are used."""
-        cfg = self.settings
-        now = self.clock.now()
-        st = self._state(backend_id)
+        The fit learns from every response at once: its mean pace and load (a long one:
+        its ``window_tokens`` windows, at most ``samples_per_outcome`` of them evenly
+        spread), each point worth its tokens in windows — so a slow server's few
+        short responses count as soon as they end. The digests take windows of
+        ``window_tokens`` token-steps: a long response gives its own, shorter ones are
+        pooled with the backend's other recent responses until a window is full — a
+        digest's window is always the pace over ``window_tokens`` token-steps, whatever
+        the lengths; at most ``max_batches_per_s`` window batches a second per backend."""
         m = len(samples)
         if m == 0:
             return
+        cfg = self.settings
+        now = self.clock.now()
+        st = self._state(backend_id)
         W = cfg.window_tokens
         wins: list[tuple[float, float, float]] = []
         if m >= W:
-            if cfg.max_batches_per_s > 0 and now < st.next_batch_at:
-                return
             nwin = m // W
             stride = max(1, -(-nwin // cfg.samples_per_outcome))
             for k in range(0, nwin, stride):
                 wins.append(_mean(samples[k * W : (k + 1) * W]))
+            fit_pts = [(float(stride), r, kv, gap) for gap, r, kv in wins]
         else:
             g, r, kv = _mean(samples)
+            fit_pts = [(m / W, r, kv, g)]
             pool = st.pool
             pool[0] += g * m
             pool[1] += r * m
@@ -342,17 +354,33 @@ class OnlineLatency:
                 n = pool[3]
                 wins.append((pool[0] / n, pool[1] / n, pool[2] / n))
                 st.pool = [0.0, 0.0, 0.0, 0.0]
-        if not wins:
-            return
-        if cfg.max_batches_per_s > 0:
-            if now < st.next_batch_at:
-                return
-            st.next_batch_at = now + 1.0 / cfg.max_batches_per_s
-        groups: dict[int, tuple[list[float], list[float]]] = {}
-        pts: list[tuple[float, float, float, float]] = []
-        ratios: list[float] = []
         coef, rho = st.coef, st.rho
         cpr = coef.c_prefill_s * rho
+        pts = [(w, r, kv, gap - cpr * r) for w, r, kv, gap in fit_pts if 0.0 < gap < 60.0 and r >= 1]
+        if pts:
+            f = 0.5 ** ((now - st.stamp) / cfg.half_life_s)
+            st.stamp = now
+            st.sums = [v * f for v in st.sums]
+            add_sums(st.sums, pts)
+            st.observations += len(pts)
+        if wins and (cfg.max_batches_per_s <= 0 or now >= st.next_batch_at):
+            if cfg.max_batches_per_s > 0:
+                st.next_batch_at = now + 1.0 / cfg.max_batches_per_s
+            st.window_batches += 1
+            self._add_windows(st, wins, now)
+        if not pts:
+            return
+        st.n_outcomes += 1
+        if st.n_outcomes % cfg.refit_every == 1 or cfg.refit_every == 1 or now >= st.refit_at:
+            self._refit(st, now)
+
+    def _add_windows(self, st: _State, wins: list[tuple[float, float, float]], now: float) -> None:
+        """Windows into the load buckets' digests and the quantile-ratio digest."""
+        cfg = self.settings
+        groups: dict[int, tuple[list[float], list[float]]] = {}
+        ratios: list[float] = []
+        coef = st.coef
+        cpr = coef.c_prefill_s * st.rho
         for gap, r, kv in wins:
             if not 0.0 < gap < 60.0 or r < 1:
                 continue
@@ -363,28 +391,18 @@ class OnlineLatency:
             grp[0].append(gap)
             grp[1][0] += r
             grp[1][1] += kv
-            pts.append((1.0, r, kv, gap - cpr * r))
             pace = coef.c0_s + (coef.c_batch_s + cpr) * r + coef.c_kv_s * kv
             if pace > 0:
                 ratios.append(gap / pace)
-        if not pts:
-            return
         for key, (gaps, (sb, skv)) in groups.items():
             bk = st.buckets.get(key)
             if bk is None:
                 bk = st.buckets[key] = _Bucket(self._digest(now), now)
             bk.add(gaps, sb, skv, now, cfg.half_life_s)
-        if st.ratio is None:
-            st.ratio = self._digest(now)
-        st.ratio.add(ratios, now)
-        f = 0.5 ** ((now - st.stamp) / cfg.half_life_s)
-        st.stamp = now
-        st.sums = [v * f for v in st.sums]
-        add_sums(st.sums, pts)
-        st.observations += len(pts)
-        st.n_outcomes += 1
-        if st.n_outcomes % cfg.refit_every == 1 or cfg.refit_every == 1:
-            self._refit(st, now)
+        if ratios:
+            if st.ratio is None:
+                st.ratio = self._digest(now)
+            st.ratio.add(ratios, now)
 
     def _digest(self, now: float) -> DecayingDigest:
         c = self.settings
@@ -392,18 +410,18 @@ class OnlineLatency:
 
     def _refit(self, st: _State, now: float) -> None:
         cfg = self.settings
-        w = cfg.prior_weight / max(1.0, st.prior_sums[0])
-        total = [s + w * p for s, p in zip(st.sums, st.prior_sums, strict=True)]
-        sol = fit(total)
+        spread = cfg.default_spread if st.source == "default" else cfg.prior_spread
+        sol = fit(ridge(st.sums, st.prior, spread, cfg.noise))
         if sol is not None:
             st.coef = LinearStep(sol[0], sol[1], sol[2] * KV_SCALE, st.prior.c_prefill_s)
         if st.ratio is not None:
             m = st.ratio.mass(now)
             r = st.ratio.quantile(cfg.quantile)
             if m > 0 and not math.isnan(r):
-                k = cfg.min_support
+                k = cfg.prior_weight
                 st.ratio_q = max(0.5, (m * r + k * st.prior_ratio) / (m + k))
         st.lin = _pace(st.coef, st.rho, st.ratio_q)
+        st.refit_at = now + cfg.refit_interval_s
 
     def refit(self, backend_id: str) -> None:
         """Refit one backend now (normally done every ``refit_every`` batches)."""
@@ -417,6 +435,7 @@ class OnlineLatency:
             "source": st.source,
             "observations": st.observations,
             "batches": st.n_outcomes,
+            "window_batches": st.window_batches,
             "buckets": len(st.buckets),
             "quantile": self.settings.quantile,
             "ratio_q": st.ratio_q,

@@ -1,4 +1,4 @@
-"""The least-squares part of the latency model: pseudo-observations of the prior and a
+"""The least-squares part of the latency model: a Gaussian prior on the coefficients and a
 non-negative fit of ``step ≈ c0 + c_batch·batch + c_kv·kv`` on (decayed) normal
 equations. Tiny systems (3×3), solved by hand: no numpy on the decision path."""
 
@@ -6,22 +6,32 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from slorouter.models.static import EngineLimits, LinearStep
+from slorouter.models.static import LinearStep
 
 KV_SCALE = 1e-3  # the fit works on kv/1000 for conditioning
 
 
-def prior_points(prior: LinearStep, limits: EngineLimits) -> list[tuple[float, float, float, float]]:
-    """Pseudo-observations (weight, batch, kv, step) of the prior over a load grid."""
-    pts: list[tuple[float, float, float, float]] = []
-    top = max(1, limits.max_num_seqs)
-    for b in sorted({1, 4, 16, 64, max(1, top // 2), top}):
-        if b > top:
-            continue
-        for per in (256, 1024, 4096):
-            kv = min(limits.kv_capacity_tokens, b * per)
-            pts.append((1.0, float(b), float(kv), prior.at(b, kv)))
-    return pts
+_FLOOR = LinearStep()  # engine defaults: the scale of a coefficient the prior says is 0
+
+
+def ridge(sums: list[float], prior: LinearStep, spread: float, noise: float) -> list[float]:
+    """The data's normal equations plus a Gaussian prior on the coefficients: each one is
+    the prior's within ``spread`` (relative, one sd; floored at a tenth of the engine
+    default's coefficient, so a prior 0 can still be learned), against windows whose pace
+    has a relative sd ``noise`` — the MAP estimate of the fit. A prior in coefficient
+    space, not pseudo-observations on a load grid: points at loads the server never runs
+    (256 sequences on a CPU engine) would pull the fit where the data is."""
+    n = sums[0]
+    ybar = sums[6] / n if n > 0 else prior.at(1, 0)
+    var_n = (noise * max(ybar, 1e-6)) ** 2
+    p = (prior.c0_s, prior.c_batch_s, prior.c_kv_s / KV_SCALE)
+    floor = (_FLOOR.c0_s / 10, _FLOOR.c_batch_s / 10, _FLOOR.c_kv_s / KV_SCALE / 10)
+    lam = [var_n / (spread * max(pj, fj)) ** 2 for pj, fj in zip(p, floor, strict=True)]
+    out = list(sums)
+    for j, d in enumerate((0, 3, 5)):  # the diagonal of XᵀX
+        out[d] += lam[j]
+        out[6 + j] += lam[j] * p[j]
+    return out
 
 
 def add_sums(s: list[float], pts: Iterable[tuple[float, float, float, float]]) -> None:

@@ -69,7 +69,8 @@ class Need:
         slo = req.tier.slo
         self.p = req.prompt_tokens
         self.b = max(1, req.output_bound)
-        self.tpot = slo.tpot_s if slo.tpot_s is not None else INF
+        # a late request is best effort: only the residents' TPOT binds
+        self.tpot = slo.tpot_s if slo.tpot_s is not None and not late else INF
         self.ttft_left = req.ttft_deadline - now
         dl = req.deadline_at
         if dl is None and slo.deadline_s is not None:
@@ -217,6 +218,31 @@ def read_params(p: Params, ctx: PolicyContext) -> tuple[str, FeasibilityParams]:
         catchup_tokens=p.number("catchup_tokens", 64.0, lo=1.0),
     )
     return placement, fp
+
+
+def hopeless(
+    req: RequestInfo, ids: Iterable[str], lat: LatencyView, fp: FeasibilityParams, relax: float
+) -> bool:
+    """Whether ``req``'s TPOT is below the predicted step of every one of ``ids`` even with
+    the request alone on it (× ``relax``): waiting for capacity cannot make it feasible,
+    so it should be served best effort now rather than held until its TTFT deadline.
+    O(1) when a server can meet it (the scan stops at the first)."""
+    tpot = req.tier.slo.tpot_s
+    if tpot is None:
+        return False
+    limit = fp.headroom * relax * tpot
+    kv = req.prompt_tokens + max(1, req.output_bound)
+    for bid in ids:
+        lin = lat.linear(bid)
+        if (
+            lin.c0_s
+            + lin.c_batch_s
+            + lin.c_kv_s * kv
+            + lin.c_prefill_s * req.prompt_tokens / fp.catchup_tokens
+            <= limit
+        ):
+            return False
+    return True
 
 
 def idle_server(ids: Iterable[str], loads: Mapping[str, BackendLoad]) -> str | None:

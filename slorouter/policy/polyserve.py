@@ -16,7 +16,9 @@
 * **Nothing feasible** → first, for a request with an SLO, the same scan with every
   threshold × ``relax`` (default 1.15: the predictions are a conservative quantile, and
   waiting in the queue costs TTFT — a nearly-feasible server now beats a feasible one
-  too late); then :class:`Defer` (the router queue orders by slack and retries on
+  too late); if its TPOT is below every candidate server's predicted step *alone*
+  (× ``relax``), waiting cannot help: it is served best effort at once, as a late
+  request is; else :class:`Defer` (the router queue orders by slack and retries on
   completions), with ``retry_at`` = the moment its TTFT can no longer be met even on an
   idle server. Once that moment has passed the request is *late*: ``Reject(429,
   Retry-After)`` if its tier says ``reject_when_late``, else it is served best effort —
@@ -47,6 +49,7 @@ from slorouter.policy.feasibility import (
     Need,
     assess,
     earliest_first_token,
+    hopeless,
     idle_server,
     prefer_fitting,
     read_params,
@@ -261,6 +264,16 @@ class PolyServe(BasePolicy):
             if chosen:
                 self._dirty.add(chosen[0])
                 return Dispatch(tuple(chosen), "relaxed")
+        if not late and hopeless(
+            request, (b for i in order for b in bins.bins[i]), snapshot.latency, self.fp, self.relax
+        ):
+            # no server meets its TPOT even alone: waiting for capacity cannot help
+            late = True
+            need = Need(request, now, True, self.fp.kv_estimate)
+            chosen = self._scan(need, bins, order, snapshot)
+            if chosen:
+                self._dirty.add(chosen[0])
+                return Dispatch(tuple(chosen), "best effort: its TPOT is below every server's idle step")
         if late:
             # An idle server slows no one down: a late request must not wait for a fit
             # the latency model may never predict (e.g. its TPOT below the idle step).

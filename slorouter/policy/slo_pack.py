@@ -15,7 +15,7 @@ whole server at the 20 ms batch), and loose work spreads everywhere.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from slorouter.policy.base import BasePolicy, Params, PolicyContext
@@ -24,12 +24,14 @@ from slorouter.policy.feasibility import (
     FeasibilityParams,
     Need,
     assess,
+    hopeless,
     idle_server,
     prefer_fitting,
     read_params,
     tightest_tpot,
 )
 from slorouter.policy.polyserve import late_at
+from slorouter.state.backends import Backend
 from slorouter.state.snapshot import Snapshot
 from slorouter.values import Decision, Defer, Dispatch, Reject, RequestInfo
 
@@ -58,6 +60,26 @@ class SloPack(BasePolicy):
         if late and request.tier.reject_when_late:
             return Reject(429, "the TTFT deadline can no longer be met", retry_after_s=1.0)
         need = Need(request, snapshot.now, late, self.fp.kv_estimate)
+        ranked = self._rank(need, pool, snapshot)
+        if (
+            not ranked
+            and not late
+            and hopeless(request, (b.id for b in pool), snapshot.latency, self.fp, 1.0)
+        ):
+            # no server meets its TPOT even alone: waiting for capacity cannot help
+            late = True
+            ranked = self._rank(Need(request, snapshot.now, True, self.fp.kv_estimate), pool, snapshot)
+        if ranked:
+            return Dispatch(tuple(ranked[: 1 + self.fallbacks]), "late, best effort" if late else "feasible")
+        if late:
+            idle = idle_server((b.id for b in pool), snapshot.loads)
+            if idle is not None:
+                return Dispatch((idle,), "late, best effort on an idle server")
+            return Defer("late: waiting for a server it does not slow down")
+        return Defer("no feasible server", retry_at=at)
+
+    def _rank(self, need: Need, pool: Sequence[Backend], snapshot: Snapshot) -> list[str]:
+        """Feasible servers of ``pool``, most (pack) or least (spread) loaded first."""
         loads, lat, fp = snapshot.loads, snapshot.latency, self.fp
         found: list[tuple[float, str]] = []
         for b in pool:
@@ -70,18 +92,11 @@ class SloPack(BasePolicy):
             t = min(tau, need.tpot)
             util = s / t if t < INF else (len(load.residents) + 1) / lim.max_num_seqs
             found.append((-util if self.pack else util, b.id))
-        if found:
-            found.sort()
-            ranked = [x for _, x in found]
-            if fp.interference_checks and len(ranked) > 1:
-                ranked = prefer_fitting(ranked, need, loads, lat, snapshot.now, fp.interference_checks)
-            return Dispatch(tuple(ranked[: 1 + self.fallbacks]), "late, best effort" if late else "feasible")
-        if late:
-            idle = idle_server((b.id for b in pool), loads)
-            if idle is not None:
-                return Dispatch((idle,), "late, best effort on an idle server")
-            return Defer("late: waiting for a server it does not slow down")
-        return Defer("no feasible server", retry_at=at)
+        found.sort()
+        ranked = [x for _, x in found]
+        if fp.interference_checks and len(ranked) > 1:
+            ranked = prefer_fitting(ranked, need, loads, lat, snapshot.now, fp.interference_checks)
+        return ranked
 
 
 def make_slo_pack(params: Mapping[str, Any], ctx: PolicyContext) -> SloPack:

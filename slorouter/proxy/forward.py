@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import aiohttp
 import orjson
 from aiohttp import web
+from multidict import CIMultiDict
 
 from slorouter.proxy.engines import Prepared
 from slorouter.proxy.errors import error_response, sse_error_event
@@ -101,6 +102,7 @@ class Forwarder:
         self._rng = random.Random(seed)
         self._api_keys = api_keys or {}
         self.retries = 0  # attempts beyond the first, over the process lifetime
+        self.resends = 0  # re-sends on a fresh connection after a pooled one was closed
         self.budget_stops = 0  # failovers not started because the TTFT budget was spent
         self.slow_clients = 0  # clients dropped for not reading their stream
 
@@ -162,12 +164,7 @@ class Forwarder:
             first = b""
             try:
                 async with asyncio.timeout(to.first_byte_s):
-                    up = await self.session.post(
-                        backend.url + path,
-                        data=prep.body,
-                        headers=headers,
-                        timeout=aiohttp.ClientTimeout(total=None, sock_connect=to.connect_s),
-                    )
+                    up = await self._post(backend.url + path, prep.body, headers, to.connect_s)
                     if up.status >= 500 or up.status == 429:
                         over = up.status == 429
                         self._report(
@@ -197,6 +194,19 @@ class Forwarder:
                 return await self._stream(request, info, backend, up, prep, first, attempts, to)
             return await self._whole(info, backend, up, attempts)
         return await self._failed(last_failure, last_reason, attempts)
+
+    async def _post(
+        self, url: str, body: bytes, headers: CIMultiDict[str], connect_s: float
+    ) -> aiohttp.ClientResponse:
+        """POST, sent a second time on a fresh connection if the engine closed the pooled
+        one before answering (its idle timeout raced our send: the engine never read the
+        request). That is not a backend failure, so it is neither reported nor counted."""
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_s)
+        try:
+            return await self.session.post(url, data=body, headers=headers, timeout=timeout)
+        except aiohttp.ServerDisconnectedError:
+            self.resends += 1
+            return await self.session.post(url, data=body, headers=headers, timeout=timeout)
 
     async def _failed(self, last: aiohttp.ClientResponse | None, reason: str, attempts: int) -> Result:
         if last is not None:  # every backend failed; the last one's answer goes back as it is

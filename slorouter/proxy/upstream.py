@@ -85,10 +85,15 @@ def downstream_headers(engine_headers: Iterable[tuple[str, str]]) -> CIMultiDict
     return _filtered(engine_headers, _NOT_FORWARDED_DOWN)
 
 
-def make_session(limit: int = 0) -> aiohttp.ClientSession:
+def make_session(limit: int = 0, keepalive_s: float = 4.0) -> aiohttp.ClientSession:
     """One session for every engine; ``limit=0``: no cap on pooled connections
-    (engines do their own admission; a cap here would queue invisibly)."""
-    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=300)
+    (engines do their own admission; a cap here would queue invisibly). Idle pooled
+    connections are closed after ``keepalive_s``: below the engine's own idle timeout
+    (vLLM's uvicorn closes at 5 s), so the router does not send on a connection the
+    engine is closing."""
+    connector = aiohttp.TCPConnector(
+        limit=limit, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=keepalive_s
+    )
     return aiohttp.ClientSession(
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=None),

@@ -1,13 +1,12 @@
 """The router's latency model and policies on two real vLLM servers.
 
 * Load levels 1, 4, 8 per server driven through the router: its online model of each server
-  (from the engine defaults, learning from the traffic it routes) should predict vLLM's own
-  mean inter-token latency over each level within 25 %, rising with the batch. It does not
-  yet (marked xfail, strict): the model moves only a little from its GPU-sized prior in a
-  CI-sized run — see "The router's latency model against vLLM" in docs/real-vllm.md.
+  (from the engine defaults, learning from the traffic it routes) predicts vLLM's own
+  mean inter-token latency over each level within 25 %, rising with the batch.
 * Two tiers (tight TPOT = 1.5 x the single-stream step and TTFT = 3 x the single-stream
-  TTFT, loose = 4 x and 10 x), one server per tier,
-  the same closed-loop users through ``round-robin`` and ``polyserve`` (both starting from
+  TTFT, loose = 4 x and 10 x), one server per tier, the same closed-loop users (as many
+  as one server per tier can serve, from vLLM's measured ITL curve: see
+  ``choose_users``) through ``round-robin`` and ``polyserve`` (both starting from
   the model state the levels left): polyserve gives the tight tier a higher DSLO attainment
   (the router's own measurement, ``max_lateness_s <= 0``).
 
@@ -82,11 +81,6 @@ def test_load_levels_through_the_router(learned: Learned) -> None:
         assert mine[0]["batch"] <= 1.5 and 3 <= mine[1]["batch"] <= 4.5 and mine[2]["batch"] >= 6, mine
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the online latency model learns too slowly from the engine defaults on a ~50-300 tok/s "
-    "server (256-token windows, prior worth 64 windows, 30 s half-life): see docs/real-vllm.md",
-)
 def test_the_routers_model_of_each_server_follows_vllms_own_itl(learned: Learned) -> None:
     rows = learned.levels["rows"]
     for b in ("e0", "e1"):
@@ -102,11 +96,13 @@ async def test_polyserve_gives_the_tight_tier_higher_attainment_than_round_robin
 ) -> None:
     bench = bench_module()
     step_s, ttft_s = bench.single_stream(learned.levels)
+    curve = bench.itl_curve(learned.levels)
     res: dict[str, Any] = await bench.compare_policies(
-        vllm_servers.urls, step_s, ttft_s, None, learned.state, seconds=20.0
+        vllm_servers.urls, step_s, ttft_s, None, learned.state, seconds=20.0, curve=curve
     )
     print(
         f"\nsingle stream: step {res['single_stream_step_ms']:.1f} ms, TTFT {res['single_stream_ttft_ms']:.0f} ms;"
+        f" vLLM ITL {res['itl_curve_ms']['a']:.1f} + {res['itl_curve_ms']['per_stream']:.2f} ms per stream;"
         f" tiers {res['tiers']}; users {res['users']}"
     )
     print(

@@ -140,13 +140,15 @@ def test_short_responses_are_pooled_into_windows() -> None:
     assert bk.digest.quantile(0.5) == pytest.approx(0.020)
 
 
-def test_learning_rate_is_bounded_per_backend() -> None:
+def test_digest_updates_are_bounded_per_backend_the_fit_takes_every_response() -> None:
     clock = ManualClock()
     m = OnlineLatency(clock, TRUE, LIMITS, settings=LatencySettings(max_batches_per_s=2.0))
     for _ in range(100):  # 100 windows within one second
         clock.advance(0.01)
         m.observe("b0", [(0.02, 10, 10_000)] * 256)
-    assert m.describe("b0")["batches"] == 2
+    d = m.describe("b0")
+    assert d["window_batches"] == 2  # digest updates: the costly part
+    assert d["batches"] == 100  # the fit: a few additions per response
 
 
 def test_build_from_profiles() -> None:
@@ -181,3 +183,44 @@ def test_prefill_time_counts_chunks() -> None:
 def test_bad_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="quantile"):
         LatencySettings(quantile=1.5)
+
+
+def test_learns_a_slow_cpu_engine_from_the_engine_defaults_within_seconds() -> None:
+    """The setting of the real-vLLM test: a 35M model on one CPU core (step ≈ 19 ms +
+    2 ms per running sequence, 50-300 tokens/s), the router with the default settings
+    and GPU-sized engine defaults as prior, 64-token responses at 1, 4 and 8 streams for
+    6 s each. The decode fit must follow the engine at every level it saw (the prior is
+    worth a few windows, not minutes of a slow server's traffic)."""
+    clock = ManualClock()
+    rng = random.Random(5)
+    cpu = LinearStep(0.019, 0.002, 0.0, 0.0)
+    m = OnlineLatency(clock)  # engine defaults, default settings
+    levels = (1, 4, 8)
+    for level in levels:
+        t_end = clock.now() + 6.0
+        while clock.now() < t_end:
+            # ``level`` streams of 64 tokens: one finishes every 64 * step / level seconds
+            kv = level * 300
+            step = cpu.at(level, kv)
+            clock.advance(64 * step / level)
+            gaps = [(step * (0.9 + 0.2 * rng.random()), level, kv) for _ in range(64)]
+            m.observe_outcome(_outcome(gaps))
+    ratio = m.describe("b0")["ratio_q"]
+    for level in levels:
+        mean = m.linear("b0").at(level, level * 300) / ratio
+        assert mean == pytest.approx(cpu.at(level, level * 300), rel=0.15), level
+    assert m.linear("b0").at(8, 2400) > 1.3 * m.linear("b0").at(1, 300)  # rises with the batch
+
+
+def _outcome(samples: list[tuple[float, int, int]]) -> Outcome:
+    return Outcome(
+        rid=1,
+        tier="t",
+        backend="b0",
+        status=Status.OK,
+        arrival=0.0,
+        finished_at=0.0,
+        prompt_tokens=0,
+        output_tokens=len(samples),
+        step_samples=tuple(samples),
+    )

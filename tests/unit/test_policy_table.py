@@ -171,6 +171,31 @@ def test_nothing_feasible_waits_until_the_ttft_can_no_longer_be_met() -> None:
 
 
 @pytest.mark.parametrize(
+    ("kind", "bins", "loads", "want"),
+    [
+        # servers whose idle step (25.1 ms) is above the t20 tier's TPOT: a t20 request
+        # cannot become feasible by waiting, so it is served at once, best effort, where
+        # it breaks no resident's TPOT (before its TTFT deadline has passed) ...
+        ("polyserve", {"a": "t20", "b": "t20"}, {"a": 3, "b": 0}, "b"),  # the idle one
+        ("slo-pack", {"a": "t30", "b": "t50"}, {"a": 10, "b": 10}, "b"),  # 26.1 ms < 30, 50
+        # ... or waits where every server would break a resident's TPOT
+        ("polyserve", {"a": "t20"}, {"a": 3}, "Defer"),
+        ("slo-pack", {"a": "t30"}, {"a": 60}, "Defer"),  # 31.1 ms > 30
+    ],
+)
+def test_a_tpot_no_idle_server_meets_is_served_best_effort_at_once(
+    kind: str, bins: dict[str, str], loads: dict[str, int], want: str
+) -> None:
+    f = Fleet(bins, loads, step=LinearStep(c0_s=0.025, c_batch_s=1e-4, c_kv_s=0.0, c_prefill_s=0.0))
+    d = build(kind).select(request(T20), f.snap())
+    if want == "Defer":
+        assert isinstance(d, Defer), d
+    else:
+        assert isinstance(d, Dispatch) and d.backends[0] == want, d
+        assert "best effort" in d.reason
+
+
+@pytest.mark.parametrize(
     ("late_429", "load", "want"),
     [(True, 100, Reject), (True, 0, Reject), (False, 100, Defer), (False, 0, Dispatch)],
 )
