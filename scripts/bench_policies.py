@@ -8,7 +8,8 @@ Writes ``{"scenarios": {NAME: {"fluid_bound_rps_per_server": x, "best_baseline":
 "polyserve_vs_best_baseline": r, "polyserve_vs_bound": b, "policies": {kind:
 {"goodput_rps_per_server": g, ...}}, ...}}}`` and prints, per scenario, a table of every
 policy and the two ratios. ``polyserve:pack`` is polyserve with ``placement: pack`` (what
-an autoscaled fleet runs; its cost is the busy-server column);
+an autoscaled fleet runs; its cost is the busy-server column); ``polyserve:static-bins`` is
+polyserve with ``rebalance: false`` (bins fixed as configured);
 ``static-partition:by-share`` splits the servers by request share instead of by the
 fluid model's cost (``static-partition`` proper gets the cost-optimal split). The best
 baseline is the best of every non-polyserve entry.
@@ -39,6 +40,8 @@ from slorouter.sim.scenario import Scenario, load_scenario
 SCENARIOS = ("polyserve-conv", "polyserve-code", "chat-batch")
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "polyserve:pack": ("polyserve", {"placement": "pack"}),
+    # polyserve with its bins fixed as configured (no re-assignment as load shifts)
+    "polyserve:static-bins": ("polyserve", {"rebalance": False}),
     # the same policy on a fleet split by request share instead of by fluid cost: how a
     # user would size separate deployments without the fluid model
     "static-partition:by-share": ("static-partition", {}),

@@ -30,7 +30,8 @@ Params: ``placement`` (pack|spread|auto), ``kv_estimate`` (peak|current), ``head
 ``catchup_tokens`` (default 64), ``overflow`` (default true), ``overflow_headroom``
 (share of a tighter host's TPOT budget that overflow may use, default 0.85 — the rest
 stays for the host bin's own tier), ``relax`` (default 1.15), ``fallbacks`` (extra ranked
-servers for failover, default 2).
+servers for failover, default 2), ``rebalance`` (default true: servers move between bins
+as load shifts, :mod:`slorouter.policy.rebalance`), ``rebalance_hold_s`` (default 10).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ from slorouter.policy.feasibility import (
     read_params,
     tightest_tpot,
 )
+from slorouter.policy.rebalance import BinMoves, RebalanceParams
 from slorouter.state.backends import BackendSet
 from slorouter.state.snapshot import Snapshot
 from slorouter.state.tracker import BackendLoad
@@ -81,13 +83,22 @@ def tier_tightness(t: Tier | None) -> float:
 class _Bins:
     """Healthy backends grouped by the tightness of their tier, tight first."""
 
-    __slots__ = ("bins", "taus", "tpot_by_tier")
+    __slots__ = ("bins", "taus", "tiers_of", "tpot_by_tier")
 
-    def __init__(self, backends: BackendSet, healthy: frozenset[str]) -> None:
+    def __init__(
+        self, backends: BackendSet, healthy: frozenset[str], moved: Mapping[str, float] | None = None
+    ) -> None:
         groups: dict[float, list[str]] = {}
+        moved = moved or {}
         for b in backends.backends:
             if b.id in healthy:
-                groups.setdefault(tier_tightness(backends.tier_by_name.get(b.tier)), []).append(b.id)
+                tau = moved.get(b.id)
+                if tau is None:
+                    tau = tier_tightness(backends.tier_by_name.get(b.tier))
+                groups.setdefault(tau, []).append(b.id)
+        self.tiers_of: dict[float, list[str]] = {}
+        for t in backends.tiers:
+            self.tiers_of.setdefault(tier_tightness(t), []).append(t.name)
         self.taus = sorted(groups)
         self.bins = [tuple(groups[t]) for t in self.taus]
         self.tpot_by_tier = {
@@ -106,6 +117,7 @@ class PolyServe(BasePolicy):
         fallbacks: int = 2,
         overflow_headroom: float = 0.85,
         relax: float = 1.15,
+        rebalance: RebalanceParams | None = None,
         *,
         index_min: float = _INDEX_MIN,
     ) -> None:
@@ -120,7 +132,9 @@ class PolyServe(BasePolicy):
         self._top = max(1 + fallbacks, self.fp.interference_checks)
         self._index_min = index_min  # bins with more servers are indexed (inf: never)
         self._bins: _Bins | None = None
-        self._bins_key: tuple[int, int, int] = (0, 0, 0)
+        self._bins_key: tuple[int, int, int, int] = (0, 0, 0, 0)
+        rb = rebalance or RebalanceParams()
+        self.moves: BinMoves | None = BinMoves(rb) if rb.enabled else None
         self._index: list[BinIndex | None] = []
         self._where: dict[str, BinIndex] = {}
         self._changed: set[str] | None = None  # the tracker's change feed (Tracker.watch)
@@ -131,9 +145,10 @@ class PolyServe(BasePolicy):
     # -- private state ---------------------------------------------------------------
 
     def _get_bins(self, snap: Snapshot) -> _Bins:
-        key = (id(snap.backends), id(snap.healthy), id(snap.loads))
+        mv = self.moves
+        key = (id(snap.backends), id(snap.healthy), id(snap.loads), mv.moves if mv else 0)
         if self._bins is None or key != self._bins_key:
-            self._bins = _Bins(snap.backends, snap.healthy)
+            self._bins = _Bins(snap.backends, snap.healthy, mv.override(snap.backends) if mv else None)
             self._bins_key = key
             self._order_cache = {}
             self._build_index(snap)
@@ -306,7 +321,11 @@ class PolyServe(BasePolicy):
         need = Need(request, now, late, self.fp.kv_estimate)
         if late and request.tier.reject_when_late:
             return Reject(429, "the TTFT deadline can no longer be met", retry_after_s=1.0)
-        chosen = self._scan(need, bins, order, snapshot)
+        chosen = (
+            self._scan_moving(need, bins, order, snapshot)
+            if self.moves
+            else self._scan(need, bins, order, snapshot)
+        )
         if chosen:
             return Dispatch(tuple(chosen), "late, best effort" if late else "feasible")
         if not late and self.relax > 1.0 and request.tier.slo.slo_class is not SloClass.BEST_EFFORT:
@@ -330,6 +349,34 @@ class PolyServe(BasePolicy):
                 return Dispatch((idle,), "late, best effort on an idle server")
             return Defer("late: waiting for a server it does not slow down")
         return Defer("no feasible server", retry_at=self._late_at(request, snapshot, bins, order))
+
+    def _scan_moving(self, need: Need, bins: _Bins, order: list[int], snap: Snapshot) -> list[str]:
+        """:meth:`_scan` with dynamic bins (:mod:`slorouter.policy.rebalance`): own bin,
+        else a server lent by a tighter bin with room, else overflow, else a server
+        borrowed from a looser bin."""
+        mv = self.moves
+        assert mv is not None
+        if need.late:
+            return self._scan(need, bins, order, snap)
+        own = bool(order) and bins.taus[order[0]] == need.tightness
+        chosen = self._scan(need, bins, order[:1], snap) if own else []
+        if chosen:
+            return chosen
+        receive = mv.may_receive(need.tightness, snap.now)
+        bid = mv.lend(need, bins, snap, self.fp, bins.tiers_of) if receive else None
+        if bid is not None:
+            mv.move(bid, need.tightness, snap.backends, snap.now)
+            self._get_bins(snap)  # rebuilt with the server in its new bin
+            return [bid]
+        chosen = self._scan(need, bins, order[1:] if own else order, snap)
+        if chosen:
+            return chosen
+        bid = mv.borrow(need, bins, snap, self.fp, bins.tiers_of) if receive else None
+        if bid is None:
+            return []
+        mv.move(bid, need.tightness, snap.backends, snap.now)
+        self._get_bins(snap)
+        return [bid]
 
     def _late_at(self, req: RequestInfo, snap: Snapshot, bins: _Bins, order: list[int]) -> float | None:
         """When the request's SLO stops being attainable even on an idle server."""
@@ -368,5 +415,8 @@ def make_polyserve(params: Mapping[str, Any], ctx: PolicyContext) -> PolyServe:
     fallbacks = p.integer("fallbacks", 2, lo=0)
     overflow_headroom = p.number("overflow_headroom", 0.85, lo=0.1, hi=1.0)
     relax = p.number("relax", 1.15, lo=1.0, hi=2.0)
+    rebalance = RebalanceParams(
+        enabled=p.boolean("rebalance", True), hold_s=p.number("rebalance_hold_s", 10.0, lo=0.0)
+    )
     p.done()
-    return PolyServe(placement, fp, overflow, fallbacks, overflow_headroom, relax)
+    return PolyServe(placement, fp, overflow, fallbacks, overflow_headroom, relax, rebalance)
