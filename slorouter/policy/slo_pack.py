@@ -61,16 +61,15 @@ class SloPack(BasePolicy):
             return Reject(429, "the TTFT deadline can no longer be met", retry_after_s=1.0)
         need = Need(request, snapshot.now, late, self.fp.kv_estimate)
         ranked = self._rank(need, pool, snapshot)
-        if (
-            not ranked
-            and not late
-            and hopeless(request, (b.id for b in pool), snapshot.latency, self.fp, 1.0)
-        ):
+        if ranked:
+            return Dispatch(tuple(ranked[: 1 + self.fallbacks]), "late, best effort" if late else "feasible")
+        if not late and hopeless(request, (b.id for b in pool), snapshot.latency, self.fp, 1.0):
             # no server meets its TPOT even alone: waiting for capacity cannot help
             late = True
             ranked = self._rank(Need(request, snapshot.now, True, self.fp.kv_estimate), pool, snapshot)
-        if ranked:
-            return Dispatch(tuple(ranked[: 1 + self.fallbacks]), "late, best effort" if late else "feasible")
+            if ranked:
+                reason = "best effort: its TPOT is below every server's idle step"
+                return Dispatch(tuple(ranked[: 1 + self.fallbacks]), reason)
         if late:
             idle = idle_server((b.id for b in pool), snapshot.loads)
             if idle is not None:

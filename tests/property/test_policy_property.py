@@ -13,7 +13,7 @@ from slorouter.clock import ManualClock
 from slorouter.models.static import LinearStep
 from slorouter.policy import registry
 from slorouter.policy.base import PolicyContext
-from slorouter.policy.feasibility import INF, FeasibilityParams, Need, assess, tightest_tpot
+from slorouter.policy.feasibility import INF, FeasibilityParams, Need, assess, hopeless, tightest_tpot
 from slorouter.policy.polyserve import late_at, tier_tightness
 from slorouter.values import Defer, Dispatch, Reject, RequestInfo
 from tests.unit.test_policy_table import BE, T20, T30, T50, Fleet, tier
@@ -92,7 +92,7 @@ def _feasible(f: Fleet, req: RequestInfo, kind: str, late: bool, relax: float = 
     return out
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(fleets, requests, st.sampled_from(["polyserve", "slo-pack"]), st.sampled_from(["pack", "spread"]))
 def test_never_infeasible_never_waiting_while_a_feasible_server_exists(
     spec: list[tuple[str, int, bool]], rq: Any, kind: str, placement: str
@@ -108,14 +108,36 @@ def test_never_infeasible_never_waiting_while_a_feasible_server_exists(
     at = late_at(req, snap, pool[0].id)
     late = at is not None and now > at
     feasible = _feasible(f, req, kind, late)
-    d = registry.build(kind, {"placement": placement}, PolicyContext(ManualClock())).select(req, snap)
+    params: dict[str, Any] = {"placement": placement}
+    if kind == "polyserve":
+        params["rebalance"] = False  # fixed bins here; moves: tests/unit/test_policy_rebalance.py
+    d = registry.build(kind, params, PolicyContext(ManualClock())).select(req, snap)
+    # a request no server meets even alone is served best effort at once (as a late one)
+    fp = FeasibilityParams()
+    ids = [b.id for b in pool]
+    if kind == "polyserve":
+        ids = [
+            b.id
+            for b in pool
+            if tier_tightness(snap.backends.tier_by_name.get(b.tier)) <= tier_tightness(req.tier)
+        ]
+    no_hope = not late and hopeless(req, ids, snap.latency, fp, RELAX if kind == "polyserve" else 1.0)
     if isinstance(d, Dispatch) and d.reason == "relaxed":
         # nothing was feasible; the chosen server is within the relaxed thresholds
         assert not feasible and not late, (d, feasible)
         assert d.backends[0] in _feasible(f, req, kind, late, relax=RELAX), d
+    elif isinstance(d, Dispatch) and d.reason.startswith("best effort"):
+        assert no_hope and not feasible, d
+        assert d.backends[0] in _feasible(f, req, kind, True), d  # it slows no resident down
+    elif isinstance(d, Dispatch) and d.reason.endswith("on an idle server"):
+        assert late or no_hope, d
+        assert not snap.loads[d.backends[0]].residents, d
+        assert not _feasible(f, req, kind, True), d  # only when nothing else takes it
     elif isinstance(d, Dispatch):
         assert d.backends[0] in feasible, (d, feasible)
     elif isinstance(d, Reject):
         assert d.status == 503 or (d.status == 429 and late and t.reject_when_late), d
     else:
         assert not feasible, (d, feasible)
+        if no_hope:  # waits only where every server would break a resident's TPOT
+            assert not _feasible(f, req, kind, True), d
