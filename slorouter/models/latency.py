@@ -314,8 +314,17 @@ class OnlineLatency:
             rho = (self._rho_p + k * self._rho0) / (self._rho_n + k)
             if abs(rho - self._rho_applied) > 0.01 * max(self._rho_applied, 1e-9):
                 self._apply_rho(rho)
-        if outcome.step_samples:
-            self.observe(outcome.backend, outcome.step_samples)
+        samples = outcome.step_samples
+        if samples:
+            # A streamed event may carry several tokens (vLLM packs them when its output
+            # loop falls behind), so an event gap can span several steps. ``usage`` gives
+            # the true count at the end: the response's gaps are rescaled to its mean
+            # pace per token, what vLLM's own inter-token latency measures.
+            steps = outcome.output_tokens - 1
+            if steps > len(samples):
+                f = len(samples) / steps
+                samples = tuple((g * f, r, kv) for g, r, kv in samples)
+            self.observe(outcome.backend, samples)
 
     def observe(self, backend_id: str, samples: Sequence[Sample]) -> None:
         """Learn from consecutive ``(gap_s, running, kv_tokens)`` samples of one backend.

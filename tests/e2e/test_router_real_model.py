@@ -44,20 +44,30 @@ def bench_module() -> ModuleType:
     return mod
 
 
+ATTEMPTS = 3  # level runs until vLLM's own ITL is a steady curve (see bench.unsteady)
+
+
 @dataclass(frozen=True)
 class Learned:
     state: bytes  # the router's learned models after the levels (a warm-start file)
     levels: dict[str, Any]  # bench.model_levels(): per server and level, vLLM vs the model
+    noise: list[list[str]]  # per attempt: why vLLM's own curve was not steady (last: kept)
 
 
 @pytest.fixture(scope="module")
 def learned(vllm_servers: RealVllm, tmp_path_factory: pytest.TempPathFactory) -> Learned:
+    """The levels, from a fresh router each attempt, until vLLM's own ITL over them is a
+    steady batching curve (a host stall of a few seconds makes one level 2-5x slower on
+    this shared machine; no model can be judged against that), at most ``ATTEMPTS``."""
     bench = bench_module()
-    d = tmp_path_factory.mktemp("model")
-    state = d / "state.json"
-
-    levels: dict[str, Any] = asyncio.run(bench.model_levels(vllm_servers.urls, None, state))
-    return Learned(state.read_bytes(), levels)
+    noise: list[list[str]] = []
+    for i in range(ATTEMPTS):
+        state = tmp_path_factory.mktemp("model") / f"state-{i}.json"
+        levels: dict[str, Any] = asyncio.run(bench.model_levels(vllm_servers.urls, None, state))
+        noise.append(bench.unsteady(levels))
+        if not noise[-1]:
+            break
+    return Learned(state.read_bytes(), levels, noise)
 
 
 def test_load_levels_through_the_router(learned: Learned) -> None:
@@ -82,6 +92,9 @@ def test_load_levels_through_the_router(learned: Learned) -> None:
 
 
 def test_the_routers_model_of_each_server_follows_vllms_own_itl(learned: Learned) -> None:
+    print(f"\nattempts: {len(learned.noise)}; host noise per attempt: {learned.noise}")
+    if learned.noise[-1]:
+        pytest.fail(f"vLLM's own ITL was not a steady curve in {ATTEMPTS} attempts: {learned.noise}")
     rows = learned.levels["rows"]
     for b in ("e0", "e1"):
         mine = sorted((r for r in rows if r["backend"] == b), key=lambda r: r["level"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -224,3 +225,18 @@ def _outcome(samples: list[tuple[float, int, int]]) -> Outcome:
         output_tokens=len(samples),
         step_samples=tuple(samples),
     )
+
+
+def test_packed_events_are_rescaled_to_the_pace_per_token() -> None:
+    """vLLM under CPU pressure sends 64 tokens in 36 events, each gap spanning ~1.8
+    steps; usage says 64 tokens. The model learns the step per token (what vLLM's own
+    ITL measures), not the gap per event."""
+    clock = ManualClock()
+    m = OnlineLatency(clock)
+    step = 0.020
+    for _ in range(40):
+        clock.advance(1.3)
+        gaps = [(step * 63 / 35, 4, 400)] * 35  # 35 gaps cover 63 steps
+        m.observe_outcome(replace(_outcome(gaps), output_tokens=64))
+    ratio = m.describe("b0")["ratio_q"]
+    assert m.linear("b0").at(4, 400) / ratio == pytest.approx(step, rel=0.05)
