@@ -389,7 +389,8 @@ def itl_curve(levels: dict[str, Any]) -> tuple[float, float]:
 
 def choose_users(curve: tuple[float, float], tiers: list[dict[str, Any]]) -> dict[str, int]:
     """Closed-loop users that make the comparison meaningful on *these* servers: as many
-    tight users as one server holds at 1.3x below the tight TPOT (at least 1, at most 4),
+    tight users as one server holds at 1.3x below the tight TPOT (at least 1, at most 2:
+    the tight TTFT, 3x the single-stream TTFT, leaves no room for queueing behind more),
     and as many loose users as one server holds at 0.6x the loose TPOT (the policies
     judge by a p90, 1.1-1.3x vLLM's mean here) — so a policy
     that gives each tier its own server can meet both, while one that mixes them puts
@@ -402,7 +403,7 @@ def choose_users(curve: tuple[float, float], tiers: list[dict[str, Any]]) -> dic
     def holds(limit: float) -> int:
         return int((limit - a) / s) if s > 0 else 64
 
-    return {"tight": min(4, max(1, holds(tight / 1.3))), "loose": min(40, max(4, holds(0.6 * loose)))}
+    return {"tight": min(2, max(1, holds(tight / 1.3))), "loose": min(40, max(4, holds(0.6 * loose)))}
 
 
 def slo_tiers(step_s: float, ttft_s: float) -> list[dict[str, Any]]:

@@ -37,15 +37,17 @@ How it learns:
    exponential forgetting (``half_life_s``): a backend that slows down moves its
    quantile within seconds of traffic.
 3. **Least-squares fit** of the decode part ``gap − c_prefill·running·ρ ≈ c0 +
-   c_batch·running + c_kv·kv`` on decayed normal equations (a window weighs 1, or the
-   windows it stands for) plus pseudo-observations of the prior worth ``prior_weight``
-   windows in all (4: 1,024 token-steps — a ridge toward the prior that holds the
-   directions the traffic does not explore, and that seconds of traffic outweigh even on
-   a slow CPU server); coefficients ≥ 0.
+   c_batch·running + c_kv·kv`` on decayed normal equations, from every response at once
+   (its mean pace and load, worth its tokens in windows), with a Gaussian prior on the
+   coefficients (:func:`~slorouter.models.latency_fit.ridge`: a measured profile's
+   within ±``prior_spread``, the engine defaults within ``default_spread``×; windows
+   with a relative sd ``noise``): where the traffic explores a direction, seconds of
+   data decide even on a slow CPU server; where it does not, the prior's shape holds;
+   coefficients ≥ 0.
    ``c_prefill`` is not identifiable from gaps and stays the prior's.
 4. **Quantile ratio** ``ratio_q``: the *q*-quantile of ``gap / pace`` (a digest),
    blended with the prior's ratio (1, or p90/mean of a profile's points), the prior
-   again worth ``prior_weight`` windows.
+   worth ``min_support`` windows (a quantile needs more data than a mean).
 
 Prediction at a load: ``ratio_q · pace``, blended with the bucket's quantile (shifted
 along the fit from the bucket's mean load to the query load) by weight
@@ -84,7 +86,6 @@ class LatencySettings:
     max_batches_per_s: float = 5.0  # per backend; 0 = learn from every outcome
     refit_every: int = 8  # outcomes (per backend) between least-squares refits ...
     refit_interval_s: float = 1.0  # ... or this long since the last one, if sooner
-    prior_weight: float = 4.0  # the prior quantile ratio's worth in windows
     prior_spread: float = 0.5  # a measured profile's coefficients: right within ±50 % (1 sd)
     default_spread: float = 10.0  # the engine defaults' coefficients: a guess within 10x
     noise: float = 0.1  # sd of a window's pace, relative to the mean pace observed
@@ -427,7 +428,7 @@ class OnlineLatency:
             m = st.ratio.mass(now)
             r = st.ratio.quantile(cfg.quantile)
             if m > 0 and not math.isnan(r):
-                k = cfg.prior_weight
+                k = cfg.min_support
                 st.ratio_q = max(0.5, (m * r + k * st.prior_ratio) / (m + k))
         st.lin = _pace(st.coef, st.rho, st.ratio_q)
         st.refit_at = now + cfg.refit_interval_s

@@ -65,12 +65,15 @@ class Need:
 
     __slots__ = ("b", "deadline_left", "late", "p", "tightness", "tpot", "ttft_left", "weight_kv")
 
-    def __init__(self, req: RequestInfo, now: float, late: bool, kv_estimate: str = "peak") -> None:
+    def __init__(
+        self, req: RequestInfo, now: float, late: bool, kv_estimate: str = "peak", hopeless: bool = False
+    ) -> None:
         slo = req.tier.slo
         self.p = req.prompt_tokens
         self.b = max(1, req.output_bound)
-        # a late request is best effort: only the residents' TPOT binds
-        self.tpot = slo.tpot_s if slo.tpot_s is not None and not late else INF
+        # a request no server meets even alone (see ``hopeless``) is placed by the
+        # residents' TPOT only; a merely late one still keeps its own pace where it goes
+        self.tpot = slo.tpot_s if slo.tpot_s is not None and not hopeless else INF
         self.ttft_left = req.ttft_deadline - now
         dl = req.deadline_at
         if dl is None and slo.deadline_s is not None:

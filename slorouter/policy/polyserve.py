@@ -340,7 +340,7 @@ class PolyServe(BasePolicy):
         ):
             # no server meets its TPOT even alone: waiting for capacity cannot help
             late = True
-            need = Need(request, now, True, self.fp.kv_estimate)
+            need = Need(request, now, True, self.fp.kv_estimate, hopeless=True)
             chosen = self._scan(need, bins, order, snapshot)
             if chosen:
                 return Dispatch(tuple(chosen), "best effort: its TPOT is below every server's idle step")

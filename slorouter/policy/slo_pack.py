@@ -66,7 +66,9 @@ class SloPack(BasePolicy):
         if not late and hopeless(request, (b.id for b in pool), snapshot.latency, self.fp, 1.0):
             # no server meets its TPOT even alone: waiting for capacity cannot help
             late = True
-            ranked = self._rank(Need(request, snapshot.now, True, self.fp.kv_estimate), pool, snapshot)
+            ranked = self._rank(
+                Need(request, snapshot.now, True, self.fp.kv_estimate, hopeless=True), pool, snapshot
+            )
             if ranked:
                 reason = "best effort: its TPOT is below every server's idle step"
                 return Dispatch(tuple(ranked[: 1 + self.fallbacks]), reason)

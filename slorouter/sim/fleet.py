@@ -25,7 +25,7 @@ import heapq
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import numpy as np
@@ -120,8 +120,11 @@ class FleetSim:
         if warm:  # a router that has been running knows the traffic's prompt/output ratio
             mp, mo, _ = mean_lengths(scn)
             rho = mp / mo
+        # the router is seeded with the engines' own profile, as a user who ran
+        # `slorouter profile` on their servers: a measured prior, whatever its provenance
+        prior = replace(scn.profile, source=f"profile {scn.profile.name}")
         self.latency = build_latency(
-            self.clock, quantile=self.opt.latency_quantile, profile=scn.profile, prefill_ratio=rho
+            self.clock, quantile=self.opt.latency_quantile, profile=prior, prefill_ratio=rho
         )
         self.lengths = build_lengths(self.clock, quantile=self.opt.length_quantile, default_output_tokens=256)
         if warm:

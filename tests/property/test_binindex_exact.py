@@ -174,7 +174,7 @@ def test_the_simulator_decides_identically_with_and_without_the_index() -> None:
     runs = []
     for index_min in (0, math.inf):
         # 20 servers, past the goodput rate: overflow, relaxed scans, queueing and late requests
-        sim = FleetSim(scn, "polyserve", rate=20 * 16.5, requests=3000)
+        sim = FleetSim(scn, "polyserve", rate=20 * 18.0, requests=3000)
         rec = _Recorder(PolyServe("spread", index_min=index_min))
         policy: Policy = rec
         sim.policy = policy

@@ -66,12 +66,14 @@ def test_decisions_name_only_known_healthy_backends(spec: list[tuple[str, int, b
             assert isinstance(d, Defer | Reject)
 
 
-def _feasible(f: Fleet, req: RequestInfo, kind: str, late: bool, relax: float = 1.0) -> list[str]:
+def _feasible(
+    f: Fleet, req: RequestInfo, kind: str, late: bool, relax: float = 1.0, no_hope: bool = False
+) -> list[str]:
     """Brute force: every server the policy may use on which ``req`` is feasible (for
     polyserve, a tighter bin's server with its overflow headroom)."""
     snap = f.snap()
     tpots = {t.name: (t.slo.tpot_s if t.slo.tpot_s is not None else INF) for t in snap.backends.tiers}
-    need = Need(req, snap.now, late)
+    need = Need(req, snap.now, late, hopeless=no_hope)
     base = FeasibilityParams(headroom=relax)
     out = []
     for b in snap.eligible(None):
@@ -128,11 +130,11 @@ def test_never_infeasible_never_waiting_while_a_feasible_server_exists(
         assert d.backends[0] in _feasible(f, req, kind, late, relax=RELAX), d
     elif isinstance(d, Dispatch) and d.reason.startswith("best effort"):
         assert no_hope and not feasible, d
-        assert d.backends[0] in _feasible(f, req, kind, True), d  # it slows no resident down
+        assert d.backends[0] in _feasible(f, req, kind, True, no_hope=True), d  # slows no resident
     elif isinstance(d, Dispatch) and d.reason.endswith("on an idle server"):
         assert late or no_hope, d
         assert not snap.loads[d.backends[0]].residents, d
-        assert not _feasible(f, req, kind, True), d  # only when nothing else takes it
+        assert not _feasible(f, req, kind, True, no_hope=no_hope), d  # nothing else takes it
     elif isinstance(d, Dispatch):
         assert d.backends[0] in feasible, (d, feasible)
     elif isinstance(d, Reject):
@@ -140,4 +142,4 @@ def test_never_infeasible_never_waiting_while_a_feasible_server_exists(
     else:
         assert not feasible, (d, feasible)
         if no_hope:  # waits only where every server would break a resident's TPOT
-            assert not _feasible(f, req, kind, True), d
+            assert not _feasible(f, req, kind, True, no_hope=True), d
