@@ -44,6 +44,7 @@ TPOTS_MS = (20, 30, 40, 50, 65, 80, 100, 150)
 POLICIES: dict[str, tuple[str, dict[str, Any]]] = {
     "polyserve": ("polyserve", {"placement": "spread"}),
     "polyserve:pack": ("polyserve", {"placement": "pack"}),
+    "polyserve:static-bins": ("polyserve", {"rebalance": False}),
     "slo-pack": ("slo-pack", {}),
     "static-partition": ("static-partition", {}),
     "least-tokens": ("least-tokens", {}),
