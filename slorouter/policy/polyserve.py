@@ -16,7 +16,7 @@
 * **Nothing feasible** → first, for a request with an SLO, the same scan with every
   threshold × ``relax`` (default 1.15: the predictions are a conservative quantile, and
   waiting in the queue costs TTFT — a nearly-feasible server now beats a feasible one
-  too late; on a tighter bin that is 0.85 × 1.15 of the host's TPOT, which the fleet
+  too late; on a tighter bin that is 0.95 × 1.15 of the host's TPOT, which the fleet
   simulator needs: without it the loosest tier's attainment on polyserve-conv at 271
   req/s fell from 0.999 to 0.79); if its TPOT is below every candidate server's predicted step *alone* (×
   ``relax``), waiting cannot help: it is served best effort at once, as a late
@@ -30,7 +30,7 @@
 Params: ``placement`` (pack|spread|auto), ``kv_estimate`` (peak|current), ``headroom``
 (usable fraction of TPOT, default 1.0), ``interference_checks`` (default 4; 0 = off),
 ``catchup_tokens`` (default 64), ``overflow`` (default true), ``overflow_headroom``
-(share of a tighter host's TPOT budget that overflow may use, default 0.85 — the rest
+(share of a tighter host's TPOT budget that overflow may use, default 0.95 — the rest
 stays for the host bin's own tier), ``relax`` (default 1.15), ``fallbacks`` (extra ranked
 servers for failover, default 2), ``rebalance`` (default true: servers move between bins
 as load shifts, :mod:`slorouter.policy.rebalance`), ``rebalance_hold_s`` (default 10).
@@ -117,7 +117,7 @@ class PolyServe(BasePolicy):
         fp: FeasibilityParams | None = None,
         overflow: bool = True,
         fallbacks: int = 2,
-        overflow_headroom: float = 0.85,
+        overflow_headroom: float = 0.95,
         relax: float = 1.15,
         rebalance: RebalanceParams | None = None,
         *,
@@ -415,7 +415,7 @@ def make_polyserve(params: Mapping[str, Any], ctx: PolicyContext) -> PolyServe:
     placement, fp = read_params(p, ctx)
     overflow = p.boolean("overflow", True)
     fallbacks = p.integer("fallbacks", 2, lo=0)
-    overflow_headroom = p.number("overflow_headroom", 0.85, lo=0.1, hi=1.0)
+    overflow_headroom = p.number("overflow_headroom", 0.95, lo=0.1, hi=1.0)
     relax = p.number("relax", 1.15, lo=1.0, hi=2.0)
     rebalance = RebalanceParams(
         enabled=p.boolean("rebalance", True), hold_s=p.number("rebalance_hold_s", 10.0, lo=0.0)

@@ -18,7 +18,7 @@ from slorouter.policy.polyserve import late_at, tier_tightness
 from slorouter.values import Defer, Dispatch, Reject, RequestInfo
 from tests.unit.test_policy_table import BE, T20, T30, T50, Fleet, tier
 
-OVERFLOW_HEADROOM, RELAX = 0.85, 1.15  # polyserve's defaults
+OVERFLOW_HEADROOM, RELAX = 0.95, 1.15  # polyserve's defaults
 TIERS = (T20, T30, T50, BE, tier("t20q", 20, 0, ttft_ms=150, late_429=True))
 BIN_NAMES = ("t20", "t30", "t50", "batch")
 
