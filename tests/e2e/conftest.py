@@ -37,17 +37,21 @@ def _enabled() -> bool:
     return flag in ("1", "true", "yes") or ci not in ("", "0", "false", "no")
 
 
-def real_vllm_module() -> ModuleType:
-    """``scripts/real_vllm.py`` (not a package module), loaded by path."""
-    name = "slorouter_scripts_real_vllm"
+def script_module(filename: str) -> ModuleType:
+    """``scripts/<filename>`` (not a package module), loaded by path once."""
+    name = "slorouter_scripts_" + filename.removesuffix(".py")
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / "real_vllm.py")
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / filename)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     sys.modules[name] = mod
     spec.loader.exec_module(mod)
     return mod
+
+
+def real_vllm_module() -> ModuleType:
+    return script_module("real_vllm.py")
 
 
 def _free_port() -> int:

@@ -17,31 +17,21 @@ tables in docs/real-vllm.md); this module loads it by path.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import math
-import sys
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import ROOT, RealVllm
+from tests.e2e.conftest import RealVllm, script_module
 
 pytestmark = [pytest.mark.real_engine, pytest.mark.timeout(900)]  # includes install + start on a clean CI
 
 
 def bench_module() -> ModuleType:
-    name = "slorouter_scripts_bench_real_policies"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / "bench_real_policies.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return script_module("bench_real_policies.py")
 
 
 ATTEMPTS = 3  # level runs until vLLM's own ITL is a steady curve (see bench.unsteady)
