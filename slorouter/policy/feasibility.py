@@ -15,7 +15,9 @@ with the backend's :meth:`~slorouter.models.base.LatencyView.linear` coefficient
    burst of long prompts stalls every resident, and per-token deadlines forgive a stall
    only as far as later steps catch up — is at most ``headroom × τ_host``, where
    ``τ_host`` is the tightest TPOT on the server (its bin's TPOT, its residents', this
-   request's);
+   request's); for a request already **late** (its TTFT can no longer be met: served
+   best effort) the limit is ``c0 + late_fill · (headroom × τ − c0)`` — a late request
+   takes only spare room (``late_fill`` 1 = no difference; polyserve uses 0.25);
 3. **TTFT** (unless the request is already late): time left until the TTFT deadline ≥
    the current step + the prefill backlog ahead of it and its own prompt, chunked by the
    engine's ``max_batched_tokens`` (``chunks · step(batch) + c_prefill · tokens``); and
@@ -58,6 +60,7 @@ class FeasibilityParams:
     headroom: float = 1.0  # usable fraction of the host's TPOT
     interference_checks: int = 4  # candidates examined for prefill interference (0: off)
     catchup_tokens: float = 64.0  # steps over which a prefill backlog is amortized
+    late_fill: float = 1.0  # share of a server's step range (c0 → TPOT) a late request may fill
 
 
 class Need:
@@ -105,7 +108,11 @@ def assess(
     step = lin.c0_s + lin.c_batch_s * n + lin.c_kv_s * kv
     step += lin.c_prefill_s * (load.prefill_tokens + need.p) / fp.catchup_tokens
     tau = tau_host if tau_host < need.tpot else need.tpot
-    if step > fp.headroom * tau:
+    limit = fp.headroom * tau
+    if need.late and fp.late_fill < 1.0 and limit < INF:
+        # a late request takes only spare room: what an on-time one would not need
+        limit = lin.c0_s + fp.late_fill * (limit - lin.c0_s)
+    if step > limit:
         return -1.0
     if not need.late and (need.ttft_left < INF or need.deadline_left < INF):
         first = first_token_time(need.p, load, lin, lim)
@@ -207,7 +214,7 @@ def earliest_first_token(p: int, lin: LinearStep, lim: EngineLimits) -> float:
     return chunks * (lin.c0_s + lin.c_batch_s) + lin.c_kv_s * p + lin.c_prefill_s * p
 
 
-def read_params(p: Params, ctx: PolicyContext) -> tuple[str, FeasibilityParams]:
+def read_params(p: Params, ctx: PolicyContext, late_fill: float = 1.0) -> tuple[str, FeasibilityParams]:
     """The params every feasibility-based policy shares: ``placement`` (pack|spread|auto;
     auto = pack when autoscaling gives emptied servers back, else spread) and the
     feasibility knobs."""
@@ -219,6 +226,7 @@ def read_params(p: Params, ctx: PolicyContext) -> tuple[str, FeasibilityParams]:
         headroom=p.number("headroom", 1.0, lo=0.1, hi=2.0),
         interference_checks=p.integer("interference_checks", 4, lo=0),
         catchup_tokens=p.number("catchup_tokens", 64.0, lo=1.0),
+        late_fill=p.number("late_fill", late_fill, lo=0.0, hi=1.0),
     )
     return placement, fp
 

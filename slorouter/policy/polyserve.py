@@ -24,12 +24,18 @@
   completions), with ``retry_at`` = the moment its TTFT can no longer be met even on an
   idle server. Once that moment has passed the request is *late*: ``Reject(429,
   Retry-After)`` if its tier says ``reject_when_late``, else it is served best effort —
-  placed only where it breaks no one's TPOT, TTFT checks dropped, or on any idle server
-  (so a late request is never stranded, whatever the model predicts).
+  TTFT checks dropped, but only on **spare room**: where its pace still meets everyone's
+  TPOT *and* the server stays within ``late_fill`` (default 0.25) of its step range
+  (``c0 + late_fill·(τ − c0)``), or on any idle server (so a late request is never
+  stranded, whatever the model predicts). A request that has already missed must not
+  take the room an on-time one needs: under overload, serving late requests first
+  turns every next arrival late too (measured on polyserve-code at 275 req/s: the
+  loosest tier 0.62 → 0.96 attainment with ``late_fill`` 0.25; §8 of docs/policies.md).
 
 Params: ``placement`` (pack|spread|auto), ``kv_estimate`` (peak|current), ``headroom``
 (usable fraction of TPOT, default 1.0), ``interference_checks`` (default 4; 0 = off),
-``catchup_tokens`` (default 64), ``overflow`` (default true), ``overflow_headroom``
+``catchup_tokens`` (default 64), ``late_fill`` (default 0.25; 1 = a late request may fill a
+server like an on-time one), ``overflow`` (default true), ``overflow_headroom``
 (share of a tighter host's TPOT budget that overflow may use, default 0.95 — the rest
 stays for the host bin's own tier), ``relax`` (default 1.15), ``fallbacks`` (extra ranked
 servers for failover, default 2), ``rebalance`` (default true: servers move between bins
@@ -69,6 +75,7 @@ from slorouter.values import Decision, Defer, Dispatch, Reject, RequestInfo, Slo
 _BE = 1e12  # tightness of best-effort / tier-less bins
 _INDEX_MIN: Final = 16  # bins larger than this are indexed (see slorouter.policy.binindex)
 _EPS: Final = 1e-9  # relative margin on the index's bounds (float rounding)
+LATE_FILL: Final = 0.25  # a late request fills at most this share of a server's step range
 
 
 class _Stale(Exception):
@@ -412,7 +419,7 @@ def late_at(req: RequestInfo, snap: Snapshot, bid: str) -> float | None:
 
 def make_polyserve(params: Mapping[str, Any], ctx: PolicyContext) -> PolyServe:
     p = Params(params)
-    placement, fp = read_params(p, ctx)
+    placement, fp = read_params(p, ctx, late_fill=LATE_FILL)
     overflow = p.boolean("overflow", True)
     fallbacks = p.integer("fallbacks", 2, lo=0)
     overflow_headroom = p.number("overflow_headroom", 0.95, lo=0.1, hi=1.0)

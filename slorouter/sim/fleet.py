@@ -183,6 +183,7 @@ class FleetSim:
                     return Reject(503, "policy chose an unknown backend")
                 tracker.on_dispatch(rid, bid)
                 policy.on_dispatch(req, bid)
+                rec.wait[rid] = clock.now() - req.arrival
                 eng = engines[i]
                 try:
                     eng.submit(rid, wl.prompt[rid], wl.output[rid], clock.now())
@@ -341,6 +342,7 @@ class FleetSim:
             tpot = slo.tpot_s or 0.0
             late = _lateness(ends, segs, arrival + slo.ttft_s, tpot)
             dslo_met[rid] = late <= 1e-9
+            rec.ttft_miss[rid] = ttft > slo.ttft_s + 1e-9
             rec.mean_ok[rid] = ttft <= slo.ttft_s + 1e-9 and (n_out < 2 or tpot_mean <= tpot + 1e-9)
         elif slo.deadline_s is not None:
             ok = finished_at - arrival <= slo.deadline_s + 1e-9

@@ -70,7 +70,7 @@ def _fmt(x: float | None, scale: float = 1.0, nd: int = 1) -> str:
 
 def _table(console: Console, s: dict[str, Any], title: str) -> None:
     t = Table(title=title)
-    for c in ("tier", "arrivals", "DSLO att.", "mean-TPOT att.", "rejected", "unfinished"):
+    for c in ("tier", "arrivals", "DSLO att.", "mean-TPOT att.", "misses TTFT/pace/rej/unf", "wait p99 ms"):
         t.add_column(c, justify="right")
     for c in ("TTFT p50/p90/p99 ms", "TPOT p50/p90/p99 ms"):
         t.add_column(c, justify="right")
@@ -82,8 +82,8 @@ def _table(console: Console, s: dict[str, Any], title: str) -> None:
             str(v["arrivals"]),
             _fmt(v["dslo_attainment"], 100, 2) + " %",
             _fmt(v["mean_tpot_attainment"], 100, 2) + " %",
-            str(v["rejected"]),
-            str(v["unfinished"]),
+            f"{v['misses']['ttft']}/{v['misses']['pace']}/{v['rejected']}/{v['unfinished'] + v['errors']}",
+            _fmt(v["queue_wait_s"]["p99"], 1e3, 0),
             "/".join(_fmt(tt[k], 1e3, 0) for k in ("p50", "p90", "p99")),
             "/".join(_fmt(tp[k], 1e3, 1) for k in ("p50", "p90", "p99")),
         )
@@ -108,7 +108,7 @@ def _result_json(r: SimResult, rate: float) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    console = Console(stderr=False)
+    console = Console(stderr=False, width=None if sys.stdout.isatty() else 132)
     err = Console(stderr=True)
     try:
         scn: Scenario = load_scenario(args.scenario)

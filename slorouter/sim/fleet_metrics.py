@@ -6,6 +6,11 @@
   deadline. Best effort: finished.
 * **Mean-TPOT attainment**: TTFT met and ``(latency − ttft)/(n_out − 1) ≤ TPOT`` (the
   ``vllm bench serve`` form), same denominator.
+* **Misses by cause**: of the finished requests that missed their DSLO, ``ttft`` (the
+  first token came after the TTFT deadline) and ``pace`` (a later token came after its
+  deadline); rejected, failed and unfinished requests are counted as such.
+* **Queue wait**: time from arrival to (last) dispatch — what the router's admission
+  queue held the request — p50/p90/p99 over dispatched requests.
 * TTFT / mean-TPOT p50/p90/p99 over finished requests; goodput = requests meeting their
   DSLO per second of arrivals (per server); server-seconds per good request, for the
   whole fleet and for busy servers only (what a fleet that gives idle servers back pays).
@@ -30,6 +35,8 @@ class Records:
     tpot: list[float] = field(init=False)
     dslo: list[bool] = field(init=False)
     mean_ok: list[bool] = field(init=False)
+    ttft_miss: list[bool] = field(init=False)
+    wait: list[float] = field(init=False)
 
     def __post_init__(self) -> None:
         self.status = [UNFINISHED] * self.n
@@ -37,6 +44,8 @@ class Records:
         self.tpot = [math.nan] * self.n
         self.dslo = [False] * self.n
         self.mean_ok = [False] * self.n
+        self.ttft_miss = [False] * self.n
+        self.wait = [math.nan] * self.n
 
 
 def _pcts(x: np.ndarray[Any, Any]) -> dict[str, float | None]:
@@ -52,8 +61,11 @@ def _group(rec: Records, idx: np.ndarray[Any, Any], span_s: float, servers: int)
     tpot = np.asarray(rec.tpot)[idx]
     dslo = np.asarray(rec.dslo, dtype=bool)[idx]
     mean_ok = np.asarray(rec.mean_ok, dtype=bool)[idx]
+    ttft_miss = np.asarray(rec.ttft_miss, dtype=bool)[idx]
+    wait = np.asarray(rec.wait)[idx]
     n = int(idx.size)
     good = int(dslo.sum())
+    missed = (st == OK) & ~dslo
     return {
         "arrivals": n,
         "finished": int((st == OK).sum()),
@@ -67,6 +79,8 @@ def _group(rec: Records, idx: np.ndarray[Any, Any], span_s: float, servers: int)
         "goodput_rps_per_server": good / span_s / servers if span_s > 0 else None,
         "ttft_s": _pcts(ttft[~np.isnan(ttft)]),
         "tpot_s": _pcts(tpot[~np.isnan(tpot)]),
+        "misses": {"ttft": int((missed & ttft_miss).sum()), "pace": int((missed & ~ttft_miss).sum())},
+        "queue_wait_s": _pcts(wait[~np.isnan(wait)]),
     }
 
 

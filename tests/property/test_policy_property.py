@@ -14,7 +14,7 @@ from slorouter.models.static import LinearStep
 from slorouter.policy import registry
 from slorouter.policy.base import PolicyContext
 from slorouter.policy.feasibility import INF, FeasibilityParams, Need, assess, hopeless, tightest_tpot
-from slorouter.policy.polyserve import late_at, tier_tightness
+from slorouter.policy.polyserve import LATE_FILL, late_at, tier_tightness
 from slorouter.values import Defer, Dispatch, Reject, RequestInfo
 from tests.unit.test_policy_table import BE, T20, T30, T50, Fleet, tier
 
@@ -74,7 +74,8 @@ def _feasible(
     snap = f.snap()
     tpots = {t.name: (t.slo.tpot_s if t.slo.tpot_s is not None else INF) for t in snap.backends.tiers}
     need = Need(req, snap.now, late, hopeless=no_hope)
-    base = FeasibilityParams(headroom=relax)
+    late_fill = LATE_FILL if kind == "polyserve" else 1.0  # slo-pack: the baseline's 1.0
+    base = FeasibilityParams(headroom=relax, late_fill=late_fill)
     out = []
     for b in snap.eligible(None):
         load = snap.loads[b.id]
@@ -85,7 +86,7 @@ def _feasible(
             if bin_t > tier_tightness(req.tier):
                 continue  # never downward
             if bin_t < tier_tightness(req.tier):
-                fp = FeasibilityParams(headroom=relax * OVERFLOW_HEADROOM)
+                fp = FeasibilityParams(headroom=relax * OVERFLOW_HEADROOM, late_fill=late_fill)
             tau = bin_t if bin_t < 1e3 else (tightest_tpot(load, tpots) if load.tier_counts else INF)
         else:
             tau = tightest_tpot(load, tpots) if load.tier_counts else INF

@@ -210,6 +210,35 @@ def test_deadline_passed(late_429: bool, load: int, want: type) -> None:
 
 
 @pytest.mark.parametrize(
+    ("kind", "params", "load", "want"),
+    [
+        # a late t50 request on a t50 server: step range 10 ms (c0) -> 50 ms; polyserve's
+        # default late_fill 0.25 lets it fill up to 20 ms, i.e. 99 residents + itself
+        ("polyserve", {}, 98, "a"),
+        ("polyserve", {}, 100, "Defer"),  # 20.1 ms: room an on-time request may need
+        ("polyserve", {"late_fill": 1.0}, 100, "a"),  # as an on-time one: up to 50 ms
+        ("polyserve", {"late_fill": 0.0}, 1, "Defer"),  # idle servers only
+        ("polyserve", {"late_fill": 0.0}, 0, "a"),
+        ("slo-pack", {}, 256, "Defer"),  # 256 sequences at most, late or not
+        ("slo-pack", {}, 100, "a"),  # the baseline fills like an on-time request ...
+        ("slo-pack", {"late_fill": 0.25}, 100, "Defer"),  # ... unless told otherwise
+    ],
+)
+def test_a_late_request_takes_only_spare_room(
+    kind: str, params: dict[str, Any], load: int, want: str
+) -> None:
+    t50 = tier("t50", 50, 2, ttft_ms=300)
+    f = Fleet({"a": "t50"}, {"a": load})
+    f.clock.set(5.0)  # arrived at 0: its first token was due at 0.3 s
+    d = build(kind, **params).select(request(t50, arrival=0.0), f.snap())
+    if want == "Defer":
+        assert isinstance(d, Defer), d
+    else:
+        assert isinstance(d, Dispatch) and d.backends[0] == want, d
+        assert "best effort" in d.reason
+
+
+@pytest.mark.parametrize(
     ("load", "t", "want"),
     [
         (100, T20, "relaxed"),  # 20.1 ms > 20 ms: nearly feasible, better now than too late
