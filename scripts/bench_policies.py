@@ -12,7 +12,10 @@ an autoscaled fleet runs; its cost is the busy-server column); ``polyserve:stati
 polyserve with ``rebalance: false`` (bins fixed as configured);
 ``static-partition:by-share`` splits the servers by request share instead of by the
 fluid model's cost (``static-partition`` proper gets the cost-optimal split). The best
-baseline is the best of every non-polyserve entry.
+baseline is the best of every non-polyserve entry except the ablation
+``slo-pack+late-fill`` (slo-pack with polyserve's overload control, ``late_fill`` 0.25),
+against which ``polyserve_vs_slo_pack_late_fill`` is reported separately;
+``polyserve:late-fill-1`` is polyserve without it.
 """
 
 from __future__ import annotations
@@ -45,8 +48,14 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # the same policy on a fleet split by request share instead of by fluid cost: how a
     # user would size separate deployments without the fluid model
     "static-partition:by-share": ("static-partition", {}),
+    # ablations of the overload control (a late request takes only spare room): polyserve
+    # without it, and the slo-pack baseline with it — not a baseline users run, so never
+    # the "best baseline"; it says how much of polyserve's lead is the bins
+    "polyserve:late-fill-1": ("polyserve", {"late_fill": 1.0}),
+    "slo-pack+late-fill": ("slo-pack", {"late_fill": 0.25}),
 }
 BY_SHARE = {"static-partition:by-share"}
+ABLATIONS = {"slo-pack+late-fill"}
 
 
 def by_share(scn: Scenario) -> Scenario:
@@ -111,6 +120,11 @@ def one(scenario: str, name: str, requests: int | None) -> dict[str, Any]:
     }
 
 
+def _ratio(g: float | None, other: dict[str, Any] | None) -> float | None:
+    o = None if other is None else other.get("goodput_rps_per_server")
+    return None if g is None or not o else g / o
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", metavar="OUT", help="write the results here")
@@ -147,7 +161,9 @@ def main() -> int:
         fb = fluid_bound(scn)
         pol = {p: results[(s, p)] for p in pols}
         base = {
-            p: v["goodput_rps_per_server"] or 0.0 for p, v in pol.items() if not p.startswith("polyserve")
+            p: v["goodput_rps_per_server"] or 0.0
+            for p, v in pol.items()
+            if not p.startswith("polyserve") and p not in ABLATIONS
         }
         best = max(base, key=lambda k: base[k]) if base else None
         ps = pol.get("polyserve", {}).get("goodput_rps_per_server")
@@ -160,6 +176,7 @@ def main() -> int:
             if ps is None or not best or not base[best]
             else ps / base[best],
             "polyserve_vs_bound": None if ps is None else ps / fb.rps_per_server,
+            "polyserve_vs_slo_pack_late_fill": _ratio(ps, pol.get("slo-pack+late-fill")),
             "policies": pol,
         }
         out["scenarios"][s] = entry
@@ -196,6 +213,9 @@ def main() -> int:
             f"polyserve vs best baseline ({best}): {'-' if r1 is None else f'{r1:.3f}x'} · "
             f"polyserve vs fluid bound: {'-' if r2 is None else f'{100 * r2:.1f} %'}"
         )
+        r3 = entry["polyserve_vs_slo_pack_late_fill"]
+        if r3 is not None:
+            console.print(f"polyserve vs slo-pack with the same overload control: {r3:.3f}x")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
         console.print(f"wrote {args.json}")
