@@ -172,7 +172,7 @@ class PolyServe(BasePolicy):
         self._where = {}
         self._sentinel = None
         if snap.watch is not None and snap.loads is not self._feed_of:
-            self._changed = snap.watch()
+            self._changed = snap.watch(self)
             self._feed_of = snap.loads
         if self._changed is None or snap.watch is None or self.fp.kv_estimate != "peak":
             return  # keys could not be kept exact: every decision scans its bins

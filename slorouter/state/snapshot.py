@@ -33,7 +33,7 @@ class Snapshot:
     eligible: Callable[[str | None], tuple[Backend, ...]]  # healthy backends of a tier (None: all)
     # Tracker.watch: a set of backend ids whose running / peak_kv / prefill_tokens changed
     # since the caller last cleared it (None: no change feed; cache nothing across calls)
-    watch: Callable[[], set[str]] | None = None
+    watch: Callable[[object], set[str]] | None = None
 
     def tpot_of(self, tier: str) -> float | None:
         t = self.backends.tier_by_name.get(tier)

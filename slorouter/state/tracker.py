@@ -17,6 +17,7 @@ registered listeners (latency model, length model, metrics) as an :class:`Outcom
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable
 from typing import Final
 
@@ -150,14 +151,23 @@ class Tracker:
     def add_listener(self, fn: OutcomeListener) -> None:
         self._listeners.append(fn)
 
-    def watch(self) -> set[str]:
+    def watch(self, owner: object) -> set[str]:
         """A new set into which the tracker adds, from now on, the id of every backend
         whose ``running``, ``peak_kv`` or ``prefill_tokens`` changed — the inputs of load
         keys a policy caches per server (see :mod:`slorouter.policy.binindex`). The caller
-        reads and clears it; it never holds more than the fleet's ids."""
+        reads and clears it; it never holds more than the fleet's ids. The feed lives as
+        long as ``owner`` (e.g. the policy; one replaced by a config reload stops costing
+        anything once it is garbage)."""
         s: set[str] = set()
         self._watchers.append(s)
+        weakref.finalize(owner, self._unwatch, weakref.ref(self), id(s))
         return s
+
+    @staticmethod
+    def _unwatch(tracker_ref: weakref.ref[Tracker], sid: int) -> None:
+        t = tracker_ref()
+        if t is not None:
+            t._watchers = [w for w in t._watchers if id(w) != sid]
 
     def set_models(self, latency: LatencyView, lengths: LengthView) -> None:
         self.latency = latency

@@ -8,6 +8,7 @@ TPOT, 199 + 1 under 30 ms, and is capped at 256 sequences: "full" below means 10
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -362,3 +363,22 @@ def test_placement_auto_packs_only_with_autoscaling() -> None:
     pack = registry.build("polyserve", {}, PolicyContext(ManualClock(), autoscaling=True))
     assert spread.select(request(T30), f.snap()) == Dispatch(("a", "b"), "feasible")
     assert pack.select(request(T30), f.snap()) == Dispatch(("b", "a"), "feasible")
+
+
+def test_a_replaced_policy_stops_receiving_the_trackers_change_feed() -> None:
+    # 17 servers: polyserve indexes bins of more than 16, and subscribes to Tracker.watch
+    f = Fleet({f"s{i}": "t30" for i in range(17)})
+    tracker = f.tracker
+    first = build("polyserve")
+    assert isinstance(first.select(request(T30), f.snap()), Dispatch)
+    assert len(tracker._watchers) == 1
+    second = build("polyserve")  # e.g. a config reload builds a new policy
+    assert isinstance(second.select(request(T30, rid=2), f.snap()), Dispatch)
+    assert len(tracker._watchers) == 2
+    feed = second._changed
+    del first
+    gc.collect()
+    assert tracker._watchers == [feed]  # the old policy's feed is gone, the new one stays
+    tracker.on_arrival(RequestInfo(3, T30, 0.0, prompt_tokens=10, max_tokens=None, output_bound=50))
+    tracker.on_dispatch(3, "s5")
+    assert feed is not None and "s5" in feed
