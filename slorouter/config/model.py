@@ -176,6 +176,18 @@ class PolicyConfig:
         default_factory=lambda: MappingProxyType({})
     )
     seed: Annotated[int, F("seed for randomized policies")] = 0
+    max_queued: Annotated[
+        int, F("requests the router queue holds (deferred by the policy); beyond: 429", ge=0)
+    ] = 10_000
+    max_queue_wait_s: Annotated[
+        float,
+        F(
+            "longest a request waits in the router queue, then 503 (late requests of polyserve "
+            "wait for spare room: see its late_fill)",
+            unit="s",
+            gt=0,
+        ),
+    ] = 600.0
 
 
 @dataclass(frozen=True, slots=True)
