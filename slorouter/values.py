@@ -154,6 +154,9 @@ class Outcome:
     output_tokens: int
     dispatched_at: float | None = None
     first_token_at: float | None = None
+    # (running, kv_tokens, prefill backlog tokens) of the backend when the request was
+    # placed on it; None when it was moved after a failure (its TTFT spans two servers)
+    dispatch_load: tuple[int, int, int] | None = None
     # max over tokens of (arrival time - per-token deadline); <= 0 means DSLO met.
     max_lateness_s: float | None = None
     # (gap_s, running_requests, kv_tokens) per observed decode step on the backend,

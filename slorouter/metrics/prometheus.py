@@ -143,6 +143,14 @@ class RouterMetrics:
         family("slorouter_queue_waiting", "gauge", "Requests waiting in the router queue.")
         for tr in t.backends.tiers:
             lines.append(f"slorouter_queue_waiting{_labels([('tier', tr.name)])} {t.queued.get(tr.name, 0)}")
+        family(
+            "slorouter_model_ttft_extra_seconds",
+            "gauge",
+            "Learned time to first token beyond the step model, at the backend's current load.",
+        )
+        for b in t.backends.backends:
+            extra = t.latency.limits(b.id).ttft_extra(t.loads[b.id].running)
+            lines.append(f"slorouter_model_ttft_extra_seconds{_labels([('backend', b.id)])} {extra:.6g}")
 
         for name, hists, help_ in (
             ("slorouter_ttft_seconds", self.ttft, "Time to first token, from arrival at the router."),

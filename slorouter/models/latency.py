@@ -62,14 +62,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from slorouter.clock import Clock
 from slorouter.models.digest import DecayingDigest
 from slorouter.models.latency_fit import KV_SCALE, add_sums, fit, ridge
 from slorouter.models.profile import StepProfile
-from slorouter.models.static import EngineLimits, LinearStep
+from slorouter.models.static import EngineLimits, LinearStep, first_token_base
 from slorouter.values import Outcome
 
 Sample = tuple[float, int, int]  # (gap_s, running, kv_tokens)
@@ -90,6 +90,7 @@ class LatencySettings:
     default_spread: float = 10.0  # the engine defaults' coefficients: a guess within 10x
     noise: float = 0.1  # sd of a window's pace, relative to the mean pace observed
     max_centroids: int = 100
+    ttft_prior_weight: float = 8.0  # requests' worth of "nothing beyond the step model"
 
     def __post_init__(self) -> None:
         if not 0 < self.quantile < 1:
@@ -130,6 +131,7 @@ class _State:
     __slots__ = (
         "buckets",
         "coef",
+        "eff_limits",
         "limits",
         "lin",
         "n_outcomes",
@@ -145,6 +147,8 @@ class _State:
         "source",
         "stamp",
         "sums",
+        "ttft",
+        "ttft_stamp",
         "window_batches",
     )
 
@@ -169,6 +173,11 @@ class _State:
         self.refit_at = -math.inf
         self.window_batches = 0
         self.pool = [0.0, 0.0, 0.0, 0.0]  # Σgap·n, Σrunning·n, Σkv·n, n of short responses
+        # observed TTFT beyond the step model vs running at dispatch, decayed:
+        # n, Σx, Σx², Σy, Σxy (x = running, y = excess seconds)
+        self.ttft = [0.0, 0.0, 0.0, 0.0, 0.0]
+        self.ttft_stamp = now
+        self.eff_limits = limits  # limits + the learned TTFT excess (see observe_ttft)
 
 
 def _mean(win: Sequence[Sample]) -> tuple[float, float, float]:
@@ -296,7 +305,7 @@ class OnlineLatency:
 
     def limits(self, backend_id: str) -> EngineLimits:
         st = self._states.get(backend_id) or self._state(backend_id)
-        return st.limits
+        return st.eff_limits
 
     # -- learning --------------------------------------------------------------------
 
@@ -315,6 +324,11 @@ class OnlineLatency:
             rho = (self._rho_p + k * self._rho0) / (self._rho_n + k)
             if abs(rho - self._rho_applied) > 0.01 * max(self._rho_applied, 1e-9):
                 self._apply_rho(rho)
+        dl = outcome.dispatch_load
+        if dl is not None and outcome.first_token_at is not None and outcome.dispatched_at is not None:
+            self.observe_ttft(
+                outcome.backend, outcome.prompt_tokens, dl, outcome.first_token_at - outcome.dispatched_at
+            )
         samples = outcome.step_samples
         if samples:
             # A streamed event may carry several tokens (vLLM packs them when its output
@@ -326,6 +340,39 @@ class OnlineLatency:
                 f = len(samples) / steps
                 samples = tuple((g * f, r, kv) for g, r, kv in samples)
             self.observe(outcome.backend, samples)
+
+    def observe_ttft(
+        self, backend_id: str, prompt_tokens: int, load: tuple[int, int, int], ttft_s: float
+    ) -> None:
+        """Learn what a backend's first tokens take beyond the step model: ``ttft_s`` (from
+        dispatch) minus :func:`~slorouter.models.static.first_token_base` at ``load`` =
+        (running, kv_tokens, prefill backlog) when the request was placed, fitted as
+        ``a + b·running`` by decayed ridge least squares (both pulled to 0 with the weight
+        of ``ttft_prior_weight`` requests; ``b ≥ 0``). What the fit adds is never negative
+        (:meth:`EngineLimits.ttft_extra`): a conservative step model is not made less so."""
+        st = self._state(backend_id)
+        running, kv, backlog = load
+        y = ttft_s - first_token_base(prompt_tokens, running, kv, backlog, st.lin, st.limits)
+        if not math.isfinite(y):
+            return
+        now = self.clock.now()
+        f = 0.5 ** ((now - st.ttft_stamp) / self.settings.half_life_s)
+        st.ttft_stamp = now
+        x = float(running)
+        t = st.ttft
+        t[0] = t[0] * f + 1.0
+        t[1] = t[1] * f + x
+        t[2] = t[2] * f + x * x
+        t[3] = t[3] * f + y
+        t[4] = t[4] * f + x * y
+        lam = self.settings.ttft_prior_weight
+        a11, a12, a22 = t[0] + lam, t[1], t[2] + lam
+        det = a11 * a22 - a12 * a12
+        a = (t[3] * a22 - a12 * t[4]) / det
+        b = (a11 * t[4] - a12 * t[3]) / det
+        if b < 0.0:  # what load adds does not shrink with load: fit the level alone
+            a, b = t[3] / a11, 0.0
+        st.eff_limits = replace(st.limits, ttft_a_s=a, ttft_b_s=b)
 
     def observe(self, backend_id: str, samples: Sequence[Sample]) -> None:
         """Learn from consecutive ``(gap_s, running, kv_tokens)`` samples of one backend.
@@ -450,6 +497,11 @@ class OnlineLatency:
             "quantile": self.settings.quantile,
             "ratio_q": st.ratio_q,
             "prefill_per_output_token": st.rho,
+            "ttft_extra": {
+                "a_s": st.eff_limits.ttft_a_s,
+                "b_s_per_running": st.eff_limits.ttft_b_s,
+                "requests": st.ttft[0],
+            },
             "decode_fit": {"c0_s": c.c0_s, "c_batch_s": c.c_batch_s, "c_kv_s": c.c_kv_s},
             "pace": {
                 "c0_s": lin.c0_s,

@@ -87,7 +87,7 @@ def _num(v: Any, what: str, lo: float | None = None) -> float:
 # another type is reported by :func:`unsaved_fields` (a unit test keeps that list empty).
 
 STATE_FROM_CONFIG = frozenset({"prior", "limits", "prior_ratio", "prior_sums", "source"})
-STATE_TRANSIENT = frozenset({"next_batch_at", "refit_at"})
+STATE_TRANSIENT = frozenset({"next_batch_at", "refit_at", "eff_limits"})
 STATE_SPECIAL = frozenset({"buckets", "ratio"})
 MODEL_LEARNED_PREFIX = "_rho_"  # OnlineLatency's fleet-wide learned statistics (_rho_p, _rho_n, …)
 

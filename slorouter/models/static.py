@@ -40,11 +40,39 @@ class EngineLimits:
     max_num_seqs: int = 256
     kv_capacity_tokens: int = 262_144
     max_batched_tokens: int = 2048
+    # time to first token beyond the step model, learned from observed TTFTs (an API
+    # server sharing the engine's CPU, HTTP, tokenization): ttft_a_s + ttft_b_s·running
+    ttft_a_s: float = 0.0
+    ttft_b_s: float = 0.0
 
     def prefill_chunks(self, prompt_tokens: int) -> int:
         """Steps needed to prefill ``prompt_tokens`` on an otherwise idle engine."""
         c = self.max_batched_tokens
         return 1 if c <= 0 or prompt_tokens <= c else -(-prompt_tokens // c)
+
+    def ttft_extra(self, running: int) -> float:
+        """Learned first-token time beyond :func:`first_token_base` with ``running``
+        sequences on the server (never negative)."""
+        x = self.ttft_a_s + self.ttft_b_s * running
+        return x if x > 0.0 else 0.0
+
+
+def first_token_base(
+    prompt_tokens: int, running: int, kv_tokens: int, backlog: int, lin: LinearStep, lim: EngineLimits
+) -> float:
+    """Step-model time from dispatch to the first token of a ``prompt_tokens`` prompt on a
+    server running ``running`` sequences holding ``kv_tokens``, behind ``backlog`` prompt
+    tokens not yet prefilled: the step in progress, then FCFS prefill chunked by the step
+    budget (``chunks · step(running + 1) + c_prefill · tokens``)."""
+    tokens = backlog + prompt_tokens
+    budget = lim.max_batched_tokens - running
+    chunks = 1 if lim.max_batched_tokens <= 0 else -(-tokens // max(1, budget))
+    base = lin.c0_s + lin.c_batch_s * (running + 1) + lin.c_kv_s * (kv_tokens + prompt_tokens)
+    return (
+        (lin.c0_s + lin.c_batch_s * running + lin.c_kv_s * kv_tokens)
+        + chunks * base
+        + lin.c_prefill_s * tokens
+    )
 
 
 class StaticLatency:

@@ -45,7 +45,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from slorouter.models.base import LatencyView
-from slorouter.models.static import EngineLimits, LinearStep
+from slorouter.models.static import EngineLimits, LinearStep, first_token_base
 from slorouter.policy.base import Params, PolicyContext
 from slorouter.state.tracker import BackendLoad
 from slorouter.values import RequestInfo
@@ -125,18 +125,10 @@ def assess(
 
 def first_token_time(p: int, load: BackendLoad, lin: LinearStep, lim: EngineLimits) -> float:
     """Predicted time from now to the first token of a ``p``-token prompt placed on a
-    server with ``load`` (FCFS behind the prefill backlog, chunked by the step budget)."""
+    server with ``load`` (FCFS behind the prefill backlog, chunked by the step budget),
+    plus what the server's observed TTFTs add at this load (``EngineLimits.ttft_extra``)."""
     n = len(load.residents)
-    backlog = load.prefill_tokens + p
-    budget = lim.max_batched_tokens - n
-    chunks = 1 if lim.max_batched_tokens <= 0 else -(-backlog // max(1, budget))
-    base = lin.c0_s + lin.c_batch_s * (n + 1) + lin.c_kv_s * (load.kv_tokens + p)
-    # the step in progress (at most one decode step) + the prefill steps
-    return (
-        (lin.c0_s + lin.c_batch_s * n + lin.c_kv_s * load.kv_tokens)
-        + chunks * base
-        + (lin.c_prefill_s * backlog)
-    )
+    return first_token_base(p, n, load.kv_tokens, load.prefill_tokens, lin, lim) + lim.ttft_extra(n)
 
 
 def min_slack(load: BackendLoad, now: float, pace: float, floor: float = -INF) -> float:
@@ -211,7 +203,7 @@ def tightest_tpot(load: BackendLoad, tpot_by_tier: dict[str, float]) -> float:
 def earliest_first_token(p: int, lin: LinearStep, lim: EngineLimits) -> float:
     """First-token time of a ``p``-token prompt on an idle server (the best case)."""
     chunks = lim.prefill_chunks(p)
-    return chunks * (lin.c0_s + lin.c_batch_s) + lin.c_kv_s * p + lin.c_prefill_s * p
+    return chunks * (lin.c0_s + lin.c_batch_s) + lin.c_kv_s * p + lin.c_prefill_s * p + lim.ttft_extra(0)
 
 
 def read_params(p: Params, ctx: PolicyContext, late_fill: float = 1.0) -> tuple[str, FeasibilityParams]:

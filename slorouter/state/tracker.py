@@ -36,6 +36,7 @@ class Resident:
     """One request known to the router (queued, or resident on ``backend``)."""
 
     __slots__ = (
+        "at_dispatch",
         "backend",
         "bound",
         "dispatched_at",
@@ -55,6 +56,7 @@ class Resident:
         self.output_tokens = 0
         self.bound = max(1, req.output_bound)
         self.dispatched_at: float | None = None
+        self.at_dispatch: tuple[int, int, int] | None = None
         self.first_token_at: float | None = None
         self.last_token_at: float | None = None
         self.max_lateness = -math.inf
@@ -234,6 +236,15 @@ class Tracker:
         tier = r.req.tier.name
         self.queued[tier] -= 1
         r.dispatched_at = self.clock.now()
+        load = self.loads.get(backend_id)
+        if load is not None:
+            r.at_dispatch = (
+                len(load.residents),
+                load.prompt_tokens + load.output_tokens,
+                load.prefill_tokens,
+            )
+        else:
+            r.at_dispatch = (0, 0, 0)
         self._attach(r, backend_id)
 
     def on_retry(self, rid: int, backend_id: str) -> None:
@@ -242,6 +253,7 @@ class Tracker:
         if r is None or r.backend is None or r.first_token_at is not None:
             return
         self._detach(r)
+        r.at_dispatch = None  # its first token now spans two servers: not a TTFT sample
         self._attach(r, backend_id)
 
     def on_tokens(self, rid: int, n: int = 1) -> None:
@@ -317,6 +329,7 @@ class Tracker:
             output_tokens=r.output_tokens,
             dispatched_at=r.dispatched_at,
             first_token_at=r.first_token_at,
+            dispatch_load=r.at_dispatch,
             max_lateness_s=lateness,
             step_samples=tuple(r.samples),
             model=req.model,

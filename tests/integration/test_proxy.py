@@ -228,6 +228,8 @@ async def test_metrics_and_health(router: RouterHandle) -> None:
     assert count == [1.0]
     itl_count = [s.value for s in fams["slorouter_itl_seconds"].samples if s.name.endswith("_count")]
     assert itl_count == [11.0]  # 12 tokens -> 11 gaps
+    extra = {s.labels["backend"]: s.value for s in fams["slorouter_model_ttft_extra_seconds"].samples}
+    assert set(extra) == {"e0", "e1"} and all(v >= 0.0 for v in extra.values())
 
 
 async def test_passthrough_routes(fleet: SimFleet, router: RouterHandle) -> None:

@@ -10,7 +10,7 @@ import pytest
 from slorouter.clock import ManualClock
 from slorouter.models.latency import LatencySettings, OnlineLatency, bucket_key, build_latency
 from slorouter.models.profile import ProfilePoint, StepProfile
-from slorouter.models.static import EngineLimits, LinearStep
+from slorouter.models.static import EngineLimits, LinearStep, first_token_base
 from slorouter.values import Outcome, Status
 
 TRUE = LinearStep(c0_s=0.010, c_batch_s=1e-4, c_kv_s=5e-8, c_prefill_s=3e-5)
@@ -240,3 +240,60 @@ def test_packed_events_are_rescaled_to_the_pace_per_token() -> None:
         m.observe_outcome(replace(_outcome(gaps), output_tokens=64))
     ratio = m.describe("b0")["ratio_q"]
     assert m.linear("b0").at(4, 400) / ratio == pytest.approx(step, rel=0.05)
+
+
+def _ttft_outcome(rid: int, now: float, running: int, ttft: float, prompt: int = 100) -> Outcome:
+    return Outcome(
+        rid=rid,
+        tier="t",
+        backend="b0",
+        status=Status.OK,
+        arrival=now - ttft - 0.01,
+        finished_at=now,
+        prompt_tokens=prompt,
+        output_tokens=1,
+        dispatched_at=now - ttft,
+        first_token_at=now,
+        dispatch_load=(running, running * 300, 0),
+    )
+
+
+def test_ttft_beyond_the_step_model_is_learned_per_load() -> None:
+    """An engine whose API server shares its CPU: first tokens take 5 ms + 40 ms per
+    running stream more than the step model says (as vLLM on one CPU core did: 204 ms at
+    10 streams, 843 ms at 18). The model learns that within a minute of requests, and a
+    backend that answers as predicted gets nothing added."""
+    clock = ManualClock()
+    m = _model(clock)
+    rng = random.Random(1)
+    lim0 = m.limits("b0")
+    for i in range(300):
+        clock.advance(0.2)
+        running = rng.randint(0, 20)
+        base = first_token_base(100, running, running * 300, 0, m.linear("b0"), lim0)
+        m.observe_outcome(_ttft_outcome(i, clock.now(), running, base + 0.005 + 0.040 * running))
+        m.observe_outcome(replace(_ttft_outcome(i, clock.now(), running, base * 0.8), backend="b1"))
+    lim = m.limits("b0")
+    for running in (4, 16):
+        assert lim.ttft_extra(running) == pytest.approx(0.005 + 0.040 * running, rel=0.1), running
+    assert m.limits("b1").ttft_extra(0) == 0.0 and m.limits("b1").ttft_extra(20) == 0.0
+    assert m.describe("b0")["ttft_extra"]["requests"] > 100
+    # the step model is untouched; only the limits carry the excess
+    assert m.linear("b0") == m.linear("b1")
+    assert (lim.max_num_seqs, lim.kv_capacity_tokens) == (LIMITS.max_num_seqs, LIMITS.kv_capacity_tokens)
+
+
+def test_ttft_excess_is_forgotten_when_the_backend_recovers() -> None:
+    clock = ManualClock()
+    m = _model(clock)
+    lim0 = m.limits("b0")
+    for i in range(200):
+        clock.advance(0.2)
+        base = first_token_base(100, 8, 2400, 0, m.linear("b0"), lim0)
+        m.observe_outcome(_ttft_outcome(i, clock.now(), 8, base + 0.3))
+    assert m.limits("b0").ttft_extra(8) > 0.25
+    for i in range(200, 400):  # 40 s of first tokens as predicted: > one half-life
+        clock.advance(0.2)
+        base = first_token_base(100, 8, 2400, 0, m.linear("b0"), lim0)
+        m.observe_outcome(_ttft_outcome(i, clock.now(), 8, base))
+    assert m.limits("b0").ttft_extra(8) < 0.1

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -22,7 +22,7 @@ from slorouter.policy.base import ParamError, PolicyContext
 from slorouter.state.backends import Backend, BackendSet, Health
 from slorouter.state.snapshot import Snapshot
 from slorouter.state.tracker import Tracker
-from slorouter.values import Defer, Dispatch, Reject, RequestInfo, Slo, SloClass, Tier
+from slorouter.values import Defer, Dispatch, Outcome, Reject, RequestInfo, Slo, SloClass, Status, Tier
 
 STEP = LinearStep(c0_s=0.010, c_batch_s=1e-4, c_kv_s=0.0, c_prefill_s=0.0)
 LIMITS = EngineLimits(max_num_seqs=256, kv_capacity_tokens=10_000_000, max_batched_tokens=4096)
@@ -52,12 +52,13 @@ class Fleet:
     step: LinearStep = STEP
     resident_prompt: int = 10
     clock: ManualClock = field(default_factory=ManualClock)
+    limits: EngineLimits = LIMITS
 
     def __post_init__(self) -> None:
         backends = BackendSet([Backend(b, f"http://{b}", tier=t) for b, t in self.bins.items()], TIERS)
         health = Health(b for b in self.bins if b not in self.unhealthy)
         self.tracker = Tracker(
-            self.clock, backends, health, StaticLatency(self.step, limits=LIMITS), StaticLengths(50)
+            self.clock, backends, health, StaticLatency(self.step, limits=self.limits), StaticLengths(50)
         )
         rid = 10_000
         for b, n in self.loads.items():
@@ -382,3 +383,40 @@ def test_a_replaced_policy_stops_receiving_the_trackers_change_feed() -> None:
     tracker.on_arrival(RequestInfo(3, T30, 0.0, prompt_tokens=10, max_tokens=None, output_bound=50))
     tracker.on_dispatch(3, "s5")
     assert feed is not None and "s5" in feed
+
+
+@pytest.mark.parametrize("kind", ["polyserve", "slo-pack"])
+def test_learned_ttft_excess_makes_a_busy_server_infeasible_for_a_tight_ttft(kind: str) -> None:
+    # 300 ms TTFT; the step model alone predicts ≈ 35 ms to the first token on either
+    # server. What the servers' observed first tokens add (EngineLimits.ttft_extra,
+    # learned from TTFTs): 10 ms + 20 ms per running stream -> 210 ms at 10, 410 ms at 20
+    t = tier("t50", 50, 2, ttft_ms=300)
+    slow = replace(LIMITS, ttft_a_s=0.010, ttft_b_s=0.020)
+    for lim, loads, expect in (
+        (LIMITS, {"a": 10, "b": 20}, "b"),  # pack: the most loaded
+        (slow, {"a": 10, "b": 20}, "a"),  # 410 ms > 300 ms on b
+        (slow, {"a": 20, "b": 20}, "Defer"),  # neither answers in time
+    ):
+        f = Fleet({"a": "t50", "b": "t50"}, loads, limits=lim)
+        d = build(kind, placement="pack").select(request(t), f.snap())
+        if expect == "Defer":
+            assert isinstance(d, Defer), (lim, loads, d)
+        else:
+            assert isinstance(d, Dispatch) and d.backends[0] == expect, (lim, loads, d)
+
+
+def test_the_tracker_reports_the_load_a_request_was_placed_at() -> None:
+    f = Fleet({"a": "t30", "b": "t30"}, {"a": 3})
+    tr = f.tracker
+    outs: list[Outcome] = []
+    tr.add_listener(outs.append)
+    for rid, to in ((1, "a"), (2, "a")):
+        tr.on_arrival(RequestInfo(rid, T30, 0.0, prompt_tokens=40, max_tokens=None, output_bound=50))
+        tr.on_dispatch(rid, to)
+    tr.on_retry(2, "b")  # failed before its first byte: its first token spans two servers
+    tr.on_tokens(1, 1)
+    tr.on_tokens(2, 1)
+    tr.on_finish(1, Status.OK)
+    tr.on_finish(2, Status.OK)
+    # request 1 met 3 residents (10 prompt + 1 output token each), none waiting to prefill
+    assert [o.dispatch_load for o in outs] == [(3, 33, 0), None]
