@@ -70,7 +70,14 @@ def _fmt(x: float | None, scale: float = 1.0, nd: int = 1) -> str:
 
 def _table(console: Console, s: dict[str, Any], title: str) -> None:
     t = Table(title=title)
-    for c in ("tier", "arrivals", "DSLO att.", "mean-TPOT att.", "misses TTFT/pace/rej/unf", "wait p99 ms"):
+    for c in (
+        "tier",
+        "arrivals",
+        "DSLO att.",
+        "mean-TPOT att.",
+        "misses TTFT/pace/backlog/rej/unf",
+        "wait p99 ms",
+    ):
         t.add_column(c, justify="right")
     for c in ("TTFT p50/p90/p99 ms", "TPOT p50/p90/p99 ms"):
         t.add_column(c, justify="right")
@@ -82,7 +89,16 @@ def _table(console: Console, s: dict[str, Any], title: str) -> None:
             str(v["arrivals"]),
             _fmt(v["dslo_attainment"], 100, 2) + " %",
             _fmt(v["mean_tpot_attainment"], 100, 2) + " %",
-            f"{v['misses']['ttft']}/{v['misses']['pace']}/{v['rejected']}/{v['unfinished'] + v['errors']}",
+            "/".join(
+                str(x)
+                for x in (
+                    v["misses"]["ttft"],
+                    v["misses"]["pace"],
+                    v["misses"]["backlog"],
+                    v["rejected"],
+                    v["unfinished"] + v["errors"],
+                )
+            ),
             _fmt(v["queue_wait_s"]["p99"], 1e3, 0),
             "/".join(_fmt(tt[k], 1e3, 0) for k in ("p50", "p90", "p99")),
             "/".join(_fmt(tp[k], 1e3, 1) for k in ("p50", "p90", "p99")),

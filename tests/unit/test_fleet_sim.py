@@ -224,3 +224,32 @@ def test_learning_off_keeps_the_priors() -> None:
     sim = FleetSim(scn, "polyserve", rate=20.0, options=SimOptions(learn=False))
     sim.run()
     assert all(sim.latency.observations(b.id) == 0 for b in sim.backends.backends)
+
+
+def test_best_effort_work_parked_until_arrivals_stop_does_not_count() -> None:
+    """One server, a best-effort tier only: at a rate it keeps up with, every request
+    counts; far above it, the router queue grows while arrivals last and the work served
+    only in the drain is not counted good (a rate the fleet cannot sustain). Misses are
+    reported by cause and the queue wait alongside."""
+    scn = small(
+        fleet={"servers": 1, "bins": {"bulk": 1}},
+        tiers=[{"name": "bulk", "class": "best_effort", "share": 1.0}],
+    )
+    scn_long = small(
+        fleet={"servers": 1, "bins": {"bulk": 1}},
+        tiers=[{"name": "bulk", "class": "best_effort", "share": 1.0}],
+        workload={
+            "lengths": "synthetic",
+            "prompt": {"mean": 300, "sigma": 0.5, "max": 2000},
+            "output": {"mean": 60, "sigma": 0.5, "max": 300},
+            "requests": 2500,
+        },
+    )
+    light = run_once(scn, "slo-pack", 2.0).summary["tiers"]["bulk"]
+    assert light["dslo_attainment"] == 1.0
+    heavy = run_once(scn_long, "slo-pack", 400.0).summary["tiers"]["bulk"]
+    assert heavy["finished"] == 2500  # everything is served in the end ...
+    assert heavy["dslo_attainment"] < 0.9  # ... but most of it only after arrivals stopped
+    assert heavy["queue_wait_s"]["p99"] > 10.0
+    missed = heavy["arrivals"] - heavy["good"]
+    assert heavy["misses"] == {"ttft": 0, "pace": 0, "backlog": missed}  # no SLO: not TTFT or pace
