@@ -18,8 +18,11 @@ be dispatched to still meet its SLO, i.e. its slack is ``priority - now``.
 Because the key does not depend on ``now``, ordering by key is ordering by slack at
 every moment, and a heap suffices. Two lanes: **on time** (key ≥ now) and **late**
 (key < now: its SLO can no longer be met; it is served best effort, after the on-time
-lane, oldest first) — so a hopeless request never blocks the others. Entries move from
-the first lane to the second lazily, when they reach the head.
+lane, oldest first; best-effort requests share it) — so a hopeless request never blocks
+the others. Entries move from the first lane to the second lazily, when they reach the
+head. Each lane is kept **per tier** (one heap each): a wake-up takes the most urgent
+head among the tiers not yet blocked, so a tier whose head cannot go (e.g. late requests
+a policy holds for spare room) never hides another tier's requests behind it.
 
 Driving it::
 
@@ -32,7 +35,8 @@ Driving it::
 Wake the drain on arrivals, completions, fleet changes and at ``next_retry()``.
 :meth:`AdmissionQueue.drain` tries requests in order and stops a tier after its first
 ``Defer`` in that wake-up (the rest of the tier would most likely defer too), so a
-wake-up costs at most ``max_tries`` decisions however long the queue is.
+wake-up costs at most ``max_tries`` decisions however long the queue is (plus
+O(tiers) to find the heads).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import heapq
 import itertools
 import math
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from slorouter.state.snapshot import Snapshot
 from slorouter.values import Decision, Defer, RequestInfo, SloClass
@@ -80,14 +85,14 @@ def priority(request: RequestInfo, snapshot: Snapshot | None = None, backend_id:
 
 
 class AdmissionQueue:
-    """Two-lane priority queue of deferred requests (see module docs). O(log n) push/pop,
-    O(1) remove (lazy deletion)."""
+    """Two-lane priority queue of deferred requests, a heap per tier and lane (see module
+    docs). O(log n) push/pop, O(1) remove (lazy deletion)."""
 
     def __init__(self, max_tries: int = 16) -> None:
         self.max_tries = max_tries
         self._seq = itertools.count()
-        self._heap: list[_HeapEntry] = []  # on time
-        self._late: list[_LateEntry] = []
+        self._on: dict[str, list[_HeapEntry]] = {}  # on time, per tier
+        self._late: dict[str, list[_LateEntry]] = {}  # late (and best effort), per tier
         self._reqs: dict[int, RequestInfo] = {}
         self._retry: dict[int, float] = {}
         self._retry_heap: list[tuple[float, int]] = []
@@ -108,11 +113,13 @@ class AdmissionQueue:
         self._reqs[rid] = request
         self._set_retry(rid, retry_at)
         seq = next(self._seq)
+        tier = request.tier.name
         if math.isinf(key) and key > 0:
-            heapq.heappush(self._late, (request.arrival, seq, rid))
+            heapq.heappush(self._late.setdefault(tier, []), (request.arrival, seq, rid))
             self._late_rids.add(rid)
         else:
-            heapq.heappush(self._heap, (key, -request.tier.weight, request.arrival, seq, rid))
+            entry = (key, -request.tier.weight, request.arrival, seq, rid)
+            heapq.heappush(self._on.setdefault(tier, []), entry)
 
     def remove(self, rid: int) -> RequestInfo | None:
         """Forget a request (cancelled by its client); its heap entry is dropped lazily."""
@@ -124,20 +131,25 @@ class AdmissionQueue:
         """True when the request is in the second (best-effort) lane: late, or no SLO."""
         return rid in self._late_rids
 
-    def _promote_late(self, now: float) -> None:
-        h = self._heap
-        while h and (h[0][4] not in self._reqs or h[0][0] < now):
-            _key, _, arrival, seq, rid = heapq.heappop(h)
-            if rid in self._reqs:
-                heapq.heappush(self._late, (arrival, seq, rid))
-                self._late_rids.add(rid)
+    def _clean(self, now: float) -> None:
+        """Drop removed entries from the heads; move heads that turned late to the late lane."""
+        reqs = self._reqs
+        for tier, h in self._on.items():
+            while h and (h[0][4] not in reqs or h[0][0] < now):
+                _key, _, arrival, seq, rid = heapq.heappop(h)
+                if rid in reqs:
+                    heapq.heappush(self._late.setdefault(tier, []), (arrival, seq, rid))
+                    self._late_rids.add(rid)
+        for h2 in self._late.values():
+            while h2 and h2[0][2] not in reqs:
+                heapq.heappop(h2)
 
     def ordered(self, now: float) -> Iterator[RequestInfo]:
         """Queued requests in service order: on-time lane by key, then late lane by arrival.
         O(n log n); for inspection — :meth:`drain` does not sort the whole queue."""
-        self._promote_late(now)
-        on = sorted(e for e in self._heap if e[4] in self._reqs)
-        late = sorted(e for e in self._late if e[2] in self._reqs)
+        self._clean(now)
+        on = sorted(e for h in self._on.values() for e in h if e[4] in self._reqs)
+        late = sorted(e for h in self._late.values() for e in h if e[2] in self._reqs)
         seen: set[int] = set()
         for e in on:
             if e[4] not in seen:
@@ -149,12 +161,12 @@ class AdmissionQueue:
                 yield self._reqs[le[2]]
 
     def peek(self, now: float) -> RequestInfo | None:
-        self._promote_late(now)
-        if self._heap:
-            return self._reqs[self._heap[0][4]]
-        while self._late and self._late[0][2] not in self._reqs:
-            heapq.heappop(self._late)
-        return self._reqs[self._late[0][2]] if self._late else None
+        self._clean(now)
+        heads_on = [h[0] for h in self._on.values() if h]
+        if heads_on:
+            return self._reqs[min(heads_on)[4]]
+        heads_late = [h[0] for h in self._late.values() if h]
+        return self._reqs[min(heads_late)[2]] if heads_late else None
 
     def _set_retry(self, rid: int, at: float | None) -> None:
         if at is None:
@@ -178,49 +190,47 @@ class AdmissionQueue:
     def drain(
         self, decide: Callable[[RequestInfo], Decision], now: float
     ) -> list[tuple[RequestInfo, Decision]]:
-        """Decide queued requests in order. Requests that got ``Dispatch`` or ``Reject``
-        are removed and returned with their decision, in order; deferred ones stay (with
-        their ``retry_at``). After a tier's first ``Defer`` the rest of that tier is
-        skipped in this wake-up; at most ``max_tries`` decisions are made."""
-        self._promote_late(now)
+        """Decide queued requests in order: repeatedly the most urgent head (on-time lane
+        by key, then late lane by arrival) among the tiers not blocked in this wake-up.
+        Requests that got ``Dispatch`` or ``Reject`` are removed and returned with their
+        decision, in order; deferred ones stay (with their ``retry_at``), and block their
+        tier for the rest of the wake-up. At most ``max_tries`` decisions are made."""
+        self._clean(now)
         out: list[tuple[RequestInfo, Decision]] = []
         blocked: set[str] = set()
-        tries = pops = 0
-        max_pops = 4 * self.max_tries
-        kept: list[_HeapEntry] = []
-        kept_late: list[_LateEntry] = []
-        h, late = self._heap, self._late
-        while tries < self.max_tries and pops < max_pops and (h or late):
-            pops += 1
-            e: _HeapEntry | None = None
-            le: _LateEntry | None = None
-            if h:
-                e = heapq.heappop(h)
-                rid = e[4]
-            else:
-                le = heapq.heappop(late)
-                rid = le[2]
-            req = self._reqs.get(rid)
-            if req is None:
-                continue
-            if req.tier.name not in blocked:
+        reqs = self._reqs
+        tries = 0
+        for lane_on in (True, False):
+            lanes: dict[str, Any] = self._on if lane_on else self._late
+            while tries < self.max_tries:
+                best: str | None = None
+                best_head: Any = None
+                for tier, h in lanes.items():
+                    if h and tier not in blocked and (best_head is None or h[0] < best_head):
+                        best, best_head = tier, h[0]
+                if best is None:
+                    break
+                h = lanes[best]
+                heapq.heappop(h)
+                rid = best_head[4] if lane_on else best_head[2]
+                req = reqs.get(rid)
+                if req is not None and lane_on and best_head[0] < now:
+                    # turned late since _clean: over to the late lane, decided there
+                    heapq.heappush(self._late.setdefault(best, []), (best_head[2], best_head[3], rid))
+                    self._late_rids.add(rid)
+                    continue
+                if req is None:
+                    continue
                 tries += 1
                 d = decide(req)
                 if not isinstance(d, Defer):
-                    del self._reqs[rid]
+                    del reqs[rid]
                     self._retry.pop(rid, None)
                     self._late_rids.discard(rid)
                     out.append((req, d))
                     continue
-                blocked.add(req.tier.name)
+                blocked.add(best)
                 self._set_retry(rid, d.retry_at)
-            if e is not None:
-                kept.append(e)
-            elif le is not None:
-                kept_late.append(le)
-        for e2 in kept:
-            heapq.heappush(h, e2)
-        for le2 in kept_late:
-            heapq.heappush(late, le2)
+                heapq.heappush(h, best_head)
         self.next_retry(now)  # this was the wake-up for every retry time up to now: drop them
         return out

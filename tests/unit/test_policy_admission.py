@@ -102,3 +102,25 @@ def test_remove_forgets_a_cancelled_request() -> None:
     assert q.next_retry() is None
     out = q.drain(lambda r: Dispatch(("b0",)), now=0.0)
     assert [r.rid for r, _ in out] == [2] and len(q) == 0
+
+
+def test_late_requests_held_for_spare_room_do_not_hide_another_tier() -> None:
+    """200 late chat requests the policy holds (waiting for spare room) are older than a
+    best-effort one: the drain still reaches it, and an on-time request first."""
+    q = AdmissionQueue(max_tries=16)
+    for i in range(200):
+        r = req(i, CHAT, arrival=i * 0.001)
+        q.push(r, priority(r))
+    batch, fresh = req(500, BATCH, arrival=5.0), req(501, FAST, arrival=5.0)
+    q.push(batch, priority(batch))
+    q.push(fresh, priority(fresh))
+    decided: list[int] = []
+
+    def decide(r: RequestInfo) -> Decision:
+        decided.append(r.rid)
+        return Defer("held for spare room") if r.tier is CHAT else Dispatch(("b0",))
+
+    out = q.drain(decide, now=5.0)
+    assert [r.rid for r, _ in out] == [501, 500]
+    assert decided == [501, 0, 500]  # one try for the held tier, then the next tier
+    assert len(q) == 200 and all(q.is_late(i) for i in range(200))
