@@ -144,6 +144,13 @@ class AdmissionQueue:
             while h2 and h2[0][2] not in reqs:
                 heapq.heappop(h2)
 
+    def waiting_on_time(self, now: float) -> bool:
+        """Whether any queued request can still meet its SLO (the on-time lane is not
+        empty). When it is empty, a new on-time request comes first anyway: it can be
+        decided at once, without a wake-up of the late lane (an arrival frees no room)."""
+        self._clean(now)
+        return any(self._on.values())
+
     def ordered(self, now: float) -> Iterator[RequestInfo]:
         """Queued requests in service order: on-time lane by key, then late lane by arrival.
         O(n log n); for inspection — :meth:`drain` does not sort the whole queue."""

@@ -238,8 +238,9 @@ class FleetSim:
                 )
                 i += 1
                 tracker.on_arrival(req)
-                if len(queue):
-                    queue.push(req, priority(req, tracker.snapshot()))
+                key = priority(req, tracker.snapshot()) if len(queue) else 0.0
+                if len(queue) and (math.isinf(key) or key < t_arr or queue.waiting_on_time(t_arr)):
+                    queue.push(req, key)
                     wake()
                 else:
                     d = decide(req)
