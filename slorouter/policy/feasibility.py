@@ -20,7 +20,9 @@ with the backend's :meth:`~slorouter.models.base.LatencyView.linear` coefficient
    takes only spare room (``late_fill`` 1 = no difference; polyserve uses 0.25);
 3. **TTFT** (unless the request is already late): time left until the TTFT deadline ≥
    the current step + the prefill backlog ahead of it and its own prompt, chunked by the
-   engine's ``max_batched_tokens`` (``chunks · step(batch) + c_prefill · tokens``); and
+   engine's ``max_batched_tokens`` (``chunks · step(batch) + c_prefill · tokens``), plus
+   what the server's observed first tokens take beyond that at its load
+   (``EngineLimits.ttft_extra``, learned by the latency model); and
    first token + one step ≤ TTFT + the request's TPOT;
 4. **deadline** (deadline/workflow classes): first token + ``bound`` steps ≤ time left.
 
