@@ -63,12 +63,14 @@ class FeasibilityParams:
     interference_checks: int = 4  # candidates examined for prefill interference (0: off)
     catchup_tokens: float = 64.0  # steps over which a prefill backlog is amortized
     late_fill: float = 1.0  # share of a server's step range (c0 → TPOT) a late request may fill
+    late_hold_s: float = math.inf  # ... for this long past its TTFT deadline; then like any other
 
 
 class Need:
     """Per-decision constants of one request."""
 
     __slots__ = ("b", "deadline_left", "late", "p", "tightness", "tpot", "ttft_left", "weight_kv")
+    # ttft_left < 0 for a late latency request: -ttft_left is how long it has been late
 
     def __init__(
         self, req: RequestInfo, now: float, late: bool, kv_estimate: str = "peak", hopeless: bool = False
@@ -111,7 +113,7 @@ def assess(
     step += lin.c_prefill_s * (load.prefill_tokens + need.p) / fp.catchup_tokens
     tau = tau_host if tau_host < need.tpot else need.tpot
     limit = fp.headroom * tau
-    if need.late and fp.late_fill < 1.0 and limit < INF:
+    if need.late and fp.late_fill < 1.0 and limit < INF and -need.ttft_left < fp.late_hold_s:
         # a late request takes only spare room: what an on-time one would not need
         limit = lin.c0_s + fp.late_fill * (limit - lin.c0_s)
     if step > limit:
@@ -208,7 +210,9 @@ def earliest_first_token(p: int, lin: LinearStep, lim: EngineLimits) -> float:
     return chunks * (lin.c0_s + lin.c_batch_s) + lin.c_kv_s * p + lin.c_prefill_s * p + lim.ttft_extra(0)
 
 
-def read_params(p: Params, ctx: PolicyContext, late_fill: float = 1.0) -> tuple[str, FeasibilityParams]:
+def read_params(
+    p: Params, ctx: PolicyContext, late_fill: float = 1.0, late_hold_s: float = math.inf
+) -> tuple[str, FeasibilityParams]:
     """The params every feasibility-based policy shares: ``placement`` (pack|spread|auto;
     auto = pack when autoscaling gives emptied servers back, else spread) and the
     feasibility knobs."""
@@ -221,6 +225,7 @@ def read_params(p: Params, ctx: PolicyContext, late_fill: float = 1.0) -> tuple[
         interference_checks=p.integer("interference_checks", 4, lo=0),
         catchup_tokens=p.number("catchup_tokens", 64.0, lo=1.0),
         late_fill=p.number("late_fill", late_fill, lo=0.0, hi=1.0),
+        late_hold_s=p.number("late_hold_s", late_hold_s, lo=0.0),
     )
     return placement, fp
 

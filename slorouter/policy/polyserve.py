@@ -35,7 +35,9 @@
 Params: ``placement`` (pack|spread|auto), ``kv_estimate`` (peak|current), ``headroom``
 (usable fraction of TPOT, default 1.0), ``interference_checks`` (default 4; 0 = off),
 ``catchup_tokens`` (default 64), ``late_fill`` (default 0.25; 1 = a late request may fill a
-server like an on-time one), ``overflow`` (default true), ``overflow_headroom``
+server like an on-time one), ``late_hold_s`` (default: no limit; a latency request late by
+more than this is placed like an on-time one: bounds its wait, costs goodput under
+sustained overload), ``overflow`` (default true), ``overflow_headroom``
 (share of a tighter host's TPOT budget that overflow may use, default 0.95 — the rest
 stays for the host bin's own tier), ``relax`` (default 1.15), ``fallbacks`` (extra ranked
 servers for failover, default 2), ``rebalance`` (default true: servers move between bins

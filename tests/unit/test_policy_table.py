@@ -420,3 +420,20 @@ def test_the_tracker_reports_the_load_a_request_was_placed_at() -> None:
     tr.on_finish(2, Status.OK)
     # request 1 met 3 residents (10 prompt + 1 output token each), none waiting to prefill
     assert [o.dispatch_load for o in outs] == [(3, 33, 0), None]
+
+
+@pytest.mark.parametrize(
+    ("late_for", "hold", "want"), [(4.7, 10.0, "Defer"), (4.7, 2.0, "a"), (4.7, None, "Defer")]
+)
+def test_late_hold_limits_how_long_a_late_request_waits_for_spare_room(
+    late_for: float, hold: float | None, want: str
+) -> None:
+    t50 = tier("t50", 50, 2, ttft_ms=300)
+    f = Fleet({"a": "t50"}, {"a": 100})  # 20.1 ms: beyond late_fill 0.25's 20 ms, within 50 ms
+    f.clock.set(0.3 + late_for)
+    params = {} if hold is None else {"late_hold_s": hold}
+    d = build("polyserve", **params).select(request(t50, arrival=0.0), f.snap())
+    if want == "Defer":
+        assert isinstance(d, Defer), d
+    else:
+        assert isinstance(d, Dispatch) and d.backends[0] == want and "best effort" in d.reason, d
