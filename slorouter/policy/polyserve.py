@@ -30,7 +30,7 @@
   stranded, whatever the model predicts). A request that has already missed must not
   take the room an on-time one needs: under overload, serving late requests first
   turns every next arrival late too (measured on polyserve-code at 275 req/s: the
-  loosest tier 0.62 → 0.96 attainment with ``late_fill`` 0.25; §8 of docs/policies.md).
+  loosest tier 0.56 → 0.96 attainment with ``late_fill`` 0.25; §5 of docs/policies.md).
 
 Params: ``placement`` (pack|spread|auto), ``kv_estimate`` (peak|current), ``headroom``
 (usable fraction of TPOT, default 1.0), ``interference_checks`` (default 4; 0 = off),
