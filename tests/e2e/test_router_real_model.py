@@ -89,7 +89,11 @@ def test_the_routers_model_of_each_server_follows_vllms_own_itl(learned: Learned
     for b in ("e0", "e1"):
         mine = sorted((r for r in rows if r["backend"] == b), key=lambda r: r["level"])
         means = [r["model_mean_ms"] for r in mine]
-        assert means == sorted(means) and means[-1] > 1.2 * means[0], (b, means)  # rises with the batch
+        itl = [r["vllm_itl_ms"] for r in mine]
+        # rises with the batch, and by at least half as much as vLLM's own ITL does from level
+        # 1 to 8 (how much that is depends on the host: 1.55x here, 1.2x on a slower CI box)
+        assert means == sorted(means), (b, means, itl)
+        assert means[-1] / means[0] - 1 >= 0.5 * (itl[-1] / itl[0] - 1), (b, means, itl)
         for r in mine:
             assert abs(r["error_pct"]) <= 25, r
 
