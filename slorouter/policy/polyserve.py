@@ -41,7 +41,9 @@ sustained overload), ``overflow`` (default true), ``overflow_headroom``
 (share of a tighter host's TPOT budget that overflow may use, default 0.95 — the rest
 stays for the host bin's own tier), ``relax`` (default 1.15), ``fallbacks`` (extra ranked
 servers for failover, default 2), ``rebalance`` (default true: servers move between bins
-as load shifts, :mod:`slorouter.policy.rebalance`), ``rebalance_hold_s`` (default 10).
+as load shifts, :mod:`slorouter.policy.rebalance`), ``rebalance_hold_s`` (default 10: a moved
+server stays this long), ``rebalance_receive_s`` (default 2: a bin receives at most one
+server per this long).
 """
 
 from __future__ import annotations
@@ -427,7 +429,9 @@ def make_polyserve(params: Mapping[str, Any], ctx: PolicyContext) -> PolyServe:
     overflow_headroom = p.number("overflow_headroom", 0.95, lo=0.1, hi=1.0)
     relax = p.number("relax", 1.15, lo=1.0, hi=2.0)
     rebalance = RebalanceParams(
-        enabled=p.boolean("rebalance", True), hold_s=p.number("rebalance_hold_s", 10.0, lo=0.0)
+        enabled=p.boolean("rebalance", True),
+        hold_s=p.number("rebalance_hold_s", 10.0, lo=0.0),
+        receive_s=p.number("rebalance_receive_s", 2.0, lo=0.0),
     )
     p.done()
     return PolyServe(placement, fp, overflow, fallbacks, overflow_headroom, relax, rebalance)

@@ -141,22 +141,24 @@ def test_a_moved_server_serves_its_new_bin_and_leaves_the_old_one() -> None:
     assert "b" not in d.backends
 
 
-def test_hysteresis_one_server_per_bin_per_hold_and_no_quick_move_back() -> None:
+def test_hysteresis_one_server_per_bin_per_receive_interval() -> None:
     f = Fleet(
         {"a": "t20", "b": "t50", "c": "t50", "d": "t50", "e": "t50"},
         {"a": 100, "b": 10, "c": 20, "d": 30, "e": 40},
     )
-    p = poly(rebalance_hold_s=5.0)
+    p = poly(rebalance_hold_s=5.0, rebalance_receive_s=2.0)
     assert p.select(request(T20), f.snap()).backends[0] == "b"
     # b fills up with tight work: the tight bin is pressured again at once
     for rid in range(100, 190):
         f.tracker.on_arrival(RequestInfo(rid, T20, 0.0, prompt_tokens=10, max_tokens=None, output_bound=50))
         f.tracker.on_dispatch(rid, "b")
-    assert isinstance(p.select(request(T20, rid=2), f.snap()), Defer)  # within the hold
+    assert isinstance(p.select(request(T20, rid=2), f.snap()), Defer)  # within the interval
+    f.clock.set(1.9)
+    assert isinstance(p.select(request(T20, arrival=1.9, rid=3), f.snap()), Defer)
     assert p.moves.moves == 1
-    f.clock.set(5.0)
-    d = p.select(request(T20, arrival=5.0, rid=3), f.snap())
-    assert isinstance(d, Dispatch) and d.backends[0] == "c", d  # after the hold: the next one
+    f.clock.set(2.0)  # the bin may receive again (b's own hold, 5 s, is not what limits it)
+    d = p.select(request(T20, arrival=2.0, rid=4), f.snap())
+    assert isinstance(d, Dispatch) and d.backends[0] == "c", d
     assert p.moves.moves == 2
 
 
@@ -195,7 +197,11 @@ def test_configured_bins_win_over_an_override() -> None:
 
 @pytest.mark.parametrize(
     ("params", "path"),
-    [({"rebalance": "yes"}, "rebalance"), ({"rebalance_hold_s": -1}, "rebalance_hold_s")],
+    [
+        ({"rebalance": "yes"}, "rebalance"),
+        ({"rebalance_hold_s": -1}, "rebalance_hold_s"),
+        ({"rebalance_receive_s": "soon"}, "rebalance_receive_s"),
+    ],
 )
 def test_bad_rebalance_params_name_the_param(params: dict[str, Any], path: str) -> None:
     with pytest.raises(ParamError) as e:
