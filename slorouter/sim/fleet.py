@@ -38,7 +38,7 @@ from slorouter.policy import registry
 from slorouter.policy.base import Policy, PolicyContext
 from slorouter.sim.bound import auto_bins
 from slorouter.sim.engine import EngineModel, RequestTooLarge, Segment
-from slorouter.sim.fleet_metrics import ERROR, OK, REJECTED, Records, summarize
+from slorouter.sim.fleet_metrics import ERROR, OK, REJECTED, Records, missed, summarize
 from slorouter.sim.scenario import Scenario
 from slorouter.sim.scenario_workload import Workload, generate, mean_lengths, output_sample
 from slorouter.state.backends import Backend, BackendSet, Health
@@ -57,6 +57,7 @@ class SimOptions:
     max_tries: int = 16  # admission-queue decisions per wake-up
     latency_quantile: float = 0.9
     length_quantile: float = 0.9
+    miss_log: bool = False  # SimResult.misses: one row per request that missed (fleet_metrics.missed)
 
 
 @dataclass(slots=True)
@@ -67,6 +68,7 @@ class SimResult:
     decisions: int
     steps: int
     events: int
+    misses: list[dict[str, Any]] | None = None
 
 
 def _lateness(ends: Any, segs: tuple[Segment, ...], due0: float, tpot: float) -> float:
@@ -185,6 +187,8 @@ class FleetSim:
                 tracker.on_dispatch(rid, bid)
                 policy.on_dispatch(req, bid)
                 rec.wait[rid] = clock.now() - req.arrival
+                rec.backend[rid] = bid
+                rec.decision[rid] = d.reason
                 eng = engines[i]
                 try:
                     eng.submit(rid, wl.prompt[rid], wl.output[rid], clock.now())
@@ -201,6 +205,7 @@ class FleetSim:
             elif isinstance(d, Reject):
                 out = tracker.on_finish(rid, Status.REJECTED)
                 rec.status[rid] = REJECTED
+                rec.decision[rid] = d.reason
                 if out is not None:
                     policy.on_finish(out)
             return d
@@ -295,6 +300,7 @@ class FleetSim:
                     out = tracker.on_finish(rid, ok_status)
                     if out is not None:
                         policy.on_finish(out)
+                        rec.dispatch_load[rid] = out.dispatch_load
                     self._record(rid, f.segments, f.first_token_step, res.end, ends, dslo_met)
                 wake()
             if not pending[si]:
@@ -316,8 +322,19 @@ class FleetSim:
             makespan_s=makespan,
             busy_server_s=busy,
         )
+        misses = None
+        if self.opt.miss_log:
+            names = [t.name for t in wl.tiers]
+            misses = missed(
+                rec,
+                wl.arrival,
+                wl.prompt,
+                wl.output,
+                [names[k] for k in wl.tier],
+                {b.id: b.tier for b in self.backends.backends},
+            )
         return SimResult(
-            summary, time.perf_counter() - t0, time.process_time() - c0, decisions, steps, events
+            summary, time.perf_counter() - t0, time.process_time() - c0, decisions, steps, events, misses
         )
 
     def _record(

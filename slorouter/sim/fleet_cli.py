@@ -46,6 +46,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latency-quantile", type=float, default=0.9, help="quantile of the latency model")
     p.add_argument("--length-quantile", type=float, default=0.9, help="quantile of the length model")
     p.add_argument("--json", metavar="OUT", help="write the results as JSON")
+    p.add_argument(
+        "--misses",
+        metavar="OUT",
+        help="with --rate: write every request that missed its SLO as JSON lines (lengths, cause, "
+        "queue wait, TTFT, server, load at dispatch, the policy's reason) and print them grouped",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -112,6 +118,23 @@ def _table(console: Console, s: dict[str, Any], title: str) -> None:
     )
 
 
+def _miss_table(console: Console, rows: list[dict[str, Any]], top: int = 15) -> None:
+    """The misses grouped by tier, cause, the policy's reason and the server's tier."""
+    groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        key = (r["tier"], r["cause"], r["decision"] or "-", r["backend_tier"] or "-")
+        groups.setdefault(key, []).append(r)
+    t = Table(title=f"misses by tier, cause and decision ({len(rows)} requests; the {top} largest groups)")
+    for c in ("tier", "cause", "decision", "server tier", "requests", "prompt p50/max", "wait p50/max ms"):
+        t.add_column(c, justify="left" if c in ("decision",) else "right")
+    for (tier, cause, why, st), g in sorted(groups.items(), key=lambda kv: -len(kv[1]))[:top]:
+        prompts = sorted(r["prompt_tokens"] for r in g)
+        waits = sorted(r["queue_wait_s"] for r in g if r["queue_wait_s"] is not None)
+        wait = f"{waits[len(waits) // 2] * 1e3:.0f}/{waits[-1] * 1e3:.0f}" if waits else "-"
+        t.add_row(tier, cause, why, st, str(len(g)), f"{prompts[len(prompts) // 2]}/{prompts[-1]}", wait)
+    console.print(t)
+
+
 def _result_json(r: SimResult, rate: float) -> dict[str, Any]:
     return {
         "rate_rps": rate,
@@ -149,6 +172,9 @@ def run(args: argparse.Namespace) -> int:
     if args.rate is not None and args.rate <= 0:
         err.print("[red]error:[/red] --rate must be > 0 (requests per second, all tiers together)")
         return 2
+    if args.misses and args.sweep:
+        err.print("[red]error:[/red] --misses logs one run: give --rate R (or neither), not --sweep")
+        return 2
     fb = fluid_bound(scn)
     if not (0 < args.latency_quantile < 1 and 0 < args.length_quantile < 1):
         err.print("[red]error:[/red] --latency-quantile and --length-quantile must be in (0, 1)")
@@ -158,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
         learn=not args.no_learn,
         latency_quantile=args.latency_quantile,
         length_quantile=args.length_quantile,
+        miss_log=bool(args.misses),
     )
     n_req = args.requests or scn.workload.requests
     bins = scn.bins if scn.bins is not None and servers == scn.servers else auto_bins(scn, servers, fb)
@@ -248,6 +275,12 @@ def run(args: argparse.Namespace) -> int:
                 f"{r.cpu_s:.1f} s cpu[/dim]"
             )
             out["result"] = _result_json(r, rate)
+            if args.misses and r.misses is not None:
+                with Path(args.misses).open("wb") as f:
+                    for row in r.misses:
+                        f.write(json.dumps(row).encode() + b"\n")
+                _miss_table(console, r.misses)
+                console.print(f"wrote {len(r.misses)} misses to {args.misses}")
     except SystemExit as e:
         err.print(f"[red]{e}[/red]")
         return 2

@@ -12,6 +12,9 @@
   first token came after the TTFT deadline), ``pace`` (a later token came after its
   deadline) and ``backlog`` (best effort started only after arrivals ended, above);
   rejected, failed and unfinished requests are counted as such.
+* **The miss log** (:func:`missed`, ``slorouter simulate --misses OUT``): every request
+  that missed, with its lengths, cause, queue wait, TTFT, the server it ran on (and that
+  server's configured tier), the load it was placed at and the policy's reason.
 * **Queue wait**: time from arrival to (last) dispatch — what the router's admission
   queue held the request — p50/p90/p99 over dispatched requests.
 * TTFT / mean-TPOT p50/p90/p99 over finished requests; goodput = requests meeting their
@@ -41,6 +44,9 @@ class Records:
     ttft_miss: list[bool] = field(init=False)
     backlog: list[bool] = field(init=False)  # best effort started only after arrivals ended
     wait: list[float] = field(init=False)
+    backend: list[str | None] = field(init=False)  # where it was (last) dispatched
+    decision: list[str] = field(init=False)  # the policy's reason for the last decision
+    dispatch_load: list[tuple[int, int, int] | None] = field(init=False)  # (running, kv, prefill)
 
     def __post_init__(self) -> None:
         self.status = [UNFINISHED] * self.n
@@ -51,6 +57,9 @@ class Records:
         self.ttft_miss = [False] * self.n
         self.backlog = [False] * self.n
         self.wait = [math.nan] * self.n
+        self.backend = [None] * self.n
+        self.decision = [""] * self.n
+        self.dispatch_load = [None] * self.n
 
 
 def _pcts(x: np.ndarray[Any, Any]) -> dict[str, float | None]:
@@ -123,3 +132,58 @@ def summarize(
         "makespan_s": makespan_s,
         "busy_server_s": busy_server_s,
     }
+
+
+_STATUS = {UNFINISHED: "unfinished", REJECTED: "rejected", ERROR: "error"}
+
+
+def miss_cause(rec: Records, rid: int) -> str | None:
+    """Why request ``rid`` missed its DSLO (None: it did not)."""
+    st = rec.status[rid]
+    if st != OK:
+        return _STATUS[st]
+    if rec.dslo[rid]:
+        return None
+    if rec.backlog[rid]:
+        return "backlog"
+    return "ttft" if rec.ttft_miss[rid] else "pace"
+
+
+def _num(x: float, nd: int = 4) -> float | None:
+    return None if math.isnan(x) else round(x, nd)
+
+
+def missed(
+    rec: Records,
+    arrival: list[float],
+    prompt: list[int],
+    output: list[int],
+    tier: list[str],
+    tier_of_backend: dict[str, str],
+) -> list[dict[str, Any]]:
+    """One row per request that missed its DSLO, in arrival order (see module docs)."""
+    rows: list[dict[str, Any]] = []
+    for rid in range(rec.n):
+        cause = miss_cause(rec, rid)
+        if cause is None:
+            continue
+        bid = rec.backend[rid]
+        load = rec.dispatch_load[rid]
+        rows.append(
+            {
+                "rid": rid,
+                "tier": tier[rid],
+                "cause": cause,
+                "arrival_s": round(arrival[rid], 4),
+                "prompt_tokens": prompt[rid],
+                "output_tokens": output[rid],
+                "queue_wait_s": _num(rec.wait[rid]),
+                "ttft_s": _num(rec.ttft[rid]),
+                "backend": bid,
+                "backend_tier": None if bid is None else tier_of_backend.get(bid),
+                "running_at_dispatch": None if load is None else load[0],
+                "prefill_backlog_at_dispatch": None if load is None else load[2],
+                "decision": rec.decision[rid],
+            }
+        )
+    return rows

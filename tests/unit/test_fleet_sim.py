@@ -253,3 +253,41 @@ def test_best_effort_work_parked_until_arrivals_stop_does_not_count() -> None:
     assert heavy["queue_wait_s"]["p99"] > 10.0
     missed = heavy["arrivals"] - heavy["good"]
     assert heavy["misses"] == {"ttft": 0, "pace": 0, "backlog": missed}  # no SLO: not TTFT or pace
+
+
+def test_miss_log_matches_the_summary_and_names_where_each_miss_ran() -> None:
+    scn = small()
+    r = run_once(scn, "polyserve", 4000.0, options=SimOptions(miss_log=True))
+    assert r.misses is not None
+    o = r.summary["overall"]
+    assert len(r.misses) == o["arrivals"] - o["good"] > 0
+    by_cause: dict[str, int] = {}
+    for row in r.misses:
+        by_cause[row["cause"]] = by_cause.get(row["cause"], 0) + 1
+    assert {k: by_cause.get(k, 0) for k in ("ttft", "pace", "backlog")} == o["misses"]
+    assert by_cause.get("rejected", 0) == o["rejected"]
+    for row in r.misses:
+        if row["cause"] in ("ttft", "pace"):
+            # it ran somewhere: the server, its tier and the load it was placed at are known
+            assert row["backend"] in {"s0", "s1", "s2", "s3"}
+            assert row["backend_tier"] in {"fast", "slow"}
+            assert row["running_at_dispatch"] >= 0 and row["decision"]
+        if row["cause"] == "ttft":
+            assert row["ttft_s"] > 0.5  # the smallest TTFT of the scenario
+    assert run_once(scn, "round-robin", 400.0).misses is None  # off by default
+
+
+def test_cli_miss_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "m.jsonl"
+    code = fleet_cli.run(
+        _args(
+            scenario="chat-batch", policy="round-robin", requests=400, rate=400, misses=out, no_progress=True
+        )
+    )
+    assert code == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows and all(r["tier"] in ("chat", "batch") for r in rows)
+    text = capsys.readouterr().out
+    assert "misses by tier, cause and decision" in text and f"wrote {len(rows)} misses" in text
+    assert fleet_cli.run(_args(scenario="chat-batch", policy="polyserve", sweep=True, misses=out)) == 2
+    assert "--misses logs one run" in capsys.readouterr().err
