@@ -175,6 +175,13 @@ def run(args: argparse.Namespace) -> int:
     if args.misses and args.sweep:
         err.print("[red]error:[/red] --misses logs one run: give --rate R (or neither), not --sweep")
         return 2
+    for flag, path in (("--json", args.json), ("--misses", args.misses)):
+        if path and not Path(path).parent.is_dir():
+            err.print(
+                f"[red]error:[/red] {flag} {path}: no such directory "
+                f"{str(Path(path).parent)!r}; create it first"
+            )
+            return 2
     fb = fluid_bound(scn)
     if not (0 < args.latency_quantile < 1 and 0 < args.length_quantile < 1):
         err.print("[red]error:[/red] --latency-quantile and --length-quantile must be in (0, 1)")

@@ -212,6 +212,14 @@ def test_cli_runs_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[
         ({"scenario": "chat-batch", "policy": "nope"}, "unknown policy"),
         ({"scenario": "chat-batch", "policy": "polyserve", "rate": -1}, "--rate must be > 0"),
         ({"scenario": "chat-batch", "policy": "polyserve", "param": "placement=up"}, "placement"),
+        (
+            {"scenario": "chat-batch", "policy": "polyserve", "misses": "/nonexistent/m.jsonl"},
+            "no such directory",
+        ),
+        (
+            {"scenario": "chat-batch", "policy": "polyserve", "json": "/nonexistent/r.json"},
+            "no such directory",
+        ),
     ],
 )
 def test_cli_errors_say_what_to_do(kw: dict[str, Any], msg: str, capsys: pytest.CaptureFixture[str]) -> None:
