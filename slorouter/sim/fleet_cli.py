@@ -1,11 +1,12 @@
 """``slorouter simulate``: run a policy offline on a simulated fleet (no HTTP).
 
     slorouter simulate --scenario polyserve-conv --policy polyserve [--servers N]
-                       [--rate R | --sweep] [--requests N] [--json OUT]
+                       [--rate R | --sweep] [--requests N] [--json OUT] [--misses OUT]
 
 Prints per-tier DSLO and mean-TPOT attainment, TTFT/TPOT percentiles, goodput and cost
 (a rich table); with ``--sweep`` the goodput (highest rate where every tier attains
-≥ 90 %, and ≥ 99 %) found by bisection, next to the scenario's fluid bound.
+≥ 90 %, and ≥ 99 %) found by bisection, next to the scenario's fluid bound; with
+``--misses`` (one run) every request that missed, as JSON lines, grouped in a table.
 """
 
 from __future__ import annotations
