@@ -238,11 +238,7 @@ class Tracker:
         r.dispatched_at = self.clock.now()
         load = self.loads.get(backend_id)
         if load is not None:
-            r.at_dispatch = (
-                len(load.residents),
-                load.prompt_tokens + load.output_tokens,
-                load.prefill_tokens,
-            )
+            r.at_dispatch = (load.running, load.kv_tokens, load.prefill_tokens)
         else:
             r.at_dispatch = (0, 0, 0)
         self._attach(r, backend_id)
