@@ -151,7 +151,6 @@ def build_app(
     dispatcher = Dispatcher(
         policy, tracker, clock, max_queue=cfg.policy.max_queued, max_wait_s=cfg.policy.max_queue_wait_s
     )
-    tracker.add_listener(lambda o: dispatcher.policy.on_finish(o))
 
     def health_changed(_backend: str, routable: bool) -> None:
         if routable:
@@ -366,8 +365,7 @@ def apply_config(app: web.Application, new: RouterConfig, policy: Policy) -> Rel
         changes.append("timeouts/retries changed")
     svc.cfg = new
     if old.policy != new.policy:
-        svc.dispatcher.max_queue = new.policy.max_queued
-        svc.dispatcher.max_wait_s = new.policy.max_queue_wait_s
+        svc.dispatcher.set_limits(new.policy.max_queued, new.policy.max_queue_wait_s)
         svc.dispatcher.set_policy(policy)
         changes.append(f"policy {old.policy.kind} -> {new.policy.kind}")
     else:

@@ -30,7 +30,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from slorouter.admission import AdmissionQueue, priority
+from slorouter.admission import AdmissionCore, DecisionLog
 from slorouter.clock import ManualClock
 from slorouter.models.latency import build_latency
 from slorouter.models.lengths import build_lengths
@@ -43,7 +43,7 @@ from slorouter.sim.scenario import Scenario
 from slorouter.sim.scenario_workload import Workload, generate, mean_lengths, output_sample
 from slorouter.state.backends import Backend, BackendSet, Health
 from slorouter.state.tracker import Tracker
-from slorouter.values import Decision, Defer, Dispatch, Reject, RequestInfo, SloClass, Status
+from slorouter.values import Dispatch, Reject, RequestInfo, SloClass, Status
 
 ProgressFn = Callable[[int, int], None]
 BACKLOG_GRACE_S = 10.0  # see FleetSim._record: best-effort work started this long after arrivals end
@@ -55,9 +55,11 @@ class SimOptions:
     learn: bool = True  # latency and length models learn online (else: priors + warm start)
     drain_s: float = 120.0  # after the last arrival, stop at most this much later
     max_tries: int = 16  # admission-queue decisions per wake-up
+    max_queue: int = 10_000  # the router queue's limit (policy.max_queued's default); beyond: 429
     latency_quantile: float = 0.9
     length_quantile: float = 0.9
     miss_log: bool = False  # SimResult.misses: one row per request that missed (fleet_metrics.missed)
+    decision_log: bool = False  # SimResult.decision_log / .events: for replay comparisons
 
 
 @dataclass(slots=True)
@@ -69,6 +71,10 @@ class SimResult:
     steps: int
     events: int
     misses: list[dict[str, Any]] | None = None
+    decision_log: DecisionLog | None = None
+    # what the router saw, in order: ("arrive", t, rid) | ("tokens", t, rid, n) |
+    # ("finish", t, rid, status) | ("wake", t) — replayable through the live dispatcher
+    events_log: list[tuple[Any, ...]] | None = None
 
 
 def _lateness(ends: Any, segs: tuple[Segment, ...], due0: float, tpot: float) -> float:
@@ -142,8 +148,17 @@ class FleetSim:
             self.tracker.add_listener(self.lengths.observe_outcome)
         p = dict(scn.policies.get(policy_kind, {}))
         p.update(params or {})
-        self.policy: Policy = registry.build(policy_kind, p, PolicyContext(self.clock, self.seed))
-        self.queue = AdmissionQueue(self.opt.max_tries)
+        policy: Policy = registry.build(policy_kind, p, PolicyContext(self.clock, self.seed))
+        self.decision_log: DecisionLog | None = [] if self.opt.decision_log else None
+        self.events_log: list[tuple[Any, ...]] | None = [] if self.opt.decision_log else None
+        self.core = AdmissionCore(
+            policy,
+            self.tracker,
+            max_queue=self.opt.max_queue,
+            max_tries=self.opt.max_tries,
+            log=self.decision_log,
+        )
+        self._policy = policy
         self.engines = [
             EngineModel(scn.profile, seed=self.seed * 1000 + i, noise=scn.noise, keep_history=True)
             for i in range(len(backends))
@@ -151,12 +166,22 @@ class FleetSim:
         self.index = {b.id: i for i, b in enumerate(backends)}
         self.records = Records(len(self.wl))
 
+    @property
+    def policy(self) -> Policy:
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: Policy) -> None:
+        """Replace the policy before :meth:`run` (e.g. a recording wrapper in tests)."""
+        self._policy = policy
+        self.core.set_policy(policy)
+
     # -- the run ---------------------------------------------------------------------
 
     def run(self, progress: ProgressFn | None = None) -> SimResult:
         t0 = time.perf_counter()
         c0 = time.process_time()
-        wl, clock, tracker, policy, queue = self.wl, self.clock, self.tracker, self.policy, self.queue
+        wl, clock, tracker, core = self.wl, self.clock, self.tracker, self.core
         engines, index, rec = self.engines, self.index, self.records
         k_sync = self.opt.sync_tokens
         heap: list[tuple[float, int, int]] = []  # (time, seq, server) ; server -1 = retry timer
@@ -167,62 +192,62 @@ class FleetSim:
         arrivals = wl.arrival
         n = len(arrivals)
         timer_at = math.inf
-        decisions = steps = events = 0
+        steps = events = 0
         busy = 0.0
         dslo_met = rec.dslo
         stop_at = (arrivals[-1] if n else 0.0) + self.opt.drain_s
         ok_status = Status.OK
+        ev = self.events_log
+        on_tokens: Callable[[int, int], None] = tracker.on_tokens
+        if ev is not None:
 
-        def apply(req: RequestInfo, d: Decision) -> Decision:
-            nonlocal seq, decisions
-            decisions += 1
-            rid = req.rid
-            if isinstance(d, Dispatch):
-                bid = d.backends[0] if d.backends else None
-                i = index.get(bid) if bid is not None else None
-                if bid is None or i is None:
-                    tracker.on_finish(rid, Status.ERROR)
-                    rec.status[rid] = ERROR
-                    return Reject(503, "policy chose an unknown backend")
-                tracker.on_dispatch(rid, bid)
-                policy.on_dispatch(req, bid)
+            def logged_tokens(rid: int, k: int) -> None:
+                assert ev is not None
+                ev.append(("tokens", clock.now(), rid, k))
+                tracker.on_tokens(rid, k)
+
+            on_tokens = logged_tokens
+
+        def settle(decided: list[tuple[RequestInfo, Dispatch | Reject]]) -> None:
+            """Apply the core's decisions to the engines and the records."""
+            nonlocal seq, timer_at
+            for req, d in decided:
+                rid = req.rid
+                if isinstance(d, Reject):
+                    rec.status[rid] = REJECTED
+                    rec.decision[rid] = d.reason
+                    continue
+                bid = d.backends[0]
                 rec.wait[rid] = clock.now() - req.arrival
                 rec.backend[rid] = bid
                 rec.decision[rid] = d.reason
+                i = index[bid]
                 eng = engines[i]
                 try:
                     eng.submit(rid, wl.prompt[rid], wl.output[rid], clock.now())
                 except RequestTooLarge:
+                    if ev is not None:
+                        ev.append(("finish", clock.now(), rid, Status.ERROR))
                     tracker.on_finish(rid, Status.ERROR)
                     rec.status[rid] = ERROR
-                    return d
+                    continue
                 if not pending[i]:
                     end = eng.plan(clock.now())
                     if end is not None:
                         pending[i] = True
                         seq += 1
                         heapq.heappush(heap, (end, seq, i))
-            elif isinstance(d, Reject):
-                out = tracker.on_finish(rid, Status.REJECTED)
-                rec.status[rid] = REJECTED
-                rec.decision[rid] = d.reason
-                if out is not None:
-                    policy.on_finish(out)
-            return d
-
-        def decide(req: RequestInfo) -> Decision:
-            return apply(req, policy.select(req, tracker.snapshot()))
-
-        def wake() -> None:
-            nonlocal timer_at, seq
-            if not len(queue):
-                return
-            queue.drain(decide, clock.now())
-            nr = queue.next_retry(clock.now())
+            nr = core.next_timer()
             if nr is not None and nr < timer_at:
                 timer_at = nr
                 seq += 1
                 heapq.heappush(heap, (timer_at, seq, -1))
+
+        def wake() -> None:
+            if len(core):
+                if ev is not None:
+                    ev.append(("wake", clock.now()))
+                settle(core.wake())
 
         i = 0
         while True:
@@ -242,19 +267,10 @@ class FleetSim:
                     output_bound=self.lengths.bound(v.name, 0, self.scn.workload.max_tokens),
                 )
                 i += 1
+                if ev is not None:
+                    ev.append(("arrive", t_arr, req))
                 tracker.on_arrival(req)
-                key = priority(req, tracker.snapshot()) if len(queue) else 0.0
-                if len(queue) and (math.isinf(key) or key < t_arr or queue.waiting_on_time(t_arr)):
-                    queue.push(req, key)
-                    wake()
-                else:
-                    d = decide(req)
-                    if isinstance(d, Defer):
-                        queue.push(req, priority(req, tracker.snapshot()), d.retry_at)
-                        if d.retry_at is not None and t_arr < d.retry_at < timer_at:
-                            timer_at = d.retry_at
-                            seq += 1
-                            heapq.heappush(heap, (timer_at, seq, -1))
+                settle(core.arrive(req))
                 if progress is not None and i % 2000 == 0:
                     progress(i, n)
                 continue
@@ -276,7 +292,7 @@ class FleetSim:
             ms = milestones[si]
             idx = res.index
             for rid in cast("tuple[int, ...]", res.first_token):
-                tracker.on_tokens(rid, 1)
+                on_tokens(rid, 1)
                 synced[rid] = 1
                 if rid in eng:
                     ms.setdefault(idx + k_sync, []).append(rid)
@@ -287,7 +303,7 @@ class FleetSim:
                         g = eng.generated(rid)
                         dd = g - synced[rid]
                         if dd > 0:
-                            tracker.on_tokens(rid, dd)
+                            on_tokens(rid, dd)
                             synced[rid] = g
                         ms.setdefault(idx + k_sync, []).append(rid)
             if res.finished:
@@ -296,10 +312,11 @@ class FleetSim:
                     rid = cast(int, f.rid)
                     dd = f.output_tokens - synced.pop(rid, 0)
                     if dd > 0:
-                        tracker.on_tokens(rid, dd)
+                        on_tokens(rid, dd)
+                    if ev is not None:
+                        ev.append(("finish", t, rid, ok_status))
                     out = tracker.on_finish(rid, ok_status)
                     if out is not None:
-                        policy.on_finish(out)
                         rec.dispatch_load[rid] = out.dispatch_load
                     self._record(rid, f.segments, f.first_token_step, res.end, ends, dslo_met)
                 wake()
@@ -334,7 +351,15 @@ class FleetSim:
                 {b.id: b.tier for b in self.backends.backends},
             )
         return SimResult(
-            summary, time.perf_counter() - t0, time.process_time() - c0, decisions, steps, events, misses
+            summary,
+            time.perf_counter() - t0,
+            time.process_time() - c0,
+            core.decisions,
+            steps,
+            events,
+            misses,
+            self.decision_log,
+            ev,
         )
 
     def _record(

@@ -184,11 +184,10 @@ async def _scenario(
     vid = ids["victim"]
 
     def streaming_on_victim() -> int:
-        load_ = tracker.loads[vid]
-        return sum(1 for r in load_.residents.values() if r.req.stream and r.first_token_at is not None)
+        return sum(1 for r in tracker.residents(vid) if r.req.stream and r.first_token_at is not None)
 
     await poll(lambda: streaming_on_victim() >= 2, 15.0)
-    resident_at_kill = len(tracker.loads[vid].residents)
+    resident_at_kill = tracker.loads[vid].running
     t_kill = time.monotonic()
     victim.kill()
     eject["victim"] = round(await poll(lambda: not healthy("victim"), probe_bound + slack), 3)
