@@ -60,6 +60,7 @@ class BackendLoad:
         "prefill_tokens",
         "prefilling",
         "prompt_tokens",
+        "remote_slack",
         "running",
         "tier_counts",
     )
@@ -76,19 +77,31 @@ class BackendLoad:
         self._slack: tuple[SlackEntry, ...] = ()
         # set by the writer when the summary is stale: recomputes it on the next read
         self._slack_fn: Callable[[], tuple[SlackEntry, ...]] | None = None
+        # other router processes' summaries of this backend (slorouter.state.sync)
+        self.remote_slack: tuple[SlackEntry, ...] = ()
 
     @property
     def kv_tokens(self) -> int:
         return self.prompt_tokens + self.output_tokens
 
     @property
-    def slack(self) -> tuple[SlackEntry, ...]:
-        """The newest decoding residents' schedules (at most :data:`SLACK_WINDOW`)."""
+    def own_slack(self) -> tuple[SlackEntry, ...]:
+        """The summary of the residents this process placed (newest first)."""
         fn = self._slack_fn
         if fn is not None:
             self._slack = fn()
             self._slack_fn = None
         return self._slack
+
+    @property
+    def slack(self) -> tuple[SlackEntry, ...]:
+        """The newest decoding residents' schedules (at most :data:`SLACK_WINDOW`):
+        this process's, newest first; with other processes' summaries, the entries
+        with the least banked slack among both."""
+        own = self.own_slack
+        if not self.remote_slack:
+            return own
+        return tuple(sorted(own + self.remote_slack, key=banked)[:SLACK_WINDOW])
 
     def mark_slack(self, fn: Callable[[], tuple[SlackEntry, ...]]) -> None:
         """Writer side: the summary changed; ``fn`` recomputes it when next read
@@ -130,7 +143,7 @@ class BackendLoad:
             and self.prefilling == 0
             and self.prefill_tokens == 0
             and not any(self.tier_counts.values())
-            and not self.slack
+            and not self.own_slack
         )
 
     def as_tuple(self) -> tuple[int, int, int, int, int, int]:

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Callable
-from typing import Final
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Final
 
 from slorouter.clock import Clock
 from slorouter.models.base import LatencyView, LengthView
@@ -32,7 +32,31 @@ from slorouter.state.load import SLACK_WINDOW, BackendLoad, SlackEntry
 from slorouter.state.snapshot import Snapshot
 from slorouter.values import Outcome, RequestInfo, Status
 
+if TYPE_CHECKING:
+    from slorouter.state.sync import LoadSync
+
 OutcomeListener = Callable[[Outcome], None]
+
+
+class _Sum(Mapping[str, int]):
+    """Two count mappings read as their sum (queued requests here and elsewhere)."""
+
+    __slots__ = ("a", "b")
+
+    def __init__(self, a: Mapping[str, int], b: Mapping[str, int]) -> None:
+        self.a, self.b = a, b
+
+    def __getitem__(self, k: str) -> int:
+        if k not in self.a and k not in self.b:
+            raise KeyError(k)
+        return self.a.get(k, 0) + self.b.get(k, 0)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(set(self.a) | set(self.b))
+
+    def __len__(self) -> int:
+        return len(set(self.a) | set(self.b))
+
 
 _MAX_SAMPLES: Final = 4096  # step samples kept per request (bounded memory)
 
@@ -85,7 +109,9 @@ class Tracker:
         self.requests: dict[int, Resident] = {}
         self._on: dict[str, dict[int, Resident]] = {}  # backend -> residents, placement order
         self._slack_fns: dict[str, Callable[[], tuple[SlackEntry, ...]]] = {}
-        self.queued: dict[str, int] = {}
+        self.queued: dict[str, int] = {}  # this process's queued requests per tier
+        self.remote_queued: Mapping[str, int] = {}  # other processes' (slorouter.state.sync)
+        self.sync: LoadSync | None = None  # set by LoadSync: loads then include other processes'
         self._listeners: list[OutcomeListener] = []
         self._watchers: list[set[str]] = []
         self.backends = backends
@@ -126,6 +152,12 @@ class Tracker:
                 continue
             out.append((r.req.arrival + slo.ttft_s, r.output_tokens, last, slo.tpot_s))
         return tuple(out)
+
+    def changed(self, backend_id: str) -> None:
+        """Tell the change feeds (:meth:`watch`) that a backend's load changed from
+        outside (another process's row absorbed)."""
+        for w in self._watchers:
+            w.add(backend_id)
 
     def add_listener(self, fn: OutcomeListener) -> None:
         self._listeners.append(fn)
@@ -168,7 +200,7 @@ class Tracker:
             healthy=view.healthy,
             latency=self.latency,
             lengths=self.lengths,
-            queued=self.queued,
+            queued=self.queued if not self.remote_queued else _Sum(self.queued, self.remote_queued),
             eligible=view.eligible,
             watch=self.watch,
             fleet=view.fleet,
@@ -197,6 +229,8 @@ class Tracker:
             raise ValueError(f"request {req.rid} already known")
         self.requests[req.rid] = Resident(req)
         self.queued[req.tier.name] = self.queued.get(req.tier.name, 0) + 1
+        if self.sync is not None:
+            self.sync.on_arrival(self.clock.now())
 
     def on_dispatch(self, rid: int, backend_id: str) -> None:
         """Queued -> resident on ``backend_id``. Dispatching again to another backend
@@ -328,6 +362,9 @@ class Tracker:
             load.prefill_tokens += r.prompt_tokens
         tier = r.req.tier.name
         load.tier_counts[tier] = load.tier_counts.get(tier, 0) + 1
+        if self.sync is not None:
+            peak = r.prompt_tokens + max(r.bound, r.output_tokens)
+            self.sync.on_attach(load, r.prompt_tokens, peak, r.first_token_at is None)
         for w in self._watchers:
             w.add(backend_id)
 
