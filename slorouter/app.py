@@ -27,7 +27,11 @@ from slorouter.http import admin, openai, ops, tgi
 from slorouter.http.admin import CONTROL, Control, ReloadReport
 from slorouter.http.context import SERVICES, Services
 from slorouter.http.middleware import openai_errors
-from slorouter.metrics.prometheus import RouterMetrics
+from slorouter.metrics import build_registry, scrape_handler
+from slorouter.metrics.control import ControlMetrics
+from slorouter.metrics.forwarding import ForwardingMetrics
+from slorouter.metrics.health import HealthMetrics
+from slorouter.metrics.requests import RequestMetrics
 from slorouter.models import persist
 from slorouter.models.latency import OnlineLatency, build_latency
 from slorouter.models.lengths import LengthSettings, OnlineLengths
@@ -159,12 +163,18 @@ def build_app(
     monitor = HealthMonitor(health, clock, cfg.health, on_change=health_changed, seed=cfg.policy.seed)
     monitor.set_backends(backends.backends)
     control = Control(monitor)
-    metrics = RouterMetrics(tracker, extra=lambda: _extra_metrics(app))
-    tracker.add_listener(metrics.observe)
+    requests = RequestMetrics(tracker)
+    tracker.add_listener(requests.observe)
 
     app = web.Application(client_max_size=cfg.server.max_body_bytes, middlewares=[openai_errors])
     _sanitize_expect(app)
     app[CONTROL] = control
+    registry = build_registry(
+        requests,
+        HealthMetrics(monitor),
+        ForwardingMetrics(lambda: svc.forwarder if (svc := app.get(SERVICES)) is not None else None),
+        ControlMetrics(control),
+    )
 
     def save_state() -> str | None:
         path = state_path(app[SERVICES].cfg)
@@ -188,7 +198,6 @@ def build_app(
             tracker=tracker,
             dispatcher=dispatcher,
             forwarder=forwarder,
-            metrics=metrics,
             session=session,
             lengths=lengths,
         )
@@ -214,7 +223,7 @@ def build_app(
     r.add_post("/generate", tgi.generate)
     r.add_post("/generate_stream", tgi.generate_stream)
     r.add_get("/health", ops.health)
-    r.add_get("/metrics", ops.metrics)
+    r.add_get("/metrics", scrape_handler(registry))
     admin.add_routes(app)
     for path in ("/tokenize", "/detokenize"):
         r.add_post(path, ops.passthrough)
@@ -238,30 +247,6 @@ def _sanitize_expect(app: web.Application) -> None:
         return make(message, *args, **kw)
 
     app._make_request = make_request  # type: ignore[method-assign]
-
-
-def _extra_metrics(app: web.Application) -> list[str]:
-    ctl = app[CONTROL]
-    lines = ctl.monitor.metric_lines() + ctl.metric_lines()
-    svc = app.get(SERVICES)
-    if svc is not None:
-        f = svc.forwarder
-        lines += [
-            "# HELP slorouter_failovers_total Attempts on another backend (failures before the first byte).",
-            "# TYPE slorouter_failovers_total counter",
-            f"slorouter_failovers_total {f.retries}",
-            "# HELP slorouter_failovers_skipped_total Failovers not started: the TTFT deadline had passed.",
-            "# TYPE slorouter_failovers_skipped_total counter",
-            f"slorouter_failovers_skipped_total {f.budget_stops}",
-            "# HELP slorouter_upstream_resends_total Requests sent again on a fresh connection: "
-            "the engine closed an idle pooled one as the request went out.",
-            "# TYPE slorouter_upstream_resends_total counter",
-            f"slorouter_upstream_resends_total {f.resends}",
-            "# HELP slorouter_slow_clients_total Streaming clients dropped for not reading.",
-            "# TYPE slorouter_slow_clients_total counter",
-            f"slorouter_slow_clients_total {f.slow_clients}",
-        ]
-    return lines
 
 
 async def _save_periodically(app: web.Application, save: Callable[[], str | None]) -> None:
