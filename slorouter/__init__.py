@@ -10,7 +10,8 @@ Layers (lower never imports higher; enforced by import-linter, see pyproject.tom
 4 proxy                upstream client, SSE observer, dispatcher, health monitor
 5 http                 aiohttp handlers
 6 metrics              Prometheus collectors: read every part at scrape time, written to by none
-7 app, sim             composition root; simulated engines and the offline fleet simulator
+7 app, sim             composition root (wiring, reload, state file); simulated engines and
+                       the offline fleet simulator
 8 tools, cli
 """
 
