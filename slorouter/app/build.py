@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from aiohttp.http_parser import RawRequestMessage
-from multidict import CIMultiDict, CIMultiDictProxy
 
 from slorouter.app.parts import backend_set, build_models, build_policy, upstream_settings
 from slorouter.app.reload import reload_config
@@ -27,6 +25,7 @@ from slorouter.config.model import RouterConfig
 from slorouter.http import admin, openai, ops, tgi
 from slorouter.http.admin import CONTROL, Control
 from slorouter.http.context import SERVICES, Services
+from slorouter.http.expect import escape_expect_header
 from slorouter.http.middleware import openai_errors
 from slorouter.metrics import build_registry, scrape_handler
 from slorouter.metrics.control import ControlMetrics
@@ -78,7 +77,7 @@ def build_app(
     tracker.add_listener(requests.observe)
 
     app = web.Application(client_max_size=cfg.server.max_body_bytes, middlewares=[openai_errors])
-    _sanitize_expect(app)
+    escape_expect_header(app)
     app[CONTROL] = control
     registry = build_registry(
         requests,
@@ -142,24 +141,6 @@ def build_app(
         r.add_post(path, ops.passthrough)
     r.add_route("*", "/v1/{tail:.*}", ops.passthrough)
     return app
-
-
-def _sanitize_expect(app: web.Application) -> None:
-    """aiohttp answers an ``Expect`` header it does not know with 417 before any
-    middleware runs, echoing the value; a value with non-UTF-8 bytes makes that echo
-    fail (a 500). Such a value is made ASCII (escaped) when the request is built, so the
-    client gets the 417. (The one touch of aiohttp internals: the app's request factory.)"""
-    make = app._make_request
-
-    def make_request(message: RawRequestMessage, *args: Any, **kw: Any) -> web.Request:
-        expect = message.headers.get("Expect")
-        if expect is not None and not expect.isascii():
-            headers = CIMultiDict(message.headers)
-            headers["Expect"] = expect.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")
-            message = message._replace(headers=CIMultiDictProxy(headers))
-        return make(message, *args, **kw)
-
-    app._make_request = make_request  # type: ignore[method-assign]
 
 
 def _quiet_protocol_logger() -> logging.Logger:
