@@ -69,10 +69,10 @@ class Timeouts:
         float,
         F(
             "how long an idle pooled connection to a backend is kept; stay below the engine's own "
-            "idle timeout (vLLM and uvicorn close at 5 s), or requests race the engine's close "
-            "(applied at start)",
+            "idle timeout (vLLM and uvicorn close at 5 s), or requests race the engine's close",
             unit="s",
             gt=0,
+            restart=True,
         ),
     ] = 4.0
 

@@ -493,10 +493,12 @@ def test_restart_only_fields_come_from_the_declarations() -> None:
     raw["autoscale"] = {"idle_s": 10.0}
     raw["health"] = {"interval_s": 9.0}
     raw["policy"] = {"kind": "least-request"}
+    raw["timeouts"] = {"idle_s": 1.0, "keepalive_s": 2.0}
     assert restart_changes(old, parse_config(raw, "<test>")) == [
         "server.host",
         "server.port",
         "server.shutdown_grace_s",
+        "timeouts.keepalive_s",
         "models.latency_quantile",
         "autoscale",
     ]
