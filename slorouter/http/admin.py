@@ -58,16 +58,6 @@ class Control:
     draining: bool = False
     reloads: dict[str, int] = field(default_factory=lambda: {"ok": 0, "error": 0})
 
-    def metric_lines(self) -> list[str]:
-        return [
-            "# HELP slorouter_config_reloads_total Config reloads by result.",
-            "# TYPE slorouter_config_reloads_total counter",
-            *(f'slorouter_config_reloads_total{{result="{k}"}} {v}' for k, v in sorted(self.reloads.items())),
-            "# HELP slorouter_draining 1 while the router drains (new requests get 503).",
-            "# TYPE slorouter_draining gauge",
-            f"slorouter_draining {int(self.draining)}",
-        ]
-
 
 CONTROL: web.AppKey[Control] = web.AppKey("slorouter_control", Control)
 

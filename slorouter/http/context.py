@@ -13,7 +13,6 @@ from aiohttp import web
 
 from slorouter.clock import Clock
 from slorouter.config.model import RouterConfig
-from slorouter.metrics.prometheus import RouterMetrics
 from slorouter.models.base import LengthView
 from slorouter.proxy.dispatcher import Dispatcher
 from slorouter.proxy.forward import Forwarder
@@ -27,7 +26,6 @@ class Services:
     tracker: Tracker
     dispatcher: Dispatcher
     forwarder: Forwarder
-    metrics: RouterMetrics
     session: aiohttp.ClientSession
     lengths: LengthView
     rids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))

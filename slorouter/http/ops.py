@@ -1,4 +1,4 @@
-"""Operational routes: /v1/models (union over backends), /health, /metrics, and the
+"""Operational routes: /v1/models (union over backends), /health, and the
 pass-through of every other /v1/ route and vLLM's /tokenize, /detokenize to one
 healthy backend (never to a URL taken from the request)."""
 
@@ -72,13 +72,6 @@ async def health(request: web.Request) -> web.Response:
         }
     return web.Response(
         status=200 if healthy else 503, body=orjson.dumps(body), content_type="application/json"
-    )
-
-
-async def metrics(request: web.Request) -> web.Response:
-    svc = request.app[SERVICES]
-    return web.Response(
-        text=svc.metrics.render(), content_type="text/plain", charset="utf-8", headers={"X-Format": "0.0.4"}
     )
 
 
