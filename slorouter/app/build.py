@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,11 @@ from slorouter.metrics.requests import RequestMetrics
 from slorouter.proxy.dispatcher import Dispatcher
 from slorouter.proxy.forward import Forwarder
 from slorouter.proxy.health import HealthMonitor
+from slorouter.proxy.sharing import SharedState, shared_state_of
+from slorouter.proxy.syncloop import SyncLoop
 from slorouter.proxy.upstream import make_session
 from slorouter.state.backends import Health
+from slorouter.state.sync import LoadSync
 from slorouter.state.tracker import Tracker
 
 log = logging.getLogger("slorouter")
@@ -47,10 +51,13 @@ def build_app(
     *,
     clock: Clock | None = None,
     adjust: Callable[[RouterConfig], RouterConfig] | None = None,
+    shared: SharedState | None = None,
 ) -> web.Application:
     """The router. ``cfg.source`` names the config file that ``/admin/reload`` and SIGHUP
     re-read (a config built in memory cannot be reloaded); ``adjust`` is applied to every
-    re-read config (``slorouter serve`` uses it to keep its --host/--port)."""
+    re-read config (``slorouter serve`` uses it to keep its --host/--port). ``shared``:
+    the store and holder name this process shares its load picture through (workers of
+    one host); else ``state.sync`` of the config says (replicas)."""
     clock = clock or RealClock()
     backends = backend_set(cfg)
     health = Health(b.id for b in backends.backends)
@@ -70,6 +77,14 @@ def build_app(
         if routable:
             dispatcher.wake()
 
+    shared = shared or shared_state_of(cfg)
+    syncer: SyncLoop | None = None
+    if shared is not None:
+        sync = LoadSync(tracker, shared.holder, quota=shared.quota, wall=time.time)
+        syncer = SyncLoop(
+            sync, shared.store, tick_s=shared.tick_s, ttl_s=shared.ttl_s, on_freed=dispatcher.wake
+        )
+
     monitor = HealthMonitor(health, clock, cfg.health, on_change=health_changed, seed=cfg.policy.seed)
     monitor.set_backends(backends.backends)
     control = Control(monitor)
@@ -88,8 +103,8 @@ def build_app(
 
     def save() -> str | None:
         path = state_path(app[SERVICES].cfg)
-        if path is None:
-            return None
+        if path is None or (syncer is not None and not syncer.leader):
+            return None  # one writer of the state file: the leader
         save_state(path, latency, lengths, clock)
         return str(path)
 
@@ -112,6 +127,8 @@ def build_app(
             lengths=lengths,
         )
         monitor.start(session)
+        if syncer is not None:
+            syncer.start()
         saver = asyncio.get_running_loop().create_task(
             save_periodically(lambda: app[SERVICES].cfg.models.state_save_interval_s, save)
         )
@@ -120,6 +137,8 @@ def build_app(
         with contextlib.suppress(asyncio.CancelledError):
             await saver
         await monitor.stop()
+        if syncer is not None:
+            await syncer.stop()
         try:
             if (path := save()) is not None:
                 log.info("model state saved to %s", path)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from types import MappingProxyType
 from typing import Annotated, Any
 
@@ -269,6 +270,40 @@ class AutoscaleConfig:
     webhook_url: Annotated[str | None, F("URL told of scaling decisions (POST JSON)", min_length=1)] = None
 
 
+class SyncKind(StrEnum):
+    NONE = "none"  # this process alone (or the workers of one host: shared memory, automatic)
+    REDIS = "redis"  # replicas on several hosts share rows through Redis / Valkey
+
+
+@dataclass(frozen=True, slots=True)
+class SyncConfig:
+    """Sharing the load picture with other router replicas (docs/scale-out.md)."""
+
+    kind: Annotated[SyncKind, F("none | redis: replicas share per-backend rows through Redis/Valkey")] = (
+        SyncKind.NONE
+    )
+    url: Annotated[
+        str | None, F("the store, redis://[user:password@]host:port/db (kind: redis)", min_length=1)
+    ] = None
+    tick_ms: Annotated[float, F("publish this replica's row and read the others' every", unit="ms", gt=0)] = (
+        100.0
+    )
+    ttl_ms: Annotated[
+        float, F("a row not refreshed within this vanishes (a dead replica's share)", unit="ms", gt=0)
+    ] = 500.0
+    quota: Annotated[
+        bool, F("herding guard: between updates, use only this replica's share of a server's room")
+    ] = True
+    prefix: Annotated[str, F("key prefix in the store: one per logical router", min_length=1)] = "slorouter"
+
+
+@dataclass(frozen=True, slots=True)
+class StateConfig:
+    """Shared state between router processes."""
+
+    sync: Annotated[SyncConfig, F("the load picture shared with other replicas", restart=True)] = SyncConfig()
+
+
 def _rank(tiers: tuple[TierConfig, ...]) -> tuple[Tier, ...]:
     order = sorted(range(len(tiers)), key=lambda i: (tiers[i].slo().tightness, i))
     rank = {i: r for r, i in enumerate(order)}
@@ -295,6 +330,7 @@ class RouterConfig:
     retries: Annotated[RetryConfig, F("failover before the first byte")] = RetryConfig()
     health: Annotated[HealthConfig, F("health probes and ejection")] = HealthConfig()
     autoscale: Annotated[AutoscaleConfig, F("autoscaling (later)", restart=True)] = AutoscaleConfig()
+    state: Annotated[StateConfig, F("state shared with other router replicas")] = StateConfig()
     source: str = "<memory>"  # the file this came from (not a YAML field)
     # derived: values.Tier per tier (config order), ranked by tightness (0 = tightest)
     tier_values: tuple[Tier, ...] = field(init=False, repr=False, compare=False)

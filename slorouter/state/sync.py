@@ -32,7 +32,7 @@ TTL is dropped: a dead holder's share vanishes.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -137,8 +137,20 @@ class MemoryStore:
 class LoadSync:
     """One holder's side of the shared picture, over a tracker (see module docs)."""
 
-    def __init__(self, tracker: Any, holder: str, *, quota: bool = True, half_life_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        tracker: Any,
+        holder: str,
+        *,
+        quota: bool = True,
+        half_life_s: float = 10.0,
+        wall: Callable[[], float] | None = None,
+    ) -> None:
+        """``wall``: the clock rows are stamped with and aged by — shared by every holder
+        (``time.time`` across processes; default: the tracker's clock, as in the
+        simulator)."""
         self.tracker = tracker
+        self.wall = wall or tracker.clock.now
         self.holder = holder
         self.quota = quota
         self.half_life_s = half_life_s
@@ -185,7 +197,8 @@ class LoadSync:
             self._arrivals_at = now
 
     def row(self, now: float) -> Row:
-        """This holder's own counts (combined − remote − phantom)."""
+        """This holder's own counts (combined − remote − phantom); ``now`` on the
+        tracker's clock."""
         self._decay(now)
         t = self.tracker
         loads: dict[str, Counters] = {}
@@ -207,11 +220,14 @@ class LoadSync:
             s = load.own_slack
             if s:
                 slack[bid] = s
-        return Row(self.holder, now, self._arrivals, loads, tiers, slack, dict(t.queued))
+        return Row(self.holder, self.wall(), self._arrivals, loads, tiers, slack, dict(t.queued))
 
     def absorb(self, rows: Mapping[str, Row], now: float) -> None:
-        """Take in the others' latest rows: the view becomes own + Σ others."""
+        """Take in the others' latest rows: the view becomes own + Σ others (``now`` on
+        the tracker's clock; rows are aged on the wall clock)."""
         t = self.tracker
+        self._decay(now)
+        wall = self.wall()
         others = [r for h, r in rows.items() if h != self.holder]
         sums: dict[str, list[int]] = {}
         tsum: dict[str, dict[str, int]] = {}
@@ -220,8 +236,9 @@ class LoadSync:
         total = self._arrivals
         oldest = 0.0
         for r in others:
-            oldest = max(oldest, now - r.at)
-            total += r.arrivals * 0.5 ** (max(0.0, now - r.at) / self.half_life_s)
+            age = max(0.0, wall - r.at)
+            oldest = max(oldest, age)
+            total += r.arrivals * 0.5 ** (age / self.half_life_s)
             for bid, c in r.loads.items():
                 acc = sums.get(bid)
                 if acc is None:
