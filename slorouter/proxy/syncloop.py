@@ -8,9 +8,13 @@ process decides what only one should (the model state file today).
 
 The store failing never fails a request: the loop keeps the last rows it read while
 they are younger than ``ttl_s``, then routes on its own view alone, logs the outage once
-(and its end) and exports it (``store_up``). What a store must offer is
-:class:`LiveStore`; implementations: :mod:`slorouter.proxy.shmstore` (workers of one
-host) and :mod:`slorouter.proxy.redisstore` (replicas).
+(and its end) and exports it (``store_up``). A tick's store I/O has a hard deadline
+(``timeout_s``, default half the TTL): a hung store costs one timed-out tick, never a
+stalled loop. A leader that loses the store stays leader until its lease would have
+expired, and not a moment longer (nobody else can take the lease before that), so there
+is never more than one. What a store must offer is :class:`LiveStore`; implementations:
+:mod:`slorouter.proxy.shmstore` (workers of one host) and
+:mod:`slorouter.proxy.redisstore` (replicas).
 """
 
 from __future__ import annotations
@@ -54,19 +58,24 @@ class SyncLoop:
         ttl_s: float,
         on_freed: Callable[[], None] | None = None,
         wall: Callable[[], float] = time.time,
+        timeout_s: float | None = None,
     ) -> None:
         self.sync = sync
         self.store = store
         self.tick_s = tick_s
         self.ttl_s = ttl_s
+        self.timeout_s = timeout_s if timeout_s is not None else ttl_s / 2
         self.on_freed = on_freed
         self.wall = wall
         self.up = True
         self.leader = False
         self.ticks = 0
         self.failures = 0
+        self.last_ok: float | None = None  # wall time of the last successful exchange
         self._rows: Mapping[str, Row] = {}
         self._rows_at = -float("inf")
+        self._lease_until = -float("inf")  # monotonic: the lease is ours until then at least
+        self._errors = 0  # unexpected errors in a row (logged in full once)
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -85,19 +94,29 @@ class SyncLoop:
         row = self.sync.row(now)
         wall = self.wall()
         try:
-            rows = await self.store.exchange(row)
-            self._rows, self._rows_at = rows, wall
-            self.leader = await self.store.lease(self.sync.holder, self.ttl_s)
+            async with asyncio.timeout(self.timeout_s):
+                rows = await self.store.exchange(row)
+                self._rows, self._rows_at = rows, wall
+                asked = time.monotonic()  # the lease runs from before the request at the latest
+                self.leader = await self.store.lease(self.sync.holder, self.ttl_s)
+                self._lease_until = asked + self.ttl_s if self.leader else -float("inf")
             if not self.up:
                 log.warning("shared state store reachable again: routing on the shared view")
             self.up = True
-        except StoreError as e:
+            self.last_ok = wall
+        except (StoreError, TimeoutError) as e:
             self.failures += 1
             if self.up:
-                log.warning("shared state store unreachable (%s): routing on this replica's own view", e)
+                why = e if isinstance(e, StoreError) else f"no answer within {self.timeout_s:g} s"
+                log.warning(
+                    "shared state store unreachable (%s): routing on this replica's own view "
+                    "(others' rows kept for %g s)",
+                    why,
+                    self.ttl_s,
+                )
             self.up = False
-            self.leader = False
-            if wall - self._rows_at > self.ttl_s:
+            self.leader = time.monotonic() < self._lease_until
+            if self.wall() - self._rows_at > self.ttl_s:
                 self._rows = {}
         before = {b: ld.running for b, ld in tracker.loads.items()}
         self.sync.absorb(self._rows, tracker.clock.now())
@@ -112,10 +131,14 @@ class SyncLoop:
             started = self.wall()
             try:
                 await self.tick()
+                self._errors = 0
             except asyncio.CancelledError:
                 raise
             except Exception:  # never let the loop die: the router must keep routing
-                log.exception("shared state sync failed; retrying next tick")
+                self.failures += 1
+                self._errors += 1
+                if self._errors == 1:
+                    log.exception("shared state sync failed; retrying every tick")
             await asyncio.sleep(max(0.0, self.tick_s - (self.wall() - started)))
 
     def start(self) -> None:
@@ -127,4 +150,8 @@ class SyncLoop:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        await self.store.close()
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await self.store.close()
+        except TimeoutError:
+            log.info("the store did not answer at stop; this process's row expires with its TTL")

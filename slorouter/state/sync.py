@@ -205,12 +205,7 @@ class LoadSync:
         tiers: dict[str, dict[str, int]] = {}
         slack: dict[str, tuple[SlackEntry, ...]] = {}
         for bid, load in t.loads.items():
-            cur = load.as_tuple()
-            rem = self._remote.get(bid, _ZERO)
-            ph = self._phantom.get(bid)
-            own = tuple(
-                c - r - (round(ph[i]) if ph else 0) for i, (c, r) in enumerate(zip(cur, rem, strict=True))
-            )
+            own = self.own(bid)
             if any(own):
                 loads[bid] = own
             rt = self._remote_tiers.get(bid, {})
@@ -221,6 +216,22 @@ class LoadSync:
             if s:
                 slack[bid] = s
         return Row(self.holder, self.wall(), self._arrivals, loads, tiers, slack, dict(t.queued))
+
+    def own(self, backend_id: str) -> Counters:
+        """This holder's own counters of a backend (what its row publishes)."""
+        cur = self.tracker.loads[backend_id].as_tuple()
+        rem = self._remote.get(backend_id, _ZERO)
+        ph = self._phantom.get(backend_id)
+        return tuple(
+            c - r - (round(ph[i]) if ph else 0) for i, (c, r) in enumerate(zip(cur, rem, strict=True))
+        )
+
+    def shared(self, backend_id: str) -> Counters:
+        """A backend's counters in the shared view: own + the others' latest rows (the
+        tracker's load without the quota's phantom share)."""
+        cur = self.tracker.loads[backend_id].as_tuple()
+        ph = self._phantom.get(backend_id)
+        return tuple(c - (round(ph[i]) if ph else 0) for i, c in enumerate(cur))
 
     def absorb(self, rows: Mapping[str, Row], now: float) -> None:
         """Take in the others' latest rows: the view becomes own + Σ others (``now`` on
