@@ -77,6 +77,7 @@ class SyncLoop:
         self._lease_until = -float("inf")  # monotonic: the lease is ours until then at least
         self._errors = 0  # unexpected errors in a row (logged in full once)
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     @property
     def age_s(self) -> float:
@@ -127,7 +128,7 @@ class SyncLoop:
             self.on_freed()
 
     async def run(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             started = self.wall()
             try:
                 await self.tick()
@@ -139,17 +140,30 @@ class SyncLoop:
                 self._errors += 1
                 if self._errors == 1:
                     log.exception("shared state sync failed; retrying every tick")
-            await asyncio.sleep(max(0.0, self.tick_s - (self.wall() - started)))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, self.tick_s - (self.wall() - started))):
+                    await self._stopping.wait()
 
     def start(self) -> None:
+        self._stopping.clear()
         self._task = asyncio.get_running_loop().create_task(self.run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        """End the loop, then withdraw this process's row from the store.
+
+        The loop is asked to stop and given the time of one tick to do so, rather than
+        cancelled in the middle of store I/O: on Python 3.11 ``asyncio.wait_for`` (which
+        the redis client uses) can swallow a cancellation that arrives as its I/O
+        completes, and a cancelled-but-running loop would hang the shutdown."""
+        task, self._task = self._task, None
+        if task is not None:
+            self._stopping.set()
+            await asyncio.wait({task}, timeout=self.timeout_s + self.tick_s)
+            while not task.done():  # stuck: cancel, as often as it takes
+                task.cancel()
+                await asyncio.wait({task}, timeout=0.1)
+            if not task.cancelled() and (e := task.exception()) is not None:
+                log.warning("the sync loop ended with %r", e)
         try:
             async with asyncio.timeout(self.timeout_s):
                 await self.store.close()

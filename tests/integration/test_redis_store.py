@@ -222,3 +222,15 @@ async def test_a_hung_store_never_stalls_a_tick_past_the_ttl(redis_srv: RedisSer
 
 async def _is(v: bool) -> bool:
     return v
+
+
+async def test_stopping_the_loop_in_the_middle_of_an_exchange_never_hangs(redis_srv: RedisServer) -> None:
+    """On Python 3.11 the redis client's ``asyncio.wait_for`` can swallow a cancellation
+    that lands as its I/O completes: a loop stopped by cancelling it could run on forever
+    (and hang the router's shutdown). Stop at many points of the exchange."""
+    for i in range(40):
+        _, loop = replica("a", redis_srv.url)
+        loop.tick_s = 0.0  # exchange back to back: a stop lands in the I/O most of the time
+        loop.start()
+        await asyncio.sleep(0.0003 * i)
+        await asyncio.wait_for(loop.stop(), loop.timeout_s + 1.0)
