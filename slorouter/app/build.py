@@ -52,6 +52,7 @@ def build_app(
     clock: Clock | None = None,
     adjust: Callable[[RouterConfig], RouterConfig] | None = None,
     shared: SharedState | None = None,
+    worker: int | None = None,
 ) -> web.Application:
     """The router. ``cfg.source`` names the config file that ``/admin/reload`` and SIGHUP
     re-read (a config built in memory cannot be reloaded); ``adjust`` is applied to every
@@ -125,6 +126,8 @@ def build_app(
             forwarder=forwarder,
             session=session,
             lengths=lengths,
+            worker=worker,
+            syncer=syncer,
         )
         monitor.start(session)
         if syncer is not None:

@@ -79,8 +79,12 @@ async def backends(request: web.Request) -> web.Response:
     ctl = request.app[CONTROL]
     states = ctl.monitor.describe()
     rows = []
+    sync = svc.syncer.sync if svc.syncer is not None else None
     for b in svc.tracker.backends.backends:
         load = svc.tracker.loads.get(b.id)
+        row: dict[str, Any] = {}
+        if sync is not None:  # placed by this process (inflight: by every process sharing the view)
+            row["own_requests"] = sync.own_running(b.id)
         rows.append(
             {
                 "id": b.id,
@@ -92,10 +96,11 @@ async def backends(request: web.Request) -> web.Response:
                     "requests": load.running if load else 0,
                     "prompt_tokens": load.prompt_tokens if load else 0,
                     "output_tokens": load.output_tokens if load else 0,
+                    **row,
                 },
             }
         )
-    return _json({"draining": ctl.draining, "backends": rows})
+    return _json({"draining": ctl.draining, "worker": svc.worker, "backends": rows})
 
 
 async def reload(request: web.Request) -> web.Response:

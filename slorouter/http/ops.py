@@ -64,6 +64,17 @@ async def health(request: web.Request) -> web.Response:
         "healthy_backends": healthy,
         "backends": len(svc.tracker.backends),
     }
+    if svc.worker is not None:
+        body["worker"] = svc.worker
+    if svc.syncer is not None:  # the shared load picture: other processes seen, how stale
+        sy = svc.syncer
+        body["sync"] = {
+            "holder": sy.sync.holder,
+            "store_up": sy.up,
+            "leader": sy.leader,
+            "peers": sy.peers,
+            "age_s": round(sy.age_s, 3),
+        }
     ctl = request.app.get(CONTROL)
     if ctl is not None:  # per backend: routable, probes up/down, circuit closed/open/half_open, drained
         body["backend_states"] = {

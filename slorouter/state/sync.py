@@ -188,6 +188,14 @@ class LoadSync:
                 cur[i] += round(ph[i]) - before
         _set(load, cur)
 
+    def own_running(self, backend_id: str) -> int:
+        """Requests this holder itself has on a backend (its row's count)."""
+        load = self.tracker.loads.get(backend_id)
+        if load is None:
+            return 0
+        ph = self._phantom.get(backend_id)
+        return int(load.running - self._remote.get(backend_id, _ZERO)[0] - (round(ph[0]) if ph else 0))
+
     # -- the tick --------------------------------------------------------------------
 
     def _decay(self, now: float) -> None:
