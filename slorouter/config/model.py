@@ -125,7 +125,20 @@ class BackendConfig:
     tier: Annotated[
         str, F("initial tier bin of this server (default: routing.default_tier)", derived=True)
     ] = ""
-    models: Annotated[tuple[str, ...], F("model names served (empty: ask the backend)")] = ()
+    models: Annotated[
+        tuple[str, ...],
+        F("model names served: requests for other models go elsewhere (empty: any model)"),
+    ] = ()
+    api_key_env: Annotated[
+        str | None,
+        F(
+            "environment variable holding the key this engine requires (vLLM --api-key), sent as "
+            "`Authorization: Bearer` on every request to it",
+            pattern=ENV,
+        ),
+    ] = None
+    # filled by the loader: the value of api_key_env
+    api_key: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
