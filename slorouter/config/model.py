@@ -90,8 +90,9 @@ class Timeouts:
 
 @dataclass(frozen=True, slots=True)
 class TierConfig:
-    """A named SLO (DESIGN.md §2). ``latency`` needs ttft_ms and tpot_ms; ``deadline`` and
-    ``workflow`` need deadline_ms; ``best_effort`` has no numbers."""
+    """A named SLO (the classes and what meeting one means: docs/loadgen.md, "Metric
+    definitions"). ``latency`` needs ttft_ms and tpot_ms; ``deadline`` and ``workflow``
+    need deadline_ms; ``best_effort`` has no numbers."""
 
     name: Annotated[str, F("tier name (used by keys, headers and model aliases)", pattern=NAME)]
     slo_class: Annotated[SloClass, F("latency | deadline | workflow | best_effort", key="class")]
