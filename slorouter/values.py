@@ -2,7 +2,8 @@
 
 Time is always seconds on the injected clock's scale; token counts are ints.
 
-* :class:`Slo` / :class:`Tier` — the SLO model of DESIGN.md §2. Output token ``i``
+* :class:`Slo` / :class:`Tier` — the SLO model (docs/loadgen.md, "Metric definitions",
+  used by the router, the simulator and the load generator alike). Output token ``i``
   (first token ``i = 0``) of a request arriving at ``t`` must arrive by
   ``t + ttft_s + i * tpot_s`` (the per-token deadline, DSLO).
 * :class:`RequestInfo` — what the router knows of a request when deciding.

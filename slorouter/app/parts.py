@@ -16,7 +16,14 @@ from slorouter.state.backends import Backend, BackendSet
 def backend_set(cfg: RouterConfig) -> BackendSet:
     return BackendSet(
         (
-            Backend(id=b.name, url=b.url.rstrip("/"), engine=b.engine, tier=b.tier, models=tuple(b.models))
+            Backend(
+                id=b.name,
+                url=b.url.rstrip("/"),
+                engine=b.engine,
+                tier=b.tier,
+                models=tuple(b.models),
+                api_key=b.api_key,
+            )
             for b in cfg.backends
         ),
         cfg.tier_values,
