@@ -159,6 +159,9 @@ class LoadSync:
         self._phantom: dict[str, list[float]] = {}  # backend -> added counters (floats)
         self._arrivals = 0.0
         self._arrivals_at = 0.0
+        self._placed = 0
+        self._mean_prompt = 0.0
+        self._mean_peak = 0.0
         self.share = 1.0  # this holder's share of recent arrivals (1: alone)
         self.peers = 0  # other live holders at the last absorb
         self.age_s = 0.0  # age of the oldest other row used at the last absorb
@@ -172,19 +175,28 @@ class LoadSync:
         self._arrivals += 1.0
 
     def on_attach(self, load: BackendLoad, prompt: int, peak: int, prefilling: bool) -> None:
-        """A request placed here by this holder: add the phantom share of the others'."""
+        """A request placed here by this holder: add the phantom share of the others'.
+
+        What the others place meanwhile is counted in requests (``1/s − 1`` per own
+        placement) of the *typical* size — the running mean of the prompts and peak KV
+        this holder places — not this request's: their requests are not copies of it."""
+        n = self._placed = self._placed + 1
+        a = 1.0 / min(n, 256)  # a running mean that settles into a moving one
+        self._mean_prompt += a * (prompt - self._mean_prompt)
+        self._mean_peak += a * (peak - self._mean_peak)
         if not self.quota or self.share >= 1.0:
             return
         k = 1.0 / max(self.share, 0.05) - 1.0
         ph = self._phantom.get(load.backend_id)
         if ph is None:
             ph = self._phantom[load.backend_id] = [0.0] * 6
-        adds = (1.0, prompt, 0.0, peak, 1.0 if prefilling else 0.0, prompt if prefilling else 0.0)
+        mp, mk = self._mean_prompt, self._mean_peak
+        adds = (1.0, mp, 0.0, mk, 1.0, mp)  # the others' requests arrive still prefilling
         cur = list(load.as_tuple())
-        for i, a in enumerate(adds):
-            if a:
+        for i, x in enumerate(adds):
+            if x:
                 before = round(ph[i])
-                ph[i] += k * a
+                ph[i] += k * x
                 cur[i] += round(ph[i]) - before
         _set(load, cur)
 
