@@ -12,21 +12,29 @@ import contextlib
 import logging
 import os
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from aiohttp.http_parser import RawRequestMessage
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from slorouter.actuation.fleet import FleetManager
+from slorouter.actuation.scaling import DeferWatch, ScaleRunner
+from slorouter.actuation.webhook import WebhookSender
+from slorouter.autoscale.scaler import Scaler
 from slorouter.clock import Clock, RealClock
 from slorouter.config import ConfigError, format_error, load_config
-from slorouter.config.model import RouterConfig
+from slorouter.config.model import RouterConfig, ScaleMode
 from slorouter.http import admin, openai, ops, tgi
 from slorouter.http.admin import CONTROL, Control, ReloadReport
 from slorouter.http.context import SERVICES, Services
 from slorouter.http.middleware import openai_errors
+from slorouter.metrics.autoscale import autoscale_families, text_lines
 from slorouter.metrics.prometheus import RouterMetrics
 from slorouter.models import persist
 from slorouter.models.latency import OnlineLatency, build_latency
@@ -39,19 +47,21 @@ from slorouter.proxy.forward import Forwarder
 from slorouter.proxy.health import HealthMonitor
 from slorouter.proxy.upstream import Timeouts, UpstreamSettings, make_session
 from slorouter.state.backends import Backend, BackendSet, Health
+from slorouter.state.membership import Membership
 from slorouter.state.tracker import Tracker
 
 log = logging.getLogger("slorouter")
 
 
+def configured_backends(cfg: RouterConfig) -> list[Backend]:
+    return [
+        Backend(id=b.name, url=b.url.rstrip("/"), engine=b.engine, tier=b.tier, models=tuple(b.models))
+        for b in cfg.backends
+    ]
+
+
 def backend_set(cfg: RouterConfig) -> BackendSet:
-    return BackendSet(
-        (
-            Backend(id=b.name, url=b.url.rstrip("/"), engine=b.engine, tier=b.tier, models=tuple(b.models))
-            for b in cfg.backends
-        ),
-        cfg.tier_values,
-    )
+    return BackendSet(configured_backends(cfg), cfg.tier_values)
 
 
 def upstream_settings(cfg: RouterConfig) -> UpstreamSettings:
@@ -83,6 +93,44 @@ def build_models(cfg: RouterConfig, clock: Clock) -> tuple[OnlineLatency, Online
 def build_policy(cfg: RouterConfig, clock: Clock) -> Policy:
     ctx = PolicyContext(clock, seed=cfg.policy.seed, autoscaling=cfg.autoscale.enabled)
     return registry.build(cfg.policy.kind, cfg.policy.params, ctx)
+
+
+def build_scaling(
+    cfg: RouterConfig, fleet: FleetManager, tracker: Tracker, clock: Clock
+) -> ScaleRunner | None:
+    """The scaler and its runner when ``autoscale.enabled`` (the webhook sender with
+    ``mode: webhook``; the config check made sure its secret is set)."""
+    auto = cfg.autoscale
+    if not auto.enabled:
+        return None
+    scaler = Scaler(
+        auto,
+        cfg.tier_values,
+        default_output_tokens=cfg.models.default_output_tokens,
+        id_prefix=uuid.uuid4().hex[:12],
+        start=clock.now(),
+    )
+    tracker.add_listener(scaler.observe_outcome)
+    sender = None
+    if auto.mode is ScaleMode.WEBHOOK:
+        secret = os.environ.get(auto.webhook.secret_env, "")
+        if not secret:
+            raise ConfigError(
+                cfg.source,
+                [
+                    (
+                        "autoscale.webhook.secret_env",
+                        f"environment variable {auto.webhook.secret_env} is not set",
+                    )
+                ],
+            )
+        sender = WebhookSender(auto.webhook, secret.encode(), seed=cfg.policy.seed)
+    return ScaleRunner(scaler, auto, fleet, tracker, clock, sender)
+
+
+def watched(policy: Policy, scaling: ScaleRunner | None) -> Policy:
+    """The policy, reporting on-time deferrals to the scaler when one runs."""
+    return policy if scaling is None else DeferWatch(policy, scaling.scaler)
 
 
 def state_path(cfg: RouterConfig) -> Path | None:
@@ -138,7 +186,8 @@ def build_app(
     re-read (a config built in memory cannot be reloaded); ``adjust`` is applied to every
     re-read config (``slorouter serve`` uses it to keep its --host/--port)."""
     clock = clock or RealClock()
-    backends = backend_set(cfg)
+    membership = Membership(configured_backends(cfg), cfg.tier_values)
+    backends = membership.build()
     health = Health(b.id for b in backends.backends)
     latency, lengths = build_models(cfg, clock)
     saved = state_path(cfg)
@@ -159,7 +208,10 @@ def build_app(
 
     monitor = HealthMonitor(health, clock, cfg.health, on_change=health_changed, seed=cfg.policy.seed)
     monitor.set_backends(backends.backends)
-    control = Control(monitor)
+    fleet = FleetManager(membership, monitor, tracker, dispatcher, clock)
+    scaling = build_scaling(cfg, fleet, tracker, clock)
+    dispatcher.set_policy(watched(policy, scaling))
+    control = Control(monitor, fleet=fleet, scaling=scaling)
     metrics = RouterMetrics(tracker, extra=lambda: _extra_metrics(app))
     tracker.add_listener(metrics.observe)
 
@@ -195,7 +247,22 @@ def build_app(
         )
         monitor.start(session)
         saver = asyncio.get_running_loop().create_task(_save_periodically(app, save_state))
+        hooks: aiohttp.ClientSession | None = None
+        if scaling is not None:
+            if scaling.sender is not None:  # its own pool: webhooks never take upstream connections
+                hooks = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=8))
+                scaling.sender.start(hooks)
+            scaling.start()
+            log.info(
+                "autoscaling on (%s mode, every %g s)", cfg.autoscale.mode.value, cfg.autoscale.interval_s
+            )
         yield
+        if scaling is not None:
+            await scaling.stop()
+            if scaling.sender is not None:
+                await scaling.sender.stop()
+        if hooks is not None:
+            await hooks.close()
         saver.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await saver
@@ -244,6 +311,11 @@ def _sanitize_expect(app: web.Application) -> None:
 def _extra_metrics(app: web.Application) -> list[str]:
     ctl = app[CONTROL]
     lines = ctl.monitor.metric_lines() + ctl.metric_lines()
+    sc = ctl.scaling
+    if sc is not None:
+        stats = sc.sender.stats if sc.sender is not None else None
+        fams = autoscale_families(sc.scaler, sc.clock.now(), advisory=not sc.acting, webhook=stats)
+        lines += text_lines(fams)
     svc = app.get(SERVICES)
     if svc is not None:
         f = svc.forwarder
@@ -343,9 +415,12 @@ def apply_config(app: web.Application, new: RouterConfig, policy: Policy) -> Rel
         for name, get in _RESTART_ONLY.items()
         if get(old) != get(new)
     ]
-    new_set = backend_set(new)
+    new = replace(new, autoscale=old.autoscale)  # restart only (warned above): the running scaler's
+    fleet = ctl.fleet
+    assert fleet is not None
     old_ids = [b.id for b in svc.tracker.backends.backends]
-    new_ids = [b.id for b in new_set.backends]
+    warnings += fleet.set_config(configured_backends(new), new.tier_values)  # the one swap path
+    new_ids = [b.id for b in svc.tracker.backends.backends]
     added = [b for b in new_ids if b not in old_ids]
     removed = [b for b in old_ids if b not in new_ids]
     if added:
@@ -359,8 +434,6 @@ def apply_config(app: web.Application, new: RouterConfig, policy: Policy) -> Rel
     if old.routing != new.routing:
         changes.append("routing (keys, header, aliases) changed")
     ctl.monitor.set_config(new.health)
-    ctl.monitor.set_backends(new_set.backends)  # health first: new ids are routable before they appear
-    svc.tracker.set_backends(new_set)
     svc.forwarder.settings = upstream_settings(new)
     if old.timeouts != new.timeouts or old.retries != new.retries:
         changes.append("timeouts/retries changed")
@@ -368,7 +441,7 @@ def apply_config(app: web.Application, new: RouterConfig, policy: Policy) -> Rel
     if old.policy != new.policy:
         svc.dispatcher.max_queue = new.policy.max_queued
         svc.dispatcher.max_wait_s = new.policy.max_queue_wait_s
-        svc.dispatcher.set_policy(policy)
+        svc.dispatcher.set_policy(watched(policy, ctl.scaling))
         changes.append(f"policy {old.policy.kind} -> {new.policy.kind}")
     else:
         svc.dispatcher.wake()

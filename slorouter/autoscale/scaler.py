@@ -125,7 +125,10 @@ class Scaler:
         *,
         default_output_tokens: int = 256,
         id_prefix: str = "d",
+        start: float | None = None,
     ) -> None:
+        """``start``: the clock's time now (arrivals are counted from then; without it,
+        from the first tick)."""
         self.cfg = cfg
         self.order = [t.name for t in sorted(tiers, key=lambda t: t.rank)]
         self.tiers: dict[str, TierState] = {
@@ -137,6 +140,9 @@ class Scaler:
             )
             for t in tiers
         }
+        if start is not None:
+            for st in self.tiers.values():
+                st.rate.start(start)
         self.prior_output = float(default_output_tokens)
         self.id_prefix = id_prefix
         self._seq = 0
@@ -285,7 +291,7 @@ class Scaler:
                     why[t].append(self._why_up(st, now))
                 else:
                     why[t].append(f"short ({st.need} needed), in the scale-out cooldown")
-            elif t in cooled and o > st.keep and o > c:
+            elif t in cooled and o > st.keep and o > p.have[t]:
                 n = max(st.keep, c)
                 why[t].append(f"servers asked for beyond the {st.keep} kept are no longer needed")
             released = [s for s, tier in p.released_from.items() if tier == t]
@@ -307,6 +313,17 @@ class Scaler:
             if lim.max_servers is not None:
                 n = min(n, lim.max_servers)
             new[t] = n
+        short = cfg.min_backends - sum(new.values())
+        for t in self.order:  # the total floor: keep servers that exist, tight tiers first
+            if short <= 0:
+                break
+            up = min(short, max(0, count[t] - new[t]))
+            if up:
+                new[t] += up
+                short -= up
+        if short > 0:
+            new[self.order[0]] += short
+            why[self.order[0]].append(f"min_backends ({cfg.min_backends}) in all")
         if cfg.max_backends is not None:
             excess = sum(new.values()) - cfg.max_backends
             for t in reversed(self.order):

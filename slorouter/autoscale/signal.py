@@ -33,13 +33,15 @@ def decay(dt: float, half_life_s: float) -> float:
 class RateForecast:
     """Arrival rate (requests/s) of one tier: a level and a trend (Holt).
 
-    Each :meth:`update` brings the arrivals counted since the previous one. The level
-    follows the observed rate with half-life ``level_half_life_s``; the trend is the
-    level's slope, smoothed with half-life ``trend_half_life_s``. The trend is used only
-    once the estimator has run for one trend half-life (before that, the level is still
-    climbing from its first value and its slope says nothing about the load)."""
+    Each :meth:`update` brings the arrivals counted since the previous one (the first
+    only starts the clock, unless :meth:`start` did). For one level half-life after the
+    start the level is the mean rate since the start (no slow climb from zero, no single
+    short interval taken for the rate); from then on it follows the observed rate with
+    half-life ``level_half_life_s``, and the trend (the level's slope, half-life
+    ``trend_half_life_s``) is learned. The forecast uses the trend only once it has been
+    learned for one trend half-life."""
 
-    __slots__ = ("_h_level", "_h_trend", "_last", "_seeded", "_started", "level", "trend")
+    __slots__ = ("_h_level", "_h_trend", "_last", "_seen", "_started", "level", "trend")
 
     def __init__(self, level_half_life_s: float, trend_half_life_s: float) -> None:
         if level_half_life_s <= 0 or trend_half_life_s <= 0:
@@ -50,34 +52,39 @@ class RateForecast:
         self.trend = 0.0  # requests/s per second
         self._last: float | None = None
         self._started: float | None = None
-        self._seeded = False
+        self._seen = 0  # arrivals during the warm-up
 
-    def update(self, arrivals: int, now: float) -> None:
-        """``arrivals`` requests arrived since the previous update (or since the first,
-        which only starts the clock)."""
+    def start(self, now: float) -> None:
+        """Start the clock (arrivals of the first :meth:`update` count from here)."""
         if self._last is None:
             self._last = self._started = now
+
+    def _warm(self, now: float) -> bool:
+        return self._started is not None and now - self._started >= self._h_level
+
+    def update(self, arrivals: int, now: float) -> None:
+        if self._last is None or self._started is None:
+            self.start(now)
             return
         dt = now - self._last
         if dt <= 0.0:
             return
         self._last = now
-        observed = arrivals / dt
-        if not self._seeded:
-            self._seeded = True
-            self.level = observed  # the first interval seeds the level (no ramp from 0)
+        if not self._warm(now):
+            self._seen += arrivals
+            self.level = self._seen / (now - self._started)
             return
         keep = decay(dt, self._h_level)
         predicted = self.level + self.trend * dt
-        level = keep * predicted + (1.0 - keep) * observed
+        level = keep * predicted + (1.0 - keep) * arrivals / dt
         keep_t = decay(dt, self._h_trend)
         self.trend = keep_t * self.trend + (1.0 - keep_t) * (level - self.level) / dt
         self.level = max(0.0, level)
 
     def forecast(self, horizon_s: float, now: float) -> float:
         """The rate expected ``horizon_s`` from now (never below 0); the level alone
-        while the trend is not warm yet."""
-        if self._started is None or now - self._started < self._h_trend:
+        while the trend is not learned yet."""
+        if self._started is None or now - self._started < self._h_level + self._h_trend:
             return self.level
         return max(0.0, self.level + self.trend * horizon_s)
 

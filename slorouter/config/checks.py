@@ -94,6 +94,12 @@ def _check_url(url: str, path: str, errs: Errors) -> str | None:
     return f"{u.scheme}://{u.hostname.lower()}:{port or default_port}{u.path.rstrip('/')}"
 
 
+def check_url(url: str, path: str, errs: Errors) -> str | None:
+    """Append an error for a URL that is not ``http(s)://host[:port][/path]``; return it
+    normalized (scheme, lower-case host, explicit port, no trailing slash) when valid."""
+    return _check_url(url, path, errs)
+
+
 def _check_backends(raw: Mapping[str, Any], tiers: list[str], errs: Errors) -> None:
     names: dict[str, int] = {}
     urls: dict[str, int] = {}

@@ -173,14 +173,16 @@ def test_rate_level_follows_a_constant_rate_and_the_forecast_a_ramp() -> None:
     assert falling.forecast(120.0, 300.0) < falling.level == falling.sizing_rate(120.0, 300.0)
 
 
-def test_rate_seeds_on_the_first_interval_and_ignores_the_trend_while_cold() -> None:
+def test_rate_starts_as_the_mean_since_start_and_ignores_the_trend_while_cold() -> None:
     f = RateForecast(level_half_life_s=30.0, trend_half_life_s=120.0)
-    f.update(0, 0.0)
-    f.update(40, 2.0)
-    assert f.level == pytest.approx(20.0)  # no slow climb from zero
+    f.start(0.0)
+    f.update(40, 0.2)  # a burst right at the start ...
+    assert f.level == pytest.approx(200.0)
+    f.update(0, 2.0)  # ... is a mean over the time since the start, not a rate kept for minutes
+    assert f.level == pytest.approx(20.0)
     for s in range(2, 60):
-        f.update(40 + 4 * s, 2.0 * s)  # rising fast: trend positive
-    assert f.trend > 0 and f.forecast(120.0, 118.0) == f.level  # not warm before 120 s
+        f.update(40 + 4 * s, 2.0 * s)  # rising fast: the trend is learned after 30 s
+    assert f.trend > 0 and f.forecast(120.0, 118.0) == f.level  # not used before 30 + 120 s
 
 
 def test_length_stats_blend_the_prior_then_follow_the_observations() -> None:
@@ -313,6 +315,17 @@ def test_floor_and_ceiling_per_tier_and_in_total() -> None:
     assert rig.desired("t20") + rig.desired("t50") == 5 == len(rig.set)  # the total ceiling
     rig.run({}, 200)  # idle: released down to the floors, never below
     assert rig.count("t20") == 2 and rig.count("t50") == 1
+
+
+def test_desired_never_sums_below_min_backends_even_unapplied() -> None:
+    """Advisory: releases are proposed, never applied; the desired counts (what KEDA
+    would follow) still add up to min_backends."""
+    rig = Rig({"a": "t20", "b": "t50"}, {"min_backends": 1, "idle_s": 2.0})
+    for _ in range(30):
+        rig.clock.advance(1.0)
+        r = rig.scaler.tick(rig.tracker.snapshot())
+        assert len(r.release) <= 1
+        assert sum(st.desired or 0 for st in rig.scaler.tiers.values()) >= 1
 
 
 def test_min_backends_in_total_is_never_crossed_by_releases() -> None:
