@@ -367,7 +367,8 @@ def reload_config(
         errors = e.lines()
     if new is not None:
         try:
-            policy = build_policy(new, svc.clock)
+            # the running autoscale setting (it changes only at a restart) decides placement: auto
+            policy = build_policy(replace(new, autoscale=svc.cfg.autoscale), svc.clock)
         except KeyError:
             errors.append(format_error(path, "policy.kind", f"unknown policy {new.policy.kind!r}"))
         except ParamError as e:

@@ -110,6 +110,7 @@ class TierState:
     sizing_rate: float = 0.0
     cost_s: float = 0.0
     need: int = 0
+    need_load: int = 0  # of need: what the load asks for (before the trigger and the floor)
     keep: int = 0
     trigger: bool = False
     headroom: float = 0.0  # spare servers at the target utilisation (negative: short)
@@ -216,7 +217,7 @@ class Scaler:
         st.cost_s = self._cost(st, snap, bins, now)
         st.sizing_rate = st.rate.sizing_rate(cfg.provisioning_delay_s, now)
         busy = st.in_system > 0
-        need = servers_needed(st.sizing_rate, st.cost_s, cfg.target_utilization, busy=busy)
+        need = st.need_load = servers_needed(st.sizing_rate, st.cost_s, cfg.target_utilization, busy=busy)
         keep = servers_needed(st.sizing_rate, st.cost_s, cfg.scale_in_utilization, busy=busy)
         st.trigger = st.last_defer >= now - cfg.trigger_window_s and st.last_defer > st.grew_at
         if st.trigger:
@@ -366,12 +367,17 @@ class Scaler:
     def _why_up(self, st: TierState, now: float) -> str:
         cfg = self.cfg
         parts = [
-            f"{st.sizing_rate:.3g} req/s (level {st.rate.level:.3g}, forecast "
-            f"{st.rate.forecast(cfg.provisioning_delay_s, now):.3g} in "
-            f"{cfg.provisioning_delay_s:g} s) x {st.cost_s:.3g} server-s / {cfg.target_utilization:g}"
+            f"load {st.need_load} ({st.sizing_rate:.3g} req/s, level {st.rate.level:.3g}, forecast "
+            f"{st.rate.forecast(cfg.provisioning_delay_s, now):.3g} in {cfg.provisioning_delay_s:g} s, "
+            f"x {st.cost_s:.3g} server-s / {cfg.target_utilization:g})"
         ]
         if st.trigger:
-            parts.append(f"on-time requests fit on no server (queued {st.queued})")
+            parts.append(f"on-time requests fit on no server: {st.current} + 1 (queued {st.queued})")
+        lim = cfg.limits(st.tier.name)
+        if st.need == lim.min_servers and st.need > max(st.need_load, st.current + st.trigger):
+            parts.append(f"floor min_servers {lim.min_servers}")
+        if lim.max_servers is not None and st.need == lim.max_servers:
+            parts.append(f"ceiling max_servers {lim.max_servers}")
         return f"need {st.need}: " + ", ".join(parts)
 
     # -- views -----------------------------------------------------------------------

@@ -66,7 +66,8 @@ class ScalerSim:
     host: str = "127.0.0.1"
     port: int = 0
     drain_wait_s: float = 120.0
-    engines: dict[str, Owned] = field(default_factory=dict)
+    engines: dict[str, Owned] = field(default_factory=dict)  # running now
+    started: list[str] = field(default_factory=list)  # every engine started, in order
     decisions: list[dict[str, Any]] = field(default_factory=list)  # accepted, in order
     bad_signatures: int = 0
     duplicates: int = 0
@@ -140,6 +141,7 @@ class ScalerSim:
             {
                 "engines": {b: {"url": o.served.url, "tier": o.tier} for b, o in self.engines.items()},
                 "starting": self._starting,
+                "started": self.started,
                 "decisions": len(self.decisions),
                 "duplicates": self.duplicates,
                 "bad_signatures": self.bad_signatures,
@@ -165,6 +167,7 @@ class ScalerSim:
             self._made += 1
             bid = f"{self.name_prefix}-{tier}-{self._made}"
             self.engines[bid] = Owned(tier, served)
+            self.started.append(bid)
         finally:
             self._starting -= 1
         assert self._session is not None
