@@ -7,7 +7,8 @@ Layers (lower never imports higher; enforced by import-linter, see pyproject.tom
 2 state                backend set, in-flight tracker (the only writer of counters), snapshots
 3 policy, admission,   pure synchronous decisions, clock injected, no I/O
   autoscale
-4 proxy, metrics       upstream client, SSE observer, dispatcher, exporters
+4 actuation           run-time fleet changes, the scaler's task, webhooks (above proxy)
+  proxy, metrics       upstream client, SSE observer, dispatcher, exporters
 5 http                 aiohttp handlers
 6 app, sim             composition root; simulated engines and the offline fleet simulator
 7 cli
