@@ -93,6 +93,7 @@ class RequestInfo:
     workflow_id: str | None = None
     deadline_at: float | None = None
     key_id: str | None = None  # a stable, non-secret id of the API key (never the key)
+    engines: frozenset[Engine] | None = None  # engines whose API the request speaks (None: any)
 
     @property
     def ttft_deadline(self) -> float:

@@ -198,6 +198,19 @@ def _check_misc(raw: Mapping[str, Any], base_dir: Path | None, errs: Errors) -> 
         p = Path(profile) if base_dir is None else base_dir / profile
         if not p.is_file():
             errs.append(("models.profile", f"file not found: {p}"))
+    sync = _section(_section(raw, "state"), "sync")
+    kind, url = sync.get("kind", "none"), sync.get("url")
+    if kind == "redis" and not isinstance(url, str):
+        errs.append(("state.sync.url", "required with kind: redis (e.g. redis://127.0.0.1:6379/0)"))
+    elif (
+        kind == "redis" and isinstance(url, str) and not url.startswith(("redis://", "rediss://", "unix://"))
+    ):
+        errs.append(("state.sync.url", f"must start with redis://, rediss:// or unix://, got {url!r}"))
+    elif kind == "none" and url is not None:
+        errs.append(("state.sync.url", "given, but state.sync.kind is none: set kind: redis to use it"))
+    tick, ttl = sync.get("tick_ms", 100.0), sync.get("ttl_ms", 500.0)
+    if isinstance(tick, int | float) and isinstance(ttl, int | float) and ttl <= tick:
+        errs.append(("state.sync.ttl_ms", f"must be > tick_ms ({tick}): a live replica's row would expire"))
     retries = _section(raw, "retries")
     b, bmax = retries.get("backoff_s"), retries.get("backoff_max_s")
     if isinstance(b, int | float) and isinstance(bmax, int | float) and bmax < b:
@@ -241,6 +254,10 @@ def _check_autoscale(raw: Mapping[str, Any], tiers: list[str], env: Mapping[str,
     b, bmax = _num(hook, "backoff_s"), _num(hook, "backoff_max_s")
     if b is not None and bmax is not None and bmax < b:
         errs.append(("autoscale.webhook.backoff_max_s", f"must be >= backoff_s ({b:g})"))
+    sync = _section(_section(raw, "state"), "sync")
+    if auto.get("enabled") is True and sync.get("kind", "none") != "none":
+        msg = "autoscaling runs in one router process for now: not with state.sync (set kind: none)"
+        errs.append(("autoscale.enabled", msg))
     if auto.get("enabled") is not True or auto.get("mode") != "webhook":
         return
     if not urls:

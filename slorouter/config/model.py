@@ -2,6 +2,9 @@
 the validator (:mod:`slorouter.config.fields`) and the JSON Schema are derived from them,
 and ``config/example.yaml`` documents every field with the same units and defaults.
 
+A field declared ``F(..., restart=True)`` is applied at start only: a hot reload that
+changes it warns ``PATH: changed, takes effect after a restart`` (:mod:`slorouter.app.reload`).
+
 Units are in the field names: ``*_ms`` milliseconds, ``*_s`` seconds, ``*_bytes`` bytes.
 Per-request SLO numbers are milliseconds (what users write); everything the router
 computes with is seconds (:class:`slorouter.values.Slo`).
@@ -27,18 +30,22 @@ ENV = r"[A-Za-z_][A-Za-z0-9_]*"  # an environment variable name
 class ServerConfig:
     """Where the router listens and the limits it puts on client requests."""
 
-    host: Annotated[str, F("address to bind (0.0.0.0: every interface)", min_length=1)] = "127.0.0.1"
-    port: Annotated[int, F("TCP port to listen on", ge=1, le=65535)] = 8080
-    max_body_bytes: Annotated[int, F("largest request body accepted (larger: 413)", unit="bytes", gt=0)] = (
-        4 * 1024 * 1024
+    host: Annotated[str, F("address to bind (0.0.0.0: every interface)", min_length=1, restart=True)] = (
+        "127.0.0.1"
     )
-    max_header_count: Annotated[int, F("most request header fields accepted", gt=0)] = 100
-    max_header_bytes: Annotated[int, F("longest request header line accepted", unit="bytes", gt=0)] = 8190
+    port: Annotated[int, F("TCP port to listen on", ge=1, le=65535, restart=True)] = 8080
+    max_body_bytes: Annotated[
+        int, F("largest request body accepted (larger: 413)", unit="bytes", gt=0, restart=True)
+    ] = 4 * 1024 * 1024
+    max_header_count: Annotated[int, F("most request header fields accepted", gt=0, restart=True)] = 100
+    max_header_bytes: Annotated[
+        int, F("longest request header line accepted", unit="bytes", gt=0, restart=True)
+    ] = 8190
     client_read_timeout_s: Annotated[
         float, F("longest wait for a client to send its request (slow clients are cut)", unit="s", gt=0)
     ] = 30.0
     shutdown_grace_s: Annotated[
-        float, F("on shutdown, how long in-flight requests may finish", unit="s", ge=0)
+        float, F("on shutdown, how long in-flight requests may finish", unit="s", ge=0, restart=True)
     ] = 30.0
 
 
@@ -63,10 +70,10 @@ class Timeouts:
         float,
         F(
             "how long an idle pooled connection to a backend is kept; stay below the engine's own "
-            "idle timeout (vLLM and uvicorn close at 5 s), or requests race the engine's close "
-            "(applied at start)",
+            "idle timeout (vLLM and uvicorn close at 5 s), or requests race the engine's close",
             unit="s",
             gt=0,
+            restart=True,
         ),
     ] = 4.0
 
@@ -195,13 +202,18 @@ class PolicyConfig:
 class ModelsConfig:
     """Latency and output-length models."""
 
-    latency_quantile: Annotated[float, F("quantile of step time used for feasibility", gt=0, lt=1)] = 0.9
-    length_quantile: Annotated[float, F("quantile of output length used as its bound", gt=0, lt=1)] = 0.9
+    latency_quantile: Annotated[
+        float, F("quantile of step time used for feasibility", gt=0, lt=1, restart=True)
+    ] = 0.9
+    length_quantile: Annotated[
+        float, F("quantile of output length used as its bound", gt=0, lt=1, restart=True)
+    ] = 0.9
     profile: Annotated[
-        str | None, F("latency profile JSON (slorouter profile); relative to this file", min_length=1)
+        str | None,
+        F("latency profile JSON (slorouter profile); relative to this file", min_length=1, restart=True),
     ] = None
     default_output_tokens: Annotated[
-        int, F("output-length bound before any length is observed", unit="tokens", gt=0)
+        int, F("output-length bound before any length is observed", unit="tokens", gt=0, restart=True)
     ] = 256
     state_file: Annotated[
         str | None,
@@ -328,6 +340,40 @@ class AutoscaleConfig:
         return self.tiers.get(tier) or TierScaleConfig()
 
 
+class SyncKind(StrEnum):
+    NONE = "none"  # this process alone (or the workers of one host: shared memory, automatic)
+    REDIS = "redis"  # replicas on several hosts share rows through Redis / Valkey
+
+
+@dataclass(frozen=True, slots=True)
+class SyncConfig:
+    """Sharing the load picture with other router replicas (docs/scale-out.md)."""
+
+    kind: Annotated[SyncKind, F("none | redis: replicas share per-backend rows through Redis/Valkey")] = (
+        SyncKind.NONE
+    )
+    url: Annotated[
+        str | None, F("the store, redis://[user:password@]host:port/db (kind: redis)", min_length=1)
+    ] = None
+    tick_ms: Annotated[float, F("publish this replica's row and read the others' every", unit="ms", gt=0)] = (
+        100.0
+    )
+    ttl_ms: Annotated[
+        float, F("a row not refreshed within this vanishes (a dead replica's share)", unit="ms", gt=0)
+    ] = 500.0
+    quota: Annotated[
+        bool, F("herding guard: between updates, use only this replica's share of a server's room")
+    ] = True
+    prefix: Annotated[str, F("key prefix in the store: one per logical router", min_length=1)] = "slorouter"
+
+
+@dataclass(frozen=True, slots=True)
+class StateConfig:
+    """Shared state between router processes."""
+
+    sync: Annotated[SyncConfig, F("the load picture shared with other replicas", restart=True)] = SyncConfig()
+
+
 def _rank(tiers: tuple[TierConfig, ...]) -> tuple[Tier, ...]:
     order = sorted(range(len(tiers)), key=lambda i: (tiers[i].slo().tightness, i))
     rank = {i: r for r, i in enumerate(order)}
@@ -353,7 +399,8 @@ class RouterConfig:
     admin: Annotated[AdminConfig, F("admin endpoints")] = AdminConfig()
     retries: Annotated[RetryConfig, F("failover before the first byte")] = RetryConfig()
     health: Annotated[HealthConfig, F("health probes and ejection")] = HealthConfig()
-    autoscale: Annotated[AutoscaleConfig, F("per-tier autoscaling")] = AutoscaleConfig()
+    autoscale: Annotated[AutoscaleConfig, F("per-tier autoscaling", restart=True)] = AutoscaleConfig()
+    state: Annotated[StateConfig, F("state shared with other router replicas")] = StateConfig()
     source: str = "<memory>"  # the file this came from (not a YAML field)
     # derived: values.Tier per tier (config order), ranked by tightness (0 = tightest)
     tier_values: tuple[Tier, ...] = field(init=False, repr=False, compare=False)

@@ -82,16 +82,6 @@ class Control:
     draining: bool = False
     reloads: dict[str, int] = field(default_factory=lambda: {"ok": 0, "error": 0})
 
-    def metric_lines(self) -> list[str]:
-        return [
-            "# HELP slorouter_config_reloads_total Config reloads by result.",
-            "# TYPE slorouter_config_reloads_total counter",
-            *(f'slorouter_config_reloads_total{{result="{k}"}} {v}' for k, v in sorted(self.reloads.items())),
-            "# HELP slorouter_draining 1 while the router drains (new requests get 503).",
-            "# TYPE slorouter_draining gauge",
-            f"slorouter_draining {int(self.draining)}",
-        ]
-
 
 CONTROL: web.AppKey[Control] = web.AppKey("slorouter_control", Control)
 
@@ -114,8 +104,12 @@ async def backends(request: web.Request) -> web.Response:
     states = ctl.monitor.describe()
     rows = []
     leaving = ctl.fleet.leaving() if ctl.fleet is not None else frozenset()
+    sync = svc.syncer.sync if svc.syncer is not None else None
     for b in svc.tracker.backends.backends:
         load = svc.tracker.loads.get(b.id)
+        row: dict[str, Any] = {}
+        if sync is not None:  # placed by this process (inflight: by every process sharing the view)
+            row["own_requests"] = sync.own_running(b.id)
         rows.append(
             {
                 "id": b.id,
@@ -127,12 +121,13 @@ async def backends(request: web.Request) -> web.Response:
                     "requests": load.running if load else 0,
                     "prompt_tokens": load.prompt_tokens if load else 0,
                     "output_tokens": load.output_tokens if load else 0,
+                    **row,
                 },
                 "removing": b.id in leaving,
             }
         )
     removed = ctl.fleet.describe_removed() if ctl.fleet is not None else []
-    return _json({"draining": ctl.draining, "backends": rows, "removed": removed})
+    return _json({"draining": ctl.draining, "worker": svc.worker, "backends": rows, "removed": removed})
 
 
 async def register_backend(request: web.Request) -> web.Response:

@@ -1,4 +1,4 @@
-"""Operational routes: /v1/models (union over backends), /health, /metrics, and the
+"""Operational routes: /v1/models (union over backends), /health, and the
 pass-through of every other /v1/ route and vLLM's /tokenize, /detokenize to one
 healthy backend (never to a URL taken from the request)."""
 
@@ -64,6 +64,17 @@ async def health(request: web.Request) -> web.Response:
         "healthy_backends": healthy,
         "backends": len(svc.tracker.backends),
     }
+    if svc.worker is not None:
+        body["worker"] = svc.worker
+    if svc.syncer is not None:  # the shared load picture: other processes seen, how stale
+        sy = svc.syncer
+        body["sync"] = {
+            "holder": sy.sync.holder,
+            "store_up": sy.up,
+            "leader": sy.leader,
+            "peers": sy.peers,
+            "age_s": round(sy.age_s, 3),
+        }
     ctl = request.app.get(CONTROL)
     if ctl is not None:  # per backend: routable, probes up/down, circuit closed/open/half_open, drained
         body["backend_states"] = {
@@ -72,13 +83,6 @@ async def health(request: web.Request) -> web.Response:
         }
     return web.Response(
         status=200 if healthy else 503, body=orjson.dumps(body), content_type="application/json"
-    )
-
-
-async def metrics(request: web.Request) -> web.Response:
-    svc = request.app[SERVICES]
-    return web.Response(
-        text=svc.metrics.render(), content_type="text/plain", charset="utf-8", headers={"X-Format": "0.0.4"}
     )
 
 

@@ -1,7 +1,7 @@
-"""The scaler's Prometheus metrics, as metric families (name, type, help, samples), kept
-apart from the exposition so they fit a hand-written ``/metrics`` (:func:`text_lines`)
-or a ``prometheus_client`` custom collector alike (one family = one
-``GaugeMetricFamily`` / ``CounterMetricFamily``).
+"""The autoscale collector: the scaler's state, read at scrape time. The families are
+built as plain values first (:func:`autoscale_families`: name, type, help, labels,
+samples — usable by the simulator or any exposition) and turned into
+``prometheus_client`` families by :class:`AutoscaleMetrics`.
 
 Per tier (label ``tier``), what an HPA/KEDA setup reads directly:
 
@@ -26,12 +26,13 @@ by ``result`` (delivered / retried / failed / dropped).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from slorouter.autoscale.scaler import Scaler
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-Labels = tuple[tuple[str, str], ...]
+from slorouter.actuation.scaling import ScaleRunner
+from slorouter.autoscale.scaler import Scaler
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,39 +40,37 @@ class Family:
     name: str
     kind: str  # "gauge" | "counter"
     help: str
-    samples: tuple[tuple[Labels, float], ...]
+    labels: tuple[str, ...]
+    samples: tuple[tuple[tuple[str, ...], float], ...]  # (label values, value)
+
+
+_PER_TIER: tuple[tuple[str, str, str], ...] = (
+    ("desired_servers", "gauge", "Servers the tier should have (the scaler's decision)."),
+    ("current_servers", "gauge", "Servers of the tier in the router's backend set."),
+    ("needed_servers", "gauge", "Servers the tier's load needs at the target utilisation."),
+    ("headroom_servers", "gauge", "Spare servers at the target utilisation (negative: short)."),
+    ("queued_requests", "gauge", "Requests of the tier waiting in the router queue."),
+    ("attainment_ratio", "gauge", "Share of the tier's requests that met their SLO (window)."),
+    ("arrival_rate", "gauge", "Arrival rate of the tier (EWMA level) [req/s]."),
+    ("sizing_rate", "gauge", "Rate sized for: max(level, forecast one delay ahead) [req/s]."),
+    ("cost_server_seconds", "gauge", "Fluid server-seconds per request at the tier's pace."),
+    ("deferrals_total", "counter", "On-time requests that fit on no server of their tier or up."),
+)
 
 
 def autoscale_families(
     scaler: Scaler, now: float, *, advisory: bool, webhook: Mapping[str, int] | None = None
 ) -> list[Family]:
-    per_tier: dict[str, tuple[str, str, list[tuple[Labels, float]]]] = {
-        "desired_servers": ("gauge", "Servers the tier should have (the scaler's decision).", []),
-        "current_servers": ("gauge", "Servers of the tier in the router's backend set.", []),
-        "needed_servers": ("gauge", "Servers the tier's load needs at the target utilisation.", []),
-        "headroom_servers": ("gauge", "Spare servers at the target utilisation (negative: short).", []),
-        "queued_requests": ("gauge", "Requests of the tier waiting in the router queue.", []),
-        "attainment_ratio": ("gauge", "Share of the tier's requests that met their SLO (window).", []),
-        "arrival_rate": ("gauge", "Arrival rate of the tier (EWMA level) [req/s].", []),
-        "sizing_rate": ("gauge", "Rate sized for: max(level, forecast one delay ahead) [req/s].", []),
-        "cost_server_seconds": ("gauge", "Fluid server-seconds per request at the tier's pace.", []),
-        "deferrals_total": (
-            "counter",
-            "On-time requests that fit on no server of their tier or tighter.",
-            [],
-        ),
-    }
-    decisions: list[tuple[Labels, float]] = []
+    samples: dict[str, list[tuple[tuple[str, ...], float]]] = {key: [] for key, _, _ in _PER_TIER}
+    decisions: list[tuple[tuple[str, ...], float]] = []
     for name, st in scaler.tiers.items():
-        lab: Labels = (("tier", name),)
-        att = st.attainment.value(now)
         values = {
             "desired_servers": float(st.desired if st.desired is not None else st.current),
             "current_servers": float(st.current),
             "needed_servers": float(st.need),
             "headroom_servers": st.headroom,
             "queued_requests": float(st.queued),
-            "attainment_ratio": att,
+            "attainment_ratio": st.attainment.value(now),
             "arrival_rate": st.rate.level,
             "sizing_rate": st.sizing_rate,
             "cost_server_seconds": None if math.isinf(st.cost_s) else st.cost_s,
@@ -79,16 +78,20 @@ def autoscale_families(
         }
         for key, v in values.items():
             if v is not None:
-                per_tier[key][2].append((lab, float(v)))
+                samples[key].append(((name,), float(v)))
         for kind in ("out", "in", "move"):
-            decisions.append(((("tier", name), ("kind", kind)), float(st.counts.get(kind, 0))))
+            decisions.append(((name, kind), float(st.counts.get(kind, 0))))
     out = [
-        Family(f"slorouter_autoscale_{key}", kind, help_, tuple(samples))
-        for key, (kind, help_, samples) in per_tier.items()
+        Family(f"slorouter_autoscale_{key}", kind, help_, ("tier",), tuple(samples[key]))
+        for key, kind, help_ in _PER_TIER
     ]
     out.append(
         Family(
-            "slorouter_autoscale_decisions_total", "counter", "Scaling decisions by kind.", tuple(decisions)
+            "slorouter_autoscale_decisions_total",
+            "counter",
+            "Decisions by kind.",
+            ("tier", "kind"),
+            tuple(decisions),
         )
     )
     out.append(
@@ -96,6 +99,7 @@ def autoscale_families(
             "slorouter_autoscale_advisory",
             "gauge",
             "1 when the scaler only advises (logs and gauges), 0 when it acts.",
+            (),
             (((), 1.0 if advisory else 0.0),),
         )
     )
@@ -105,31 +109,36 @@ def autoscale_families(
                 "slorouter_autoscale_webhook_total",
                 "counter",
                 "Webhook deliveries by result (retried: attempts after the first).",
-                tuple(((("result", k),), float(v)) for k, v in sorted(webhook.items())),
+                ("result",),
+                tuple(((k,), float(v)) for k, v in sorted(webhook.items())),
             )
         )
     return out
 
 
-def _esc(v: str) -> str:
-    return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+def to_metric(f: Family) -> Metric:
+    """A :class:`Family` as a ``prometheus_client`` metric family."""
+    m: GaugeMetricFamily | CounterMetricFamily
+    if f.kind == "counter":
+        m = CounterMetricFamily(f.name, f.help, labels=list(f.labels))
+    else:
+        m = GaugeMetricFamily(f.name, f.help, labels=list(f.labels))
+    for labels, v in f.samples:
+        m.add_metric(list(labels), v)
+    return m
 
 
-def _num(v: float) -> str:
-    if math.isnan(v):
-        return "NaN"
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    return str(int(v)) if v == int(v) and abs(v) < 1e15 else repr(v)
+class AutoscaleMetrics:
+    def __init__(self, runner: ScaleRunner) -> None:
+        self.runner = runner
 
+    def _families(self, now: float) -> list[Family]:
+        r = self.runner
+        stats = r.sender.stats if r.sender is not None else None
+        return autoscale_families(r.scaler, now, advisory=not r.acting, webhook=stats)
 
-def text_lines(families: Sequence[Family]) -> list[str]:
-    """The families in the Prometheus text format (0.0.4)."""
-    lines: list[str] = []
-    for f in families:
-        lines.append(f"# HELP {f.name} {f.help}")
-        lines.append(f"# TYPE {f.name} {f.kind}")
-        for labels, v in f.samples:
-            lab = "{" + ",".join(f'{k}="{_esc(x)}"' for k, x in labels) + "}" if labels else ""
-            lines.append(f"{f.name}{lab} {_num(v)}")
-    return lines
+    def describe(self) -> list[Metric]:
+        return [to_metric(Family(f.name, f.kind, f.help, f.labels, ())) for f in self._families(0.0)]
+
+    def collect(self) -> list[Metric]:
+        return [to_metric(f) for f in self._families(self.runner.clock.now())]

@@ -72,8 +72,8 @@ from slorouter.policy.feasibility import (
 )
 from slorouter.policy.rebalance import BinMoves, RebalanceParams
 from slorouter.state.backends import BackendSet
+from slorouter.state.load import BackendLoad
 from slorouter.state.snapshot import Snapshot
-from slorouter.state.tracker import BackendLoad
 from slorouter.values import Decision, Defer, Dispatch, Reject, RequestInfo, SloClass, Tier
 
 _BE = 1e12  # tightness of best-effort / tier-less bins
@@ -145,7 +145,7 @@ class PolyServe(BasePolicy):
         self._top = max(1 + fallbacks, self.fp.interference_checks)
         self._index_min = index_min  # bins with more servers are indexed (inf: never)
         self._bins: _Bins | None = None
-        self._bins_key: tuple[int, int, int, int] = (0, 0, 0, 0)
+        self._bins_key: tuple[tuple[int, int, int], int] = ((0, 0, 0), 0)
         rb = rebalance or RebalanceParams()
         self.moves: BinMoves | None = BinMoves(rb) if rb.enabled else None
         self._index: list[BinIndex | None] = []
@@ -159,7 +159,7 @@ class PolyServe(BasePolicy):
 
     def _get_bins(self, snap: Snapshot) -> _Bins:
         mv = self.moves
-        key = (id(snap.backends), id(snap.healthy), id(snap.loads), mv.moves if mv else 0)
+        key = (snap.fleet, mv.moves if mv else 0)  # generation numbers, never reused
         if self._bins is None or key != self._bins_key:
             self._bins = _Bins(snap.backends, snap.healthy, mv.override(snap.backends) if mv else None)
             self._bins_key = key
@@ -268,7 +268,7 @@ class PolyServe(BasePolicy):
                 continue
             if tau >= 1e3 and host >= 1e3:
                 # best-effort bin: no TPOT to fill, rank by batch
-                util = (len(load.residents) + 1) / lim.max_num_seqs
+                util = (load.running + 1) / lim.max_num_seqs
             else:
                 util = s / (tau if tau < need.tpot else need.tpot)
             found.append((-util if self.pack else util, bid))

@@ -51,8 +51,8 @@ from typing import Final, Protocol
 from slorouter.models.base import LatencyView
 from slorouter.policy.feasibility import FeasibilityParams, Need, assess, tightest_tpot
 from slorouter.state.backends import BackendSet
+from slorouter.state.load import BackendLoad
 from slorouter.state.snapshot import Snapshot
-from slorouter.state.tracker import BackendLoad
 
 _KEEP: Final = 1  # a bin never gives away its last server
 _LOOSE: Final = 1e3  # bin tightness at or above this: no TPOT (deadline / best effort)
@@ -185,12 +185,12 @@ def spare(load: BackendLoad, lat: LatencyView, bid: str, tau: float) -> float:
     TPOT bin, ``1 − (step at future-peak KV − c0) / (τ − c0)``; for a loose bin, the
     room left in sequences and KV."""
     lim = lat.limits(bid)
-    used = max(len(load.residents) / lim.max_num_seqs, load.peak_kv / lim.kv_capacity_tokens)
+    used = max(load.running / lim.max_num_seqs, load.peak_kv / lim.kv_capacity_tokens)
     if tau < _LOOSE:
         lin = lat.linear(bid)
         span = tau - lin.c0_s
         if span > 0:
-            used = max(used, (lin.c_batch_s * len(load.residents) + lin.c_kv_s * load.peak_kv) / span)
+            used = max(used, (lin.c_batch_s * load.running + lin.c_kv_s * load.peak_kv) / span)
         else:
             used = 1.0
     return 0.0 if used >= 1.0 else 1.0 - used

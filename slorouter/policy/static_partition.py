@@ -26,10 +26,10 @@ class StaticPartition(BasePolicy):
     def __init__(self, balance: str = "tokens") -> None:
         self.by_tokens = balance == "tokens"
         self._pools: dict[float, tuple[Backend, ...]] = {}
-        self._key: tuple[int, int] = (0, 0)
+        self._key: tuple[int, int, int] = (0, 0, 0)
 
     def _pool(self, request: RequestInfo, snapshot: Snapshot) -> tuple[Backend, ...]:
-        key = (id(snapshot.backends), id(snapshot.healthy))
+        key = snapshot.fleet
         if key != self._key:
             pools: dict[float, list[Backend]] = {}
             tiers = snapshot.backends.tier_by_name

@@ -42,7 +42,13 @@ from slorouter.proxy.engines import Prepared
 from slorouter.proxy.errors import error_response, sse_error_event
 from slorouter.proxy.health import Signal
 from slorouter.proxy.sse import Flavor, SseObserver, usage_of_body
-from slorouter.proxy.upstream import Timeouts, UpstreamSettings, downstream_headers, upstream_headers
+from slorouter.proxy.upstream import (
+    Timeouts,
+    UpstreamSettings,
+    arm_idle_timeout,
+    downstream_headers,
+    upstream_headers,
+)
 from slorouter.state.backends import Backend, BackendSet
 from slorouter.state.tracker import Tracker
 from slorouter.values import RequestInfo, SloClass, Status
@@ -189,7 +195,7 @@ class Forwarder:
                     up.close()
                 raise
             self._report(backend.id, Signal.OK, "")
-            _set_idle(up, to)
+            arm_idle_timeout(up, to.idle_s)
             if prep.stream and up.status == 200:
                 return await self._stream(request, info, backend, up, prep, first, attempts, to)
             return await self._whole(info, backend, up, attempts)
@@ -382,13 +388,3 @@ async def _read_some(up: aiohttp.ClientResponse, limit: int, timeout_s: float) -
             parts.append(chunk)
             size += len(chunk)
     return b"".join(parts)[:limit]
-
-
-def _set_idle(up: aiohttp.ClientResponse, to: Timeouts) -> None:
-    """From now on, every silence of the engine longer than ``idle_s`` fails the read
-    (aiohttp's own per-read timer on the connection, re-armed by each arriving chunk)."""
-    conn = up.connection
-    proto = conn.protocol if conn is not None else None
-    if proto is not None:
-        proto.read_timeout = to.idle_s
-        proto.start_timeout()

@@ -9,10 +9,12 @@ import re
 from pathlib import Path
 
 import yaml
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 
 from slorouter.config import load_config
-from slorouter.metrics.autoscale import autoscale_families, text_lines
+from slorouter.metrics.autoscale import Family, autoscale_families, to_metric
 from tests.unit.test_autoscale_rules import T20, T50, Rig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,11 +28,26 @@ def scaled_rig() -> Rig:
     return rig
 
 
+class _Fixed(Collector):
+    def __init__(self, fams: list[Family]) -> None:
+        self.fams = fams
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        return [to_metric(f) for f in self.fams]
+
+
+def exposition(fams: list[Family]) -> str:
+    """The families through prometheus_client's own text exposition."""
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(_Fixed(fams))
+    return generate_latest(reg).decode()
+
+
 def test_families_parse_and_carry_the_scalers_numbers() -> None:
     rig = scaled_rig()
     sc = rig.scaler
     fams = autoscale_families(sc, rig.clock.now(), advisory=False, webhook={"delivered": 3, "failed": 1})
-    text = "\n".join(text_lines(fams)) + "\n"
+    text = exposition(fams)
     parsed = {f.name: f for f in text_string_to_metric_families(text)}
     by = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in parsed.values() for s in f.samples}
     st = sc.tiers["t20"]

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from slorouter.config import ConfigError, RouterConfig, load_config, parse_config
-from slorouter.config.fields import fields_of
+from slorouter.config import ConfigError, RouterConfig, json_schema, load_config, parse_config
+from slorouter.config.fields import fields_of, restart_changes
 from slorouter.values import SloClass
 
 BASE: dict[str, Any] = {
@@ -519,3 +519,28 @@ def test_no_keys_and_no_anonymous_serves_nobody(tmp_path: Path) -> None:
     assert line.endswith(
         "routing.allow_anonymous: no request could be served: set it to true, or declare routing.keys"
     )
+
+
+def test_restart_only_fields_come_from_the_declarations() -> None:
+    """A reload warns about exactly the fields declared ``restart=True``, by path, in
+    declaration order; a section declared so (``autoscale``) compares as a whole."""
+    old = parse_config(base(), "<test>")
+    raw = base()
+    raw["server"] = {"host": "0.0.0.0", "port": 9000, "client_read_timeout_s": 5.0, "shutdown_grace_s": 1.0}
+    raw["models"] = {"latency_quantile": 0.5, "state_save_interval_s": 5.0}
+    raw["autoscale"] = {"idle_s": 10.0}
+    raw["health"] = {"interval_s": 9.0}
+    raw["policy"] = {"kind": "least-request"}
+    raw["timeouts"] = {"idle_s": 1.0, "keepalive_s": 2.0}
+    assert restart_changes(old, parse_config(raw, "<test>")) == [
+        "server.host",
+        "server.port",
+        "server.shutdown_grace_s",
+        "timeouts.keepalive_s",
+        "models.latency_quantile",
+        "autoscale",
+    ]
+    assert restart_changes(old, parse_config(base(), "<test>")) == []
+    schema = json_schema()["properties"]
+    assert "applied at start" in schema["server"]["properties"]["port"]["description"]
+    assert "applied at start" not in schema["health"]["properties"]["interval_s"]["description"]
