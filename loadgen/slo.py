@@ -1,4 +1,4 @@
-"""Did a request (or a workflow) meet its SLO? The definitions of DESIGN.md §2.
+"""Did a request (or a workflow) meet its SLO? docs/loadgen.md, "Metric definitions".
 
 **Tokens per chunk.** A streamed chunk may carry several tokens (vLLM under load
 does this), and a server's text does not say how many. The output token count ``n``
@@ -122,7 +122,7 @@ class UnitVerdict:
 
 
 def judge(unit: Unit, tier: TierSpec) -> UnitVerdict:
-    """One unit against its tier. Service gain follows Tempo (DESIGN.md §2), times the
+    """One unit against its tier. Service gain follows Tempo, times the
     tier weight: latency = output tokens on schedule; deadline = input + output tokens
     if in time; workflow = all its calls' input + output tokens if the last is in time;
     best effort = input + output tokens if completed."""

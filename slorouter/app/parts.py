@@ -15,7 +15,14 @@ from slorouter.state.backends import Backend
 
 def configured_backends(cfg: RouterConfig) -> list[Backend]:
     return [
-        Backend(id=b.name, url=b.url.rstrip("/"), engine=b.engine, tier=b.tier, models=tuple(b.models))
+        Backend(
+            id=b.name,
+            url=b.url.rstrip("/"),
+            engine=b.engine,
+            tier=b.tier,
+            models=tuple(b.models),
+            api_key=b.api_key,
+        )
         for b in cfg.backends
     ]
 

@@ -398,7 +398,8 @@ def _pace(tier: Tier, ln: Lengths) -> float | None:
 
 
 def _met(tier: Tier, o: Outcome) -> bool:
-    """Whether a finished request met its tier's SLO (DESIGN.md §2)."""
+    """Whether a finished request met its tier's SLO: every per-token deadline (latency),
+    the whole response in time (deadline, workflow), or finished at all (best effort)."""
     if o.status is not Status.OK:
         return False
     slo = tier.slo

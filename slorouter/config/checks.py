@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -100,9 +101,13 @@ def check_url(url: str, path: str, errs: Errors) -> str | None:
     return _check_url(url, path, errs)
 
 
-def _check_backends(raw: Mapping[str, Any], tiers: list[str], errs: Errors) -> None:
+def _check_backends(
+    raw: Mapping[str, Any], tiers: list[str], env: Mapping[str, str], errs: Errors
+) -> dict[int, str]:
+    """Append the backends' errors; return their API keys (``api_key_env``) by index."""
     names: dict[str, int] = {}
     urls: dict[str, int] = {}
+    keys: dict[int, str] = {}
     for i, b in _items(raw, "backends"):
         path = f"backends[{i}]"
         name = _str(b, "name") or f"b{i}"
@@ -118,6 +123,20 @@ def _check_backends(raw: Mapping[str, Any], tiers: list[str], errs: Errors) -> N
                 errs.append((join(path, "url"), f"same server as backends[{urls[norm]}]"))
             urls.setdefault(norm, i)
         _ref(_str(b, "tier"), tiers, join(path, "tier"), errs)
+        var = _str(b, "api_key_env")
+        if var is not None:
+            value = _env_value(var, join(path, "api_key_env"), env, errs)
+            if value is not None:
+                keys[i] = value
+    return keys
+
+
+def _env_value(var: str, path: str, env: Mapping[str, str], errs: Errors) -> str | None:
+    value = env.get(var, "")
+    if not value:
+        errs.append((path, f"environment variable {var} is not set (or empty)"))
+        return None
+    return value
 
 
 def _check_routing(
@@ -183,13 +202,7 @@ def _secret(k: Mapping[str, Any], path: str, env: Mapping[str, str], errs: Error
     if has_key:
         return _str(k, "key") or None
     var = _str(k, "key_env")
-    if var is None:
-        return None
-    value = env.get(var, "")
-    if not value:
-        errs.append((join(path, "key_env"), f"environment variable {var} is not set (or empty)"))
-        return None
-    return value
+    return None if var is None else _env_value(var, join(path, "key_env"), env, errs)
 
 
 def _check_misc(raw: Mapping[str, Any], base_dir: Path | None, errs: Errors) -> None:
@@ -270,14 +283,22 @@ def _check_autoscale(raw: Mapping[str, Any], tiers: list[str], env: Mapping[str,
         errs.append(("autoscale.webhook.secret_env", msg))
 
 
+@dataclass(frozen=True, slots=True)
+class Secrets:
+    """What the environment gave: ``routing.keys[i]`` secrets and ``backends[i]`` API keys."""
+
+    keys: Mapping[int, str]
+    backends: Mapping[int, str]
+
+
 def check_references(
     raw: Mapping[str, Any], env: Mapping[str, str], base_dir: Path | None, errs: Errors
-) -> dict[int, str]:
-    """Append cross-section errors; return the resolved key secrets by key index."""
+) -> Secrets:
+    """Append cross-section errors; return the resolved secrets by index."""
     tiers = lenient_tier_names(raw)
     _check_tiers(raw, errs)
-    _check_backends(raw, tiers, errs)
+    backend_keys = _check_backends(raw, tiers, env, errs)
     secrets = _check_routing(raw, tiers, env, errs)
     _check_misc(raw, base_dir, errs)
     _check_autoscale(raw, tiers, env, errs)
-    return secrets
+    return Secrets(secrets, backend_keys)

@@ -90,8 +90,9 @@ class Timeouts:
 
 @dataclass(frozen=True, slots=True)
 class TierConfig:
-    """A named SLO (DESIGN.md §2). ``latency`` needs ttft_ms and tpot_ms; ``deadline`` and
-    ``workflow`` need deadline_ms; ``best_effort`` has no numbers."""
+    """A named SLO (the classes and what meeting one means: docs/loadgen.md, "Metric
+    definitions"). ``latency`` needs ttft_ms and tpot_ms; ``deadline`` and ``workflow``
+    need deadline_ms; ``best_effort`` has no numbers."""
 
     name: Annotated[str, F("tier name (used by keys, headers and model aliases)", pattern=NAME)]
     slo_class: Annotated[SloClass, F("latency | deadline | workflow | best_effort", key="class")]
@@ -125,7 +126,20 @@ class BackendConfig:
     tier: Annotated[
         str, F("initial tier bin of this server (default: routing.default_tier)", derived=True)
     ] = ""
-    models: Annotated[tuple[str, ...], F("model names served (empty: ask the backend)")] = ()
+    models: Annotated[
+        tuple[str, ...],
+        F("model names served: requests for other models go elsewhere (empty: any model)"),
+    ] = ()
+    api_key_env: Annotated[
+        str | None,
+        F(
+            "environment variable holding the key this engine requires (vLLM --api-key), sent as "
+            "`Authorization: Bearer` on every request to it",
+            pattern=ENV,
+        ),
+    ] = None
+    # filled by the loader: the value of api_key_env
+    api_key: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

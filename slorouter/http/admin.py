@@ -7,7 +7,8 @@ variable is unset or empty), so nothing about them can be learned without it.
 ``GET /admin/backends``          every backend: url, engine, tier, health (probes, circuit, drain),
                                  load, whether it is being removed; ``removed``: those taken out
                                  (removable: the server may be stopped)
-``POST /admin/backends``         register a backend ``{"name", "url", "tier", "engine"?, "models"?}``
+``POST /admin/backends``         register a backend ``{"name", "url", "tier", "engine"?, "models"?,
+                                 "api_key_env"?}``
                                  (the fields of a config ``backends[]`` entry): 201 created, 200
                                  when the same one is registered already, 400 with every error,
                                  409 when its name or URL is taken
@@ -35,6 +36,7 @@ stored under :data:`CONTROL`; this module only speaks HTTP.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -143,12 +145,22 @@ async def register_backend(request: web.Request) -> web.Response:
     url = body.get("url")
     if isinstance(url, str):
         check_url(url, "url", errs)
+    key = None
+    if isinstance(spec, BackendConfig) and spec.api_key_env is not None:
+        key = os.environ.get(spec.api_key_env, "")
+        if not key:
+            errs.append(("api_key_env", f"environment variable {spec.api_key_env} is not set (or empty)"))
     if errs or not isinstance(spec, BackendConfig):
         msg = "; ".join(f"{p}: {m}" for p, m in errs)
         return error_response(400, f"invalid backend: {msg}", "invalid_backend")
-    b = Backend(spec.name, spec.url.rstrip("/"), spec.engine, spec.tier, tuple(spec.models))
-    if not b.tier:
-        b = Backend(b.id, b.url, b.engine, request.app[SERVICES].cfg.routing.default_tier, b.models)
+    b = Backend(
+        id=spec.name,
+        url=spec.url.rstrip("/"),
+        engine=spec.engine,
+        tier=spec.tier or request.app[SERVICES].cfg.routing.default_tier,
+        models=tuple(spec.models),
+        api_key=key,
+    )
     try:
         got = ctl.fleet.register(b)
     except ValueError as e:

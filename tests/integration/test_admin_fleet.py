@@ -50,6 +50,11 @@ async def test_a_registered_backend_gets_traffic_and_bad_registrations_are_refus
                     ({**good, "tier": "gold"}, 400, "unknown tier 'gold'"),
                     ({**good, "colour": "red"}, 400, "colour: unknown key"),
                     ({**good, "engine": "sglang"}, 400, "engine: must be one of vllm, tgi, openai"),
+                    (
+                        {**good, "api_key_env": "TEST_FLEET_UNSET"},
+                        400,
+                        "environment variable TEST_FLEET_UNSET is not set",
+                    ),
                     ({**good, "name": "e0"}, 409, "backend id 'e0' is taken"),
                     ({**good, "url": fleet.urls[0]}, 409, "is already backend 'e0'"),
                 ]:
@@ -139,3 +144,30 @@ async def test_a_reload_keeps_registered_backends_and_removed_ones_stay_out(
             assert "backend e1: in the file but removed at run time; register it to use it" in rep["warnings"]
             ids = {b.id: b.tier for b in router.services.tracker.backends.backends}
             assert ids == {"e0": "standard", "x": "batch"}
+
+
+async def test_a_backend_that_needs_an_api_key_is_registered_with_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV, TOKEN)
+    monkeypatch.setenv("TEST_FLEET_ENGINE_KEY", "engine-key")
+    async with serve_engines(1, profile="cpu-tiny") as fleet:
+        keyed = await start_engine("cpu-tiny", api_key="engine-key")
+        try:
+            cfg = router_config(fleet.urls, backend_tiers=["standard"], extra={"admin": {"token_env": ENV}})
+            async with run_router(cfg) as router, aiohttp.ClientSession() as s:
+                outcomes: list[Outcome] = []
+                router.services.tracker.add_listener(outcomes.append)
+                body = {
+                    "name": "k1",
+                    "url": keyed.url,
+                    "tier": "standard",
+                    "api_key_env": "TEST_FLEET_ENGINE_KEY",
+                }
+                assert (await call(s, "POST", router.url + "/admin/backends", body))[0] == 201
+                for _ in range(4):
+                    async with s.post(router.url + "/v1/chat/completions", json=CHAT) as r:
+                        assert r.status == 200
+                        await r.read()
+                await poll(lambda: len(outcomes) == 4, 5)
+                assert Counter(o.backend for o in outcomes) == {"e0": 2, "k1": 2}
+        finally:
+            await keyed.stop()
