@@ -56,6 +56,12 @@ class DeferWatch:
     def on_finish(self, outcome: Outcome) -> None:
         self.inner.on_finish(outcome)
 
+    def shared_state(self) -> Any:
+        return self.inner.shared_state()
+
+    def adopt_shared(self, states: list[Any]) -> None:
+        self.inner.adopt_shared(states)
+
 
 class ScaleRunner:
     def __init__(

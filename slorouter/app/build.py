@@ -88,7 +88,14 @@ def build_app(
     shared = shared or shared_state_of(cfg)
     syncer: SyncLoop | None = None
     if shared is not None:
-        sync = LoadSync(tracker, shared.holder, quota=shared.quota, wall=time.time)
+        sync = LoadSync(
+            tracker,
+            shared.holder,
+            quota=shared.quota,
+            wall=time.time,
+            control=lambda: dispatcher.policy.shared_state(),
+            adopt=lambda states: dispatcher.policy.adopt_shared(states),
+        )
         syncer = SyncLoop(
             sync, shared.store, tick_s=shared.tick_s, ttl_s=shared.ttl_s, on_freed=dispatcher.wake
         )

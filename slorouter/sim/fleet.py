@@ -145,6 +145,7 @@ class FleetSim:
                 log=self.decision_log if k == 0 else None,
                 holder=f"r{k}" if multi else None,
                 quota=ro.quota,
+                sync_ms=ro.sync_ms,
             )
             for k in range(ro.replicas)
         ]

@@ -44,6 +44,7 @@ class Row:
     slack_idx: I32 = field(default_factory=lambda: np.zeros(0, dtype="<i4"))  # index into ids
     slack: F64 = field(default_factory=lambda: np.zeros((0, 4), dtype="<f8"))
     queued: Mapping[str, int] = field(default_factory=dict)
+    control: Any = None  # the policy's shared control-plane state (JSON types), e.g. bin moves
 
     # -- reading (inspection, tests) -------------------------------------------------
 
@@ -58,8 +59,16 @@ class Row:
     def same(self, other: Row) -> bool:
         """Equal content (arrays compared by value)."""
         return (
-            (self.holder, self.at, self.arrivals, self.ids, self.tier_names, dict(self.queued))
-            == (other.holder, other.at, other.arrivals, other.ids, other.tier_names, dict(other.queued))
+            (self.holder, self.at, self.arrivals, self.ids, self.tier_names, dict(self.queued), self.control)
+            == (
+                other.holder,
+                other.at,
+                other.arrivals,
+                other.ids,
+                other.tier_names,
+                dict(other.queued),
+                other.control,
+            )
             and np.array_equal(self.counters, other.counters)
             and np.array_equal(self.tiers, other.tiers)
             and np.array_equal(self.slack_idx, other.slack_idx)
@@ -124,6 +133,7 @@ class Row:
                 slack_idx=idx,
                 slack=arrs[3].reshape(m, 4),
                 queued={str(k): int(v) for k, v in d["queued"].items()},
+                control=d.get("control"),
             )
         except (KeyError, TypeError, AttributeError, orjson.JSONDecodeError) as e:
             raise ValueError(f"malformed row: {e}") from e

@@ -32,6 +32,7 @@ TTL is dropped: a dead holder's share vanishes.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -97,10 +98,15 @@ class LoadSync:
         quota: bool = True,
         half_life_s: float = 10.0,
         wall: Callable[[], float] | None = None,
+        control: Callable[[], Any] | None = None,
+        adopt: Callable[[list[Any]], None] | None = None,
     ) -> None:
         """``wall``: the clock rows are stamped with and aged by — shared by every holder
         (``time.time`` across processes; default: the tracker's clock, as in the
-        simulator)."""
+        simulator). ``control`` / ``adopt``: the policy's shared control-plane state,
+        published with the row and merged from the others' (bin moves)."""
+        self.control = control
+        self.adopt = adopt
         self.tracker = tracker
         self.wall = wall or tracker.clock.now
         self.holder = holder
@@ -115,7 +121,12 @@ class LoadSync:
         self._of: object = None  # the backend set the layout is for
         self._remote: I64 = np.zeros((0, 6), dtype=np.int64)
         self._remote_tiers: I64 = np.zeros((0, 0), dtype=np.int64)
-        self._phantom: dict[str, list[float]] = {}  # backend -> added counters (floats)
+        # the phantom: per backend the counts added for the others' expected placements
+        # (ints, as applied), the rounding remainders, and a log (wall time, backend,
+        # counts) so each is removed once the others' rows are newer than it
+        self._phantom: dict[str, list[int]] = {}
+        self._ph_frac: dict[str, list[float]] = {}
+        self._ph_log: deque[tuple[float, str, list[int]]] = deque()
         self._layouts: dict[tuple[str, ...], Any] = {}  # a row's ids -> positions here
         self._slacked: set[int] = set()  # positions given remote slack at the last absorb
         self._arrivals = 0.0
@@ -148,18 +159,25 @@ class LoadSync:
         if not self.quota or self.share >= 1.0:
             return
         k = 1.0 / max(self.share, 0.05) - 1.0
-        ph = self._phantom.get(load.backend_id)
-        if ph is None:
-            ph = self._phantom[load.backend_id] = [0.0] * 6
+        bid = load.backend_id
+        frac = self._ph_frac.get(bid)
+        if frac is None:
+            frac = self._ph_frac[bid] = [0.0] * 6
+            self._phantom[bid] = [0] * 6
         mp, mk = self._mean_prompt, self._mean_peak
         adds = (1.0, mp, 0.0, mk, 1.0, mp)  # the others' requests arrive still prefilling
-        cur = list(load.as_tuple())
+        incs = [0] * 6
         for i, x in enumerate(adds):
             if x:
-                before = round(ph[i])
-                ph[i] += k * x
-                cur[i] += round(ph[i]) - before
-        _set(load, cur)
+                frac[i] += k * x
+                incs[i] = math.floor(frac[i])
+                frac[i] -= incs[i]
+        if any(incs):
+            ph = self._phantom[bid]
+            _set(load, [c + d for c, d in zip(load.as_tuple(), incs, strict=True)])
+            for i, d in enumerate(incs):
+                ph[i] += d
+            self._ph_log.append((self.wall(), bid, incs))
 
     def own_running(self, backend_id: str) -> int:
         """Requests this holder itself has on a backend (its row's count)."""
@@ -169,7 +187,7 @@ class LoadSync:
         ph = self._phantom.get(backend_id)
         i = self._pos.get(backend_id)
         rem = int(self._remote[i, 0]) if i is not None else 0
-        return int(load.running - rem - (round(ph[0]) if ph else 0))
+        return int(load.running - rem - (ph[0] if ph else 0))
 
     # -- the tick --------------------------------------------------------------------
 
@@ -215,8 +233,8 @@ class LoadSync:
         own = cur - self._remote
         for bid, ph in self._phantom.items():
             i = self._pos.get(bid)
-            if i is not None:
-                own[i] -= np.array([round(x) for x in ph], dtype=np.int64)
+            if i is not None and any(ph):
+                own[i] -= np.array(ph, dtype=np.int64)
         ctiers = np.zeros_like(self._remote_tiers)
         tpos = self._tpos
         for i, ld in enumerate(loads):
@@ -246,6 +264,7 @@ class LoadSync:
             slack_idx=np.array(sidx, dtype=np.int32),
             slack=np.array(sval, dtype=np.float64).reshape(len(sval), 4),
             queued=dict(t.queued),
+            control=self.control() if self.control is not None else None,
         )
 
     def _positions(self, row: Row) -> Any:
@@ -297,17 +316,25 @@ class LoadSync:
                 sk = sp >= 0
                 s_pos.append(sp[sk])
                 s_val.append(r.slack[sk])
+        if self.adopt is not None:
+            self.adopt([r.control for r in others if r.control is not None])
         self.peers = len(others)
         self.age_s = oldest
         self.share = 1.0 if not others or arrivals <= 0 else max(self._arrivals / arrivals, 0.0)
         self.absorbed_at = now
-        # what changes: the others' sums, minus what was added last time and the phantom
+        # what changes: the others' sums, minus what was added last time, minus the
+        # phantom of own placements the others' rows are newer than (theirs are now seen)
         delta = total - self._remote
-        for bid, ph in self._phantom.items():
+        cutoff = min((r.at for r in others), default=math.inf)
+        log = self._ph_log
+        while log and log[0][0] <= cutoff:
+            _, bid, incs = log.popleft()
+            ph = self._phantom[bid]
+            for j, d in enumerate(incs):
+                ph[j] -= d
             i = self._pos.get(bid)
             if i is not None:
-                delta[i] -= np.array([round(x) for x in ph], dtype=np.int64)
-        self._phantom.clear()
+                delta[i] -= np.array(incs, dtype=np.int64)
         tdelta = ttot - self._remote_tiers
         slack_by: dict[int, tuple[SlackEntry, ...]] = {}
         if s_pos:
