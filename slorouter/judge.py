@@ -33,4 +33,7 @@ def verdict(o: Outcome) -> slojudge.Verdict | None:
         first_on_time=first_ok,
         planned_output=req.max_tokens or 0,
     )
-    return slojudge.judge(slo.slo_class.value, req.tier.weight, [call], req.deadline_at)
+    due = req.deadline_at
+    if due is None and slo.deadline_s is not None:  # a request built without it (e.g. by a test)
+        due = req.arrival + slo.deadline_s
+    return slojudge.judge(slo.slo_class.value, req.tier.weight, [call], due)
