@@ -96,10 +96,6 @@ def _mixed() -> Any:
     )
 
 
-# slorouter/sim/fleet.py (being rewritten by the lead, not edited on this branch) must record
-# finished_at, on_time and first_on_time in FleetSim._record and pass workload= to summarize;
-# the exact lines are in the gain branch's report. Remove this mark once it does.
-@pytest.mark.xfail(strict=True, reason="fleet.py does not yet record on_time/finished_at for the gain")
 def test_the_simulators_gain_is_slojudge_on_its_records_and_the_routers_figure() -> None:
     sim = FleetSim(_mixed(), "least-request", rate=40.0, options=SimOptions(sync_tokens=1))
     outcomes: dict[int, Outcome] = {}
@@ -130,5 +126,10 @@ def test_the_simulators_gain_is_slojudge_on_its_records_and_the_routers_figure()
             if wl.tier[rid] == k:
                 router += v.gain
         assert router == pytest.approx(s["tiers"][name]["service_gain"], rel=1e-12)
+    # 3. the policies and the queue saw each deadline request's deadline_at, as live
+    for rid, o in outcomes.items():
+        assert o.request is not None
+        dl = wl.variant[rid].slo.deadline_s
+        assert o.request.deadline_at == (None if dl is None else wl.arrival[rid] + dl)
     tools = s["tiers"]["tools"]
     assert 0 < tools["dslo_attainment"] < 1  # the deadline tier has both hits and misses
