@@ -1,4 +1,7 @@
-"""PNG plots (matplotlib, Agg backend) of one run and of a sweep."""
+"""PNG plots (matplotlib, Agg backend) of one run and of a sweep.
+
+matplotlib is the optional ``plots`` extra (``pip install 'slorouter[plots]'``):
+:func:`require` says so before a run starts, not after it."""
 
 from __future__ import annotations
 
@@ -7,7 +10,19 @@ from typing import Any
 
 import slojudge
 from loadgen import slo
+from loadgen.errors import LoadgenError
 from loadgen.records import CallRecord
+
+
+def require() -> None:
+    """Raise :class:`LoadgenError` (what to install) when matplotlib is missing."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise LoadgenError(
+            "--plot needs matplotlib, which is not installed: pip install 'slorouter[plots]' "
+            "(or leave out --plot)"
+        ) from None
 
 
 def _plt() -> Any:

@@ -1,7 +1,8 @@
 """Did a request (or a workflow) meet its SLO, and what service gain did it deliver?
+docs/loadgen.md, "Metric definitions".
 
-The definitions (DESIGN.md §2) live in :mod:`slojudge`, shared with the router and the
-offline simulator; this module maps the load generator's records onto them and adds
+The definitions live in :mod:`slojudge`, shared with the router and the offline
+simulator; this module maps the load generator's records onto them and adds
 ``vllm bench serve``'s mean-TPOT form.
 
 **Tokens per chunk.** A streamed chunk may carry several tokens (vLLM under load

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The one command that sets everything up and runs the main job on an embedded default:
-# a simulated engine fleet (4 engines), the router in front of it (config/example.yaml),
-# and a short mixed-tier load-generator run that prints per-tier attainment and goodput;
-# then the offline fleet simulator runs round-robin and polyserve on PolyServe's 4-tier mix.
+# a simulated engine fleet (4 engines), the router in front of it (config/example.yaml with
+# policy polyserve and the scaler in advisory mode), and a short mixed-tier load-generator run
+# that prints per-tier attainment and goodput, then what the scaler would ask for; then the
+# offline fleet simulator runs round-robin and polyserve on PolyServe's 4-tier mix.
 #   scripts/demo.sh [--policy KIND] [--duration S]
 source "$(dirname "$0")/_env.sh"
 POLICY=""
@@ -18,11 +19,14 @@ done
 export COLUMNS="${COLUMNS:-130}"  # rich tables: do not squeeze columns when output is not a terminal
 OUT="${SLOROUTER_DEMO_OUT:-$ROOT/out/demo}"
 mkdir -p "$OUT"
-CONFIG="$ROOT/config/example.yaml"
-if [ -n "$POLICY" ]; then
-  sed "s/^  kind: .*/  kind: $POLICY/" "$CONFIG" > "$OUT/config.yaml"
-  CONFIG="$OUT/config.yaml"
-fi
+# example.yaml with the policy (default polyserve) and autoscale enabled in advisory mode: the
+# scaler decides per tier and logs what it would do, nothing is started or stopped
+CONFIG="$OUT/config.yaml"
+sed -e "s/^  kind: .*/  kind: ${POLICY:-polyserve}/" \
+    -e "s/^  enabled: false               # run the scaler/  enabled: true                # run the scaler/" \
+    -e "s/^  idle_s: 60.0                 # an empty server/  idle_s: 5.0                  # an empty server/" \
+    "$ROOT/config/example.yaml" > "$CONFIG"
+export SLOROUTER_ADMIN_TOKEN="${SLOROUTER_ADMIN_TOKEN:-demo-admin-token}"  # for GET /admin/autoscale
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
@@ -53,6 +57,24 @@ args=(run --target http://127.0.0.1:8080 --workload "$ROOT/config/workloads/smok
 [ -n "$DURATION" ] && args+=(--duration "$DURATION")
 slorouter-loadgen "${args[@]}"
 echo "[demo] results: $OUT/results.json, plots in $OUT/, logs in $OUT/*.log"
+echo
+echo "[demo] the scaler (advisory mode, docs/autoscaling.md): what it would do with this fleet"
+python - <<'PY'
+import json, os, urllib.request
+req = urllib.request.Request("http://127.0.0.1:8080/admin/autoscale",
+                             headers={"Authorization": "Bearer " + os.environ["SLOROUTER_ADMIN_TOKEN"]})
+state = json.load(urllib.request.urlopen(req, timeout=5))
+print(f"  {'tier':<12} {'servers':>7} {'desired':>7} {'needed':>6} {'rate req/s':>10} {'cost s/req':>10} {'attainment':>10}")
+for name, t in state["tiers"].items():
+    att = "-" if t["attainment"] is None else f"{t['attainment']:.3f}"
+    cost = "-" if t["cost_server_s"] is None else f"{t['cost_server_s']:.3f}"
+    print(f"  {name:<12} {t['current']:>7} {t['desired']:>7} {t['need']:>6} {t['rate_rps']:>10.2f} {cost:>10} {att:>10}")
+for d in state["decisions"][-8:]:
+    what = f"ask for {d['add']}" if d["add"] else f"give back {', '.join(d['remove'])}" if d["remove"] else "keep"
+    print(f"  would: tier {d['tier']}: {d['current']} -> {d['desired']} servers, {what} ({d['reason']})")
+if not state["decisions"]:
+    print("  would: change nothing")
+PY
 echo
 echo "[demo] the same policy code, offline: 20 simulated H100-8B-like servers, PolyServe's mix of four"
 echo "[demo] TPOT tiers (20/30/50/100 ms, config/scenarios/polyserve-conv.yaml) at 260 req/s, 6000 requests"

@@ -1,11 +1,11 @@
 """slojudge — did a unit of work meet its SLO, and what service gain did it deliver.
 
-One definition (DESIGN.md §2), as pure functions of plain numbers, shared by the
-router (``slorouter``: per finished request, on ``/metrics``), the offline simulator
-(``slorouter.sim``: its summary and JSON) and the load generator (``loadgen``: its
-report). The load generator is a client and never imports the router, so the judge
-lives in neither: it is a package of its own that imports nothing outside the
-standard library (import-linter contracts in ``pyproject.toml``).
+One definition (docs/loadgen.md, "Metric definitions"), as pure functions of plain
+numbers, shared by the router (``slorouter``: per finished request, on ``/metrics``), the
+offline simulator (``slorouter.sim``: its summary and JSON) and the load generator
+(``loadgen``: its report). The load generator is a client and never imports the router,
+so the judge lives in neither: it is a package of its own that imports nothing outside
+the standard library (import-linter contracts in ``pyproject.toml``).
 
 * :mod:`slojudge.tokens` — per-token deadlines: which output tokens arrived on schedule;
 * :mod:`slojudge.gain` — token value, the verdict and service gain of a request or workflow;

@@ -1,4 +1,5 @@
-"""The SLO verdict and the service gain of one unit of work (DESIGN.md §2, after Tempo).
+"""The SLO verdict and the service gain of one unit of work (after Tempo;
+docs/loadgen.md, "Metric definitions", and docs/metrics.md, "Service gain").
 
 A unit is a request (one call) or, for the ``workflow`` class, a whole workflow (its
 calls). Inputs are plain facts — token counts, times, the on-time count from
@@ -12,7 +13,7 @@ its request phases prefill 1, decode 8; an earlier version used 2): a decode tok
 a batch slot for a whole memory-bound step, a prefill token is a sliver of one
 compute-bound pass, and providers price output tokens several times input ones.
 
-**Gain by class** (× tier weight). Tempo scales late work down smoothly; DESIGN.md §2
+**Gain by class** (× tier weight). Tempo scales late work down smoothly; this judge
 counts it or not, per token for streams and per unit otherwise:
 
 * ``latency``: the prompt's value when the first token was on time, plus

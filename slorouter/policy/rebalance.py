@@ -43,7 +43,6 @@ bin wins and the override is dropped.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final, Protocol
@@ -53,16 +52,16 @@ from slorouter.policy.feasibility import FeasibilityParams, Need, assess, tighte
 from slorouter.state.backends import BackendSet
 from slorouter.state.load import BackendLoad
 from slorouter.state.snapshot import Snapshot
+from slorouter.values import Tightness
 
 _KEEP: Final = 1  # a bin never gives away its last server
-_LOOSE: Final = 1e3  # bin tightness at or above this: no TPOT (deadline / best effort)
 _ROOM: Final = 1.0  # a donor bin keeps at least one server's worth of spare room
 
 
 class BinView(Protocol):
     """What the rebalancer reads of the policy's bins (tight → loose)."""
 
-    taus: list[float]
+    taus: list[Tightness]
     bins: list[tuple[str, ...]]
     tpot_by_tier: dict[str, float]
 
@@ -81,19 +80,19 @@ class BinMoves:
 
     def __init__(self, params: RebalanceParams | None = None) -> None:
         self.params = params or RebalanceParams()
-        self._tau: dict[str, float] = {}  # server -> tightness of the bin it moved to
+        self._tau: dict[str, Tightness] = {}  # server -> tightness of the bin it moved to
         self._home: dict[str, str] = {}  # server -> its configured tier when it moved
         self._at: dict[str, float] = {}  # server -> time of its last move
-        self._into: dict[float, float] = {}  # bin -> time it last received a server
+        self._into: dict[Tightness, float] = {}  # bin -> time it last received a server
         self.moves = 0
 
-    def override(self, backends: BackendSet) -> Mapping[str, float]:
+    def override(self, backends: BackendSet) -> Mapping[str, Tightness]:
         """Bin tightness of the moved servers of ``backends`` (stale overrides dropped)."""
         for bid in [b for b, home in self._home.items() if (x := backends.get(b)) is None or x.tier != home]:
             del self._tau[bid], self._home[bid]
         return self._tau
 
-    def may_receive(self, tau: float, now: float) -> bool:
+    def may_receive(self, tau: Tightness, now: float) -> bool:
         """A bin receives at most one server per ``receive_s``."""
         at = self._into.get(tau)
         return at is None or now - at >= self.params.receive_s
@@ -102,7 +101,7 @@ class BinMoves:
         at = self._at.get(bid)
         return at is None or now - at >= self.params.hold_s
 
-    def move(self, bid: str, tau: float, backends: BackendSet, now: float) -> None:
+    def move(self, bid: str, tau: Tightness, backends: BackendSet, now: float) -> None:
         b = backends.get(bid)
         if b is None:
             return
@@ -118,12 +117,12 @@ class BinMoves:
         view: BinView,
         snap: Snapshot,
         fp: FeasibilityParams,
-        tiers_of: Mapping[float, Iterable[str]],
+        tiers_of: Mapping[Tightness, Iterable[str]],
     ) -> str | None:
         """The least loaded server of a tighter bin with room to spare that holds nothing
         tighter than ``need`` and on which ``need`` is feasible (None: none may go)."""
         own = need.tightness
-        host = own if own < _LOOSE else math.inf
+        host = own.tpot
         donors = [i for i, t in enumerate(view.taus) if t < own]
         return self._take(need, view, snap, fp, tiers_of, donors, host)
 
@@ -133,15 +132,15 @@ class BinMoves:
         view: BinView,
         snap: Snapshot,
         fp: FeasibilityParams,
-        tiers_of: Mapping[float, Iterable[str]],
+        tiers_of: Mapping[Tightness, Iterable[str]],
     ) -> str | None:
         """The least loaded server of a looser bin with spare room on which ``need`` is
         feasible judged by its own, tighter TPOT (None: none)."""
         own = need.tightness
-        if own >= _LOOSE:
+        if not own.paced:
             return None
         donors = [i for i, t in enumerate(view.taus) if t > own]
-        return self._take(need, view, snap, fp, tiers_of, donors, own)
+        return self._take(need, view, snap, fp, tiers_of, donors, own.tpot)
 
     def _take(
         self,
@@ -149,7 +148,7 @@ class BinMoves:
         view: BinView,
         snap: Snapshot,
         fp: FeasibilityParams,
-        tiers_of: Mapping[float, Iterable[str]],
+        tiers_of: Mapping[Tightness, Iterable[str]],
         donors: list[int],
         host: float,
     ) -> str | None:
@@ -168,7 +167,7 @@ class BinMoves:
                 t = host
                 if load.tier_counts:
                     t = min(t, tightest_tpot(load, view.tpot_by_tier))
-                    if t < need.tightness:  # holds tighter work: it stays where it is
+                    if t < need.tightness.tpot:  # holds tighter work: it stays where it is
                         continue
                 s = assess(need, load, lat.linear(bid), lat.limits(bid), t, fp)
                 if s < 0 or (best is not None and s >= best_s):
@@ -180,15 +179,15 @@ class BinMoves:
         return best
 
 
-def spare(load: BackendLoad, lat: LatencyView, bid: str, tau: float) -> float:
+def spare(load: BackendLoad, lat: LatencyView, bid: str, tau: Tightness) -> float:
     """Unused share (0..1) of a server's capacity in a bin of tightness ``tau``: for a
     TPOT bin, ``1 − (step at future-peak KV − c0) / (τ − c0)``; for a loose bin, the
     room left in sequences and KV."""
     lim = lat.limits(bid)
     used = max(load.running / lim.max_num_seqs, load.peak_kv / lim.kv_capacity_tokens)
-    if tau < _LOOSE:
+    if tau.paced:
         lin = lat.linear(bid)
-        span = tau - lin.c0_s
+        span = tau.value - lin.c0_s
         if span > 0:
             used = max(used, (lin.c_batch_s * load.running + lin.c_kv_s * load.peak_kv) / span)
         else:

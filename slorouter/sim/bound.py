@@ -1,4 +1,4 @@
-"""The fluid upper bound of a scenario (DESIGN.md §5; documented in docs/policies.md).
+"""The fluid upper bound of a scenario (docs/policies.md §6, "The fluid bound").
 
 Each tier ``t`` runs on servers of its own at the largest batch ``B_t`` whose
 steady-state step still meets its TPOT ``τ_t``. With ``p̄`` the mean prompt, ``n̄`` the

@@ -1,4 +1,5 @@
-"""Per-request records of a fleet simulation and their summary (DESIGN.md §2 definitions).
+"""Per-request records of a fleet simulation and their summary (the definitions of
+docs/loadgen.md, "Metric definitions", which the load generator measures too).
 
 * **DSLO attainment** (per tier and overall): requests whose every output token ``i``
   arrived by ``arrival + TTFT + i·TPOT`` / **all arrivals** (rejected, failed and
