@@ -36,6 +36,7 @@ from slorouter.metrics import build_registry, scrape_handler
 from slorouter.metrics.autoscale import AutoscaleMetrics
 from slorouter.metrics.control import ControlMetrics
 from slorouter.metrics.forwarding import ForwardingMetrics
+from slorouter.metrics.gain import GainMetrics
 from slorouter.metrics.health import HealthMetrics
 from slorouter.metrics.requests import RequestMetrics
 from slorouter.proxy.dispatcher import Dispatcher
@@ -108,12 +109,15 @@ def build_app(
     control = Control(monitor, fleet=fleet, scaling=scaling)
     requests = RequestMetrics(tracker)
     tracker.add_listener(requests.observe)
+    gain = GainMetrics()
+    tracker.add_listener(gain.observe)
 
     app = web.Application(client_max_size=cfg.server.max_body_bytes, middlewares=[openai_errors])
     escape_expect_header(app)
     app[CONTROL] = control
     registry = build_registry(
         requests,
+        gain,
         HealthMetrics(monitor),
         ForwardingMetrics(lambda: svc.forwarder if (svc := app.get(SERVICES)) is not None else None),
         ControlMetrics(control),

@@ -102,6 +102,7 @@ def _table(console: Console, s: dict[str, Any], title: str) -> None:
         "mean-TPOT att.",
         "misses TTFT/pace/backlog/rej/unf",
         "wait p99 ms",
+        "gain %",
     ):
         t.add_column(c, justify="right")
     for c in ("TTFT p50/p90/p99 ms", "TPOT p50/p90/p99 ms"):
@@ -125,6 +126,7 @@ def _table(console: Console, s: dict[str, Any], title: str) -> None:
                 )
             ),
             _fmt(v["queue_wait_s"]["p99"], 1e3, 0),
+            _fmt(v.get("service_gain_ratio"), 100, 1),
             "/".join(_fmt(tt[k], 1e3, 0) for k in ("p50", "p90", "p99")),
             "/".join(_fmt(tp[k], 1e3, 1) for k in ("p50", "p90", "p99")),
         )
@@ -135,6 +137,11 @@ def _table(console: Console, s: dict[str, Any], title: str) -> None:
         f"server-s per good request {_fmt(o['server_seconds_per_good'], 1, 3)} "
         f"(busy servers only {_fmt(o['busy_server_seconds_per_good'], 1, 3)})"
     )
+    if o.get("service_gain") is not None:
+        console.print(
+            f"service gain {o['service_gain']:,.0f} of {o['service_gain_max']:,.0f} "
+            f"({_fmt(o['service_gain_ratio'], 100, 1)} %; prompt x1 + output x8 tokens, x tier weight)"
+        )
 
 
 def _miss_table(console: Console, rows: list[dict[str, Any]], top: int = 15) -> None:
