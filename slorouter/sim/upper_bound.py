@@ -33,14 +33,20 @@ the sum of every request's share.
   (``ceil(p/budget)·f + c_kv·p + c_prefill·p > TTFT``): the request can never meet its
   SLO (cost ``inf``).
 
-Both terms grow with ``k``, with more KV and with more prefill (preemption), so the
-minimum is at the values above: ``cost = c0·k/B̂ + own``.
+* two more splits of ``c0`` are as valid: by KV held (a step holds at most the KV
+  capacity ``C``: share ``≥ c0·K/C``) and by tokens computed (at most
+  ``max_batched_tokens`` a step: share ``≥ c0·(p + n − 1)/budget``); so is any fixed mix
+  ``λ`` of the three: ``cost_λ = own + c0·(λ_seq·k/B̂ + λ_kv·K/C + λ_tok·(p+n−1)/budget)``.
+
+Every term grows with ``k``, with more KV and with more prefill (preemption), so the
+minimum is at the values above.
 
 **Rate bound.** Over a long run at ``R`` requests/s on ``m`` servers, the good
 requests' shares fit in the busy time ``≤ m·T``. With attainment ``≥ a`` on every tier,
 a tier may give up its ``1 − a`` most expensive requests (a clairvoyant router would):
 ``R·Σ_t share_t·∫_0^a Q_t(u) du ≤ m``, ``Q_t`` the quantile function of tier ``t``'s
-cost. The bound is ``1 / Σ_t share_t·∫_0^a Q_t`` requests/s per server.
+``cost_λ``. The bound is ``1 / Σ_t share_t·∫_0^a Q_t`` requests/s per server, for the
+``λ`` that makes it smallest. Short runs can pass more: :mod:`slorouter.sim.upper_bound_run`.
 
 Lengths: the trace's rows, each equally likely (as the workload draws them); synthetic
 (log-normal, independent) lengths: a grid of :data:`GRID` × :data:`GRID` mid-quantile
@@ -105,7 +111,9 @@ def _slack(fl: StepFloor, p: Arr, n: Arr, window: Arr) -> tuple[Arr, Arr, Arr, A
     e = fl.c_batch + fl.c_kv * fl.kappa
     f = fl.c0 + fl.c_batch - fl.c_kv * (fl.kappa - 1)
     with np.errstate(invalid="ignore"):
-        x = (window - k * f - fl.c_kv * kv - fl.c_prefill * p) / e
+        slack = window - k * f - fl.c_kv * kv - fl.c_prefill * p
+        # e = 0 (no per-sequence cost): any batch fits a window that fits the steps
+        x = slack / e if e > 0 else np.where(slack >= 0, np.inf, -1.0)
     return k, kv, chunks, x
 
 

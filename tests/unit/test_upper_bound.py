@@ -4,9 +4,12 @@ scenario, every policy's short sweep against it."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import random
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -255,3 +258,48 @@ def test_no_policy_beats_the_bound(name: str) -> None:
             if g is not None:
                 rw = run_work(scn, runs[round(g, 6)].wl, g)
                 assert finite_ok(rw, g, SERVERS, target, DRAIN_S), (kind, target, g / SERVERS, fin)
+
+
+def _bench() -> Any:
+    spec = importlib.util.spec_from_file_location(
+        "bench_policies", Path(__file__).resolve().parents[2] / "scripts" / "bench_policies.py"
+    )
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_policies_json_compares_polyserve_with_what_users_run() -> None:
+    bench = _bench()
+    assert set(bench.SCENARIOS) == set(SHIPPED)
+
+    def pol(g90: float | None, g99: float | None) -> dict[str, Any]:
+        return {"goodput_rps_per_server": g90, "goodput99_rps_per_server": g99}
+
+    results = {
+        "round-robin": pol(10.0, 9.0),
+        "least-request": pol(11.0, 7.0),
+        "least-tokens": pol(9.0, 9.5),
+        "power-of-two": pol(None, None),
+        "random": pol(12.0, 12.0),  # not one of the SLO-blind balancers users run
+        "slo-pack": pol(13.0, 11.0),
+        "static-partition": pol(12.5, 11.5),
+        "polyserve": pol(14.3, 11.5),
+        "slo-pack+late-fill": pol(15.0, 12.0),  # an ablation: never the best baseline
+    }
+    e = bench.summarize("polyserve-code", results, 1000)
+    assert (e["best_slo_blind"], e["best_slo_blind_99"]) == ("least-request", "least-tokens")
+    assert e["polyserve_vs_best_slo_blind"] == pytest.approx(14.3 / 11.0)
+    assert e["polyserve_vs_best_slo_blind_99"] == pytest.approx(11.5 / 9.5)
+    assert (e["best_slo_aware"], e["best_slo_aware_99"]) == ("slo-pack", "static-partition")
+    assert e["polyserve_vs_best_slo_aware"] == pytest.approx(14.3 / 13.0)
+    assert e["polyserve_vs_best_slo_aware_99"] == pytest.approx(1.0)
+    assert e["best_baseline"] == "slo-pack"
+    scn = load_scenario("polyserve-code")
+    assert e["upper_bound_rps_per_server"] == pytest.approx(upper_bound(scn, 0.9).rps_per_server)
+    assert e["upper_bound99_rps_per_server"] == pytest.approx(upper_bound(scn, 0.99).rps_per_server)
+    assert e["fluid_reference_rps_per_server"] == pytest.approx(fluid_reference(scn).rps_per_server)
+    assert e["polyserve_vs_upper_bound"] == pytest.approx(14.3 / e["upper_bound_rps_per_server"])
+    # 1,000 requests a probe: a run that short may pass more than the long-run bound
+    assert e["finite_run_bound_rps_per_server"] > e["upper_bound_rps_per_server"]
