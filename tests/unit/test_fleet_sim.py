@@ -325,3 +325,19 @@ def test_cli_miss_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert "misses by tier, cause and decision" in text and f"wrote {len(rows)} misses" in text
     assert fleet_cli.run(_args(scenario="chat-batch", policy="polyserve", sweep=True, misses=out)) == 2
     assert "--misses logs one run" in capsys.readouterr().err
+
+
+def test_gamma_arrivals_are_bursty_as_asked_and_deterministic() -> None:
+    scn = load_scenario("bursty-conv")
+    assert (scn.workload.arrivals, scn.workload.cv) == ("gamma", 3.0)
+    a = generate(scn, 100.0, 40_000)
+    assert a.arrival == generate(scn, 100.0, 40_000).arrival  # seeded
+    gaps = [y - x for x, y in zip([0.0, *a.arrival], a.arrival, strict=False)]
+    mean = sum(gaps) / len(gaps)
+    sd = math.sqrt(sum((g - mean) ** 2 for g in gaps) / len(gaps))
+    assert mean == pytest.approx(1 / 100.0, rel=0.05)
+    assert sd / mean == pytest.approx(3.0, rel=0.1)
+    # the same draws at another rate, gaps scaled (common random numbers)
+    b = generate(scn, 50.0, 1000)
+    assert b.arrival == pytest.approx([2 * x for x in a.arrival[:1000]])
+    assert b.prompt == a.prompt[:1000] and b.tier == a.tier[:1000]
