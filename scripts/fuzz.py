@@ -22,21 +22,27 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hypothesis import HealthCheck, given, seed, settings
+from prometheus_client.parser import text_string_to_metric_families
 from rich.progress import Progress
 
 from tests.fuzz.stack import fuzz_stack
 from tests.fuzz.strategies import FuzzRequest, fuzz_requests, send
 
 
+def busy_series(metrics_text: str) -> list[str]:
+    """The in-flight and queued series of a router's /metrics that are not zero."""
+    return [
+        f"{s.name}{s.labels} {s.value}"
+        for family in text_string_to_metric_families(metrics_text)
+        for s in family.samples
+        if s.name in ("slorouter_backend_inflight_requests", "slorouter_queue_waiting_requests") and s.value
+    ]
+
+
 def inflight(port: int) -> list[str]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
         text = r.read().decode()
-    return [
-        line
-        for line in text.splitlines()
-        if line.startswith(("slorouter_backend_inflight_requests{", "slorouter_queue_waiting{"))
-        and not line.endswith(" 0")
-    ]
+    return busy_series(text)
 
 
 def main() -> int:

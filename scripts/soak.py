@@ -33,6 +33,7 @@ from typing import Any
 
 import aiohttp
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
 MSG = [{"role": "user", "content": "write a short note about reliable request routing"}]
@@ -105,15 +106,20 @@ async def load(url: str, concurrency: int, until: float, stats: Counter[str], se
     await asyncio.gather(*(worker(w) for w in range(concurrency)))
 
 
+def busy_series(metrics_text: str) -> list[str]:
+    """The in-flight and queued series of a router's /metrics that are not zero."""
+    return [
+        f"{s.name}{s.labels} {s.value}"
+        for family in text_string_to_metric_families(metrics_text)
+        for s in family.samples
+        if s.name in ("slorouter_backend_inflight_requests", "slorouter_queue_waiting_requests") and s.value
+    ]
+
+
 async def metrics_inflight(url: str) -> list[str]:
     async with aiohttp.ClientSession() as s, s.get(url + "/metrics") as r:
         text = await r.text()
-    return [
-        line
-        for line in text.splitlines()
-        if line.startswith(("slorouter_backend_inflight_requests{", "slorouter_queue_waiting{"))
-        and not line.endswith(" 0")
-    ]
+    return busy_series(text)
 
 
 async def soak(args: argparse.Namespace, router_pid: int, url: str, console: Console) -> dict[str, Any]:

@@ -1,5 +1,8 @@
-"""Layer 3: the router's admission queue (ordering of deferred requests). Pure, no I/O."""
+"""Layer 3: admission — the one synchronous decision path (:mod:`.core`) the live proxy
+and the fleet simulator both drive, and its queue of deferred requests (:mod:`.queue`).
+Pure, no I/O."""
 
+from slorouter.admission.core import AdmissionCore, DecisionLog
 from slorouter.admission.queue import AdmissionQueue, priority
 
-__all__ = ["AdmissionQueue", "priority"]
+__all__ = ["AdmissionCore", "AdmissionQueue", "DecisionLog", "priority"]

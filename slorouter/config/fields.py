@@ -6,7 +6,8 @@ A config section is a frozen dataclass whose YAML-visible fields are written
 * :func:`convert` turns a parsed YAML value into the dataclass, collecting **every**
   error as ``(path, message)`` (unknown keys with a did-you-mean, wrong types, missing
   required fields, numeric bounds, enum choices), and
-* :func:`schema_of` emits the matching JSON Schema (draft 2020-12).
+* :func:`schema_of` emits the matching JSON Schema (draft 2020-12), and
+* :func:`restart_changes` lists the changed fields a reload cannot apply (``restart=True``).
 
 Supported ``T``: ``str``, ``int``, ``float`` (ints accepted), ``bool``, a ``StrEnum``,
 ``X | None``, ``tuple[X, ...]`` (YAML list), ``Mapping[str, X]`` (YAML mapping),
@@ -47,9 +48,11 @@ class F:
     pattern: str | None = None  # strings, regex (full match)
     key: str | None = None  # the YAML key when it differs from the attribute (``class``)
     derived: bool = False  # the real default is computed by the loader (schema shows none)
+    restart: bool = False  # applied at start only: a reload that changes it warns (see restart_changes)
 
     def describe(self) -> str:
-        return f"{self.doc} [{self.unit}]" if self.unit else self.doc
+        text = f"{self.doc} [{self.unit}]" if self.unit else self.doc
+        return f"{text} (applied at start: a reload only warns)" if self.restart else text
 
 
 _BAD: Any = object()  # sentinel: this subtree had errors
@@ -252,6 +255,23 @@ def convert_section(cls: type, raw: Any, path: str, errs: Errors) -> Any:
     if len(errs) > before:
         return _BAD
     return cls(**kwargs)
+
+
+def restart_changes(old: Any, new: Any, path: str = "") -> list[str]:
+    """The paths (``server.port``, ``autoscale``) of the fields declared ``restart=True``
+    whose value differs between two values of one section dataclass, in declaration
+    order. Sections are searched recursively; a ``restart`` section compares as a whole."""
+    out: list[str] = []
+    section: type = type(old)
+    for fi in fields_of(section):
+        a, b = getattr(old, fi.attr), getattr(new, fi.attr)
+        here = join(path, fi.name)
+        if fi.meta.restart:
+            if a != b:
+                out.append(here)
+        elif dataclasses.is_dataclass(fi.tp) and isinstance(fi.tp, type):
+            out += restart_changes(a, b, here)
+    return out
 
 
 _STEP = re.compile(r"\.?([^.\[\]]+)|\[(\d+)\]")

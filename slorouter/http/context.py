@@ -13,10 +13,10 @@ from aiohttp import web
 
 from slorouter.clock import Clock
 from slorouter.config.model import RouterConfig
-from slorouter.metrics.prometheus import RouterMetrics
 from slorouter.models.base import LengthView
 from slorouter.proxy.dispatcher import Dispatcher
 from slorouter.proxy.forward import Forwarder
+from slorouter.proxy.syncloop import SyncLoop
 from slorouter.state.tracker import Tracker
 
 
@@ -27,13 +27,14 @@ class Services:
     tracker: Tracker
     dispatcher: Dispatcher
     forwarder: Forwarder
-    metrics: RouterMetrics
     session: aiohttp.ClientSession
     lengths: LengthView
     rids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     # workflow id -> absolute deadline (set by the workflow's first call)
     workflows: dict[str, float] = field(default_factory=dict)
     passthrough_cursor: int = 0
+    worker: int | None = None  # this process's index under `serve --workers N`
+    syncer: SyncLoop | None = None  # the shared load picture's loop (workers, replicas)
 
     def next_rid(self) -> int:
         return next(self.rids)

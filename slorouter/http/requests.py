@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -190,12 +191,6 @@ def _deadline(svc: Services, request: web.Request, tier: Tier, arrival: float) -
     return arrival + slo.deadline_s
 
 
-def _serves(b: Backend, model: str, engines: frozenset[Engine] | None) -> bool:
-    if engines is not None and b.engine not in engines:
-        return False
-    return not b.models or not model or model in b.models
-
-
 async def serve_generation(
     request: web.Request,
     info: RequestInfo,
@@ -206,6 +201,11 @@ async def serve_generation(
     """Admit (policy, queue), forward with failover, and finalize exactly once."""
     svc = request.app[SERVICES]
     tracker = svc.tracker
+    if engines is not None:
+        info = replace(info, engines=engines)
+    if not tracker.pools.configured(info):
+        what = f"model {info.model!r}" if info.model else "this request"
+        return error_response(503, f"no configured backend serves {what}", "no_backend")
     tracker.on_arrival(info)
     status = Status.ERROR
     try:
@@ -217,23 +217,17 @@ async def serve_generation(
                 headers["Retry-After"] = str(max(1, math.ceil(d.retry_after_s)))
             code = "slo_unattainable" if d.status == 429 else "no_backend"
             return error_response(d.status, d.reason, code, headers=headers)
-        backends = tracker.backends
-        ranked = tuple(
-            bid
-            for bid in d.backends
-            if (b := backends.get(bid)) is not None and _serves(b, info.model, engines)
-        )
-        if not ranked:
-            status = Status.REJECTED
-            what = f"model {info.model!r}" if info.model else "this request"
-            return error_response(503, f"no healthy backend serves {what}", "no_backend")
+        # the policy ranked only backends that serve this request (its snapshot showed
+        # no others); the admission core told it of the first, the failovers are told here
+        first = d.backends[0]
+        policy = svc.dispatcher.policy
         result = await svc.forwarder.forward(
             request,
             info,
-            ranked,
+            d.backends,
             path,
             prepare,
-            on_attempt=lambda i, b: svc.dispatcher.policy.on_dispatch(i, b),
+            on_attempt=lambda i, b: None if b == first else policy.on_dispatch(i, b),
         )
         status = result.status
         return result.response

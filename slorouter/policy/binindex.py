@@ -33,7 +33,7 @@ from collections.abc import Mapping
 
 from slorouter.models.base import LatencyView
 from slorouter.models.static import LinearStep
-from slorouter.state.tracker import BackendLoad
+from slorouter.state.load import BackendLoad
 
 TOP = "\U0010ffff"  # sorts after every backend id: bisect_right(order, (k, TOP)) = keys ≤ k
 
@@ -64,7 +64,7 @@ class BinIndex:
     def key(self, load: BackendLoad, lin: LinearStep) -> float:
         return (
             lin.c0_s
-            + lin.c_batch_s * len(load.residents)
+            + lin.c_batch_s * load.running
             + lin.c_kv_s * load.peak_kv
             + lin.c_prefill_s * load.prefill_tokens / self.catchup
         )

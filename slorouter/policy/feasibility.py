@@ -34,8 +34,9 @@ used to rank: most loaded = largest ``step / τ_host``) or ``-1.0`` when infeasi
 decoding resident by about ``c_prefill · (backlog + prompt)`` in total (a 14k-token
 prompt: 7 full-budget steps). It *fits* on a server when that delay is at most the
 smallest slack among the residents
-(:func:`min_slack`: time until a resident's next per-token deadline, extrapolated from
-its last observed token at the server's current pace). :func:`prefer_fitting` moves the
+(:meth:`~slorouter.state.load.BackendLoad.min_slack`: time until a resident's next
+per-token deadline, extrapolated from its last observed token at the server's current
+pace, over the load's summary of its newest residents). :func:`prefer_fitting` moves the
 first fitting candidate (in rank order) to the front; when none of the checked
 candidates fits, the one whose residents have the most slack.
 """
@@ -49,11 +50,10 @@ from dataclasses import dataclass
 from slorouter.models.base import LatencyView
 from slorouter.models.static import EngineLimits, LinearStep, first_token_base
 from slorouter.policy.base import Params, PolicyContext
-from slorouter.state.tracker import BackendLoad
+from slorouter.state.load import BackendLoad
 from slorouter.values import RequestInfo
 
 INF = math.inf
-_SLACK_SCAN = 8  # residents examined by min_slack (the newest ones)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,8 +87,7 @@ class Need:
             dl = req.arrival + slo.deadline_s
         self.deadline_left = INF if dl is None else dl - now
         self.late = late
-        t = req.tier.slo.tightness
-        self.tightness = 1e12 if math.isinf(t) else t  # the request's own bin (see polyserve)
+        self.tightness = req.tier.slo.tightness  # the request's own bin (see polyserve)
         # KV this request adds to the estimate used for the TPOT check
         self.weight_kv = self.p + self.b if kv_estimate == "peak" else self.p + self.b // 2
 
@@ -102,7 +101,7 @@ def assess(
     fp: FeasibilityParams,
 ) -> float:
     """Predicted step time with the request placed, or -1.0 when infeasible (see module)."""
-    n = len(load.residents) + 1
+    n = load.running + 1
     if n > lim.max_num_seqs:
         return -1.0
     peak = load.peak_kv + need.p + need.b
@@ -131,37 +130,8 @@ def first_token_time(p: int, load: BackendLoad, lin: LinearStep, lim: EngineLimi
     """Predicted time from now to the first token of a ``p``-token prompt placed on a
     server with ``load`` (FCFS behind the prefill backlog, chunked by the step budget),
     plus what the server's observed TTFTs add at this load (``EngineLimits.ttft_extra``)."""
-    n = len(load.residents)
+    n = load.running
     return first_token_base(p, n, load.kv_tokens, load.prefill_tokens, lin, lim) + lim.ttft_extra(n)
-
-
-def min_slack(load: BackendLoad, now: float, pace: float, floor: float = -INF) -> float:
-    """Smallest slack (s) among the server's newest decoding residents with a TPOT: time
-    left until their next token's deadline, extrapolated from the last observed token at
-    ``pace`` seconds per token. Older residents have had time to bank slack (the
-    server's pace is kept under their TPOT), so the newest ``_SLACK_SCAN`` are checked.
-    Stops early once below ``floor``."""
-    best = INF
-    seen = 0
-    for r in reversed(load.residents.values()):  # newest first: the least slack accrued
-        seen += 1
-        if seen > _SLACK_SCAN:
-            break
-        last = r.last_token_at
-        if last is None:
-            continue  # still prefilling: ahead of the new prompt in the engine's FCFS order
-        slo = r.req.tier.slo
-        tpot = slo.tpot_s
-        if tpot is None or slo.ttft_s is None:
-            continue
-        made = (now - last) / pace if pace > 0 else 0.0
-        dl = r.req.arrival + slo.ttft_s + (r.output_tokens - 1 + made) * tpot
-        sl = dl - (last + made * pace)
-        if sl < best:
-            best = sl
-            if best < floor:
-                return best
-    return best
 
 
 def prefer_fitting(
@@ -173,7 +143,7 @@ def prefer_fitting(
     best_i, best_slack = 0, -INF
     for i, bid in enumerate(ranked[:checks]):
         load = loads[bid]
-        if not load.residents:
+        if not load.running:
             best_i = i
             break
         lin = lat.linear(bid)
@@ -181,8 +151,8 @@ def prefer_fitting(
         if delay <= lin.c0_s:  # smaller than one idle step: anyone absorbs it
             best_i = i
             break
-        pace = lin.c0_s + lin.c_batch_s * len(load.residents) + lin.c_kv_s * load.kv_tokens
-        sl = min_slack(load, now, pace, delay)
+        pace = lin.c0_s + lin.c_batch_s * load.running + lin.c_kv_s * load.kv_tokens
+        sl = load.min_slack(now, pace, delay)
         if sl >= delay:
             best_i = i
             break
@@ -260,6 +230,6 @@ def idle_server(ids: Iterable[str], loads: Mapping[str, BackendLoad]) -> str | N
     whatever the latency model predicts (so a late request is never stranded)."""
     for bid in ids:
         load = loads.get(bid)
-        if load is not None and not load.residents:
+        if load is not None and not load.running:
             return bid
     return None

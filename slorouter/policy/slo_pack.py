@@ -50,11 +50,11 @@ class SloPack(BasePolicy):
         pool = snapshot.eligible(None)
         if not pool:
             return self.no_backend(snapshot)
-        if id(snapshot.backends) != self._tpots_key:
+        if snapshot.fleet[0] != self._tpots_key:
             self._tpots = {
                 t.name: (t.slo.tpot_s if t.slo.tpot_s is not None else INF) for t in snapshot.backends.tiers
             }
-            self._tpots_key = id(snapshot.backends)
+            self._tpots_key = snapshot.fleet[0]
         at = late_at(request, snapshot, pool[0].id)
         late = at is not None and snapshot.now > at
         if late and request.tier.reject_when_late:
@@ -91,7 +91,7 @@ class SloPack(BasePolicy):
             if s < 0:
                 continue
             t = min(tau, need.tpot)
-            util = s / t if t < INF else (len(load.residents) + 1) / lim.max_num_seqs
+            util = s / t if t < INF else (load.running + 1) / lim.max_num_seqs
             found.append((-util if self.pack else util, b.id))
         found.sort()
         ranked = [x for _, x in found]

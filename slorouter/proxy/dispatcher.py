@@ -1,24 +1,35 @@
-"""The admission dispatcher: asks the policy, and parks deferred requests.
+"""The live admission driver: the admission core on asyncio futures and timers.
 
-``admit(info)`` returns a :class:`Dispatch` or a :class:`Reject`. A dispatched request
-is attached to its first-ranked backend in the tracker *at decision time*, so the next
-decision (even within the same wake-up) sees it. When the policy says :class:`Defer`,
-the request waits in the :class:`~slorouter.admission.queue.AdmissionQueue` (the same
-queue code the offline fleet simulator drives) and is decided again when something may
-have changed: a request finished (tracker listener), a backend became healthy or the
-fleet was swapped (:meth:`wake`), or the earliest ``Defer.retry_at`` passed. A request
-waits at most ``max_wait_s`` (then 503); a full queue answers 429.
+``admit(info)`` returns a :class:`Dispatch` or a :class:`Reject`. Every decision is made
+by :class:`~slorouter.admission.core.AdmissionCore` — the same code the offline fleet
+simulator drives — which attaches a dispatched request to its first-ranked backend in
+the tracker *at decision time*, so the next decision (even within the same wake-up)
+sees it. A request the core queued waits on a future and is decided again when
+something may have changed: a request finished (the core's finish hook), a backend
+became healthy or the fleet was swapped (:meth:`wake`), or the core's next timer
+(the earliest ``Defer.retry_at``) passed. Wake-ups are coalesced to one per loop
+iteration. A request waits at most ``max_wait_s`` (then 503); a full queue answers 429.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Protocol
 
-from slorouter.admission.queue import AdmissionQueue, priority
+from slorouter.admission.core import AdmissionCore, Decided, DecisionLog
 from slorouter.clock import Clock
 from slorouter.policy.base import Policy
 from slorouter.state.tracker import Tracker
-from slorouter.values import Decision, Defer, Dispatch, Outcome, Reject, RequestInfo
+from slorouter.values import Dispatch, Reject, RequestInfo
+
+
+class Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
+
+# (clock time, callback) -> a handle: schedules the admission timer
+CallAt = Callable[[float, Callable[[], None]], Cancellable]
 
 
 class Dispatcher:
@@ -31,80 +42,98 @@ class Dispatcher:
         max_queue: int = 10_000,
         max_wait_s: float = 600.0,
         max_tries: int = 16,
+        log: DecisionLog | None = None,
+        call_at: CallAt | None = None,
     ) -> None:
-        self.policy = policy
+        """``call_at`` schedules the admission timer at a clock time (default: the
+        running loop's ``call_later``); ``log`` records every decision (replays)."""
         self.tracker = tracker
         self.clock = clock
-        self.max_queue = max_queue
+        self._policy = policy
         self.max_wait_s = max_wait_s
-        self.queue = AdmissionQueue(max_tries)
+        self.core = AdmissionCore(
+            policy, tracker, max_queue=max_queue, max_tries=max_tries, log=log, on_finish=self.wake
+        )
         self._futs: dict[int, asyncio.Future[Dispatch | Reject]] = {}
         self._wake_scheduled = False
-        self._timer: asyncio.TimerHandle | None = None
-        self.deferrals = 0
-        tracker.add_listener(self._on_outcome)
+        self._timer: Cancellable | None = None
+        self._timer_at: float | None = None
+        self._call_at = call_at or self._loop_call_at
+
+    @property
+    def policy(self) -> Policy:
+        return self._policy
 
     @property
     def waiting(self) -> int:
-        return len(self.queue)
+        return len(self.core)
 
     def set_policy(self, policy: Policy) -> None:
-        self.policy = policy
+        self._policy = policy
+        self.core.set_policy(policy)
         self.wake()
 
-    def _decide(self, req: RequestInfo) -> Decision:
-        d = self.policy.select(req, self.tracker.snapshot())
-        if isinstance(d, Dispatch) and d.backends:
-            self.tracker.on_dispatch(req.rid, d.backends[0])
-        return d
+    def set_limits(self, max_queue: int, max_wait_s: float) -> None:
+        self.core.max_queue = max_queue
+        self.max_wait_s = max_wait_s
 
     async def admit(self, req: RequestInfo) -> Dispatch | Reject:
-        d = self._decide(req)
-        if not isinstance(d, Defer):
-            return d
-        if len(self.queue) >= self.max_queue:
-            return Reject(429, "the router queue is full", retry_after_s=1.0)
-        self.deferrals += 1
+        mine: Dispatch | Reject | None = None
+        for r, d in self.core.arrive(req):
+            if r.rid == req.rid:
+                mine = d
+            else:
+                self._resolve(r.rid, d)
+        self._arm_timer()
+        if mine is not None:
+            return mine
         fut: asyncio.Future[Dispatch | Reject] = asyncio.get_running_loop().create_future()
         self._futs[req.rid] = fut
-        self.queue.push(req, priority(req, self.tracker.snapshot()))
-        nxt = self.queue.next_retry()
-        self._arm_timer(d.retry_at if nxt is None else nxt if d.retry_at is None else min(nxt, d.retry_at))
         try:
             async with asyncio.timeout(self.max_wait_s):
                 return await fut
         except TimeoutError:
-            return Reject(503, f"no capacity within {self.max_wait_s:g} s ({d.reason})", retry_after_s=1.0)
+            return Reject(503, f"no capacity within {self.max_wait_s:g} s", retry_after_s=1.0)
         finally:
-            self.queue.remove(req.rid)
+            self.core.withdraw(req.rid)
             self._futs.pop(req.rid, None)
 
     def wake(self) -> None:
         """Decide waiting requests again soon (coalesced: once per loop iteration)."""
-        if len(self.queue) and not self._wake_scheduled:
+        if len(self.core) and not self._wake_scheduled:
             self._wake_scheduled = True
             asyncio.get_running_loop().call_soon(self._run_wake)
 
-    def _on_outcome(self, outcome: Outcome) -> None:
-        if len(self.queue):
-            self.wake()
-
     def _run_wake(self) -> None:
         self._wake_scheduled = False
-        if not len(self.queue):
-            return
-        for req, d in self.queue.drain(self._decide, self.clock.now()):
-            fut = self._futs.get(req.rid)
-            if fut is not None and not fut.done():
-                assert not isinstance(d, Defer)
-                fut.set_result(d)
-        self._arm_timer(self.queue.next_retry())
+        self._settle(self.core.wake())
+        self._arm_timer()
 
-    def _arm_timer(self, at: float | None) -> None:
+    def _settle(self, decided: Decided) -> None:
+        for r, d in decided:
+            self._resolve(r.rid, d)
+
+    def _resolve(self, rid: int, d: Dispatch | Reject) -> None:
+        fut = self._futs.get(rid)
+        if fut is not None and not fut.done():
+            fut.set_result(d)
+
+    def _arm_timer(self) -> None:
+        at = self.core.next_timer()
+        if at == self._timer_at and (at is None or self._timer is not None):
+            return
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if at is None or not len(self.queue):
+        self._timer_at = at
+        if at is None:
             return
-        delay = max(0.0, at - self.clock.now())
-        self._timer = asyncio.get_running_loop().call_later(delay, self.wake)
+        self._timer = self._call_at(at, self._on_timer)
+
+    def _loop_call_at(self, at: float, fn: Callable[[], None]) -> Cancellable:
+        return asyncio.get_running_loop().call_later(max(0.0, at - self.clock.now()), fn)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.wake()

@@ -42,7 +42,13 @@ from slorouter.proxy.engines import Prepared
 from slorouter.proxy.errors import error_response, sse_error_event
 from slorouter.proxy.health import Signal
 from slorouter.proxy.sse import Flavor, SseObserver, usage_of_body
-from slorouter.proxy.upstream import Timeouts, UpstreamSettings, downstream_headers, upstream_headers
+from slorouter.proxy.upstream import (
+    Timeouts,
+    UpstreamSettings,
+    arm_idle_timeout,
+    downstream_headers,
+    upstream_headers,
+)
 from slorouter.state.backends import Backend, BackendSet
 from slorouter.state.tracker import Tracker
 from slorouter.values import RequestInfo, SloClass, Status
@@ -93,21 +99,16 @@ class Forwarder:
         settings: UpstreamSettings,
         report: BackendReport | None = None,
         seed: int = 0,
-        api_keys: dict[str, str] | None = None,
     ) -> None:
         self.session = session
         self.tracker = tracker
         self.settings = settings  # replaced as a whole on a config reload
         self._report = report or (lambda _b, _s, _d: None)
         self._rng = random.Random(seed)
-        self._api_keys = api_keys or {}
         self.retries = 0  # attempts beyond the first, over the process lifetime
         self.resends = 0  # re-sends on a fresh connection after a pooled one was closed
         self.budget_stops = 0  # failovers not started because the TTFT budget was spent
         self.slow_clients = 0  # clients dropped for not reading their stream
-
-    def api_key(self, backend_id: str) -> str | None:
-        return self._api_keys.get(backend_id)
 
     def _backends(self) -> BackendSet:
         return self.tracker.backends
@@ -158,7 +159,7 @@ class Forwarder:
                 last_failure.close()
                 last_failure = None
             prep = prepare(backend)
-            headers = upstream_headers(client_headers, self._api_keys.get(backend.id))
+            headers = upstream_headers(client_headers, backend.api_key)
             headers["Content-Type"] = "application/json"
             up: aiohttp.ClientResponse | None = None
             first = b""
@@ -189,7 +190,7 @@ class Forwarder:
                     up.close()
                 raise
             self._report(backend.id, Signal.OK, "")
-            _set_idle(up, to)
+            arm_idle_timeout(up, to.idle_s)
             if prep.stream and up.status == 200:
                 return await self._stream(request, info, backend, up, prep, first, attempts, to)
             return await self._whole(info, backend, up, attempts)
@@ -382,13 +383,3 @@ async def _read_some(up: aiohttp.ClientResponse, limit: int, timeout_s: float) -
             parts.append(chunk)
             size += len(chunk)
     return b"".join(parts)[:limit]
-
-
-def _set_idle(up: aiohttp.ClientResponse, to: Timeouts) -> None:
-    """From now on, every silence of the engine longer than ``idle_s`` fails the read
-    (aiohttp's own per-read timer on the connection, re-armed by each arriving chunk)."""
-    conn = up.connection
-    proto = conn.protocol if conn is not None else None
-    if proto is not None:
-        proto.read_timeout = to.idle_s
-        proto.start_timeout()

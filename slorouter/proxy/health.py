@@ -48,6 +48,7 @@ import aiohttp
 
 from slorouter.clock import Clock
 from slorouter.config.model import HealthConfig
+from slorouter.proxy.upstream import auth_headers
 from slorouter.state.backends import Backend, Health
 
 log = logging.getLogger("slorouter.health")
@@ -276,42 +277,6 @@ class HealthMonitor:
             }
         return out
 
-    def metric_lines(self) -> list[str]:
-        lines = [
-            "# HELP slorouter_backend_circuit Circuit breaker state of a backend (1 for the current state).",
-            "# TYPE slorouter_backend_circuit gauge",
-        ]
-        for bid, st in sorted(self.states.items()):
-            for c in Circuit:
-                lines.append(
-                    f'slorouter_backend_circuit{{backend="{bid}",state="{c.value}"}} {int(st.circuit is c)}'
-                )
-        lines += [
-            "# HELP slorouter_backend_probe_up 1 when active probes consider a backend up.",
-            "# TYPE slorouter_backend_probe_up gauge",
-        ]
-        lines += [
-            f'slorouter_backend_probe_up{{backend="{bid}"}} {int(st.probe_up)}'
-            for bid, st in sorted(self.states.items())
-        ]
-        lines += [
-            "# HELP slorouter_backend_drained 1 when an operator drained a backend.",
-            "# TYPE slorouter_backend_drained gauge",
-        ]
-        lines += [
-            f'slorouter_backend_drained{{backend="{bid}"}} {int(st.drained)}'
-            for bid, st in sorted(self.states.items())
-        ]
-        lines += [
-            "# HELP slorouter_backend_ejections_total Times a backend left the routable set.",
-            "# TYPE slorouter_backend_ejections_total counter",
-        ]
-        lines += [
-            f'slorouter_backend_ejections_total{{backend="{bid}"}} {st.ejections}'
-            for bid, st in sorted(self.states.items())
-        ]
-        return lines
-
     # -- internals -----------------------------------------------------------------------
 
     def _apply(self, backend_id: str) -> None:
@@ -360,7 +325,9 @@ class HealthMonitor:
     async def _probe_once(self, session: aiohttp.ClientSession, b: Backend) -> tuple[bool, str]:
         timeout = aiohttp.ClientTimeout(total=self.cfg.timeout_s)
         try:
-            async with session.get(b.url + self.cfg.path, timeout=timeout, allow_redirects=False) as r:
+            async with session.get(
+                b.url + self.cfg.path, headers=auth_headers(b), timeout=timeout, allow_redirects=False
+            ) as r:
                 await r.read()
                 if r.status >= 500:
                     return False, f"http {r.status}"

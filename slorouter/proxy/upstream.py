@@ -1,5 +1,6 @@
 """The upstream HTTP client: one pooled aiohttp session for all engines, header
-filtering (hop-by-hop headers never cross the proxy), and per-tier timeouts."""
+filtering (hop-by-hop headers never cross the proxy), and per-tier timeouts (the idle
+timer after the first byte: :func:`arm_idle_timeout`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from typing import Final
 
 import aiohttp
 from multidict import CIMultiDict
+
+from slorouter.state.backends import Backend
 
 # RFC 9110 §7.6.1 connection-specific headers, plus ones the proxy sets itself.
 HOP_BY_HOP: Final = frozenset(
@@ -81,6 +84,12 @@ def upstream_headers(client_headers: Iterable[tuple[str, str]], api_key: str | N
     return h
 
 
+def auth_headers(backend: Backend) -> dict[str, str] | None:
+    """The headers of the router's own requests to a backend (health probes, model
+    lists): its API key, if it has one."""
+    return {"Authorization": f"Bearer {backend.api_key}"} if backend.api_key else None
+
+
 def downstream_headers(engine_headers: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
     return _filtered(engine_headers, _NOT_FORWARDED_DOWN)
 
@@ -100,3 +109,24 @@ def make_session(limit: int = 0, keepalive_s: float = 4.0) -> aiohttp.ClientSess
         auto_decompress=False,
         skip_auto_headers=("User-Agent", "Accept-Encoding"),
     )
+
+
+def arm_idle_timeout(up: aiohttp.ClientResponse, idle_s: float) -> None:
+    """From now on, every silence of the engine longer than ``idle_s`` fails the next read
+    of ``up`` with :class:`aiohttp.ServerTimeoutError`.
+
+    The one touch of aiohttp's client internals: the connection protocol's per-read
+    timer (``ResponseHandler.read_timeout``, re-armed by each arriving chunk, as
+    ``ClientTimeout(sock_read=...)`` sets it when a request starts). The public
+    ``sock_read`` cannot be used: it would also bound the wait for the headers and first
+    byte, which ``first_byte_s`` (usually longer) governs.
+    ``tests/integration/test_aiohttp_private.py`` fails if aiohttp changes that timer
+    (a silent engine must fail the read after ``idle_s``)."""
+    conn = up.connection
+    if conn is None:  # the body is already complete: nothing is left to wait for
+        return
+    proto = conn.protocol
+    if proto is None:
+        return
+    proto.read_timeout = idle_s
+    proto.start_timeout()

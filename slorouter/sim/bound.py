@@ -1,4 +1,4 @@
-"""The fluid reference of a scenario (DESIGN.md §5; documented in docs/policies.md).
+"""The fluid reference of a scenario (docs/policies.md §6, "The fluid reference").
 
 Not an upper bound (a router can beat it: see :mod:`slorouter.sim.upper_bound` for one
 no router can): what an ideal static partition sustains on mean lengths. It sizes the

@@ -16,34 +16,35 @@ Time advances from event to event (next arrival, next step end of any engine, ne
   latency model are the mean gap over those tokens.
 
 Per-token deadlines are checked exactly, from the engine's step end times and each
-request's token segments (:mod:`slorouter.sim.engine`). Deterministic under the seed.
+request's token segments (:mod:`slorouter.sim.engine`), with :mod:`slojudge`'s predicate
+(the router's and the load generator's): a request's on-schedule tokens, its verdict and
+its service gain (:func:`~slorouter.sim.fleet_metrics.summarize`). A request of a tier
+with a deadline carries ``deadline_at`` (arrival + deadline), as live. Deterministic
+under the seed.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
+import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from typing import Any, cast
 
-import numpy as np
-
-from slorouter.admission import AdmissionQueue, priority
+import slojudge
+from slorouter.admission import DecisionLog
 from slorouter.clock import ManualClock
-from slorouter.models.latency import build_latency
-from slorouter.models.lengths import build_lengths
-from slorouter.policy import registry
-from slorouter.policy.base import Policy, PolicyContext
+from slorouter.policy.base import Policy
 from slorouter.sim.bound import auto_bins
 from slorouter.sim.engine import EngineModel, RequestTooLarge, Segment
-from slorouter.sim.fleet_metrics import ERROR, OK, REJECTED, Records, missed, summarize
+from slorouter.sim.fleet_metrics import ERROR, OK, REJECTED, Records, missed, on_time_tokens, summarize
+from slorouter.sim.replicas import ReplicaOptions, SyncDriver, build_router
 from slorouter.sim.scenario import Scenario
-from slorouter.sim.scenario_workload import Workload, generate, mean_lengths, output_sample
-from slorouter.state.backends import Backend, BackendSet, Health
-from slorouter.state.tracker import Tracker
-from slorouter.values import Decision, Defer, Dispatch, Reject, RequestInfo, SloClass, Status
+from slorouter.sim.scenario_workload import Workload, generate
+from slorouter.state.backends import Backend, BackendSet
+from slorouter.values import Dispatch, Reject, RequestInfo, SloClass, Status
 
 ProgressFn = Callable[[int, int], None]
 BACKLOG_GRACE_S = 10.0  # see FleetSim._record: best-effort work started this long after arrivals end
@@ -55,9 +56,12 @@ class SimOptions:
     learn: bool = True  # latency and length models learn online (else: priors + warm start)
     drain_s: float = 120.0  # after the last arrival, stop at most this much later
     max_tries: int = 16  # admission-queue decisions per wake-up
+    max_queue: int = 10_000  # the router queue's limit (policy.max_queued's default); beyond: 429
     latency_quantile: float = 0.9
     length_quantile: float = 0.9
     miss_log: bool = False  # SimResult.misses: one row per request that missed (fleet_metrics.missed)
+    decision_log: bool = False  # SimResult.decision_log / .events: for replay comparisons
+    replicas: ReplicaOptions = field(default_factory=ReplicaOptions)  # router replicas (sim/replicas.py)
 
 
 @dataclass(slots=True)
@@ -69,23 +73,10 @@ class SimResult:
     steps: int
     events: int
     misses: list[dict[str, Any]] | None = None
-
-
-def _lateness(ends: Any, segs: tuple[Segment, ...], due0: float, tpot: float) -> float:
-    """max over tokens of (arrival time − deadline), deadline_i = due0 + i·tpot."""
-    worst = -math.inf
-    for s0, i0, n in segs:
-        if n <= 0:
-            continue
-        if n <= 48:
-            m = max(ends[s0 + j] - j * tpot for j in range(n))
-        else:
-            chunk = np.frombuffer(ends[s0 : s0 + n], dtype=np.float64)
-            m = float((chunk - np.arange(n) * tpot).max())
-        late = m - (due0 + i0 * tpot)
-        if late > worst:
-            worst = late
-    return worst
+    decision_log: DecisionLog | None = None
+    # what the router saw, in order: ("arrive", t, rid) | ("tokens", t, rid, n) |
+    # ("finish", t, rid, status) | ("wake", t) — replayable through the live dispatcher
+    events_log: list[tuple[Any, ...]] | None = None
 
 
 class FleetSim:
@@ -118,32 +109,36 @@ class FleetSim:
             for _ in range(bins.get(tier.name, 0)):
                 backends.append(Backend(f"s{len(backends)}", f"sim://s{len(backends)}", tier=tier.name))
         self.backends = BackendSet(backends, tiers)
-        warm = scn.workload.length_warmup
-        rho = 0.0
-        if warm:  # a router that has been running knows the traffic's prompt/output ratio
-            mp, mo, _ = mean_lengths(scn)
-            rho = mp / mo
-        # the router is seeded with the engines' own profile, as a user who ran
-        # `slorouter profile` on their servers: a measured prior, whatever its provenance
-        prior = replace(scn.profile, source=f"profile {scn.profile.name}")
-        self.latency = build_latency(
-            self.clock, quantile=self.opt.latency_quantile, profile=prior, prefill_ratio=rho
-        )
-        self.lengths = build_lengths(self.clock, quantile=self.opt.length_quantile, default_output_tokens=256)
-        if warm:
-            sample = output_sample(scn, warm, self.seed)
-            for tier in tiers:
-                self.lengths.observe(tier.name, sample)
-        self.tracker = Tracker(
-            self.clock, self.backends, Health(b.id for b in backends), self.latency, self.lengths
-        )
-        if self.opt.learn:
-            self.tracker.add_listener(self.latency.observe_outcome)
-            self.tracker.add_listener(self.lengths.observe_outcome)
-        p = dict(scn.policies.get(policy_kind, {}))
-        p.update(params or {})
-        self.policy: Policy = registry.build(policy_kind, p, PolicyContext(self.clock, self.seed))
-        self.queue = AdmissionQueue(self.opt.max_tries)
+        self.decision_log: DecisionLog | None = [] if self.opt.decision_log else None
+        self.events_log: list[tuple[Any, ...]] | None = [] if self.opt.decision_log else None
+        ro = self.opt.replicas
+        if ro.replicas < 1:
+            raise ValueError("replicas must be >= 1")
+        multi = ro.replicas > 1 and ro.sync
+        self.routers = [
+            build_router(
+                scn,
+                policy_kind,
+                params,
+                self.clock,
+                self.backends,
+                self.seed,
+                latency_quantile=self.opt.latency_quantile,
+                length_quantile=self.opt.length_quantile,
+                learn=self.opt.learn,
+                max_queue=self.opt.max_queue,
+                max_tries=self.opt.max_tries,
+                log=self.decision_log if k == 0 else None,
+                holder=f"r{k}" if multi else None,
+                quota=ro.quota,
+                sync_ms=ro.sync_ms,
+            )
+            for k in range(ro.replicas)
+        ]
+        self.syncer = SyncDriver(self.routers, ro) if multi else None
+        first = self.routers[0]
+        self.tracker, self.core = first.tracker, first.core
+        self.latency, self.lengths = first.latency, first.lengths
         self.engines = [
             EngineModel(scn.profile, seed=self.seed * 1000 + i, noise=scn.noise, keep_history=True)
             for i in range(len(backends))
@@ -151,78 +146,98 @@ class FleetSim:
         self.index = {b.id: i for i, b in enumerate(backends)}
         self.records = Records(len(self.wl))
 
+    @property
+    def policy(self) -> Policy:
+        return cast(Policy, self.core.policy)
+
+    @policy.setter
+    def policy(self, policy: Policy) -> None:
+        """Replace the (first router's) policy before :meth:`run` (e.g. a recording
+        wrapper in tests)."""
+        self.core.set_policy(policy)
+
     # -- the run ---------------------------------------------------------------------
 
     def run(self, progress: ProgressFn | None = None) -> SimResult:
         t0 = time.perf_counter()
         c0 = time.process_time()
-        wl, clock, tracker, policy, queue = self.wl, self.clock, self.tracker, self.policy, self.queue
+        wl, clock, routers, syncer = self.wl, self.clock, self.routers, self.syncer
         engines, index, rec = self.engines, self.index, self.records
+        n_rt = len(routers)
         k_sync = self.opt.sync_tokens
-        heap: list[tuple[float, int, int]] = []  # (time, seq, server) ; server -1 = retry timer
+        # (time, seq, who): who >= 0 an engine's step end; -1-k router k's retry timer;
+        # -1-n_rt-k router k's sync tick
+        heap: list[tuple[float, int, int]] = []
         seq = 0
         synced: dict[int, int] = {}
         milestones: list[dict[int, list[int]]] = [{} for _ in engines]
         pending = [False] * len(engines)  # a step end of this engine is in the heap
         arrivals = wl.arrival
         n = len(arrivals)
-        timer_at = math.inf
-        decisions = steps = events = 0
+        owner = [0] * n  # the router each request arrived at
+        steps = events = 0
         busy = 0.0
         dslo_met = rec.dslo
         stop_at = (arrivals[-1] if n else 0.0) + self.opt.drain_s
         ok_status = Status.OK
+        ev = self.events_log if n_rt == 1 else None
+        pick = random.Random(self.seed * 7919 + 17)
+        every_decision = syncer is not None and syncer.interval <= 0
+        if syncer is not None and not every_decision:
+            for k, at in enumerate(syncer.first_ticks(arrivals[0] if n else 0.0)):
+                seq += 1
+                heapq.heappush(heap, (at, seq, -1 - n_rt - k))
 
-        def apply(req: RequestInfo, d: Decision) -> Decision:
-            nonlocal seq, decisions
-            decisions += 1
-            rid = req.rid
-            if isinstance(d, Dispatch):
-                bid = d.backends[0] if d.backends else None
-                i = index.get(bid) if bid is not None else None
-                if bid is None or i is None:
-                    tracker.on_finish(rid, Status.ERROR)
-                    rec.status[rid] = ERROR
-                    return Reject(503, "policy chose an unknown backend")
-                tracker.on_dispatch(rid, bid)
-                policy.on_dispatch(req, bid)
+        def on_tokens(rid: int, k: int) -> None:
+            if ev is not None:
+                ev.append(("tokens", clock.now(), rid, k))
+            routers[owner[rid]].tracker.on_tokens(rid, k)
+
+        def settle(kr: int, decided: list[tuple[RequestInfo, Dispatch | Reject]]) -> None:
+            """Apply router ``kr``'s decisions to the engines and the records."""
+            nonlocal seq
+            for req, d in decided:
+                rid = req.rid
+                if isinstance(d, Reject):
+                    rec.status[rid] = REJECTED
+                    rec.decision[rid] = d.reason
+                    continue
+                bid = d.backends[0]
                 rec.wait[rid] = clock.now() - req.arrival
                 rec.backend[rid] = bid
                 rec.decision[rid] = d.reason
+                i = index[bid]
                 eng = engines[i]
                 try:
                     eng.submit(rid, wl.prompt[rid], wl.output[rid], clock.now())
                 except RequestTooLarge:
-                    tracker.on_finish(rid, Status.ERROR)
+                    if ev is not None:
+                        ev.append(("finish", clock.now(), rid, Status.ERROR))
+                    routers[kr].tracker.on_finish(rid, Status.ERROR)
                     rec.status[rid] = ERROR
-                    return d
+                    continue
                 if not pending[i]:
                     end = eng.plan(clock.now())
                     if end is not None:
                         pending[i] = True
                         seq += 1
                         heapq.heappush(heap, (end, seq, i))
-            elif isinstance(d, Reject):
-                out = tracker.on_finish(rid, Status.REJECTED)
-                rec.status[rid] = REJECTED
-                rec.decision[rid] = d.reason
-                if out is not None:
-                    policy.on_finish(out)
-            return d
-
-        def decide(req: RequestInfo) -> Decision:
-            return apply(req, policy.select(req, tracker.snapshot()))
-
-        def wake() -> None:
-            nonlocal timer_at, seq
-            if not len(queue):
-                return
-            queue.drain(decide, clock.now())
-            nr = queue.next_retry(clock.now())
-            if nr is not None and nr < timer_at:
-                timer_at = nr
+            rt = routers[kr]
+            nr = rt.core.next_timer()
+            if nr is not None and nr < rt.timer_at:
+                rt.timer_at = nr
                 seq += 1
-                heapq.heappush(heap, (timer_at, seq, -1))
+                heapq.heappush(heap, (nr, seq, -1 - kr))
+
+        def wake(kr: int) -> None:
+            core = routers[kr].core
+            if len(core):
+                if ev is not None:
+                    ev.append(("wake", clock.now()))
+                if every_decision:
+                    assert syncer is not None
+                    syncer.sync_all(kr, clock.now())
+                settle(kr, core.wake())
 
         i = 0
         while True:
@@ -232,29 +247,30 @@ class FleetSim:
                 break
             if t_arr <= t_ev:
                 clock.set(t_arr)
+                kr = pick.randrange(n_rt) if n_rt > 1 else 0
+                owner[i] = kr
+                rt = routers[kr]
                 v = wl.variant[i]
+                # as the live router resolves it (http/requests.py): arrival + the tier's
+                # deadline (a request of a workflow tier here is a workflow of its own)
+                dl = v.slo.deadline_s
                 req = RequestInfo(
                     rid=i,
                     tier=v,
                     arrival=t_arr,
                     prompt_tokens=wl.prompt[i],
                     max_tokens=self.scn.workload.max_tokens,
-                    output_bound=self.lengths.bound(v.name, 0, self.scn.workload.max_tokens),
+                    output_bound=rt.lengths.bound(v.name, 0, self.scn.workload.max_tokens),
+                    deadline_at=None if dl is None else t_arr + dl,
                 )
                 i += 1
-                tracker.on_arrival(req)
-                key = priority(req, tracker.snapshot()) if len(queue) else 0.0
-                if len(queue) and (math.isinf(key) or key < t_arr or queue.waiting_on_time(t_arr)):
-                    queue.push(req, key)
-                    wake()
-                else:
-                    d = decide(req)
-                    if isinstance(d, Defer):
-                        queue.push(req, priority(req, tracker.snapshot()), d.retry_at)
-                        if d.retry_at is not None and t_arr < d.retry_at < timer_at:
-                            timer_at = d.retry_at
-                            seq += 1
-                            heapq.heappush(heap, (timer_at, seq, -1))
+                if ev is not None:
+                    ev.append(("arrive", t_arr, req))
+                rt.tracker.on_arrival(req)
+                if every_decision:
+                    assert syncer is not None
+                    syncer.sync_all(kr, t_arr)
+                settle(kr, rt.core.arrive(req))
                 if progress is not None and i % 2000 == 0:
                     progress(i, n)
                 continue
@@ -264,9 +280,20 @@ class FleetSim:
             events += 1
             clock.set(t)
             if si < 0:
-                if t >= timer_at:
-                    timer_at = math.inf
-                wake()
+                kr = -1 - si
+                if kr < n_rt:  # a retry timer
+                    rt = routers[kr]
+                    if t >= rt.timer_at:
+                        rt.timer_at = math.inf
+                    wake(kr)
+                else:  # a sync tick
+                    assert syncer is not None
+                    kr -= n_rt
+                    if syncer.tick(kr, t):
+                        wake(kr)
+                    if i < n or any(len(r.core) or r.tracker.in_flight() for r in routers):
+                        seq += 1
+                        heapq.heappush(heap, (t + syncer.interval, seq, si))
                 continue
             eng = engines[si]
             pending[si] = False
@@ -276,7 +303,7 @@ class FleetSim:
             ms = milestones[si]
             idx = res.index
             for rid in cast("tuple[int, ...]", res.first_token):
-                tracker.on_tokens(rid, 1)
+                on_tokens(rid, 1)
                 synced[rid] = 1
                 if rid in eng:
                     ms.setdefault(idx + k_sync, []).append(rid)
@@ -287,22 +314,30 @@ class FleetSim:
                         g = eng.generated(rid)
                         dd = g - synced[rid]
                         if dd > 0:
-                            tracker.on_tokens(rid, dd)
+                            on_tokens(rid, dd)
                             synced[rid] = g
                         ms.setdefault(idx + k_sync, []).append(rid)
             if res.finished:
                 ends = eng.step_ends
+                woke = 0  # bit set of routers that had a finish
                 for f in res.finished:
                     rid = cast(int, f.rid)
                     dd = f.output_tokens - synced.pop(rid, 0)
                     if dd > 0:
-                        tracker.on_tokens(rid, dd)
-                    out = tracker.on_finish(rid, ok_status)
+                        on_tokens(rid, dd)
+                    if ev is not None:
+                        ev.append(("finish", t, rid, ok_status))
+                    kr = owner[rid]
+                    woke |= 1 << kr
+                    out = routers[kr].tracker.on_finish(rid, ok_status)
                     if out is not None:
-                        policy.on_finish(out)
                         rec.dispatch_load[rid] = out.dispatch_load
                     self._record(rid, f.segments, f.first_token_step, res.end, ends, dslo_met)
-                wake()
+                if every_decision:
+                    woke = (1 << n_rt) - 1  # every replica sees the finish at once
+                for kr in range(n_rt):
+                    if woke >> kr & 1:
+                        wake(kr)
             if not pending[si]:
                 end = eng.plan(t)
                 if end is not None:
@@ -321,6 +356,7 @@ class FleetSim:
             span_s=span,
             makespan_s=makespan,
             busy_server_s=busy,
+            workload=wl,
         )
         misses = None
         if self.opt.miss_log:
@@ -334,7 +370,15 @@ class FleetSim:
                 {b.id: b.tier for b in self.backends.backends},
             )
         return SimResult(
-            summary, time.perf_counter() - t0, time.process_time() - c0, decisions, steps, events, misses
+            summary,
+            time.perf_counter() - t0,
+            time.process_time() - c0,
+            sum(r.core.decisions for r in routers),
+            steps,
+            events,
+            misses,
+            self.decision_log,
+            ev,
         )
 
     def _record(
@@ -348,6 +392,7 @@ class FleetSim:
     ) -> None:
         rec, wl = self.records, self.wl
         rec.status[rid] = OK
+        rec.finished_at[rid] = finished_at
         arrival = wl.arrival[rid]
         first = ends[first_step]
         ttft = first - arrival
@@ -359,12 +404,14 @@ class FleetSim:
         cls = slo.slo_class
         if cls is SloClass.LATENCY and slo.ttft_s is not None:
             tpot = slo.tpot_s or 0.0
-            late = _lateness(ends, segs, arrival + slo.ttft_s, tpot)
-            dslo_met[rid] = late <= 1e-9
+            due0 = arrival + slo.ttft_s
+            rec.on_time[rid] = on_time_tokens(ends, segs, due0, tpot)
+            rec.first_on_time[rid] = slojudge.on_time(first - due0, tpot, 0)
+            dslo_met[rid] = rec.on_time[rid] >= n_out
             rec.ttft_miss[rid] = ttft > slo.ttft_s + 1e-9
             rec.mean_ok[rid] = ttft <= slo.ttft_s + 1e-9 and (n_out < 2 or tpot_mean <= tpot + 1e-9)
         elif slo.deadline_s is not None:
-            ok = finished_at - arrival <= slo.deadline_s + 1e-9
+            ok = slojudge.in_time(finished_at, arrival + slo.deadline_s)
             dslo_met[rid] = rec.mean_ok[rid] = ok
         else:
             # best effort has no SLO, but a rate at which its work piles up in the router

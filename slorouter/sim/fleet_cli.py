@@ -28,6 +28,7 @@ from slorouter.policy.base import ParamError
 from slorouter.sim.bound import auto_bins, fluid_reference
 from slorouter.sim.fleet import SimOptions, SimResult, run_once
 from slorouter.sim.fleet_sweep import Probe, sweep
+from slorouter.sim.replicas import ReplicaOptions
 from slorouter.sim.scenario import Scenario, ScenarioError, load_scenario
 from slorouter.sim.scenario_workload import check_slos
 from slorouter.sim.upper_bound import upper_bound
@@ -55,6 +56,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="OUT",
         help="with --rate: write every request that missed its SLO as JSON lines (lengths, cause, "
         "queue wait, TTFT, server, load at dispatch, the policy's reason) and print them grouped",
+    )
+    p.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="router replicas sharing the load picture (arrivals spread at random)",
+    )
+    p.add_argument(
+        "--sync-ms",
+        type=float,
+        default=100.0,
+        help="with --replicas: each replica publishes and reads the shared rows every this many ms "
+        "(0: before every decision)",
+    )
+    p.add_argument("--no-quota", action="store_true", help="with --replicas: no herding guard")
+    p.add_argument(
+        "--no-sync", action="store_true", help="with --replicas: replicas never see each other's load"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -87,6 +105,7 @@ def _table(console: Console, s: dict[str, Any], title: str) -> None:
         "mean-TPOT att.",
         "misses TTFT/pace/backlog/rej/unf",
         "wait p99 ms",
+        "gain %",
     ):
         t.add_column(c, justify="right")
     for c in ("TTFT p50/p90/p99 ms", "TPOT p50/p90/p99 ms"):
@@ -110,6 +129,7 @@ def _table(console: Console, s: dict[str, Any], title: str) -> None:
                 )
             ),
             _fmt(v["queue_wait_s"]["p99"], 1e3, 0),
+            _fmt(v.get("service_gain_ratio"), 100, 1),
             "/".join(_fmt(tt[k], 1e3, 0) for k in ("p50", "p90", "p99")),
             "/".join(_fmt(tp[k], 1e3, 1) for k in ("p50", "p90", "p99")),
         )
@@ -120,6 +140,11 @@ def _table(console: Console, s: dict[str, Any], title: str) -> None:
         f"server-s per good request {_fmt(o['server_seconds_per_good'], 1, 3)} "
         f"(busy servers only {_fmt(o['busy_server_seconds_per_good'], 1, 3)})"
     )
+    if o.get("service_gain") is not None:
+        console.print(
+            f"service gain {o['service_gain']:,.0f} of {o['service_gain_max']:,.0f} "
+            f"({_fmt(o['service_gain_ratio'], 100, 1)} %; prompt x1 + output x8 tokens, x tier weight)"
+        )
 
 
 def _miss_table(console: Console, rows: list[dict[str, Any]], top: int = 15) -> None:
@@ -199,12 +224,19 @@ def run(args: argparse.Namespace) -> int:
     if not (0 < args.latency_quantile < 1 and 0 < args.length_quantile < 1):
         err.print("[red]error:[/red] --latency-quantile and --length-quantile must be in (0, 1)")
         return 2
+    if args.replicas < 1 or args.sync_ms < 0:
+        err.print("[red]error:[/red] --replicas must be >= 1 and --sync-ms >= 0")
+        return 2
+    if args.replicas == 1 and (args.no_sync or args.no_quota):
+        err.print("[red]error:[/red] --no-sync and --no-quota apply to --replicas R with R >= 2")
+        return 2
     opts = SimOptions(
         sync_tokens=max(1, args.sync_tokens),
         learn=not args.no_learn,
         latency_quantile=args.latency_quantile,
         length_quantile=args.length_quantile,
         miss_log=bool(args.misses),
+        replicas=ReplicaOptions(args.replicas, args.sync_ms, quota=not args.no_quota, sync=not args.no_sync),
     )
     n_req = args.requests or scn.workload.requests
     bins = scn.bins if scn.bins is not None and servers == scn.servers else auto_bins(scn, servers, fb)

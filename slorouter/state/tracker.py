@@ -12,22 +12,52 @@ Lifecycle of every request (each hook is O(1); none does I/O)::
 After any mix of these, once every request is finished, every counter is exactly zero
 (see tests/property/test_tracker_property.py). Finished requests are reported to the
 registered listeners (latency model, length model, metrics) as an :class:`Outcome`.
+
+The per-request records (:class:`Resident`) stay private to the tracker: what policies
+see of a backend is its :class:`~slorouter.state.load.BackendLoad`, aggregates only.
 """
 
 from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Callable
-from typing import Final
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Final
 
+from slojudge import on_time_in_chunk
 from slorouter.clock import Clock
 from slorouter.models.base import LatencyView, LengthView
 from slorouter.state.backends import Backend, BackendSet, Health
+from slorouter.state.eligibility import Eligibility
+from slorouter.state.load import SLACK_WINDOW, BackendLoad, SlackEntry
 from slorouter.state.snapshot import Snapshot
 from slorouter.values import Outcome, RequestInfo, Status
 
+if TYPE_CHECKING:
+    from slorouter.state.sync import LoadSync
+
 OutcomeListener = Callable[[Outcome], None]
+
+
+class _Sum(Mapping[str, int]):
+    """Two count mappings read as their sum (queued requests here and elsewhere)."""
+
+    __slots__ = ("a", "b")
+
+    def __init__(self, a: Mapping[str, int], b: Mapping[str, int]) -> None:
+        self.a, self.b = a, b
+
+    def __getitem__(self, k: str) -> int:
+        if k not in self.a and k not in self.b:
+            raise KeyError(k)
+        return self.a.get(k, 0) + self.b.get(k, 0)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(set(self.a) | set(self.b))
+
+    def __len__(self) -> int:
+        return len(set(self.a) | set(self.b))
+
 
 _MAX_SAMPLES: Final = 4096  # step samples kept per request (bounded memory)
 
@@ -43,6 +73,7 @@ class Resident:
         "first_token_at",
         "last_token_at",
         "max_lateness",
+        "on_time",
         "output_tokens",
         "prompt_tokens",
         "req",
@@ -60,62 +91,8 @@ class Resident:
         self.first_token_at: float | None = None
         self.last_token_at: float | None = None
         self.max_lateness = -math.inf
+        self.on_time = 0  # output tokens on schedule (slojudge.tokens)
         self.samples: list[tuple[float, int, int]] = []
-
-
-class BackendLoad:
-    """Counters of one backend. Read by policies (through a Snapshot); written only
-    by the :class:`Tracker`."""
-
-    __slots__ = (
-        "backend_id",
-        "output_tokens",
-        "peak_kv",
-        "prefill_tokens",
-        "prefilling",
-        "prompt_tokens",
-        "residents",
-        "tier_counts",
-    )
-
-    def __init__(self, backend_id: str) -> None:
-        self.backend_id = backend_id
-        self.residents: dict[int, Resident] = {}
-        self.prompt_tokens = 0  # Σ prompt tokens of resident requests
-        self.output_tokens = 0  # Σ output tokens generated so far by resident requests
-        self.peak_kv = 0  # Σ (prompt + predicted total output): the KV held when all peak
-        self.prefilling = 0  # residents still waiting for their first token
-        self.prefill_tokens = 0  # Σ prompt tokens of those
-        self.tier_counts: dict[str, int] = {}
-
-    @property
-    def running(self) -> int:
-        return len(self.residents)
-
-    @property
-    def kv_tokens(self) -> int:
-        return self.prompt_tokens + self.output_tokens
-
-    def tightest_tpot(self, tpot_of: Callable[[str], float | None]) -> float:
-        """The smallest TPOT among resident requests' tiers (``inf`` if none)."""
-        best = math.inf
-        for tier, n in self.tier_counts.items():
-            if n:
-                t = tpot_of(tier)
-                if t is not None and t < best:
-                    best = t
-        return best
-
-    def is_zero(self) -> bool:
-        return (
-            not self.residents
-            and self.prompt_tokens == 0
-            and self.output_tokens == 0
-            and self.peak_kv == 0
-            and self.prefilling == 0
-            and self.prefill_tokens == 0
-            and not any(self.tier_counts.values())
-        )
 
 
 class Tracker:
@@ -133,12 +110,15 @@ class Tracker:
         self.lengths = lengths
         self.loads: dict[str, BackendLoad] = {}
         self.requests: dict[int, Resident] = {}
-        self.queued: dict[str, int] = {}
+        self._on: dict[str, dict[int, Resident]] = {}  # backend -> residents, placement order
+        self._slack_fns: dict[str, Callable[[], tuple[SlackEntry, ...]]] = {}
+        self.queued: dict[str, int] = {}  # this process's queued requests per tier
+        self.remote_queued: Mapping[str, int] = {}  # other processes' (slorouter.state.sync)
+        self.sync: LoadSync | None = None  # set by LoadSync: loads then include other processes'
         self._listeners: list[OutcomeListener] = []
         self._watchers: list[set[str]] = []
-        self._eligible: dict[str | None, tuple[Backend, ...]] = {}
-        self._eligible_key: tuple[int, int] = (-1, -1)
         self.backends = backends
+        self.pools = Eligibility(backends)
         self.set_backends(backends)
 
     # -- configuration ---------------------------------------------------------------
@@ -146,12 +126,47 @@ class Tracker:
     def set_backends(self, backends: BackendSet) -> None:
         """Swap the backend set. Loads of removed backends stay until their requests end."""
         self.backends = backends
+        if self.pools.backends is not backends:
+            self.pools.set_backends(backends)
         for b in backends.backends:
-            self.loads.setdefault(b.id, BackendLoad(b.id))
-        self._eligible_key = (-1, -1)
+            self._load(b.id)
+
+    def _load(self, backend_id: str) -> BackendLoad:
+        load = self.loads.get(backend_id)
+        if load is None:
+            load = self.loads[backend_id] = BackendLoad(backend_id)
+            self._on[backend_id] = {}
+            self._slack_fns[backend_id] = lambda: self._slack_of(backend_id)
+        return load
+
+    def _slack_of(self, backend_id: str) -> tuple[SlackEntry, ...]:
+        """The slack summary of a backend (see :mod:`slorouter.state.load`)."""
+        out: list[SlackEntry] = []
+        seen = 0
+        for r in reversed(self._on[backend_id].values()):  # newest first
+            seen += 1
+            if seen > SLACK_WINDOW:
+                break
+            last = r.last_token_at
+            if last is None:
+                continue  # still prefilling
+            slo = r.req.tier.slo
+            if slo.tpot_s is None or slo.ttft_s is None:
+                continue
+            out.append((r.req.arrival + slo.ttft_s, r.output_tokens, last, slo.tpot_s))
+        return tuple(out)
+
+    def changed(self, backend_id: str) -> None:
+        """Tell the change feeds (:meth:`watch`) that a backend's load changed from
+        outside (another process's row absorbed)."""
+        for w in self._watchers:
+            w.add(backend_id)
 
     def add_listener(self, fn: OutcomeListener) -> None:
         self._listeners.append(fn)
+
+    def remove_listener(self, fn: OutcomeListener) -> None:
+        self._listeners = [f for f in self._listeners if f != fn]
 
     def watch(self, owner: object) -> set[str]:
         """A new set into which the tracker adds, from now on, the id of every backend
@@ -171,41 +186,36 @@ class Tracker:
         if t is not None:
             t._watchers = [w for w in t._watchers if id(w) != sid]
 
-    def set_models(self, latency: LatencyView, lengths: LengthView) -> None:
-        self.latency = latency
-        self.lengths = lengths
-
     # -- reads -----------------------------------------------------------------------
 
     def eligible(self, tier: str | None = None) -> tuple[Backend, ...]:
         """Healthy backends (of ``tier``, or all), cached until health or the set changes."""
-        key = (id(self.backends), self.health.version)
-        if key != self._eligible_key:
-            self._eligible.clear()
-            self._eligible_key = key
-        got = self._eligible.get(tier)
-        if got is None:
-            pool = self.backends.backends if tier is None else self.backends.in_tier(tier)
-            healthy = self.health.healthy
-            got = tuple(b for b in pool if b.id in healthy)
-            self._eligible[tier] = got
-        return got
+        return self.pools.view(None, self.health).eligible(tier)
 
-    def snapshot(self) -> Snapshot:
+    def snapshot(self, request: RequestInfo | None = None) -> Snapshot:
+        """What a policy sees; for ``request``, only the backends that may serve it
+        (:mod:`slorouter.state.eligibility`)."""
+        view = self.pools.view(request, self.health)
         return Snapshot(
             now=self.clock.now(),
             backends=self.backends,
             loads=self.loads,
-            healthy=self.health.healthy,
+            healthy=view.healthy,
             latency=self.latency,
             lengths=self.lengths,
-            queued=self.queued,
-            eligible=self.eligible,
+            queued=self.queued if not self.remote_queued else _Sum(self.queued, self.remote_queued),
+            eligible=view.eligible,
             watch=self.watch,
+            fleet=view.fleet,
         )
 
     def in_flight(self) -> int:
         return len(self.requests)
+
+    def residents(self, backend_id: str) -> tuple[Resident, ...]:
+        """The requests resident on a backend, in placement order (for inspection and
+        tests; policies read :class:`BackendLoad` aggregates instead)."""
+        return tuple(self._on.get(backend_id, {}).values())
 
     def all_zero(self) -> bool:
         """True when no request is known and every counter is zero."""
@@ -222,6 +232,8 @@ class Tracker:
             raise ValueError(f"request {req.rid} already known")
         self.requests[req.rid] = Resident(req)
         self.queued[req.tier.name] = self.queued.get(req.tier.name, 0) + 1
+        if self.sync is not None:
+            self.sync.on_arrival(self.clock.now())
 
     def on_dispatch(self, rid: int, backend_id: str) -> None:
         """Queued -> resident on ``backend_id``. Dispatching again to another backend
@@ -269,7 +281,7 @@ class Tracker:
         elif len(r.samples) < _MAX_SAMPLES and r.last_token_at is not None:
             sample = (
                 (now - r.last_token_at) / n,
-                len(load.residents),
+                load.running,
                 load.prompt_tokens + load.output_tokens,
             )
             if n == 1:
@@ -279,7 +291,10 @@ class Tracker:
         late = now - slo.token_deadline(r.req.arrival, i)
         if late > r.max_lateness:
             r.max_lateness = late
+        if slo.ttft_s is not None:
+            r.on_time += on_time_in_chunk(now - r.req.ttft_deadline, slo.tpot_s or 0.0, i, n)
         r.last_token_at = now
+        load.mark_slack(self._slack_fns[r.backend])
         self._add_output(r, load, n)
 
     def on_usage(self, rid: int, prompt_tokens: int | None, completion_tokens: int | None) -> None:
@@ -298,9 +313,15 @@ class Tracker:
                 for w in self._watchers:
                     w.add(load.backend_id)
         if completion_tokens is not None and completion_tokens >= 0 and completion_tokens != r.output_tokens:
+            d, slo = completion_tokens - r.output_tokens, r.req.tier.slo
+            if d > 0 and r.first_token_at is not None and slo.ttft_s is not None:
+                # tokens the engine reports beyond the chunks counted: judged as arriving now
+                late = self.clock.now() - r.req.ttft_deadline
+                r.on_time += on_time_in_chunk(late, slo.tpot_s or 0.0, r.output_tokens, d)
             if load is None:
                 r.output_tokens = completion_tokens
             else:
+                load.mark_slack(self._slack_fns[load.backend_id])
                 self._add_output(r, load, completion_tokens - r.output_tokens)
 
     def on_finish(self, rid: int, status: Status) -> Outcome | None:
@@ -330,6 +351,8 @@ class Tracker:
             step_samples=tuple(r.samples),
             model=req.model,
             key_id=req.key_id,
+            on_time_tokens=r.on_time,
+            request=req,
         )
         for fn in self._listeners:
             fn(out)
@@ -338,11 +361,11 @@ class Tracker:
     # -- internals -------------------------------------------------------------------
 
     def _attach(self, r: Resident, backend_id: str) -> None:
-        load = self.loads.get(backend_id)
-        if load is None:
-            load = self.loads[backend_id] = BackendLoad(backend_id)
+        load = self._load(backend_id)
         r.backend = backend_id
-        load.residents[r.req.rid] = r
+        self._on[backend_id][r.req.rid] = r
+        load.running += 1
+        load.mark_slack(self._slack_fns[backend_id])
         load.prompt_tokens += r.prompt_tokens
         load.output_tokens += r.output_tokens
         load.peak_kv += r.prompt_tokens + max(r.bound, r.output_tokens)
@@ -351,13 +374,19 @@ class Tracker:
             load.prefill_tokens += r.prompt_tokens
         tier = r.req.tier.name
         load.tier_counts[tier] = load.tier_counts.get(tier, 0) + 1
+        if self.sync is not None:
+            peak = r.prompt_tokens + max(r.bound, r.output_tokens)
+            self.sync.on_attach(load, r.prompt_tokens, peak, r.first_token_at is None)
         for w in self._watchers:
             w.add(backend_id)
 
     def _detach(self, r: Resident) -> None:
         assert r.backend is not None
         load = self.loads[r.backend]
-        del load.residents[r.req.rid]
+        on = self._on[r.backend]
+        del on[r.req.rid]
+        load.running -= 1
+        load.mark_slack(self._slack_fns[r.backend])
         load.prompt_tokens -= r.prompt_tokens
         load.output_tokens -= r.output_tokens
         load.peak_kv -= r.prompt_tokens + max(r.bound, r.output_tokens)
@@ -370,8 +399,10 @@ class Tracker:
             del load.tier_counts[tier]
         for w in self._watchers:
             w.add(r.backend)
-        if not load.residents and r.backend not in self.backends:
+        if not on and r.backend not in self.backends:
             del self.loads[r.backend]
+            del self._on[r.backend]
+            del self._slack_fns[r.backend]
 
     def _add_output(self, r: Resident, load: BackendLoad, d: int) -> None:
         """Change a resident's output count by ``d``, keeping ``peak_kv`` exact: a

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 
 from tests.fuzz.stack import Stack, fuzz_stack
 from tests.fuzz.strategies import FuzzRequest, fuzz_requests, send
+from tests.promtext import values
 
 SAMPLE = 300
 
@@ -48,12 +49,10 @@ def test_nothing_left_in_flight_and_no_unexpected_errors(stack: Stack) -> None:
     while True:
         with urllib.request.urlopen(f"http://127.0.0.1:{stack.port}/metrics", timeout=5) as r:
             text = r.read().decode()
-        busy = [
-            line
-            for line in text.splitlines()
-            if line.startswith(("slorouter_backend_inflight_requests{", "slorouter_queue_waiting{"))
-            and not line.endswith(" 0")
-        ]
+        inflight = values(text, "slorouter_backend_inflight_requests")
+        waiting = values(text, "slorouter_queue_waiting_requests")
+        assert inflight and waiting  # the series exist (a renamed metric must not pass silently)
+        busy = [(labels, v) for labels, v in [*inflight.items(), *waiting.items()] if v]
         if not busy or time.monotonic() > deadline:
             break
         time.sleep(0.05)

@@ -23,6 +23,7 @@ from slorouter.config import load_config
 from slorouter.sim.server import serve_engines
 from slorouter.values import Outcome
 from tests.faults.test_faults import poll
+from tests.promtext import value
 from tests.routerkit import DEFAULT_TIERS, run_router
 
 TOKEN = "reload-admin-token"
@@ -151,7 +152,32 @@ async def test_invalid_reload_keeps_the_running_config(
             status, metrics = 0, ""
             async with aiohttp.ClientSession() as s, s.get(router.url + "/metrics") as r:
                 metrics = await r.text()
-            assert 'slorouter_config_reloads_total{result="error"} 2' in metrics
+            assert value(metrics, "slorouter_config_reloads_total", result="error") == 2
+            assert value(metrics, "slorouter_config_reloads_total", result="ok") == 0
+
+
+async def test_a_reload_warns_about_fields_applied_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ENV, TOKEN)
+    async with serve_engines(1, profile="cpu-tiny") as fleet:
+        cfg_file = tmp_path / "router.yaml"
+        write(cfg_file, raw_config(fleet.urls, ["e0"]))
+        async with run_router(load_config(cfg_file)) as router:
+            write(
+                cfg_file,
+                raw_config(
+                    fleet.urls,
+                    ["e0"],
+                    server={"host": "127.0.0.1", "port": 8080, "max_body_bytes": 1000},
+                    health={"interval_s": 7.0},
+                ),
+            )
+            status, rep = await admin(router.url, "/admin/reload")
+            assert status == 200 and rep["ok"], rep
+            assert rep["warnings"] == ["server.max_body_bytes: changed, takes effect after a restart"]
+            assert rep["changes"] == ["health settings changed"]
+            assert router.services.cfg.health.interval_s == 7.0
 
 
 async def test_sighup_reloads_a_running_slorouter_serve(tmp_path: Path) -> None:

@@ -87,7 +87,7 @@ def _feasible(
                 continue  # never downward
             if bin_t < tier_tightness(req.tier):
                 fp = FeasibilityParams(headroom=relax * OVERFLOW_HEADROOM, late_fill=late_fill)
-            tau = bin_t if bin_t < 1e3 else (tightest_tpot(load, tpots) if load.tier_counts else INF)
+            tau = bin_t.tpot if bin_t.paced else (tightest_tpot(load, tpots) if load.tier_counts else INF)
         else:
             tau = tightest_tpot(load, tpots) if load.tier_counts else INF
         if assess(need, load, lat.linear(b.id), lat.limits(b.id), tau, fp) >= 0:
@@ -134,7 +134,7 @@ def test_never_infeasible_never_waiting_while_a_feasible_server_exists(
         assert d.backends[0] in _feasible(f, req, kind, True, no_hope=True), d  # slows no resident
     elif isinstance(d, Dispatch) and d.reason.endswith("on an idle server"):
         assert late or no_hope, d
-        assert not snap.loads[d.backends[0]].residents, d
+        assert not snap.loads[d.backends[0]].running, d
         assert not _feasible(f, req, kind, True, no_hope=no_hope), d  # nothing else takes it
     elif isinstance(d, Dispatch):
         assert d.backends[0] in feasible, (d, feasible)

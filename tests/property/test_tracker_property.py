@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from slorouter.clock import ManualClock
 from slorouter.models.static import StaticLatency, StaticLengths
 from slorouter.state.backends import Backend, BackendSet, Health
+from slorouter.state.load import SLACK_WINDOW, banked
 from slorouter.state.tracker import Tracker
 from slorouter.values import RequestInfo, Slo, SloClass, Status, Tier
 
@@ -33,9 +34,24 @@ op = st.one_of(
 )
 
 
+def slack_summary(t: Tracker, backend_id: str) -> list[float]:
+    """The slack of the newest SLACK_WINDOW residents that decode with a TPOT, computed
+    from the per-request records (what BackendLoad.slack must summarise)."""
+    out = []
+    for r in list(reversed(t.residents(backend_id)))[:SLACK_WINDOW]:
+        slo = r.req.tier.slo
+        if r.last_token_at is None or slo.tpot_s is None or slo.ttft_s is None:
+            continue
+        due = r.req.arrival + slo.ttft_s + (r.output_tokens - 1) * slo.tpot_s
+        out.append(due - r.last_token_at)
+    return out
+
+
 def check_sums(t: Tracker) -> None:
     for load in t.loads.values():
-        rs = list(load.residents.values())
+        rs = t.residents(load.backend_id)
+        assert load.running == len(rs)
+        assert [banked(e) for e in load.slack] == slack_summary(t, load.backend_id)
         assert load.prompt_tokens == sum(r.prompt_tokens for r in rs)
         assert load.output_tokens == sum(r.output_tokens for r in rs)
         assert load.peak_kv == sum(r.prompt_tokens + max(r.bound, r.output_tokens) for r in rs)

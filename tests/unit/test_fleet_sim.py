@@ -15,7 +15,8 @@ import pytest
 from slorouter.sim import fleet_cli
 from slorouter.sim.bound import auto_bins, fluid_reference, steady_step
 from slorouter.sim.engine import Segment
-from slorouter.sim.fleet import FleetSim, SimOptions, SimResult, _lateness, run_once
+from slorouter.sim.fleet import FleetSim, SimOptions, SimResult, run_once
+from slorouter.sim.fleet_metrics import on_time_tokens
 from slorouter.sim.fleet_sweep import sweep
 from slorouter.sim.scenario import SCENARIO_DIR, Scenario, ScenarioError, load_scenario, parse_scenario
 from slorouter.sim.scenario_workload import check_slos, generate
@@ -94,14 +95,17 @@ def test_trace_lengths_and_trace_arrivals() -> None:
     assert w.arrival == sorted(w.arrival)
 
 
-def test_per_token_lateness_from_step_ends() -> None:
+def test_per_token_deadlines_from_step_ends() -> None:
     ends = array("d", [1.0, 1.1, 1.2, 1.5, 1.6])
-    # tokens 0..4 at the ends of steps 0..4; deadlines 1.0 + 0.1 i: token 3 is 0.2 late
-    assert _lateness(ends, (Segment(0, 0, 5),), 1.0, 0.1) == pytest.approx(0.2)
-    # a preempted request: tokens 0..1 at steps 0..1, tokens 2..3 at steps 3..4
-    assert _lateness(ends, (Segment(0, 0, 2), Segment(3, 2, 2)), 1.0, 0.1) == pytest.approx(0.3)
-    long = array("d", [0.01 * i for i in range(200)])
-    assert _lateness(long, (Segment(0, 0, 200),), 0.0, 0.01) == pytest.approx(0.0, abs=1e-9)
+    # tokens 0..4 at the ends of steps 0..4; deadlines 1.0 + 0.1 i: token 3 is 0.2 late,
+    # token 4 (due 1.4) 0.2 late
+    assert on_time_tokens(ends, (Segment(0, 0, 5),), 1.0, 0.1) == 3
+    # a preempted request: tokens 0..1 at steps 0..1, tokens 2..3 at steps 3..4 (0.3 late)
+    assert on_time_tokens(ends, (Segment(0, 0, 2), Segment(3, 2, 2)), 1.0, 0.1) == 2
+    assert on_time_tokens(ends, (Segment(0, 0, 5),), 1.0, 0.2) == 5  # a looser schedule
+    long = array("d", [0.01 * i for i in range(200)])  # exactly on schedule, vectorized path
+    assert on_time_tokens(long, (Segment(0, 0, 200),), 0.0, 0.01) == 200
+    assert on_time_tokens(long, (Segment(0, 0, 200),), -0.001, 0.01) == 0
 
 
 def test_fluid_reference_by_hand(tmp_path: Path) -> None:

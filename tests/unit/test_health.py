@@ -3,10 +3,15 @@ monitor's effect on the shared Health set, with a manual clock."""
 
 from __future__ import annotations
 
+from prometheus_client import generate_latest
+
 from slorouter.clock import ManualClock
 from slorouter.config.model import HealthConfig
+from slorouter.metrics import build_registry
+from slorouter.metrics.health import HealthMetrics
 from slorouter.proxy.health import BackendHealth, Circuit, HealthMonitor, Signal
 from slorouter.state.backends import Backend, Health
+from tests.promtext import value, values
 
 CFG = HealthConfig(failures=3, successes=2, cooldown_s=5.0)
 
@@ -91,9 +96,12 @@ def test_monitor_drives_the_shared_health_set() -> None:
     desc = mon.describe()
     assert desc["a"]["circuit"] == "half_open" and desc["a"]["ejections"] == 1
     assert desc["a"]["signals"] == {"connect": 3}
-    lines = "\n".join(mon.metric_lines())
-    assert 'slorouter_backend_circuit{backend="a",state="half_open"} 1' in lines
-    assert 'slorouter_backend_ejections_total{backend="b"} 1' in lines
+    text = generate_latest(build_registry(HealthMetrics(mon))).decode()
+    assert value(text, "slorouter_backend_circuit", backend="a", state="half_open") == 1
+    assert value(text, "slorouter_backend_circuit", backend="a", state="closed") == 0
+    assert sum(values(text, "slorouter_backend_circuit").values()) == 2  # one state per backend
+    assert value(text, "slorouter_backend_ejections_total", backend="b") == 1
+    assert value(text, "slorouter_backend_drained", backend="b") == 0
     # a reload removes "b" and adds "c": "b" leaves the set, "c" starts routable
     mon.set_backends([Backend("a", "http://127.0.0.1:1"), Backend("c", "http://127.0.0.1:3")])
     assert health.healthy == {"a", "c"}

@@ -1,0 +1,142 @@
+"""Several router processes, one load picture: each publishes its own row, all sum
+(slorouter.state.sync), with the herding quota and the expiry of a dead holder's row."""
+
+from __future__ import annotations
+
+from slorouter.clock import ManualClock
+from slorouter.models.static import StaticLatency, StaticLengths
+from slorouter.state.backends import Backend, BackendSet, Health
+from slorouter.state.load import BackendLoad
+from slorouter.state.sync import LoadSync, MemoryStore, Row
+from slorouter.state.tracker import Tracker
+from slorouter.values import RequestInfo, Slo, SloClass, Status, Tier
+
+FAST = Tier("fast", Slo(SloClass.LATENCY, 1.0, 0.05), rank=0)
+SLOW = Tier("slow", Slo(SloClass.LATENCY, 5.0, 0.2), rank=1)
+BS = BackendSet(
+    [Backend("b0", "http://b0", tier="fast"), Backend("b1", "http://b1", tier="slow")], (FAST, SLOW)
+)
+
+
+def holder(clock: ManualClock, name: str, quota: bool = False) -> tuple[Tracker, LoadSync]:
+    t = Tracker(clock, BS, Health(["b0", "b1"]), StaticLatency(), StaticLengths(20))
+    return t, LoadSync(t, name, quota=quota)
+
+
+def place(t: Tracker, rid: int, backend: str, tier: Tier = FAST, prompt: int = 100) -> None:
+    t.on_arrival(RequestInfo(rid, tier, t.clock.now(), prompt, None, 20))
+    t.on_dispatch(rid, backend)
+
+
+def tick(store: MemoryStore, *holders: tuple[Tracker, LoadSync]) -> None:
+    now = holders[0][0].clock.now()
+    store.now = now
+    for _, s in holders:
+        store.publish(s.row(now))
+    for _, s in holders:
+        s.absorb(store.rows(), now)
+
+
+def counters(t: Tracker, b: str) -> tuple[int, ...]:
+    return t.loads[b].as_tuple()
+
+
+def test_views_are_the_sum_of_the_holders_rows() -> None:
+    clock = ManualClock()
+    store = MemoryStore()
+    a, b = holder(clock, "a"), holder(clock, "b")
+    for rid in range(3):
+        place(a[0], rid, "b0")
+    place(b[0], 10, "b0", SLOW, prompt=50)
+    place(b[0], 11, "b1", SLOW)
+    b[0].on_tokens(10, 1)
+    tick(store, a, b)
+    # the same picture in both, equal to one tracker holding everything
+    one = Tracker(clock, BS, Health(["b0", "b1"]), StaticLatency(), StaticLengths(20))
+    for rid in range(3):
+        place(one, rid, "b0")
+    place(one, 10, "b0", SLOW, prompt=50)
+    place(one, 11, "b1", SLOW)
+    one.on_tokens(10, 1)
+    for bid in ("b0", "b1"):
+        assert counters(a[0], bid) == counters(b[0], bid) == counters(one, bid)
+        assert a[0].loads[bid].tier_counts == b[0].loads[bid].tier_counts == one.loads[bid].tier_counts
+    assert a[0].loads["b0"].running == 4 and a[0].loads["b0"].prefill_tokens == 300
+    # b's resident 10 has produced a token: its slack entry reaches a
+    assert len(a[0].loads["b0"].slack) == 1 and a[0].loads["b0"].slack == b[0].loads["b0"].own_slack
+    # a finish is seen by the other holder at the next tick, not before
+    a[0].on_finish(0, Status.OK)
+    assert a[0].loads["b0"].running == 3 and b[0].loads["b0"].running == 4
+    tick(store, a, b)
+    assert b[0].loads["b0"].running == 3
+    # each publishes only its own counts
+    assert store.rows()["a"].loads["b0"][0] == 2 and store.rows()["b"].loads["b0"][0] == 1
+    # everything finished: every counter everywhere is zero again
+    for r in (1, 2):
+        a[0].on_finish(r, Status.OK)
+    for r in (10, 11):
+        b[0].on_finish(r, Status.OK)
+    tick(store, a, b)
+    for t, _ in (a, b):
+        assert all(ld.is_zero() for ld in t.loads.values())
+        assert all(not ld.slack for ld in t.loads.values())
+
+
+def test_quota_counts_own_placements_by_the_inverse_share_until_the_next_tick() -> None:
+    clock = ManualClock()
+    store = MemoryStore()
+    a, b = holder(clock, "a", quota=True), holder(clock, "b", quota=True)
+    for rid in range(4):  # equal arrivals: each holder's share is 1/2
+        (a if rid % 2 else b)[0].on_arrival(RequestInfo(100 + rid, FAST, 0.0, 10, None, 20))
+    tick(store, a, b)
+    assert abs(a[1].share - 0.5) < 1e-9 and a[1].peers == 1
+    place(a[0], 1, "b1", prompt=100)
+    # counted twice (itself + the phantom of what b may place meanwhile) ...
+    assert a[0].loads["b1"].running == 2 and a[0].loads["b1"].prefill_tokens == 200
+    # ... but published once, and the phantom is gone after the tick
+    assert a[1].row(clock.now()).loads["b1"][0] == 1
+    tick(store, a, b)
+    assert a[0].loads["b1"].running == 1 == b[0].loads["b1"].running
+
+
+def test_a_dead_holders_row_expires() -> None:
+    clock = ManualClock()
+    store = MemoryStore(ttl_s=0.5)
+    a, b = holder(clock, "a"), holder(clock, "b")
+    place(b[0], 1, "b0")
+    tick(store, a, b)
+    assert a[0].loads["b0"].running == 1
+    clock.advance(1.0)  # b stops publishing (killed); a keeps ticking
+    store.now = clock.now()
+    store.publish(a[1].row(clock.now()))
+    a[1].absorb(store.rows(), clock.now())
+    assert a[0].loads["b0"].running == 0 and a[1].peers == 0
+
+
+def test_rows_round_trip_and_reject_garbage() -> None:
+    clock = ManualClock()
+    a = holder(clock, "a")
+    place(a[0], 1, "b0")
+    a[0].on_tokens(1, 3)
+    place(a[0], 2, "b1", SLOW)
+    row = a[1].row(clock.now())
+    assert row.ids == ("b0", "b1") and row.tier_counts("b1") == {"slow": 1} and len(row.slack_idx) == 1
+    assert Row.from_bytes(row.to_bytes()).same(row)
+    good = row.to_bytes()
+    for bad in (b"{", b"[]\n", b'{"v": 99}\n', b'{"v": 2, "holder": "x"}\n', good[:-3], good + b"x"):
+        try:
+            Row.from_bytes(bad)
+        except ValueError:
+            continue
+        raise AssertionError(bad)
+
+
+def test_merge_sums_counters_and_keeps_the_least_slack() -> None:
+    x, y = BackendLoad("b"), BackendLoad("b")
+    x.running, x.peak_kv, x.tier_counts = 2, 100, {"fast": 2}
+    y.running, y.peak_kv, y.tier_counts = 3, 50, {"fast": 1, "slow": 2}
+    x.set_slack(((10.0, 5, 9.0, 0.05),))
+    y.set_slack(((10.0, 1, 9.5, 0.05),))
+    m = BackendLoad.merge("b", [x, y])
+    assert (m.running, m.peak_kv, m.tier_counts) == (5, 150, {"fast": 3, "slow": 2})
+    assert m.slack == ((10.0, 1, 9.5, 0.05), (10.0, 5, 9.0, 0.05))  # least banked slack first
