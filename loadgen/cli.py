@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--duration", type=_positive(float), help="seconds of arrivals")
     g.add_argument("--requests", type=_positive(int), help="number of arrivals (units)")
     run.add_argument("--out", help="write the results JSON here")
-    run.add_argument("--plot", metavar="DIR", help="write PNG plots into DIR")
+    run.add_argument("--plot", metavar="DIR", help="write PNG plots into DIR (the plots extra)")
 
     sw = sub.add_parser("sweep", help="run rising rates and report goodput (90 %% / 99 %%) per tier")
     _common(sw)
@@ -126,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         console = Console(width=150)  # files and pipes get the whole table
     err = Console(stderr=True)
     try:
+        if args.plot:
+            plots.require()
         if args.command == "report":
             return _report(args, console)
         workload = _workload(args)

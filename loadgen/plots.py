@@ -1,12 +1,28 @@
-"""PNG plots (matplotlib, Agg backend) of one run and of a sweep."""
+"""PNG plots (matplotlib, Agg backend) of one run and of a sweep.
+
+matplotlib is the optional ``plots`` extra (``pip install 'slorouter[plots]'``):
+:func:`require` says so before a run starts, not after it."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import slojudge
 from loadgen import slo
+from loadgen.errors import LoadgenError
 from loadgen.records import CallRecord
+
+
+def require() -> None:
+    """Raise :class:`LoadgenError` (what to install) when matplotlib is missing."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise LoadgenError(
+            "--plot needs matplotlib, which is not installed: pip install 'slorouter[plots]' "
+            "(or leave out --plot)"
+        ) from None
 
 
 def _plt() -> Any:
@@ -90,7 +106,7 @@ def plot_run(doc: dict[str, Any], out_dir: str | Path) -> list[Path]:
     for r in recs:
         times = r.token_chunks
         prev = 0
-        for t, cum in zip(times, slo.cumulative_tokens(len(times), r.output_tokens), strict=True):
+        for t, cum in zip(times, slojudge.cumulative_tokens(len(times), r.output_tokens), strict=True):
             bucket[int(t)] = bucket.get(int(t), 0) + cum - prev
             prev = cum
     if bucket:

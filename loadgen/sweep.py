@@ -1,6 +1,6 @@
 """Rate sweeps and goodput.
 
-**Goodput at x %** (DESIGN.md §2) = the highest offered rate at which attainment is
+**Goodput at x %** (docs/loadgen.md) = the highest offered rate at which attainment is
 ≥ x % — for one tier (its own attainment), for all tiers (``all_tiers``: every tier with
 an SLO at ≥ x %, the decision criterion), and for overall attainment
 (``overall_attainment``, the PolyServe-style variant that can hide a starved tier).

@@ -1,4 +1,4 @@
-"""Tier definitions as the load generator sees them (DESIGN.md §2).
+"""Tier definitions as the load generator sees them (docs/loadgen.md, "Workload files").
 
 A tier is a named SLO: a class and its numbers. The load generator reads them from
 the router's YAML (only its ``tiers:`` list, each entry with ``name``, ``class``,

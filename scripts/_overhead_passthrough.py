@@ -4,8 +4,9 @@
 ``_overhead_passthrough.py --port P --upstream URL [--upstream URL ...]`` forwards every
 POST to the next upstream (round-robin) with one pooled ClientSession and copies the
 response body to the client read by read (``iter_any``), no parsing, no accounting. Used
-by ``scripts/bench_overhead.py`` as the ``aiohttp-min`` target (the FACTS.md anchor
-"minimal aiohttp pass-through + uvloop"), so slorouter's own cost shows above it.
+by ``scripts/bench_overhead.py`` as the ``aiohttp-min`` target (the reference
+"minimal aiohttp pass-through + uvloop" of docs/overhead.md), so slorouter's own cost
+shows above it.
 """
 
 from __future__ import annotations

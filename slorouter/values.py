@@ -2,7 +2,8 @@
 
 Time is always seconds on the injected clock's scale; token counts are ints.
 
-* :class:`Slo` / :class:`Tier` — the SLO model of DESIGN.md §2. Output token ``i``
+* :class:`Slo` / :class:`Tier` — the SLO model (docs/loadgen.md, "Metric definitions",
+  used by the router, the simulator and the load generator alike). Output token ``i``
   (first token ``i = 0``) of a request arriving at ``t`` must arrive by
   ``t + ttft_s + i * tpot_s`` (the per-token deadline, DSLO).
 * :class:`RequestInfo` — what the router knows of a request when deciding.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import NamedTuple
 
 
 class SloClass(StrEnum):
@@ -31,6 +33,29 @@ class Engine(StrEnum):
     VLLM = "vllm"
     TGI = "tgi"
     OPENAI = "openai"
+
+
+class Tightness(NamedTuple):
+    """How tight an SLO is, as a sort key (smaller is tighter): TPOT-bound SLOs first, by
+    TPOT; then deadline SLOs, by deadline; best effort last. A tuple, so comparing,
+    hashing and sorting are the tuple's (and cheap)."""
+
+    kind: int  # PACED | DEADLINE | LOOSE
+    value: float  # the TPOT (PACED) or the deadline (DEADLINE), in seconds; 0 for LOOSE
+
+    @property
+    def paced(self) -> bool:
+        """A per-token pace bounds the servers of this tightness."""
+        return self.kind == PACED
+
+    @property
+    def tpot(self) -> float:
+        """The TPOT a server of this tightness must keep (``inf``: none)."""
+        return self.value if self.kind == PACED else math.inf
+
+
+PACED, DEADLINE, LOOSE = 0, 1, 2  # Tightness.kind, tightest first
+LOOSEST = Tightness(LOOSE, 0.0)  # best effort, and servers of no known tier
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,13 +74,13 @@ class Slo:
         return arrival + self.ttft_s + i * (self.tpot_s or 0.0)
 
     @property
-    def tightness(self) -> float:
+    def tightness(self) -> Tightness:
         """Sort key: smaller is tighter. TPOT first, then deadline, best effort last."""
         if self.tpot_s is not None:
-            return self.tpot_s
+            return Tightness(PACED, self.tpot_s)
         if self.deadline_s is not None:
-            return 1e3 + self.deadline_s
-        return math.inf
+            return Tightness(DEADLINE, self.deadline_s)
+        return LOOSEST
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +190,11 @@ class Outcome:
     step_samples: tuple[tuple[float, int, int], ...] = field(default=(), repr=False)
     model: str = ""
     key_id: str | None = None
+    # output tokens that arrived by their per-token deadline (slojudge.tokens; tiers with a TTFT)
+    on_time_tokens: int = 0
+    # the request as the router knew it (tier, weight, deadline_at, workflow id): what
+    # slorouter.judge needs for the SLO verdict and service gain
+    request: RequestInfo | None = field(default=None, repr=False)
 
     @property
     def ttft_s(self) -> float | None:

@@ -1,6 +1,6 @@
 """Which tier a request gets: pure functions of the config and what the request says.
 
-A request reaches a tier in one of three ways (DESIGN.md §2):
+A request reaches a tier in one of three ways (config/example.yaml, ``routing``):
 
 * its API key's ``default_tier`` (anonymous requests: ``routing.default_tier``), unless
 * the tier header (``routing.header``, default ``x-slo-tier``) names one, or

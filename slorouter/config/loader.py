@@ -9,7 +9,7 @@ must be > 0``). Checks, in order, all collected before raising:
    required fields);
 3. what one section says about another (:mod:`slorouter.config.checks`): duplicate
    names, references to unknown tiers, per-class tier numbers, backend URLs, API key
-   secrets (``key_env`` must name a set environment variable), the profile file.
+   secrets (``key_env``, ``api_key_env`` must name a set environment variable), the profile file.
 
 Then the loader fills derived defaults (backend names ``b<i>``, backend tiers, a key's
 default tier, the resolved secrets and their digests, the anonymous entitlement).
@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from slorouter.config.checks import check_references, lenient_tier_names
+from slorouter.config.checks import Secrets, check_references, lenient_tier_names
 from slorouter.config.fields import _BAD, Errors, convert_section, position
 from slorouter.config.model import RouterConfig
 
@@ -116,7 +116,7 @@ def read_file(path: str | os.PathLike[str]) -> Any:
 
 def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> RouterConfig:
     """Load and validate a config file. Relative ``models.profile`` paths are resolved
-    against the file's directory; ``key_env`` secrets are read from ``env`` (default:
+    against the file's directory; ``key_env`` / ``api_key_env`` secrets are read from ``env`` (default:
     the process environment)."""
     raw = read_file(path)
     return parse_config(raw, str(path), env=env, base_dir=Path(path).parent)
@@ -144,21 +144,27 @@ def parse_config(
 
 
 def _finish(
-    cfg: RouterConfig, source: str, secrets: Mapping[int, str], base_dir: Path | None, raw: Mapping[str, Any]
+    cfg: RouterConfig, source: str, secrets: Secrets, base_dir: Path | None, raw: Mapping[str, Any]
 ) -> RouterConfig:
     names = lenient_tier_names(raw)
     routing = cfg.routing
     default_tier = routing.default_tier or names[0]
     backends = tuple(
-        replace(b, name=b.name or f"b{i}", tier=b.tier or default_tier, url=b.url.rstrip("/"))
+        replace(
+            b,
+            name=b.name or f"b{i}",
+            tier=b.tier or default_tier,
+            url=b.url.rstrip("/"),
+            api_key=secrets.backends.get(i),
+        )
         for i, b in enumerate(cfg.backends)
     )
     keys = tuple(
         replace(
             k,
-            key=secrets[i],
+            key=secrets.keys[i],
             default_tier=k.default_tier or k.tiers[0],
-            digest=hashlib.sha256(secrets[i].encode()).digest(),
+            digest=hashlib.sha256(secrets.keys[i].encode()).digest(),
         )
         for i, k in enumerate(routing.keys)
     )

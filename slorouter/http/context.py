@@ -16,6 +16,7 @@ from slorouter.config.model import RouterConfig
 from slorouter.models.base import LengthView
 from slorouter.proxy.dispatcher import Dispatcher
 from slorouter.proxy.forward import Forwarder
+from slorouter.proxy.syncloop import SyncLoop
 from slorouter.state.tracker import Tracker
 
 
@@ -32,6 +33,8 @@ class Services:
     # workflow id -> absolute deadline (set by the workflow's first call)
     workflows: dict[str, float] = field(default_factory=dict)
     passthrough_cursor: int = 0
+    worker: int | None = None  # this process's index under `serve --workers N`
+    syncer: SyncLoop | None = None  # the shared load picture's loop (workers, replicas)
 
     def next_rid(self) -> int:
         return next(self.rids)

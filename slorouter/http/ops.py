@@ -14,7 +14,7 @@ from aiohttp import web
 from slorouter.http.admin import CONTROL
 from slorouter.http.context import SERVICES
 from slorouter.proxy.errors import error_response
-from slorouter.proxy.upstream import downstream_headers, upstream_headers
+from slorouter.proxy.upstream import auth_headers, downstream_headers, upstream_headers
 from slorouter.state.backends import Backend
 
 _MODELS_TIMEOUT = aiohttp.ClientTimeout(total=3.0)
@@ -22,7 +22,7 @@ _MODELS_TIMEOUT = aiohttp.ClientTimeout(total=3.0)
 
 async def _models_of(session: aiohttp.ClientSession, b: Backend) -> list[dict[str, Any]]:
     try:
-        async with session.get(b.url + "/v1/models", timeout=_MODELS_TIMEOUT) as r:
+        async with session.get(b.url + "/v1/models", headers=auth_headers(b), timeout=_MODELS_TIMEOUT) as r:
             if r.status != 200:
                 return []
             data = orjson.loads(await r.read())
@@ -64,6 +64,17 @@ async def health(request: web.Request) -> web.Response:
         "healthy_backends": healthy,
         "backends": len(svc.tracker.backends),
     }
+    if svc.worker is not None:
+        body["worker"] = svc.worker
+    if svc.syncer is not None:  # the shared load picture: other processes seen, how stale
+        sy = svc.syncer
+        body["sync"] = {
+            "holder": sy.sync.holder,
+            "store_up": sy.up,
+            "leader": sy.leader,
+            "peers": sy.peers,
+            "age_s": round(sy.age_s, 3),
+        }
     ctl = request.app.get(CONTROL)
     if ctl is not None:  # per backend: routable, probes up/down, circuit closed/open/half_open, drained
         body["backend_states"] = {
@@ -84,7 +95,7 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
     svc.passthrough_cursor = (svc.passthrough_cursor + 1) % len(pool)
     backend = pool[svc.passthrough_cursor]
     body = await request.read()
-    headers = upstream_headers(request.headers.items(), svc.forwarder.api_key(backend.id))
+    headers = upstream_headers(request.headers.items(), backend.api_key)
     to = svc.cfg.timeouts
     url = backend.url + request.rel_url.raw_path_qs
     try:

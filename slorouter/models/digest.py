@@ -6,16 +6,22 @@ applied lazily, at most once per ``decay_interval_s``, by rebuilding the digest 
 its centroids with scaled weights (~35 µs at 100 centroids), so an idle digest costs
 nothing. ``quantile(q)`` is cached until the next update or decay, so a routing decision
 is a dictionary lookup. ``mass()`` is the decayed number of observations: what a
-prediction "rests on".
+prediction "rests on". ``to_state`` / ``from_state``: its contents (centroids and the
+time of the last decay, as an age) as a plain dict; the settings come from the model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from fastdigest import TDigest
 
+from slorouter.models.saved import StateError, age, field, section
+
 DEFAULT_CENTROIDS = 100
+STATE_VERSION = 1
 
 
 class DecayingDigest:
@@ -90,3 +96,34 @@ class DecayingDigest:
 
     def mean(self) -> float:
         return float("nan") if self._digest.is_empty() else float(self._digest.mean())
+
+    # -- saved state -------------------------------------------------------------------
+
+    def to_state(self, now: float) -> dict[str, Any]:
+        return {"v": STATE_VERSION, "age_s": now - self._stamp, "centroids": self._digest.to_dict()}
+
+    @classmethod
+    def from_state(
+        cls,
+        raw: Any,
+        now: float,
+        where: str,
+        half_life_s: float,
+        decay_interval_s: float,
+        max_centroids: int = DEFAULT_CENTROIDS,
+    ) -> DecayingDigest:
+        """A digest with these settings and the saved contents."""
+        sec = section(raw, where, STATE_VERSION)
+        stamp = age(sec, where, now)
+        data = field(sec, "centroids", where)
+        if not isinstance(data, Mapping):
+            raise StateError(f"{where}.centroids: must be an object")
+        try:
+            td = TDigest.from_dict(dict(data))
+        except (TypeError, ValueError, KeyError) as e:
+            raise StateError(f"{where}.centroids: {e}") from None
+        if not td.is_empty() and not (math.isfinite(td.mass()) and math.isfinite(td.max())):
+            raise StateError(f"{where}.centroids: non-finite values")
+        out = cls(stamp, half_life_s, decay_interval_s, max_centroids)
+        out._digest = td
+        return out

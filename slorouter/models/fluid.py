@@ -1,4 +1,4 @@
-"""The fluid model of one engine server (DESIGN.md §5): how many requests of a tier a
+"""The fluid model of one engine server (docs/policies.md §6): how many requests of a tier a
 server sustains when its steady-state step just meets the tier's TPOT.
 
 With ``p̄`` the mean prompt, ``n̄`` the mean output and ``x̄ = E[n·(p + n/2)] / E[n]`` the

@@ -23,7 +23,11 @@ from typing import Any
 
 from slorouter.clock import Clock
 from slorouter.models.digest import DecayingDigest
+from slorouter.models.saved import StateError, field, section
 from slorouter.values import Outcome, Status
+
+STATE_VERSION = 1
+DigestKey = tuple[str, str, str]  # (tier, "" | "key" | "model", key id | model name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,11 +56,11 @@ class OnlineLengths:
         self.clock = clock
         self.settings = settings or LengthSettings()
         self._defaults = dict(tier_defaults or {})
-        self._digests: dict[tuple[str, str, str], DecayingDigest] = {}
+        self._digests: dict[DigestKey, DecayingDigest] = {}
         self._cache: dict[tuple[str, str | None, str | None], int] = {}
         self._cache_at = -math.inf
 
-    def _digest(self, key: tuple[str, str, str], create: bool) -> DecayingDigest | None:
+    def _digest(self, key: DigestKey, create: bool) -> DecayingDigest | None:
         d = self._digests.get(key)
         if d is None and create:
             s = self.settings
@@ -157,6 +161,43 @@ class OnlineLengths:
                 f"p{round(self.settings.quantile * 100)}": d.quantile(self.settings.quantile),
             }
         return out
+
+    # -- saved state -----------------------------------------------------------------
+
+    def to_state(self, now: float) -> dict[str, Any]:
+        return {
+            "v": STATE_VERSION,
+            "digests": [
+                {"tier": t, "kind": k, "name": n, "digest": d.to_state(now)}
+                for (t, k, n), d in self._digests.items()
+            ],
+        }
+
+    def from_state(self, raw: Any, now: float, where: str = "lengths") -> dict[DigestKey, DecayingDigest]:
+        """Saved digests, checked (nothing applied: see :meth:`adopt`); raises
+        :class:`~slorouter.models.saved.StateError`."""
+        sec = section(raw, where, STATE_VERSION)
+        items = field(sec, "digests", where)
+        if not isinstance(items, list):
+            raise StateError(f"{where}.digests: must be a list")
+        s = self.settings
+        out: dict[DigestKey, DecayingDigest] = {}
+        for i, e in enumerate(items):
+            w = f"{where}.digests[{i}]"
+            if not isinstance(e, Mapping):
+                raise StateError(f"{w}: must be an object")
+            t, k, n = (field(e, name, w) for name in ("tier", "kind", "name"))
+            if not (isinstance(t, str) and isinstance(n, str) and k in ("", "key", "model")):
+                raise StateError(f"{w}: tier and name must be strings, kind one of '', 'key', 'model'")
+            out[(t, k, n)] = DecayingDigest.from_state(
+                field(e, "digest", w), now, f"{w}.digest", s.half_life_s, s.decay_interval_s, s.max_centroids
+            )
+        return out
+
+    def adopt(self, digests: Mapping[DigestKey, DecayingDigest]) -> None:
+        """Take saved digests (from :meth:`from_state`); others stay."""
+        self._digests.update(digests)
+        self._cache.clear()
 
 
 def build_lengths(

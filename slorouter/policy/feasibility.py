@@ -87,8 +87,7 @@ class Need:
             dl = req.arrival + slo.deadline_s
         self.deadline_left = INF if dl is None else dl - now
         self.late = late
-        t = req.tier.slo.tightness
-        self.tightness = 1e12 if math.isinf(t) else t  # the request's own bin (see polyserve)
+        self.tightness = req.tier.slo.tightness  # the request's own bin (see polyserve)
         # KV this request adds to the estimate used for the TPOT check
         self.weight_kv = self.p + self.b if kv_estimate == "peak" else self.p + self.b // 2
 

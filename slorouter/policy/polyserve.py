@@ -74,9 +74,18 @@ from slorouter.policy.rebalance import BinMoves, RebalanceParams
 from slorouter.state.backends import BackendSet
 from slorouter.state.load import BackendLoad
 from slorouter.state.snapshot import Snapshot
-from slorouter.values import Decision, Defer, Dispatch, Reject, RequestInfo, SloClass, Tier
+from slorouter.values import (
+    LOOSEST,
+    Decision,
+    Defer,
+    Dispatch,
+    Reject,
+    RequestInfo,
+    SloClass,
+    Tier,
+    Tightness,
+)
 
-_BE = 1e12  # tightness of best-effort / tier-less bins
 _INDEX_MIN: Final = 16  # bins larger than this are indexed (see slorouter.policy.binindex)
 _EPS: Final = 1e-9  # relative margin on the index's bounds (float rounding)
 LATE_FILL: Final = 0.25  # a late request fills at most this share of a server's step range
@@ -86,11 +95,9 @@ class _Stale(Exception):
     """An examined server's coefficients changed without the change feed saying so."""
 
 
-def tier_tightness(t: Tier | None) -> float:
-    if t is None:
-        return _BE
-    s = t.slo.tightness
-    return _BE if math.isinf(s) else s
+def tier_tightness(t: Tier | None) -> Tightness:
+    """The bin of a tier (a server of no known tier: the loosest)."""
+    return LOOSEST if t is None else t.slo.tightness
 
 
 class _Bins:
@@ -99,9 +106,9 @@ class _Bins:
     __slots__ = ("bins", "taus", "tiers_of", "tpot_by_tier")
 
     def __init__(
-        self, backends: BackendSet, healthy: frozenset[str], moved: Mapping[str, float] | None = None
+        self, backends: BackendSet, healthy: frozenset[str], moved: Mapping[str, Tightness] | None = None
     ) -> None:
-        groups: dict[float, list[str]] = {}
+        groups: dict[Tightness, list[str]] = {}
         moved = moved or {}
         for b in backends.backends:
             if b.id in healthy:
@@ -109,7 +116,7 @@ class _Bins:
                 if tau is None:
                     tau = tier_tightness(backends.tier_by_name.get(b.tier))
                 groups.setdefault(tau, []).append(b.id)
-        self.tiers_of: dict[float, list[str]] = {}
+        self.tiers_of: dict[Tightness, list[str]] = {}
         for t in backends.tiers:
             self.tiers_of.setdefault(tier_tightness(t), []).append(t.name)
         self.taus = sorted(groups)
@@ -153,7 +160,7 @@ class PolyServe(BasePolicy):
         self._changed: set[str] | None = None  # the tracker's change feed (Tracker.watch)
         self._feed_of: object = None  # whose feed it is (the tracker's loads mapping)
         self._sentinel: tuple[str, LinearStep] | None = None
-        self._order_cache: dict[float, list[int]] = {}
+        self._order_cache: dict[Tightness, list[int]] = {}
 
     # -- private state ---------------------------------------------------------------
 
@@ -181,7 +188,7 @@ class PolyServe(BasePolicy):
         if self._changed is None or snap.watch is None or self.fp.kv_estimate != "peak":
             return  # keys could not be kept exact: every decision scans its bins
         for i, ids in enumerate(bins.bins):
-            if bins.taus[i] < 1e3 and len(ids) > self._index_min:
+            if bins.taus[i].paced and len(ids) > self._index_min:
                 ix = BinIndex(self.fp.catchup_tokens)
                 ix.build(ids, snap.loads, snap.latency)
                 self._index.append(ix)
@@ -231,7 +238,7 @@ class PolyServe(BasePolicy):
             if relax:
                 fp = self._relaxed[id(fp)]
             tau_bin = bins.taus[i]
-            host = tau_bin if tau_bin < 1e3 else INF
+            host = tau_bin.tpot
             ix = index[i] if i < len(index) else None
             if ix is None:
                 found = self._scan_all(bins.bins[i], need, host, bins, fp, loads, lat)
@@ -261,12 +268,12 @@ class PolyServe(BasePolicy):
             load = loads[bid]
             lim = lat.limits(bid)
             tau = host
-            if load.tier_counts and host >= 1e3:
+            if load.tier_counts and host == INF:
                 tau = tightest_tpot(load, bins.tpot_by_tier)
             s = assess(need, load, lat.linear(bid), lim, tau, fp)
             if s < 0:
                 continue
-            if tau >= 1e3 and host >= 1e3:
+            if tau == INF and host == INF:
                 # best-effort bin: no TPOT to fill, rank by batch
                 util = (load.running + 1) / lim.max_num_seqs
             else:
@@ -284,7 +291,7 @@ class PolyServe(BasePolicy):
         lat: LatencyView,
     ) -> list[tuple[float, str]]:
         """The top ``_top`` entries of :meth:`_scan_all` for an indexed bin (a tight
-        bin: ``host`` < 1e3), from the few servers around the screen (see binindex)."""
+        bin: a finite ``host`` TPOT), from the few servers around the screen (see binindex)."""
         t = host if host < need.tpot else need.tpot
         lo_add, hi_add = ix.adds(need.p, need.b)
         limit = fp.headroom * t - lo_add
@@ -314,6 +321,14 @@ class PolyServe(BasePolicy):
                 del found[top:]
                 worst = found[-1][0]
         return found
+
+    def shared_state(self) -> Any:
+        """The bin moves, for the other router processes (leaderless: newest wins)."""
+        return self.moves.export() if self.moves is not None else None
+
+    def adopt_shared(self, states: list[Any]) -> None:
+        if self.moves is not None:
+            self.moves.adopt(m for st in states if isinstance(st, list) for m in st)
 
     def select(self, request: RequestInfo, snapshot: Snapshot) -> Decision:
         try:

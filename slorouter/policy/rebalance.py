@@ -44,25 +44,25 @@ bin wins and the override is dropped.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from slorouter.models.base import LatencyView
 from slorouter.policy.feasibility import FeasibilityParams, Need, assess, tightest_tpot
 from slorouter.state.backends import BackendSet
 from slorouter.state.load import BackendLoad
 from slorouter.state.snapshot import Snapshot
+from slorouter.values import Tightness
 
 _KEEP: Final = 1  # a bin never gives away its last server
-_LOOSE: Final = 1e3  # bin tightness at or above this: no TPOT (deadline / best effort)
 _ROOM: Final = 1.0  # a donor bin keeps at least one server's worth of spare room
 
 
 class BinView(Protocol):
     """What the rebalancer reads of the policy's bins (tight → loose)."""
 
-    taus: list[float]
+    taus: list[Tightness]
     bins: list[tuple[str, ...]]
     tpot_by_tier: dict[str, float]
 
@@ -81,19 +81,44 @@ class BinMoves:
 
     def __init__(self, params: RebalanceParams | None = None) -> None:
         self.params = params or RebalanceParams()
-        self._tau: dict[str, float] = {}  # server -> tightness of the bin it moved to
+        self._tau: dict[str, Tightness] = {}  # server -> tightness of the bin it moved to
         self._home: dict[str, str] = {}  # server -> its configured tier when it moved
         self._at: dict[str, float] = {}  # server -> time of its last move
-        self._into: dict[float, float] = {}  # bin -> time it last received a server
+        self._into: dict[Tightness, float] = {}  # bin -> time it last received a server
         self.moves = 0
 
-    def override(self, backends: BackendSet) -> Mapping[str, float]:
+    def override(self, backends: BackendSet) -> Mapping[str, Tightness]:
         """Bin tightness of the moved servers of ``backends`` (stale overrides dropped)."""
         for bid in [b for b, home in self._home.items() if (x := backends.get(b)) is None or x.tier != home]:
             del self._tau[bid], self._home[bid]
         return self._tau
 
-    def may_receive(self, tau: float, now: float) -> bool:
+    def export(self) -> list[list[Any]]:
+        """Every move as ``[server, tightness kind, tightness value, home tier, at]``
+        (JSON types): what other router processes adopt (:meth:`adopt`)."""
+        return [[b, t.kind, t.value, self._home[b], self._at[b]] for b, t in self._tau.items()]
+
+    def adopt(self, moves: Iterable[Sequence[Any]]) -> bool:
+        """Merge moves made by other processes: per server the most recent move wins (a
+        move is a fact with a time; two processes moving one server within a tick agree
+        after the next). True when anything changed."""
+        changed = False
+        for m in moves:
+            try:
+                bid, kind, value, home, at = str(m[0]), int(m[1]), float(m[2]), str(m[3]), float(m[4])
+            except (TypeError, ValueError, IndexError):
+                continue
+            if at <= self._at.get(bid, -math.inf):
+                continue
+            tau = Tightness(kind, value)
+            self._tau[bid], self._home[bid], self._at[bid] = tau, home, at
+            self._into[tau] = max(self._into.get(tau, -math.inf), at)
+            changed = True
+        if changed:
+            self.moves += 1
+        return changed
+
+    def may_receive(self, tau: Tightness, now: float) -> bool:
         """A bin receives at most one server per ``receive_s``."""
         at = self._into.get(tau)
         return at is None or now - at >= self.params.receive_s
@@ -102,7 +127,7 @@ class BinMoves:
         at = self._at.get(bid)
         return at is None or now - at >= self.params.hold_s
 
-    def move(self, bid: str, tau: float, backends: BackendSet, now: float) -> None:
+    def move(self, bid: str, tau: Tightness, backends: BackendSet, now: float) -> None:
         b = backends.get(bid)
         if b is None:
             return
@@ -118,12 +143,12 @@ class BinMoves:
         view: BinView,
         snap: Snapshot,
         fp: FeasibilityParams,
-        tiers_of: Mapping[float, Iterable[str]],
+        tiers_of: Mapping[Tightness, Iterable[str]],
     ) -> str | None:
         """The least loaded server of a tighter bin with room to spare that holds nothing
         tighter than ``need`` and on which ``need`` is feasible (None: none may go)."""
         own = need.tightness
-        host = own if own < _LOOSE else math.inf
+        host = own.tpot
         donors = [i for i, t in enumerate(view.taus) if t < own]
         return self._take(need, view, snap, fp, tiers_of, donors, host)
 
@@ -133,15 +158,15 @@ class BinMoves:
         view: BinView,
         snap: Snapshot,
         fp: FeasibilityParams,
-        tiers_of: Mapping[float, Iterable[str]],
+        tiers_of: Mapping[Tightness, Iterable[str]],
     ) -> str | None:
         """The least loaded server of a looser bin with spare room on which ``need`` is
         feasible judged by its own, tighter TPOT (None: none)."""
         own = need.tightness
-        if own >= _LOOSE:
+        if not own.paced:
             return None
         donors = [i for i, t in enumerate(view.taus) if t > own]
-        return self._take(need, view, snap, fp, tiers_of, donors, own)
+        return self._take(need, view, snap, fp, tiers_of, donors, own.tpot)
 
     def _take(
         self,
@@ -149,7 +174,7 @@ class BinMoves:
         view: BinView,
         snap: Snapshot,
         fp: FeasibilityParams,
-        tiers_of: Mapping[float, Iterable[str]],
+        tiers_of: Mapping[Tightness, Iterable[str]],
         donors: list[int],
         host: float,
     ) -> str | None:
@@ -168,7 +193,7 @@ class BinMoves:
                 t = host
                 if load.tier_counts:
                     t = min(t, tightest_tpot(load, view.tpot_by_tier))
-                    if t < need.tightness:  # holds tighter work: it stays where it is
+                    if t < need.tightness.tpot:  # holds tighter work: it stays where it is
                         continue
                 s = assess(need, load, lat.linear(bid), lat.limits(bid), t, fp)
                 if s < 0 or (best is not None and s >= best_s):
@@ -180,15 +205,15 @@ class BinMoves:
         return best
 
 
-def spare(load: BackendLoad, lat: LatencyView, bid: str, tau: float) -> float:
+def spare(load: BackendLoad, lat: LatencyView, bid: str, tau: Tightness) -> float:
     """Unused share (0..1) of a server's capacity in a bin of tightness ``tau``: for a
     TPOT bin, ``1 − (step at future-peak KV − c0) / (τ − c0)``; for a loose bin, the
     room left in sequences and KV."""
     lim = lat.limits(bid)
     used = max(load.running / lim.max_num_seqs, load.peak_kv / lim.kv_capacity_tokens)
-    if tau < _LOOSE:
+    if tau.paced:
         lin = lat.linear(bid)
-        span = tau - lin.c0_s
+        span = tau.value - lin.c0_s
         if span > 0:
             used = max(used, (lin.c_batch_s * load.running + lin.c_kv_s * load.peak_kv) / span)
         else:

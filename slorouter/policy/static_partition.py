@@ -17,7 +17,7 @@ from slorouter.policy.base import BasePolicy, Params, PolicyContext
 from slorouter.policy.polyserve import tier_tightness
 from slorouter.state.backends import Backend
 from slorouter.state.snapshot import Snapshot
-from slorouter.values import Decision, Dispatch, Reject, RequestInfo
+from slorouter.values import Decision, Dispatch, Reject, RequestInfo, Tightness
 
 
 class StaticPartition(BasePolicy):
@@ -25,13 +25,13 @@ class StaticPartition(BasePolicy):
 
     def __init__(self, balance: str = "tokens") -> None:
         self.by_tokens = balance == "tokens"
-        self._pools: dict[float, tuple[Backend, ...]] = {}
+        self._pools: dict[Tightness, tuple[Backend, ...]] = {}
         self._key: tuple[int, int, int] = (0, 0, 0)
 
     def _pool(self, request: RequestInfo, snapshot: Snapshot) -> tuple[Backend, ...]:
         key = snapshot.fleet
         if key != self._key:
-            pools: dict[float, list[Backend]] = {}
+            pools: dict[Tightness, list[Backend]] = {}
             tiers = snapshot.backends.tier_by_name
             for b in snapshot.eligible(None):
                 pools.setdefault(tier_tightness(tiers.get(b.tier)), []).append(b)

@@ -99,21 +99,16 @@ class Forwarder:
         settings: UpstreamSettings,
         report: BackendReport | None = None,
         seed: int = 0,
-        api_keys: dict[str, str] | None = None,
     ) -> None:
         self.session = session
         self.tracker = tracker
         self.settings = settings  # replaced as a whole on a config reload
         self._report = report or (lambda _b, _s, _d: None)
         self._rng = random.Random(seed)
-        self._api_keys = api_keys or {}
         self.retries = 0  # attempts beyond the first, over the process lifetime
         self.resends = 0  # re-sends on a fresh connection after a pooled one was closed
         self.budget_stops = 0  # failovers not started because the TTFT budget was spent
         self.slow_clients = 0  # clients dropped for not reading their stream
-
-    def api_key(self, backend_id: str) -> str | None:
-        return self._api_keys.get(backend_id)
 
     def _backends(self) -> BackendSet:
         return self.tracker.backends
@@ -164,7 +159,7 @@ class Forwarder:
                 last_failure.close()
                 last_failure = None
             prep = prepare(backend)
-            headers = upstream_headers(client_headers, self._api_keys.get(backend.id))
+            headers = upstream_headers(client_headers, backend.api_key)
             headers["Content-Type"] = "application/json"
             up: aiohttp.ClientResponse | None = None
             first = b""

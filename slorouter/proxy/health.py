@@ -48,6 +48,7 @@ import aiohttp
 
 from slorouter.clock import Clock
 from slorouter.config.model import HealthConfig
+from slorouter.proxy.upstream import auth_headers
 from slorouter.state.backends import Backend, Health
 
 log = logging.getLogger("slorouter.health")
@@ -324,7 +325,9 @@ class HealthMonitor:
     async def _probe_once(self, session: aiohttp.ClientSession, b: Backend) -> tuple[bool, str]:
         timeout = aiohttp.ClientTimeout(total=self.cfg.timeout_s)
         try:
-            async with session.get(b.url + self.cfg.path, timeout=timeout, allow_redirects=False) as r:
+            async with session.get(
+                b.url + self.cfg.path, headers=auth_headers(b), timeout=timeout, allow_redirects=False
+            ) as r:
                 await r.read()
                 if r.status >= 500:
                     return False, f"http {r.status}"

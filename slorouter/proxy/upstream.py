@@ -11,6 +11,8 @@ from typing import Final
 import aiohttp
 from multidict import CIMultiDict
 
+from slorouter.state.backends import Backend
+
 # RFC 9110 §7.6.1 connection-specific headers, plus ones the proxy sets itself.
 HOP_BY_HOP: Final = frozenset(
     {
@@ -80,6 +82,12 @@ def upstream_headers(client_headers: Iterable[tuple[str, str]], api_key: str | N
     if api_key:
         h["Authorization"] = f"Bearer {api_key}"
     return h
+
+
+def auth_headers(backend: Backend) -> dict[str, str] | None:
+    """The headers of the router's own requests to a backend (health probes, model
+    lists): its API key, if it has one."""
+    return {"Authorization": f"Bearer {backend.api_key}"} if backend.api_key else None
 
 
 def downstream_headers(engine_headers: Iterable[tuple[str, str]]) -> CIMultiDict[str]:

@@ -42,6 +42,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--noise", type=float, default=0.0, help="log-normal sigma of step-time noise (default 0: exact)"
     )
+    p.add_argument(
+        "--api-key",
+        default=None,
+        help="require `Authorization: Bearer KEY` on the /v1 routes (401 without it), as vLLM's "
+        "--api-key does (vllm engines only; default: no key)",
+    )
 
 
 def _check(args: argparse.Namespace) -> StepProfile | str:
@@ -55,6 +61,8 @@ def _check(args: argparse.Namespace) -> StepProfile | str:
         return "--max-model-len: must be >= 2"
     if args.noise < 0:
         return "--noise: must be >= 0"
+    if args.api_key is not None and (args.engine != "vllm" or not args.api_key):
+        return "--api-key: give a non-empty key, with --engine vllm (the TGI simulator has no keys)"
     try:
         return load_profile(args.profile)
     except ProfileError as e:
@@ -78,6 +86,7 @@ async def _serve(args: argparse.Namespace, profile: StepProfile) -> int:
         eos_mean=args.eos_mean,
         max_model_len=args.max_model_len,
         noise=args.noise,
+        api_key=args.api_key,
     ) as fleet:
         _print_table(args, profile, fleet.urls)
         await stop.wait()

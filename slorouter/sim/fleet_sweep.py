@@ -1,5 +1,5 @@
 """Goodput by bisection: the highest arrival rate at which **every tier** attains its DSLO
-at least ``target`` (0.9, and 0.99), DESIGN.md §2.
+at least ``target`` (0.9, and 0.99): goodput as docs/loadgen.md ("Metric definitions") defines it.
 
 Each probe is one full simulation at a rate (same seed: common random numbers, so the
 attainment is nearly monotone in the rate). From a starting guess the bracket is grown

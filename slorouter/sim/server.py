@@ -9,11 +9,17 @@ Programmatic API (for tests and benchmarks)::
         fleet.engines     # [SimEngine, ...]: .model (EngineModel: num_running, kv_usage, ...)
         ...               # talk to the urls with any HTTP/OpenAI client
 
+One engine at a time (for a scaler that starts and stops servers): ``e = await
+start_engine(profile, ...)`` (same options, ``port=0``), ``e.url``, ``await e.stop()``.
+
 ``serve_engines(count, *, profile=DEFAULT_PROFILE (name, file or StepProfile), engine="vllm"|"tgi",
 seed=0, model="sim-llama", host="127.0.0.1", base_port=0 (0 = ephemeral ports, else
 consecutive ports from base_port), eos_mean=256, max_model_len=8192, noise=0.0,
-record_drift=False)``. Every engine has the same seed, so a request gets the same answer
-from any of them.
+record_drift=False, api_key=None)``. Every engine has the same seed, so a request gets the
+same answer from any of them. With ``api_key`` (vLLM only), every route under ``/v1``
+requires ``Authorization: Bearer <api_key>`` and answers ``401 {"error": "Unauthorized"}``
+without it, as vLLM's ``--api-key`` does (``/health``, ``/metrics``, ``/version``,
+``/tokenize`` stay open).
 
 Routes with ``engine="vllm"`` (vLLM's OpenAI server, see :mod:`slorouter.sim.wire`):
 ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models``, ``GET /health``,
@@ -30,6 +36,8 @@ engine before the next step.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -37,6 +45,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from slorouter.models.profile import StepProfile
 from slorouter.sim.metrics_text import tgi_metrics, vllm_metrics
@@ -237,8 +246,26 @@ async def _not_found_json(request: web.Request, handler: Handler) -> web.StreamR
         return _json({"detail": "Method Not Allowed"}, 405)
 
 
-def build_app(eng: SimEngine) -> web.Application:
-    app = web.Application(middlewares=[_not_found_json], client_max_size=64 * 1024 * 1024)
+def _require_key(api_key: str) -> Middleware:
+    """vLLM's ``--api-key``: a bearer token on every route under ``/v1`` (any method but
+    OPTIONS), compared in constant time; else ``401 {"error": "Unauthorized"}``."""
+    want = hashlib.sha256(api_key.encode()).digest()
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method != "OPTIONS" and request.path.startswith("/v1"):
+            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+            given = hashlib.sha256(token.encode()).digest()
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given, want):
+                return _json({"error": "Unauthorized"}, 401)
+        return await handler(request)
+
+    return check
+
+
+def build_app(eng: SimEngine, api_key: str | None = None) -> web.Application:
+    guard = [_require_key(api_key)] if api_key else []
+    app = web.Application(middlewares=[*guard, _not_found_json], client_max_size=64 * 1024 * 1024)
     app[ENGINE_KEY] = eng
     r = app.router
     r.add_get("/health", health)
@@ -267,6 +294,64 @@ class SimFleet:
     ports: list[int]
 
 
+@dataclass
+class ServedEngine:
+    """One simulated engine served on its own port (:func:`start_engine`)."""
+
+    url: str
+    port: int
+    engine: SimEngine
+    runner: web.AppRunner
+
+    async def stop(self) -> None:
+        await self.engine.stop()
+        await self.runner.cleanup()
+
+
+async def start_engine(
+    profile: str | StepProfile = DEFAULT_PROFILE,
+    *,
+    engine: str = "vllm",
+    seed: int = 0,
+    model: str = "sim-llama",
+    host: str = "127.0.0.1",
+    port: int = 0,
+    eos_mean: float = 256.0,
+    max_model_len: int = 8192,
+    noise: float = 0.0,
+    record_drift: bool = False,
+    api_key: str | None = None,
+) -> ServedEngine:
+    """Start one simulated engine (``port`` 0: an ephemeral port); ``stop()`` it when done."""
+    if engine not in ("vllm", "tgi"):
+        raise ValueError(f"engine must be 'vllm' or 'tgi', got {engine!r}")
+    if api_key is not None and (engine != "vllm" or not api_key):
+        raise ValueError("api_key: a non-empty key, with engine 'vllm' only")
+    prof = load_profile(profile) if isinstance(profile, str) else profile
+    eng = SimEngine(
+        prof,
+        model_name=model,
+        seed=seed,
+        engine=engine,
+        eos_mean=eos_mean,
+        max_model_len=max_model_len,
+        noise=noise,
+        record_drift=record_drift,
+    )
+    runner = web.AppRunner(build_app(eng, api_key), handler_cancellation=True, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound = int(runner.addresses[0][1])
+    eng.start()
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    return ServedEngine(f"http://{shown}:{bound}", bound, eng, runner)
+
+
 @asynccontextmanager
 async def serve_engines(
     count: int = 1,
@@ -281,38 +366,35 @@ async def serve_engines(
     max_model_len: int = 8192,
     noise: float = 0.0,
     record_drift: bool = False,
+    api_key: str | None = None,
 ) -> AsyncIterator[SimFleet]:
     """Start ``count`` simulated engines (see the module docstring); stop them on exit."""
     if engine not in ("vllm", "tgi"):
         raise ValueError(f"engine must be 'vllm' or 'tgi', got {engine!r}")
+    if api_key is not None and (engine != "vllm" or not api_key):
+        raise ValueError("api_key: a non-empty key, with engine 'vllm' only")
     prof = load_profile(profile) if isinstance(profile, str) else profile
-    engines: list[SimEngine] = []
-    runners: list[web.AppRunner] = []
-    ports: list[int] = []
+    served: list[ServedEngine] = []
     try:
         for i in range(count):
-            eng = SimEngine(
-                prof,
-                model_name=model,
-                seed=seed,
-                engine=engine,
-                eos_mean=eos_mean,
-                max_model_len=max_model_len,
-                noise=noise,
-                record_drift=record_drift,
+            served.append(
+                await start_engine(
+                    prof,
+                    engine=engine,
+                    seed=seed,
+                    model=model,
+                    host=host,
+                    port=base_port + i if base_port else 0,
+                    eos_mean=eos_mean,
+                    max_model_len=max_model_len,
+                    noise=noise,
+                    record_drift=record_drift,
+                    api_key=api_key,
+                )
             )
-            runner = web.AppRunner(build_app(eng), handler_cancellation=True, access_log=None)
-            await runner.setup()
-            runners.append(runner)
-            site = web.TCPSite(runner, host, base_port + i if base_port else 0, reuse_address=True)
-            await site.start()
-            ports.append(int(runner.addresses[0][1]))
-            eng.start()
-            engines.append(eng)
-        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
-        yield SimFleet([f"http://{shown}:{p}" for p in ports], engines, ports)
+        yield SimFleet([e.url for e in served], [e.engine for e in served], [e.port for e in served])
     finally:
-        for eng in engines:
-            await eng.stop()
-        for runner in runners:
-            await runner.cleanup()
+        for e in served:
+            await e.engine.stop()
+        for e in served:
+            await e.runner.cleanup()

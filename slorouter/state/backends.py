@@ -18,8 +18,10 @@ class Backend:
     url: str  # base URL, e.g. http://127.0.0.1:8000 (no trailing slash)
     engine: Engine = Engine.VLLM
     tier: str = ""  # the tier bin this server currently belongs to
-    models: tuple[str, ...] = ()  # served model names (empty: discovered / any)
-    labels: Mapping[str, str] = field(default_factory=dict)
+    models: tuple[str, ...] = ()  # served model names (empty: any model)
+    # the key the engine requires (vLLM --api-key), sent as `Authorization: Bearer` on
+    # every request the router makes to it; from `backends[i].api_key_env`
+    api_key: str | None = field(default=None, repr=False)
 
 
 class BackendSet:

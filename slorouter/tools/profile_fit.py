@@ -32,7 +32,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from slorouter.models.latency_fit import solve
+from slorouter.models.latency.fit import solve
 from slorouter.models.static import LinearStep
 
 TERMS = ("c_batch_s", "c_kv_s", "c_prefill_s")

@@ -19,7 +19,9 @@ from aiohttp import web
 from slorouter.app import build_app, runner_for
 from slorouter.config.model import RouterConfig
 from slorouter.http.admin import CONTROL
+from slorouter.proxy.sharing import SharedState
 from slorouter.tools.config_cmd import check
+from slorouter.tools.workers import run_workers, workers_of
 
 log = logging.getLogger("slorouter")
 
@@ -29,6 +31,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="address to bind (default: server.host from the config)")
     parser.add_argument(
         "--port", type=int, help="port to bind (default: server.port from the config; 0: any free port)"
+    )
+    parser.add_argument(
+        "--workers",
+        default="1",
+        metavar="N",
+        help="router processes on this port, sharing one load picture (auto: one per core; default 1)",
     )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
@@ -47,11 +55,15 @@ async def serve(
     cfg: RouterConfig,
     ready: asyncio.Event | None = None,
     adjust: Callable[[RouterConfig], RouterConfig] | None = None,
+    shared: SharedState | None = None,
+    worker: int | None = None,
 ) -> None:
-    app = build_app(cfg, adjust=adjust)
+    app = build_app(cfg, adjust=adjust, shared=shared, worker=worker)
     runner = runner_for(app, cfg)
     await runner.setup()
-    site = web.TCPSite(runner, cfg.server.host, cfg.server.port, reuse_address=True)
+    site = web.TCPSite(
+        runner, cfg.server.host, cfg.server.port, reuse_address=True, reuse_port=worker is not None
+    )
     await site.start()
     _tune_gc()
     port = int(runner.addresses[0][1]) if runner.addresses else cfg.server.port
@@ -108,14 +120,37 @@ def run(args: argparse.Namespace) -> int:
     if args.port is not None and not 0 <= args.port <= 65535:
         print(f"slorouter: --port {args.port}: give a port from 0 (any free port) to 65535", file=sys.stderr)
         return 2
-    cfg = adjust(cfg)
     try:
-        import uvloop
+        workers = workers_of(args.workers)
+    except ValueError as e:
+        print(f"slorouter: {e}", file=sys.stderr)
+        return 2
+    if workers > 1 and cfg.autoscale.enabled:
+        print(
+            f"slorouter: --workers {args.workers}: autoscaling runs in one router process for now; "
+            "use --workers 1 or set autoscale.enabled: false",
+            file=sys.stderr,
+        )
+        return 2
+    cfg = adjust(cfg)
 
-        uvloop.run(serve(cfg, adjust=adjust))
-    except ImportError:
-        asyncio.run(serve(cfg, adjust=adjust))
+    def serve_one(c: RouterConfig, shared: SharedState | None, worker: int | None) -> int:
+        try:
+            try:
+                import uvloop
+            except ImportError:
+                asyncio.run(serve(c, adjust=adjust, shared=shared, worker=worker))
+            else:
+                uvloop.run(serve(c, adjust=adjust, shared=shared, worker=worker))
+        except OSError as e:
+            print(f"slorouter: cannot listen on {c.server.host}:{c.server.port}: {e}", file=sys.stderr)
+            return 1
+        return 0
+
+    if workers == 1:
+        return serve_one(cfg, None, None)
+    try:
+        return run_workers(cfg, workers, serve_one)
     except OSError as e:
         print(f"slorouter: cannot listen on {cfg.server.host}:{cfg.server.port}: {e}", file=sys.stderr)
         return 1
-    return 0

@@ -69,6 +69,8 @@ async def test_sim_command_serves_and_stops_on_sigterm() -> None:
         (["--engines", "0"], "--engines"),
         (["--base-port", "65535", "--engines", "2"], "--base-port"),
         (["--profile", "/nonexistent/p.json"], "no such file"),
+        (["--engine", "tgi", "--api-key", "k"], "--api-key: give a non-empty key, with --engine vllm"),
+        (["--api-key", ""], "--api-key"),
     ],
 )
 def test_bad_flags_say_what_to_do(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -87,7 +87,7 @@ def _feasible(
                 continue  # never downward
             if bin_t < tier_tightness(req.tier):
                 fp = FeasibilityParams(headroom=relax * OVERFLOW_HEADROOM, late_fill=late_fill)
-            tau = bin_t if bin_t < 1e3 else (tightest_tpot(load, tpots) if load.tier_counts else INF)
+            tau = bin_t.tpot if bin_t.paced else (tightest_tpot(load, tpots) if load.tier_counts else INF)
         else:
             tau = tightest_tpot(load, tpots) if load.tier_counts else INF
         if assess(need, load, lat.linear(b.id), lat.limits(b.id), tau, fp) >= 0:

@@ -126,7 +126,7 @@ def test_windows_spread_a_prefill_spike() -> None:
     samples = [(0.010, 8, 8000)] * 15 + [(0.170, 8, 8000)]  # one 170 ms step among 16
     m.observe("b0", samples)
     # the bucket learned the window's mean pace (20 ms), not the spike
-    bk = m._states["b0"].buckets[bucket_key(8, 8000)]
+    bk = m._states["b0"].buckets.by_key[bucket_key(8, 8000)]
     assert bk.digest.quantile(0.5) == pytest.approx(0.020)
 
 
@@ -136,7 +136,7 @@ def test_short_responses_are_pooled_into_windows() -> None:
     clock.advance(1.0)
     for gap in (0.010, 0.030):  # two 50-token responses: one window, mean pace 20 ms
         m.observe("b0", [(gap, 8, 8000)] * 50)
-    bk = m._states["b0"].buckets[bucket_key(8, 8000)]
+    bk = m._states["b0"].buckets.by_key[bucket_key(8, 8000)]
     assert bk.n == 1
     assert bk.digest.quantile(0.5) == pytest.approx(0.020)
 

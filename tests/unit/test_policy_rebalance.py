@@ -23,7 +23,7 @@ def poly(**params: Any) -> Any:
 
 def bin_of(policy: Any, fleet: Fleet, bid: str) -> float:
     bins = policy._get_bins(fleet.snap())
-    return float(next(bins.taus[i] for i, ids in enumerate(bins.bins) if bid in ids))
+    return float(next(bins.taus[i] for i, ids in enumerate(bins.bins) if bid in ids).tpot)
 
 
 # (name, bins, loads, resident tier override, request tier, expected first backend or

@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""What sharing the load picture between router replicas costs (fleet simulator, deterministic).
+
+    scripts/bench_replicas.py --json OUT [--scenario polyserve-conv] [--requests N] [--jobs N]
+                              [--replicas 1,2,4,8] [--sync-ms 0,50,100,250]
+
+First finds, with one router, the goodput rate (the highest rate at which every tier
+attains >= 90 % of its per-token deadlines). At that rate it runs R replicas (arrivals
+spread at random, each replica a whole router: tracker, models, policy, admission queue)
+sharing rows every Δ ms through the in-process store, with and without the herding quota,
+and the no-sync control (replicas never see each other's load). The same seed and
+workload everywhere: only the routers differ.
+
+Writes ``{"scenario", "rate_rps", "baseline_goodput_rps_per_server", "runs": [{"replicas",
+"sync_ms", "quota", "sync", "goodput_rps_per_server", "tiers": {name: attainment},
+"min_tier_delta_points", "goodput_vs_baseline"}]}`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from slorouter.sim.bound import fluid_reference
+from slorouter.sim.fleet import SimOptions, run_once
+from slorouter.sim.fleet_sweep import sweep
+from slorouter.sim.replicas import ReplicaOptions
+from slorouter.sim.scenario import load_scenario
+
+Key = tuple[int, float, bool, bool]  # replicas, sync_ms, quota, sync
+
+
+def _one(scenario: str, policy: str, rate: float, requests: int, key: Key) -> dict[str, Any]:
+    r, ms, quota, sync = key
+    scn = load_scenario(scenario)
+    opt = SimOptions(replicas=ReplicaOptions(r, ms, quota=quota, sync=sync))
+    res = run_once(scn, policy, rate, requests=requests, options=opt)
+    s = res.summary
+    return {
+        "replicas": r,
+        "sync_ms": ms if sync and r > 1 else None,
+        "quota": quota if sync and r > 1 else None,
+        "sync": sync if r > 1 else None,
+        "goodput_rps_per_server": s["overall"]["goodput_rps_per_server"],
+        "tiers": {t: v["dslo_attainment"] for t, v in s["tiers"].items()},
+        "cpu_s": res.cpu_s,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--json", metavar="OUT", required=True)
+    ap.add_argument("--scenario", default="polyserve-conv")
+    ap.add_argument("--policy", default="polyserve")
+    ap.add_argument("--requests", type=int, default=20_000)
+    ap.add_argument("--replicas", default="1,2,4,8")
+    ap.add_argument("--sync-ms", default="0,50,100,250")
+    ap.add_argument("--jobs", type=int, default=1)
+    args = ap.parse_args()
+    if not Path(args.json).resolve().parent.is_dir():
+        print(f"--json {args.json}: no such directory; create it first", file=sys.stderr)
+        return 2
+    try:
+        reps = sorted({int(x) for x in args.replicas.split(",")})
+        syncs = sorted({float(x) for x in args.sync_ms.split(",")})
+    except ValueError:
+        print("--replicas and --sync-ms take comma-separated numbers, e.g. 1,2,4,8", file=sys.stderr)
+        return 2
+    if not reps or reps[0] < 1 or (syncs and syncs[0] < 0):
+        print("--replicas must be >= 1 and --sync-ms >= 0", file=sys.stderr)
+        return 2
+    t0 = time.time()
+    console = Console()
+    scn = load_scenario(args.scenario)
+    fb = fluid_reference(scn)
+
+    def run1(rate: float) -> Any:
+        return run_once(scn, args.policy, rate, requests=args.requests)
+
+    sw = sweep(run1, 0.8 * fb.rps_per_server * scn.servers, targets=(0.9,))
+    rate = sw.goodput[0.9]
+    if rate is None:
+        print("one router reaches 90 % on every tier at no rate tried", file=sys.stderr)
+        return 1
+    per = rate / scn.servers
+    console.print(f"{args.scenario}: one router's goodput rate at 90 %: {rate:.1f} req/s ({per:.2f}/server)")
+    keys: list[Key] = [(1, 0.0, True, True)]
+    for r in reps:
+        if r == 1:
+            continue
+        for ms in syncs:
+            for quota in (True, False):
+                keys.append((r, ms, quota, True))
+        keys.append((r, 0.0, False, False))
+    if args.jobs > 1:
+        with ProcessPoolExecutor(args.jobs) as ex:
+            futs = [ex.submit(_one, args.scenario, args.policy, rate, args.requests, k) for k in keys]
+            runs = [f.result() for f in futs]
+    else:
+        runs = [_one(args.scenario, args.policy, rate, args.requests, k) for k in keys]
+    base = runs[0]
+    for run in runs:
+        run["min_tier_delta_points"] = min(
+            100.0 * (run["tiers"][t] - base["tiers"][t]) for t in base["tiers"]
+        )
+        run["goodput_vs_baseline"] = run["goodput_rps_per_server"] / base["goodput_rps_per_server"]
+    out = {
+        "scenario": args.scenario,
+        "policy": args.policy,
+        "requests": args.requests,
+        "rate_rps": rate,
+        "baseline_goodput_rps_per_server": base["goodput_rps_per_server"],
+        "runs": runs,
+        "wall_s": time.time() - t0,
+    }
+    Path(args.json).write_text(json.dumps(out, indent=2))
+    tab = Table(title=f"{args.policy} on {args.scenario} at {rate:.1f} req/s, {args.requests} requests")
+    for c in ("replicas", "sync", "Δ ms", "quota", "good/s/server", "vs R=1", "worst tier Δ (points)"):
+        tab.add_column(c, justify="right")
+    tab.add_column("tiers")
+    for run in runs:
+        sync = "—" if run["sync"] is None else ("yes" if run["sync"] else "NO")
+        tab.add_row(
+            str(run["replicas"]),
+            sync,
+            "—" if run["sync_ms"] is None else f"{run['sync_ms']:g}",
+            "—" if run["quota"] is None else ("on" if run["quota"] else "off"),
+            f"{run['goodput_rps_per_server']:.3f}",
+            f"{run['goodput_vs_baseline']:.3f}",
+            f"{run['min_tier_delta_points']:+.2f}",
+            " ".join(f"{t} {100 * v:.1f}" for t, v in run["tiers"].items()),
+        )
+    console.print(tab)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
