@@ -126,7 +126,9 @@ async def test_each_view_converges_to_the_sum_of_the_replicas_and_metrics_tell_i
     async with serve_engines(3, profile="cpu-tiny") as fleet:
         cfg = replica_config(fleet.urls, redis_srv.url, policy="least-request")
         async with run_router(cfg) as a, run_router(cfg) as b, client(a.url) as ca, client(b.url) as cb:
-            await until(lambda: sync(a).peers == 1 == sync(b).peers, SEEN + 1.0, "the replicas see each other")
+            await until(
+                lambda: sync(a).peers == 1 == sync(b).peers, SEEN + 1.0, "the replicas see each other"
+            )
             streams_a = [Stream(ca, 400) for _ in range(5)]
             streams_b = [Stream(cb, 400) for _ in range(3)]
             placed = lambda r, n: sum(own(tracker(r), x) for x in backends(fleet)) == n  # noqa: E731
@@ -214,7 +216,9 @@ async def test_redis_killed_mid_run_every_request_is_still_answered(redis_srv: R
     async with serve_engines(2, profile="cpu-tiny") as fleet:
         cfg = replica_config(fleet.urls, redis_srv.url, policy="polyserve", tiers=tiers)
         async with run_router(cfg) as a, run_router(cfg) as b:
-            await until(lambda: sync(a).peers == 1 == sync(b).peers, SEEN + 1.0, "the replicas see each other")
+            await until(
+                lambda: sync(a).peers == 1 == sync(b).peers, SEEN + 1.0, "the replicas see each other"
+            )
             loads = [(workload(tiers, mix, rate=5, duration_s=4, seed=s), r.url) for s, r in ((1, a), (2, b))]
             run = asyncio.create_task(run_spread(loads))
             try:
@@ -285,7 +289,9 @@ async def run_case(urls: list[str], profile: Path, redis_url: str | None, replic
     async with run_router(cfg) as a, run_router(cfg) as b:
         routers = (a, b)[:replicas]
         if shared:
-            await until(lambda: sync(a).peers == 1 == sync(b).peers, SEEN + 1.0, "the replicas see each other")
+            await until(
+                lambda: sync(a).peers == 1 == sync(b).peers, SEEN + 1.0, "the replicas see each other"
+            )
         outcomes: dict[int, list[Outcome]] = {id(r): [] for r in routers}
         for r in routers:
             tracker(r).add_listener(outcomes[id(r)].append)
@@ -331,7 +337,9 @@ def staleness(outs: list[Outcome], backend: str, when: float, seen: int) -> floa
     """How long ago (at the latest) the other replica really had ``seen`` requests on
     ``backend``, from its outcomes (each resident from dispatch to finish): 0 if it has
     that count at ``when``, inf if it never had it up to then."""
-    spans = [(o.dispatched_at, o.finished_at) for o in outs if o.backend == backend and o.dispatched_at is not None]
+    spans = [
+        (o.dispatched_at, o.finished_at) for o in outs if o.backend == backend and o.dispatched_at is not None
+    ]
     events = sorted({t for span in spans for t in span if t <= when})
     starts = [-math.inf, *events]  # the count is constant from each event to the next
     for k in range(len(starts) - 1, -1, -1):
@@ -353,7 +361,9 @@ async def test_two_replicas_attain_what_one_router_attains_on_the_same_load(
     print(f"one router: {one.attainment}, tight server's peak {one.peak}")
     print(f"two replicas: {two.attainment}, tight server's peak {two.peak}")
     lags = sorted(two.lags)
-    print(f"view age: p50 {lags[len(lags) // 2]:.3f} s, p99 {lags[len(lags) * 99 // 100]:.3f} s, max {lags[-1]:.3f} s")
+    print(
+        f"view age: p50 {lags[len(lags) // 2]:.3f} s, p99 {lags[len(lags) * 99 // 100]:.3f} s, max {lags[-1]:.3f} s"
+    )
     # the load drove the tight server to the batch its TPOT allows (the views decided admission)
     step = BUILTIN_PROFILES["cpu-tiny"].step
     limit = int((LOAD_TIERS[0]["tpot_ms"] / 1000 - step.c0_s) / step.c_batch_s)

@@ -71,7 +71,10 @@ def test_the_deployment_runs_replicas_of_the_configmaps_router(
 ) -> None:
     dep = docs[("Deployment", "slorouter")]
     assert dep["spec"]["replicas"] >= 2
-    assert dep["spec"]["selector"]["matchLabels"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    assert (
+        dep["spec"]["selector"]["matchLabels"].items()
+        <= dep["spec"]["template"]["metadata"]["labels"].items()
+    )
     c = container(dep)
     args = assert_cli_accepts(c["args"][1:], "router Deployment")
     assert c["args"][:2] == ["slorouter", "serve"] and getattr(args, "workers", 1) in (1, "1", None)
@@ -95,7 +98,9 @@ def test_the_deployment_runs_replicas_of_the_configmaps_router(
     assert int(ann["prometheus.io/port"]) == cfg.server.port and ann["prometheus.io/path"] == "/metrics"
     # SIGTERM: in-flight streams get shutdown_grace_s, after the preStop pause
     pause = float(c["lifecycle"]["preStop"]["exec"]["command"][-1])
-    assert dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > cfg.server.shutdown_grace_s + pause
+    assert (
+        dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > cfg.server.shutdown_grace_s + pause
+    )
     pdb = docs[("PodDisruptionBudget", "slorouter")]
     assert pdb["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
 
@@ -128,6 +133,8 @@ def test_the_backends_are_the_simulated_engine_pods(
     args = assert_cli_accepts(c["args"][1:], "sim StatefulSet")
     assert args.engines == 1 and args.host == "0.0.0.0"
     assert port_named(c, "http") == args.base_port
-    pods = {f"{sts['metadata']['name']}-{i}.{svc['metadata']['name']}" for i in range(sts["spec"]["replicas"])}
+    pods = {
+        f"{sts['metadata']['name']}-{i}.{svc['metadata']['name']}" for i in range(sts["spec"]["replicas"])
+    }
     used = {(urlsplit(b.url).hostname, urlsplit(b.url).port) for b in router_cfg.backends}
     assert used == {(p, args.base_port) for p in pods}
