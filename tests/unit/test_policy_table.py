@@ -266,6 +266,22 @@ def test_overflow_keeps_headroom_for_the_host_tier() -> None:
     assert isinstance(build("polyserve", overflow_headroom=0.75).select(request(T20), f.snap()), Dispatch)
 
 
+def test_no_overflow_into_a_bin_whose_own_tier_is_waiting() -> None:
+    # t50's bin full, the t20 host has room: overflow goes there — unless a t20 request
+    # waits in the queue (it was deferred, e.g. for its TTFT): then the room is its own,
+    # and looser work overflowing into it would keep it waiting (seen on real vLLM: a
+    # tight request waited 6 s while loose overflow refilled its server)
+    f = Fleet({"a": "t50", "b": "t20"}, {"a": 256, "b": 10})
+    p = build("polyserve")
+    assert isinstance(d := p.select(request(T50), f.snap()), Dispatch) and d.backends == ("b",)
+    f.tracker.on_arrival(request(T20, rid=77))  # waiting, not dispatched
+    assert f.snap().queued.get("t20") == 1
+    assert isinstance(p.select(request(T50, rid=2), f.snap()), Defer)
+    assert isinstance(d := p.select(request(T20, rid=77), f.snap()), Dispatch) and d.backends == ("b",)
+    f.tracker.on_dispatch(77, "b")  # no longer waiting: overflow may come back
+    assert isinstance(d := p.select(request(T50, rid=3), f.snap()), Dispatch) and d.backends == ("b",)
+
+
 def test_never_returns_unhealthy_or_nothing_healthy_is_503() -> None:
     f = Fleet({"a": "t30", "b": "t30"}, {"a": 0, "b": 100}, unhealthy=("a",))
     d = build("polyserve", placement="spread").select(request(T30), f.snap())
