@@ -7,6 +7,7 @@ they are marked as defaults (``support() == 0``) so policies know they are guess
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 
@@ -40,10 +41,13 @@ class EngineLimits:
     max_num_seqs: int = 256
     kv_capacity_tokens: int = 262_144
     max_batched_tokens: int = 2048
-    # time to first token beyond the step model, learned from observed TTFTs (an API
-    # server sharing the engine's CPU, HTTP, tokenization): ttft_a_s + ttft_b_s·running
+    # time to first token beyond the step model (an API server sharing the engine's CPU,
+    # HTTP, tokenization): ttft_a_s + ttft_b_s·running as configured, or — once learned
+    # from observed TTFTs — the curve through (running, excess) points ``ttft_xs``/``ttft_ys``
     ttft_a_s: float = 0.0
     ttft_b_s: float = 0.0
+    ttft_xs: tuple[float, ...] = ()
+    ttft_ys: tuple[float, ...] = ()
 
     def prefill_chunks(self, prompt_tokens: int) -> int:
         """Steps needed to prefill ``prompt_tokens`` on an otherwise idle engine."""
@@ -52,8 +56,25 @@ class EngineLimits:
 
     def ttft_extra(self, running: int) -> float:
         """Learned first-token time beyond :func:`first_token_base` with ``running``
-        sequences on the server (never negative)."""
-        x = self.ttft_a_s + self.ttft_b_s * running
+        sequences on the server (never negative): with a learned curve, linear between
+        its points, its first point's value below them, and beyond the last the last
+        segment's (non-negative) slope."""
+        xs = self.ttft_xs
+        if xs:
+            ys = self.ttft_ys
+            i = bisect.bisect_right(xs, running)
+            if i == 0:
+                x = ys[0]
+            elif i < len(xs):
+                x0, y0 = xs[i - 1], ys[i - 1]
+                x = y0 + (ys[i] - y0) * (running - x0) / (xs[i] - x0)
+            elif len(xs) > 1:
+                slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
+                x = ys[-1] + (slope if slope > 0.0 else 0.0) * (running - xs[-1])
+            else:
+                x = ys[0]
+        else:
+            x = self.ttft_a_s + self.ttft_b_s * running
         return x if x > 0.0 else 0.0
 
 

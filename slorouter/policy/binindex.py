@@ -89,6 +89,11 @@ class BinIndex:
         bisect.insort(o, (key, bid))
         self.keys[bid] = key
 
+    def seq_add_lo(self, tokens: int) -> float:
+        """A lower bound on what one more sequence of ``tokens`` KV adds to any server's step."""
+        lo = self.lo
+        return lo[0] + lo[1] * tokens
+
     def adds(self, p: int, b: int) -> tuple[float, float]:
         """(lo_add, hi_add): bounds on ``step − key`` for a request of prompt ``p`` and
         output bound ``b`` on any server of the bin."""

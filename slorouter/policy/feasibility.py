@@ -17,7 +17,10 @@ with the backend's :meth:`~slorouter.models.base.LatencyView.linear` coefficient
    ``τ_host`` is the tightest TPOT on the server (its bin's TPOT, its residents', this
    request's); for a request already **late** (its TTFT can no longer be met: served
    best effort) the limit is ``c0 + late_fill · (headroom × τ − c0)`` — a late request
-   takes only spare room (``late_fill`` 1 = no difference; polyserve uses 0.25);
+   takes only spare room (``late_fill`` 1 = no difference; polyserve uses 0.25); with
+   ``reserve`` ``r`` (polyserve's overflow: 1), the server must still meet this limit — and
+   have the seats and KV — with ``r`` more sequences of this request's size, so overflow
+   never takes the last place a request of the host's own tier would need;
 3. **TTFT** (unless the request is already late): time left until the TTFT deadline ≥
    the current step + the prefill backlog ahead of it and its own prompt, chunked by the
    engine's ``max_batched_tokens`` (``chunks · step(batch) + c_prefill · tokens``), plus
@@ -64,6 +67,7 @@ class FeasibilityParams:
     catchup_tokens: float = 64.0  # steps over which a prefill backlog is amortized
     late_fill: float = 1.0  # share of a server's step range (c0 → TPOT) a late request may fill
     late_hold_s: float = math.inf  # ... for this long past its TTFT deadline; then like any other
+    reserve: int = 0  # sequences of the request's size the server must still hold after it (overflow)
 
 
 class Need:
@@ -102,10 +106,11 @@ def assess(
 ) -> float:
     """Predicted step time with the request placed, or -1.0 when infeasible (see module)."""
     n = load.running + 1
-    if n > lim.max_num_seqs:
+    r = fp.reserve
+    if n + r > lim.max_num_seqs:
         return -1.0
     peak = load.peak_kv + need.p + need.b
-    if peak > lim.kv_capacity_tokens:
+    if peak + r * (need.p + need.b) > lim.kv_capacity_tokens:
         return -1.0
     kv = peak if fp.kv_estimate == "peak" else load.kv_tokens + need.weight_kv
     step = lin.c0_s + lin.c_batch_s * n + lin.c_kv_s * kv
@@ -115,7 +120,7 @@ def assess(
     if need.late and fp.late_fill < 1.0 and limit < INF and -need.ttft_left < fp.late_hold_s:
         # a late request takes only spare room: what an on-time one would not need
         limit = lin.c0_s + fp.late_fill * (limit - lin.c0_s)
-    if step > limit:
+    if step + (r * (lin.c_batch_s + lin.c_kv_s * (need.p + need.b)) if r else 0.0) > limit:
         return -1.0
     if not need.late and (need.ttft_left < INF or need.deadline_left < INF):
         first = first_token_time(need.p, load, lin, lim)

@@ -297,3 +297,24 @@ def test_ttft_excess_is_forgotten_when_the_backend_recovers() -> None:
         base = first_token_base(100, 8, 2400, 0, m.linear("b0"), lim0)
         m.observe_outcome(_ttft_outcome(i, clock.now(), 8, base))
     assert m.limits("b0").ttft_extra(8) < 0.1
+
+
+def test_ttft_excess_learned_at_one_load_is_kept_when_another_load_follows() -> None:
+    """The e2e tests' CPU vLLM: ≈ 140 ms beyond the step model at 0 running, ≈ 1.3 s at 7
+    (convex). Learned at 0 running, then two minutes at 7 only: the prediction at 0-1
+    running still says what was seen there, not a line through the newest load."""
+    clock = ManualClock()
+    m = _model(clock)
+    lim0 = m.limits("b0")
+    for i, (running, excess, n) in enumerate([(0, 0.140, 60), (3, 0.700, 60), (7, 1.300, 600)]):
+        for j in range(n):
+            clock.advance(0.2)
+            base = first_token_base(100, running, running * 300, 0, m.linear("b0"), lim0)
+            m.observe_outcome(_ttft_outcome(1000 * i + j, clock.now(), running, base + excess))
+    lim = m.limits("b0")
+    assert lim.ttft_extra(0) == pytest.approx(0.140, rel=0.1)
+    assert lim.ttft_extra(1) < 0.140 + (0.700 - 0.140) / 3 * 1.1  # between the 0 and 3 points
+    assert lim.ttft_extra(7) == pytest.approx(1.300, rel=0.1)
+    assert lim.ttft_extra(11) > lim.ttft_extra(7)  # beyond the last point: the last slope
+    points = m.describe("b0")["ttft_extra"]["points"]
+    assert [round(x) for x, _ in points] == [0, 3, 7]

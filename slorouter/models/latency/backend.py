@@ -136,11 +136,7 @@ class BackendLatency:
             "quantile": self.settings.quantile,
             "ratio_q": self.ratio.value,
             "prefill_per_output_token": self.rho,
-            "ttft_extra": {
-                "a_s": self.eff_limits.ttft_a_s,
-                "b_s_per_running": self.eff_limits.ttft_b_s,
-                "requests": self.ttft.n,
-            },
+            "ttft_extra": self.ttft.describe(),
             "decode_fit": {"c0_s": c.c0_s, "c_batch_s": c.c_batch_s, "c_kv_s": c.c_kv_s},
             "pace": {
                 "c0_s": lin.c0_s,
