@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from slorouter.autoscale.plan import ScalePlan, TierTarget, plan, servers_needed
@@ -219,7 +219,10 @@ class Scaler:
         busy = st.in_system > 0
         need = st.need_load = servers_needed(st.sizing_rate, st.cost_s, cfg.target_utilization, busy=busy)
         keep = servers_needed(st.sizing_rate, st.cost_s, cfg.scale_in_utilization, busy=busy)
-        st.trigger = st.last_defer >= now - cfg.trigger_window_s and st.last_defer > st.grew_at
+        # a deferral counts while the tier still has requests waiting in the router: one
+        # that a finish resolved at once says nothing about the fleet being short
+        deferred = st.last_defer >= now - cfg.trigger_window_s and st.last_defer > st.grew_at
+        st.trigger = deferred and st.queued > 0
         if st.trigger:
             need = max(need, st.current + 1)
         keep = max(keep, need)
@@ -240,7 +243,11 @@ class Scaler:
             return st.cost_s
         lat = snap.latency
         ln = st.lengths.lengths(self._prior_prompt(snap), self.prior_output, now)
-        return tier_cost(lat.linear(ref), lat.limits(ref), _pace(st.tier, ln), ln)[2]
+        # the model's pace coefficients already carry the typical prefill interference in
+        # c_batch (models/latency/backend.pace: what the policies' feasibility checks use);
+        # the fluid step's own prefill term would count it twice
+        coef = replace(lat.linear(ref), c_prefill_s=0.0)
+        return tier_cost(coef, lat.limits(ref), _pace(st.tier, ln), ln)[2]
 
     @staticmethod
     def _prior_prompt(snap: Snapshot) -> float:
