@@ -51,7 +51,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from slorouter.config.model import AutoscaleConfig
-from slorouter.sim.bound import fluid_bound
+from slorouter.sim.bound import fluid_reference
 from slorouter.sim.fleet import SimOptions, run_once
 from slorouter.sim.scaling import ScalingOptions, oracle_server_seconds
 from slorouter.sim.scenario import Scenario, load_scenario
@@ -73,7 +73,7 @@ SCALER = {"target_utilization": 0.92, "scale_in_utilization": 0.80, "idle_s": 30
 
 
 def _sized(scn: Scenario, rate: float) -> dict[str, int]:
-    fb = fluid_bound(scn)
+    fb = fluid_reference(scn)
     total = sum(t.share for t in fb.tiers)
     return {
         t.name: math.ceil(rate * t.share / total * t.cost_s / SIZING_UTILISATION - 1e-9) for t in fb.tiers
@@ -129,7 +129,7 @@ def _run(scenario: str, name: str, rate: float, requests: int, delay: float | No
 def _oracle(scn: Scenario, rate: float, requests: int) -> tuple[float, float]:
     """(oracle server-seconds over the arrivals' span, arrivals)."""
     wl = generate(scn, rate, requests)
-    fb = fluid_bound(scn)
+    fb = fluid_reference(scn)
     shares = {t.name: t.share for t in fb.tiers}
     costs = {t.name: t.cost_s for t in fb.tiers}
     ss = oracle_server_seconds(envelope_of(scn), rate, shares, costs, wl.arrival[0], wl.arrival[-1])
@@ -207,6 +207,11 @@ def main() -> int:
         real = [
             rs[r]["server_s_per_good"] for r in REAL if r in rs and rs[r]["server_s_per_good"] is not None
         ]
+        real90 = [
+            rs[r]["server_s_per_good"]
+            for r in REAL
+            if r in rs and rs[r]["server_s_per_good"] is not None and rs[r]["min_tier_attainment"] >= 0.9
+        ]
         target: dict[str, Any] = {}
         if ours is not None and ours["server_s_per_good"] is not None:
             best = min(real) if real else None
@@ -215,6 +220,8 @@ def main() -> int:
                 "vs_best_real": ours["server_s_per_good"] / best if best else None,
                 "vs_oracle": ours["server_s_per_good"] / oracle,
                 "every_tier_99": (ours["min_tier_attainment"] or 0) >= 0.99,
+                # informative: the best real autoscaler that kept every tier at >= 90 %
+                "best_real_attaining_90": min(real90) if real90 else None,
             }
             target["met"] = bool(
                 target["every_tier_99"]
