@@ -4,11 +4,15 @@ from the ask to the release, and the baseline autoscalers' rules."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from slorouter.autoscale.baselines import (
     EngineGauges,
@@ -21,6 +25,7 @@ from slorouter.autoscale.baselines import (
 from slorouter.clock import ManualClock
 from slorouter.config.model import AutoscaleConfig
 from slorouter.models.static import EngineLimits, LinearStep, StaticLatency, StaticLengths
+from slorouter.sim import fleet_cli
 from slorouter.sim.envelope import Envelope, diurnal
 from slorouter.sim.fleet import FleetSim, SimOptions
 from slorouter.sim.replicas import ReplicaOptions
@@ -337,3 +342,57 @@ def test_wva_reads_peaks_over_the_last_minute() -> None:
     assert p.tick(30.0).decisions == ()  # quiet now, but the 60 s peak still says 2 waiting
     r = p.tick(40.0)  # the busy sample left the window
     assert r.decisions[0].desired == 2
+
+
+# -- the CLI -------------------------------------------------------------------------------------
+
+
+def _cli(**kw: Any) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    fleet_cli.add_arguments(p)
+    argv: list[str] = []
+    for k, v in kw.items():
+        argv += [f"--{k.replace('_', '-')}"] if v is True else [f"--{k.replace('_', '-')}", str(v)]
+    return p.parse_args(argv)
+
+
+def test_simulate_autoscale_runs_a_scaling_fleet_and_reports_its_bill(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scn_file = tmp_path / "step.yaml"
+    scn_file.write_text(
+        yaml.safe_dump(
+            {
+                "name": "step",
+                "seed": 3,
+                "fleet": {"servers": 1, "bins": {"chat": 1}},
+                "tiers": [{"name": "chat", "class": "latency", "tpot_ms": 40, "ttft_ms": 1500, "share": 1.0}],
+                "workload": {
+                    "lengths": "synthetic",
+                    "prompt": {"mean": 1000, "sigma": 0.5, "max": 4000},
+                    "output": {"mean": 200, "sigma": 0.5, "max": 800},
+                    "envelope": STEP,
+                },
+            }
+        )
+    )
+    out = tmp_path / "r.json"
+    args = _cli(
+        scenario=scn_file,
+        policy="polyserve",
+        rate=10,
+        requests=2500,
+        autoscale="scaler",
+        provisioning_delay=20,
+        json=out,
+        no_progress=True,
+    )
+    assert fleet_cli.run(args) == 0
+    auto = json.loads(out.read_text())["result"]["autoscale"]
+    assert auto["scaler"] == "scaler" and auto["provisioning_delay_s"] == 20
+    assert auto["servers_asked"] >= 1 and auto["server_seconds"] > 0
+    assert "autoscale (scaler, 20 s to start a server)" in capsys.readouterr().out
+    for bad in ({"sweep": True}, {"rate": 10, "replicas": 2}, {"rate": 10, "provisioning_delay": -1}):
+        assert fleet_cli.run(_cli(scenario=scn_file, policy="polyserve", autoscale="scaler", **bad)) == 2
+    with pytest.raises(SystemExit):
+        _cli(scenario=scn_file, policy="polyserve", autoscale="hpa")
