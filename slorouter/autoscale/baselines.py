@@ -99,9 +99,9 @@ class PoolScaler:
             want = min(old, max(r for _, r in self._recent))
         release: list[str] = []
         if want < cur:
-            loads = snap.loads
-            order = sorted(ready, key=lambda b: (loads[b].running if b in loads else 0, ready.index(b)))
-            release = order[: cur - want]
+            running = [snap.loads[b].running if b in snap.loads else 0 for b in ready]
+            order = sorted(range(cur), key=lambda i: (running[i], i))  # emptiest first, then config order
+            release = [ready[i] for i in order[: cur - want]]
         self.desired = want
         if want == old and not release:
             return TickResult(self._plan(cur, want), {}, (), ())
