@@ -18,13 +18,16 @@ Per tier, at each tick (docs/autoscaling.md has the reasoning and the defaults):
    they feed the rate's level and trend (:class:`~slorouter.autoscale.signal.RateForecast`);
    the tier is sized for ``λ = max(level, level + trend · provisioning_delay_s)``.
 2. **cost** = the fluid server-seconds per request at the tier's TPOT
-   (:func:`slorouter.models.fluid.tier_cost`) with the latency model's coefficients of a
-   server of the tier and the tier's observed lengths; deadline tiers use
-   ``deadline / mean output`` as their pace, best effort the engine's largest batch.
+   (:func:`slorouter.models.fluid.tier_cost`) with the latency model's pace coefficients
+   of a server of the tier (their ``c_batch`` already carries the typical prefill
+   interference: the fluid step's own prefill term is left out) and the tier's observed
+   lengths; deadline tiers use ``deadline / mean output`` as their pace, best effort the
+   engine's largest batch.
 3. **need** = ``ceil(λ · cost / target_utilization)``; **keep** = the same at
    ``scale_in_utilization`` (≥ need: the hysteresis band). **Fast trigger**: an on-time
    request of the tier deferred within ``trigger_window_s`` (and after the tier last
-   grew) makes need at least current + 1. Floors and ceilings per tier apply.
+   grew), with requests of the tier still queued at the tick, makes need at least
+   current + 1. Floors and ceilings per tier apply.
 4. :func:`~slorouter.autoscale.plan.plan`: empty servers move from tiers above their keep
    to short tiers first; what is still short is asked for; servers empty for ``idle_s``
    beyond keep are released (never below ``min_backends``).
