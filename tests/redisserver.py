@@ -12,6 +12,7 @@ store hangs — connections open, no answers) and start it again on the same por
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -41,6 +42,13 @@ def redis_binary() -> str:
             pytest.fail(f"redis-server is not installed, and CI needs the replica tests: {INSTALL_HINT}")
         pytest.skip(f"redis-server is not installed: {INSTALL_HINT}")
     return found
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` of a child process: SIGTERM it when this process dies, even by
+    SIGKILL (Linux ``PR_SET_PDEATHSIG``), so a killed test run leaves no server behind."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
 
 
 def free_port() -> int:
@@ -91,6 +99,7 @@ class RedisServer:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
         )
         log.close()
         deadline = time.monotonic() + timeout_s

@@ -31,14 +31,16 @@ from slorouter.config.model import RouterConfig
 from slorouter.state.sync import LoadSync
 from slorouter.state.tracker import Tracker
 from tests.promtext import value
-from tests.redisserver import free_port
+from tests.redisserver import die_with_parent, free_port
 from tests.routerkit import RouterHandle, raw_router_config, router_config
 
 TICK_MS = 50.0
 TTL_MS = 300.0
 
 
-def sync_section(redis_url: str | None, *, tick_ms: float = TICK_MS, ttl_ms: float = TTL_MS) -> dict[str, Any]:
+def sync_section(
+    redis_url: str | None, *, tick_ms: float = TICK_MS, ttl_ms: float = TTL_MS
+) -> dict[str, Any]:
     if redis_url is None:
         return {"kind": "none"}
     return {"kind": "redis", "url": redis_url, "tick_ms": tick_ms, "ttl_ms": ttl_ms, "prefix": "test"}
@@ -55,9 +57,7 @@ def raw_replica_config(
     urls: Sequence[str], redis_url: str | None, *, extra: Mapping[str, Any] | None = None, **kw: Any
 ) -> dict[str, Any]:
     """The same as YAML-shaped data (for a ``slorouter serve`` subprocess)."""
-    return raw_router_config(
-        urls, extra={**(extra or {}), "state": {"sync": sync_section(redis_url)}}, **kw
-    )
+    return raw_router_config(urls, extra={**(extra or {}), "state": {"sync": sync_section(redis_url)}}, **kw)
 
 
 def tracker(r: RouterHandle) -> Tracker:
@@ -126,14 +126,16 @@ async def serve_subprocess(cfg: dict[str, Any], tmp: Path) -> AsyncIterator[Subp
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "slorouter.cli", "serve", "--config", str(path), "--port", "0",
         "--log-level", "warning",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, preexec_fn=die_with_parent,
     )  # fmt: skip
     try:
         assert proc.stdout is not None
         url = ""
         deadline = time.monotonic() + 30
         while not url:
-            line = (await asyncio.wait_for(proc.stdout.readline(), max(0.1, deadline - time.monotonic()))).decode()
+            line = (
+                await asyncio.wait_for(proc.stdout.readline(), max(0.1, deadline - time.monotonic()))
+            ).decode()
             assert line, f"slorouter serve exited with {await proc.wait()} before listening"
             if line.startswith("slorouter listening on "):
                 url = line.split()[-1].replace("0.0.0.0", "127.0.0.1")
@@ -222,7 +224,7 @@ async def sim_subprocess(n: int, profile: str, seed: int = 0) -> AsyncIterator[l
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "slorouter.cli", "sim", "--engines", str(n), "--base-port", str(base),
         "--profile", profile, "--seed", str(seed),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, preexec_fn=die_with_parent,
     )  # fmt: skip
     urls = [f"http://127.0.0.1:{base + i}" for i in range(n)]
     try:

@@ -77,7 +77,6 @@ class SyncLoop:
         self.leader = False
         self.ticks = 0
         self.failures = 0
-        self.last_ok: float | None = None  # wall time of the last successful exchange
         self.budget = budget
         self.interval_s = tick_s  # the interval actually kept (see budget)
         self.cost_s = 0.0  # CPU of the last tick's own work
@@ -115,7 +114,6 @@ class SyncLoop:
             if not self.up:
                 log.warning("shared state store reachable again: routing on the shared view")
             self.up = True
-            self.last_ok = wall
         except (StoreError, TimeoutError) as e:
             self.failures += 1
             if self.up:

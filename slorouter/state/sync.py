@@ -24,8 +24,8 @@ placements are visible). ``s`` is the holder's recent share of all arrivals (dec
 counts published in the rows).
 
 Stores (:class:`Store`): :class:`MemoryStore` (in-process; the simulator, with a
-visibility delay), :mod:`slorouter.state.shm` (workers on one host) and
-:mod:`slorouter.state.redis_store` (replicas across hosts). A row older than the store's
+visibility delay), :mod:`slorouter.proxy.shmstore` (workers on one host) and
+:mod:`slorouter.proxy.redisstore` (replicas across hosts). A row older than the store's
 TTL is dropped: a dead holder's share vanishes.
 """
 
