@@ -18,13 +18,16 @@ Per tier, at each tick (docs/autoscaling.md has the reasoning and the defaults):
    they feed the rate's level and trend (:class:`~slorouter.autoscale.signal.RateForecast`);
    the tier is sized for ``λ = max(level, level + trend · provisioning_delay_s)``.
 2. **cost** = the fluid server-seconds per request at the tier's TPOT
-   (:func:`slorouter.models.fluid.tier_cost`) with the latency model's coefficients of a
-   server of the tier and the tier's observed lengths; deadline tiers use
-   ``deadline / mean output`` as their pace, best effort the engine's largest batch.
+   (:func:`slorouter.models.fluid.tier_cost`) with the latency model's pace coefficients
+   of a server of the tier (their ``c_batch`` already carries the typical prefill
+   interference: the fluid step's own prefill term is left out) and the tier's observed
+   lengths; deadline tiers use ``deadline / mean output`` as their pace, best effort the
+   engine's largest batch.
 3. **need** = ``ceil(λ · cost / target_utilization)``; **keep** = the same at
    ``scale_in_utilization`` (≥ need: the hysteresis band). **Fast trigger**: an on-time
    request of the tier deferred within ``trigger_window_s`` (and after the tier last
-   grew) makes need at least current + 1. Floors and ceilings per tier apply.
+   grew), with requests of the tier still queued at the tick, makes need at least
+   current + 1. Floors and ceilings per tier apply.
 4. :func:`~slorouter.autoscale.plan.plan`: empty servers move from tiers above their keep
    to short tiers first; what is still short is asked for; servers empty for ``idle_s``
    beyond keep are released (never below ``min_backends``).
@@ -40,7 +43,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from slorouter.autoscale.plan import ScalePlan, TierTarget, plan, servers_needed
@@ -219,7 +222,10 @@ class Scaler:
         busy = st.in_system > 0
         need = st.need_load = servers_needed(st.sizing_rate, st.cost_s, cfg.target_utilization, busy=busy)
         keep = servers_needed(st.sizing_rate, st.cost_s, cfg.scale_in_utilization, busy=busy)
-        st.trigger = st.last_defer >= now - cfg.trigger_window_s and st.last_defer > st.grew_at
+        # a deferral counts while the tier still has requests waiting in the router: one
+        # that a finish resolved at once says nothing about the fleet being short
+        deferred = st.last_defer >= now - cfg.trigger_window_s and st.last_defer > st.grew_at
+        st.trigger = deferred and st.queued > 0
         if st.trigger:
             need = max(need, st.current + 1)
         keep = max(keep, need)
@@ -240,7 +246,11 @@ class Scaler:
             return st.cost_s
         lat = snap.latency
         ln = st.lengths.lengths(self._prior_prompt(snap), self.prior_output, now)
-        return tier_cost(lat.linear(ref), lat.limits(ref), _pace(st.tier, ln), ln)[2]
+        # the model's pace coefficients already carry the typical prefill interference in
+        # c_batch (models/latency/backend.pace: what the policies' feasibility checks use);
+        # the fluid step's own prefill term would count it twice
+        coef = replace(lat.linear(ref), c_prefill_s=0.0)
+        return tier_cost(coef, lat.limits(ref), _pace(st.tier, ln), ln)[2]
 
     @staticmethod
     def _prior_prompt(snap: Snapshot) -> float:

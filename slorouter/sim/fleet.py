@@ -15,6 +15,12 @@ Time advances from event to event (next arrival, next step end of any engine, ne
   cost here. Counters lag by < ``sync_tokens`` tokens per request; step samples for the
   latency model are the mean gap over those tokens.
 
+With ``SimOptions.scaling`` the fleet changes during the run (:mod:`slorouter.sim.scaling`):
+a scaler ticks on the clock, servers it asks for join after the provisioning delay with a
+fresh engine each, released ones leave once drained, and the summary gains an
+``autoscale`` section (provisioned server-seconds over the arrivals' span, the actions);
+``servers`` and the per-server figures then use the mean provisioned fleet.
+
 Per-token deadlines are checked exactly, from the engine's step end times and each
 request's token segments (:mod:`slorouter.sim.engine`), with :mod:`slojudge`'s predicate
 (the router's and the load generator's): a request's on-schedule tokens, its verdict and
@@ -34,13 +40,17 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import slojudge
+from slorouter.actuation.scaling import DeferWatch
 from slorouter.admission import DecisionLog
+from slorouter.autoscale.baselines import EngineGauges
+from slorouter.autoscale.scaler import Scaler
 from slorouter.clock import ManualClock
 from slorouter.policy.base import Policy
 from slorouter.sim.bound import auto_bins
 from slorouter.sim.engine import EngineModel, RequestTooLarge, Segment
 from slorouter.sim.fleet_metrics import ERROR, OK, REJECTED, Records, missed, on_time_tokens, summarize
 from slorouter.sim.replicas import ReplicaOptions, SyncDriver, build_router
+from slorouter.sim.scaling import ScalingOptions, SimScaling
 from slorouter.sim.scenario import Scenario
 from slorouter.sim.scenario_workload import Workload, generate
 from slorouter.state.backends import Backend, BackendSet
@@ -62,6 +72,7 @@ class SimOptions:
     miss_log: bool = False  # SimResult.misses: one row per request that missed (fleet_metrics.missed)
     decision_log: bool = False  # SimResult.decision_log / .events: for replay comparisons
     replicas: ReplicaOptions = field(default_factory=ReplicaOptions)  # router replicas (sim/replicas.py)
+    scaling: ScalingOptions | None = None  # autoscaling (sim/scaling.py); one router only
 
 
 @dataclass(slots=True)
@@ -115,6 +126,9 @@ class FleetSim:
         if ro.replicas < 1:
             raise ValueError("replicas must be >= 1")
         multi = ro.replicas > 1 and ro.sync
+        sc = self.opt.scaling
+        if sc is not None and ro.replicas > 1:
+            raise ValueError("autoscaling runs with one router (as live: not with replicas)")
         self.routers = [
             build_router(
                 scn,
@@ -132,6 +146,7 @@ class FleetSim:
                 holder=f"r{k}" if multi else None,
                 quota=ro.quota,
                 sync_ms=ro.sync_ms,
+                autoscaling=sc is not None,
             )
             for k in range(ro.replicas)
         ]
@@ -144,7 +159,15 @@ class FleetSim:
             for i in range(len(backends))
         ]
         self.index = {b.id: i for i, b in enumerate(backends)}
+        self.ids = [b.id for b in backends]  # engine index -> server id
         self.records = Records(len(self.wl))
+        self.scaling: SimScaling | None = None
+        if sc is not None:
+            self.scaling = SimScaling(sc, self.backends, self.wl.arrival[0] if len(self.wl) else 0.0)
+            scaler = self.scaling.scaler
+            if isinstance(scaler, Scaler):  # its inputs, wired as the router wires them (app/scaling.py)
+                self.tracker.add_listener(scaler.observe_outcome)
+                self.core.set_policy(DeferWatch(self.policy, scaler))
 
     @property
     def policy(self) -> Policy:
@@ -166,7 +189,7 @@ class FleetSim:
         n_rt = len(routers)
         k_sync = self.opt.sync_tokens
         # (time, seq, who): who >= 0 an engine's step end; -1-k router k's retry timer;
-        # -1-n_rt-k router k's sync tick
+        # -1-n_rt-k router k's sync tick; SCALE_TICK / SCALE_READY the autoscaler's
         heap: list[tuple[float, int, int]] = []
         seq = 0
         synced: dict[int, int] = {}
@@ -187,6 +210,59 @@ class FleetSim:
             for k, at in enumerate(syncer.first_ticks(arrivals[0] if n else 0.0)):
                 seq += 1
                 heapq.heappush(heap, (at, seq, -1 - n_rt - k))
+        scaling, ids = self.scaling, self.ids
+        scale_tick, scale_ready = -1 - 2 * n_rt, -2 - 2 * n_rt
+        if scaling is not None and n:
+            seq += 1
+            heapq.heappush(heap, (arrivals[0] + scaling.interval_s, seq, scale_tick))
+
+        def working() -> bool:
+            return i < n or any(len(r.core) or r.tracker.in_flight() for r in routers)
+
+        def gauges() -> dict[str, EngineGauges]:
+            assert scaling is not None
+            cap = self.scn.profile.max_num_seqs
+            out = {}
+            for b in scaling.backends.backends:
+                eng = engines[index[b.id]]
+                out[b.id] = EngineGauges(eng.num_running, eng.num_waiting, eng.kv_usage, cap)
+            return out
+
+        def refit() -> None:
+            """The fleet changed: engines for the servers that joined, then health and the
+            backend set of every router (the order of the live swap, actuation/fleet.py)."""
+            assert scaling is not None
+            for sid in scaling.take_joined():
+                index[sid] = len(engines)
+                ids.append(sid)
+                k = int(sid[1:])
+                seed = self.seed * 1000 + k
+                engines.append(
+                    EngineModel(self.scn.profile, seed=seed, noise=self.scn.noise, keep_history=True)
+                )
+                milestones.append({})
+                pending.append(False)
+            self.backends = scaling.backends
+            for r in routers:
+                r.tracker.health.reset(scaling.healthy)
+                r.tracker.set_backends(scaling.backends)
+
+        def scale_event(si: int, t: float) -> None:
+            nonlocal seq
+            assert scaling is not None
+            if si == scale_tick:
+                changed = scaling.tick(routers[0].tracker.snapshot(), gauges)
+                for at in scaling.take_asked():
+                    seq += 1
+                    heapq.heappush(heap, (at, seq, scale_ready))
+                if working():
+                    seq += 1
+                    heapq.heappush(heap, (t + scaling.interval_s, seq, scale_tick))
+            else:
+                changed = scaling.arrive(t)
+            if changed:
+                refit()
+                wake(0)
 
         def on_tokens(rid: int, k: int) -> None:
             if ev is not None:
@@ -277,6 +353,8 @@ class FleetSim:
             t, _, si = heapq.heappop(heap)
             if t > stop_at:
                 break
+            if si <= scale_tick and not working():
+                continue  # the run is over: a server still starting changes nothing
             events += 1
             clock.set(t)
             if si < 0:
@@ -286,6 +364,8 @@ class FleetSim:
                     if t >= rt.timer_at:
                         rt.timer_at = math.inf
                     wake(kr)
+                elif si <= scale_tick:
+                    scale_event(si, t)
                 else:  # a sync tick
                     assert syncer is not None
                     kr -= n_rt
@@ -338,6 +418,13 @@ class FleetSim:
                 for kr in range(n_rt):
                     if woke >> kr & 1:
                         wake(kr)
+                if (
+                    scaling is not None
+                    and scaling.leaving
+                    and not (eng.num_running or eng.num_waiting)
+                    and scaling.drained(ids[si], t)
+                ):
+                    refit()
             if not pending[si]:
                 end = eng.plan(t)
                 if end is not None:
@@ -348,16 +435,22 @@ class FleetSim:
             progress(n, n)
         span = arrivals[-1] - arrivals[0] if n > 1 else 1.0
         makespan = clock.now() - (arrivals[0] if n else 0.0)
+        window = (arrivals[0], arrivals[-1]) if n else (0.0, 0.0)
+        provisioned = None if scaling is None else scaling.server_seconds(*window)
         summary = summarize(
             rec,
             wl.tier,
             [t.name for t in wl.tiers],
-            servers=len(engines),
+            servers=len(engines) if provisioned is None else provisioned / span,
             span_s=span,
             makespan_s=makespan,
             busy_server_s=busy,
             workload=wl,
         )
+        if scaling is not None and provisioned is not None:
+            good = summary["overall"]["good"]
+            summary["overall"]["server_seconds_per_good"] = provisioned / good if good else None
+            summary["autoscale"] = scaling.summary(*window)
         misses = None
         if self.opt.miss_log:
             names = [t.name for t in wl.tiers]

@@ -2,6 +2,7 @@
 
     slorouter simulate --scenario polyserve-conv --policy polyserve [--servers N]
                        [--rate R | --sweep] [--requests N] [--json OUT] [--misses OUT]
+                       [--autoscale scaler|keda-queue|utilisation|wva-spare [--provisioning-delay S]]
 
 Prints per-tier DSLO and mean-TPOT attainment, TTFT/TPOT percentiles, goodput and cost
 (a rich table); with ``--sweep`` the goodput (highest rate where every tier attains
@@ -29,6 +30,7 @@ from slorouter.sim.bound import auto_bins, fluid_reference
 from slorouter.sim.fleet import SimOptions, SimResult, run_once
 from slorouter.sim.fleet_sweep import Probe, sweep
 from slorouter.sim.replicas import ReplicaOptions
+from slorouter.sim.scaling import SCALERS, ScalingOptions
 from slorouter.sim.scenario import Scenario, ScenarioError, load_scenario
 from slorouter.sim.scenario_workload import check_slos
 from slorouter.sim.upper_bound import upper_bound
@@ -73,6 +75,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-quota", action="store_true", help="with --replicas: no herding guard")
     p.add_argument(
         "--no-sync", action="store_true", help="with --replicas: replicas never see each other's load"
+    )
+    p.add_argument(
+        "--autoscale",
+        choices=SCALERS,
+        help="the fleet scales during the run: the router's per-tier scaler (defaults) or a baseline "
+        "(--servers is then the starting fleet; docs/autoscaling.md §6)",
+    )
+    p.add_argument(
+        "--provisioning-delay",
+        type=float,
+        default=120.0,
+        help="with --autoscale: seconds from asking for a server to its first request",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -230,7 +244,17 @@ def run(args: argparse.Namespace) -> int:
     if args.replicas == 1 and (args.no_sync or args.no_quota):
         err.print("[red]error:[/red] --no-sync and --no-quota apply to --replicas R with R >= 2")
         return 2
+    scaling = None
+    if args.autoscale is not None:
+        if args.sweep or args.replicas > 1 or args.provisioning_delay < 0:
+            err.print(
+                "[red]error:[/red] --autoscale runs one fleet at one rate with one router: not with "
+                "--sweep or --replicas; --provisioning-delay must be >= 0"
+            )
+            return 2
+        scaling = ScalingOptions(args.autoscale, args.provisioning_delay)
     opts = SimOptions(
+        scaling=scaling,
         sync_tokens=max(1, args.sync_tokens),
         learn=not args.no_learn,
         latency_quantile=args.latency_quantile,
@@ -330,6 +354,16 @@ def run(args: argparse.Namespace) -> int:
                 f"[dim]{r.decisions} decisions, {r.steps} engine steps, {r.wall_s:.1f} s wall, "
                 f"{r.cpu_s:.1f} s cpu[/dim]"
             )
+            auto = r.summary.get("autoscale")
+            if auto is not None:
+                console.print(
+                    f"autoscale ({auto['scaler']}, {auto['provisioning_delay_s']:g} s to start a server): "
+                    f"{auto['server_seconds']:,.0f} server-s provisioned (mean {auto['mean_servers']:.2f}, "
+                    f"peak {auto['peak_servers']} servers), {auto['decisions']} decisions, "
+                    f"{auto['servers_asked']} asked, {auto['servers_released']} released, "
+                    f"{auto['servers_moved']} moved · server-s per good request "
+                    f"{_fmt(r.summary['overall']['server_seconds_per_good'], 1, 4)}"
+                )
             out["result"] = _result_json(r, rate)
             if args.misses and r.misses is not None:
                 with Path(args.misses).open("wb") as f:

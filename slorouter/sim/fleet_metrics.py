@@ -145,7 +145,7 @@ def _gain(
     return {"service_gain": g, "service_gain_max": gmax, "service_gain_ratio": g / gmax if gmax else None}
 
 
-def _group(rec: Records, idx: np.ndarray[Any, Any], span_s: float, servers: int) -> dict[str, Any]:
+def _group(rec: Records, idx: np.ndarray[Any, Any], span_s: float, servers: float) -> dict[str, Any]:
     st = np.asarray(rec.status)[idx]
     ttft = np.asarray(rec.ttft)[idx]
     tpot = np.asarray(rec.tpot)[idx]
@@ -184,7 +184,7 @@ def summarize(
     tier_of: list[int],
     tier_names: list[str],
     *,
-    servers: int,
+    servers: float,
     span_s: float,
     makespan_s: float,
     busy_server_s: float,

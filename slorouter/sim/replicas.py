@@ -66,6 +66,7 @@ def build_router(
     holder: str | None = None,
     quota: bool = True,
     sync_ms: float = 100.0,
+    autoscaling: bool = False,
 ) -> SimRouter:
     warm = scn.workload.length_warmup
     rho = 0.0
@@ -87,7 +88,7 @@ def build_router(
         tracker.add_listener(lengths.observe_outcome)
     p = dict(scn.policies.get(policy_kind, {}))
     p.update(params or {})
-    policy: Policy = registry.build(policy_kind, p, PolicyContext(clock, seed))
+    policy: Policy = registry.build(policy_kind, p, PolicyContext(clock, seed, autoscaling))
     core = AdmissionCore(policy, tracker, max_queue=max_queue, max_tries=max_tries, log=log)
     sync = None
     if holder is not None:

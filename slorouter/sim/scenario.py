@@ -26,6 +26,14 @@ Format (every key but ``tiers`` optional)::
       rate_rps: 150               # total arrival rate when --rate is not given
       max_tokens: null            # the clients' max_tokens (bound cap), if any
       length_warmup: 2000         # output lengths the length model has seen at start
+      envelope:                   # optional: a time-varying rate (poisson or gamma arrivals)
+        kind: diurnal             # the trace's arrival pattern, rescaled to swing × between
+        trace: splitwise_conv     #   trough and peak, its span mapped onto period_s, repeated;
+        swing: 4                  #   --rate / rate_rps is then the mean rate
+        period_s: 3600
+        smooth_s: 300             # centred moving average over the trace's own time
+      # envelope: {kind: steps, steps: [[0, 1], [600, 3], [900, 1]]}
+      #                           # [from s, × rate]; the last one holds
     policies:                     # optional params per policy kind
       polyserve: {placement: spread}
 
@@ -36,6 +44,7 @@ workload's p99 prompt: first token within the smallest TTFT, one idle step withi
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -81,6 +90,18 @@ DEFAULT_OUTPUT = LengthDist(200.0, 1.0, 2048)
 
 
 @dataclass(frozen=True, slots=True)
+class EnvelopeSpec:
+    """A time-varying arrival rate (built by :mod:`slorouter.sim.envelope`)."""
+
+    kind: str  # diurnal | steps
+    trace: str = "splitwise_conv"  # diurnal: whose arrival pattern
+    swing: float = 4.0  # diurnal: peak / trough
+    period_s: float = 3600.0  # diurnal: the pattern's length in the run (it repeats)
+    smooth_s: float = 300.0  # diurnal: moving-average window, in the trace's own seconds
+    steps: tuple[tuple[float, float], ...] = ()  # steps: (from s, multiplier of the rate)
+
+
+@dataclass(frozen=True, slots=True)
 class WorkloadSpec:
     lengths: str = "splitwise_conv"
     prompt: LengthDist = DEFAULT_PROMPT
@@ -91,6 +112,7 @@ class WorkloadSpec:
     rate_rps: float | None = None
     max_tokens: int | None = None
     length_warmup: int = 2000
+    envelope: EnvelopeSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +237,48 @@ def _dist(raw: Any, path: str, errs: list[tuple[str, str]], dflt: LengthDist) ->
     return d
 
 
+def _envelope(raw: Any, path: str, errs: list[tuple[str, str]], arrivals: str) -> EnvelopeSpec | None:
+    if raw is None:
+        return None
+    r = _R(raw, path, errs)
+    kind = r.str_("kind", "", ("diurnal", "steps"))
+    if not kind and "kind" not in r.raw:
+        errs.append((r.at("kind"), "required: diurnal or steps"))
+    if arrivals == "trace":
+        errs.append((path, "needs arrivals poisson or gamma (trace arrivals keep their own timestamps)"))
+    if kind == "steps":
+        steps: list[tuple[float, float]] = []
+        raw_steps = r.get("steps")
+        ok = isinstance(raw_steps, list) and bool(raw_steps)
+        for s in raw_steps if isinstance(raw_steps, list) else ():
+            if (
+                not isinstance(s, list | tuple)
+                or len(s) != 2
+                or any(isinstance(x, bool) or not isinstance(x, int | float) for x in s)
+                or s[0] < 0
+                or s[1] <= 0
+            ):
+                ok = False
+                break
+            steps.append((float(s[0]), float(s[1])))
+        if ok and (steps[0][0] != 0 or any(b[0] <= a[0] for a, b in itertools.pairwise(steps))):
+            ok = False
+        if not ok:
+            msg = "a non-empty list of [from_s, multiplier > 0], from 0, times increasing"
+            errs.append((r.at("steps"), msg))
+        r.done()
+        return EnvelopeSpec("steps", steps=tuple(steps)) if ok else None
+    env = EnvelopeSpec(
+        "diurnal",
+        trace=r.str_("trace", "splitwise_conv"),
+        swing=float(r.num("swing", 4.0, ge=1)),
+        period_s=float(r.num("period_s", 3600.0, gt=0)),
+        smooth_s=float(r.num("smooth_s", 300.0, ge=0)),
+    )
+    r.done()
+    return env if kind == "diurnal" else None
+
+
 def parse_scenario(raw: Any, source: str = "<scenario>", base_dir: Path | None = None) -> Scenario:
     errs: list[tuple[str, str]] = []
     top = _R(raw, "", errs)
@@ -272,16 +336,18 @@ def parse_scenario(raw: Any, source: str = "<scenario>", base_dir: Path | None =
         if sum(bins.values()) != servers:
             errs.append(("fleet.bins", f"counts add up to {sum(bins.values())}, fleet.servers is {servers}"))
     wl = _R(top.get("workload"), "workload", errs)
+    arrivals = wl.str_("arrivals", "poisson", ("poisson", "gamma", "trace"))
     w = WorkloadSpec(
         lengths=wl.str_("lengths", "splitwise_conv"),
         prompt=_dist(wl.get("prompt"), "workload.prompt", errs, DEFAULT_PROMPT),
         output=_dist(wl.get("output"), "workload.output", errs, DEFAULT_OUTPUT),
-        arrivals=wl.str_("arrivals", "poisson", ("poisson", "gamma", "trace")),
+        arrivals=arrivals,
         cv=float(wl.num("cv", 2.0, gt=0)),
         requests=wl.int_("requests", 30_000, 1),
         rate_rps=wl.num("rate_rps", None, gt=0),
         max_tokens=wl.int_("max_tokens", None, 1),
         length_warmup=wl.int_("length_warmup", 2000, 0),
+        envelope=_envelope(wl.get("envelope"), "workload.envelope", errs, arrivals),
     )
     wl.done()
     pol_raw = top.get("policies")

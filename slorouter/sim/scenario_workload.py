@@ -8,6 +8,8 @@
   ``cv`` (bursty for cv > 1); ``trace``: the trace's own timestamps scaled to the rate
   (cycled when more requests are asked for).
 * Tiers by share; a tier with several ``ttft_ms`` draws one per request.
+* ``workload.envelope``: a time-varying rate (:mod:`slorouter.sim.envelope`) — the
+  Poisson or gamma arrivals above, through a change of time.
 
 Common random numbers: for one seed, every rate gets the same lengths, tiers and TTFTs,
 and arrival gaps scaled by ``1/rate`` — so a sweep over rates (and a comparison of
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from slorouter.sim.envelope import Envelope, build
 from slorouter.sim.scenario import LengthDist, Scenario, ScenarioError, TierSpec
 from slorouter.values import Slo, Tier
 
@@ -113,6 +116,21 @@ def length_sampler(scn: Scenario) -> tuple[list[int], list[int]] | None:
     return list(t.prompt), list(t.output)
 
 
+def envelope_of(scn: Scenario) -> Envelope | None:
+    """The scenario's arrival envelope (None: a constant rate)."""
+    spec = scn.workload.envelope
+    if spec is None:
+        return None
+    trace = None
+    if spec.kind == "diurnal":
+        try:
+            trace = load_trace(spec.trace).arrived_at
+        except ScenarioError as e:
+            msg = f"no such trace {spec.trace!r} (built-in: {', '.join(TRACES)}, or a CSV path)"
+            raise ScenarioError(scn.source, [("workload.envelope.trace", msg)]) from e
+    return build(spec, trace)
+
+
 def generate(scn: Scenario, rate: float, n: int | None = None, seed: int | None = None) -> Workload:
     """``n`` requests (default: the scenario's) arriving at ``rate`` requests/s in total."""
     if rate <= 0:
@@ -123,6 +141,7 @@ def generate(scn: Scenario, rate: float, n: int | None = None, seed: int | None 
     r_len = random.Random(f"{seed}:lengths")
     r_arr = random.Random(f"{seed}:arrivals")
     r_tier = random.Random(f"{seed}:tiers")
+    env = envelope_of(scn)
     tiers = canonical_tiers(scn.tiers)
     cum: list[float] = []
     acc = 0.0
@@ -156,7 +175,7 @@ def generate(scn: Scenario, rate: float, n: int | None = None, seed: int | None 
             clock = ((i // m) * span + trace.arrived_at[i % m] - trace.arrived_at[0]) * scale
         else:
             clock += r_arr.expovariate(1.0) / rate
-        arrival.append(clock)
+        arrival.append(clock if env is None else env.time_at(clock))
         if trace is None:
             prompt.append(_lognormal(r_len, w.prompt.mean, w.prompt.sigma, w.prompt.max))
             output.append(_lognormal(r_len, w.output.mean, w.output.sigma, w.output.max))

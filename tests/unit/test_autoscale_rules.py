@@ -362,7 +362,11 @@ def test_the_fast_trigger_asks_for_one_more_server_once_per_shortage() -> None:
     rig = Rig({"a": "t20"}, {"trigger_window_s": 10.0}, delay=5.0, busy={"a"})
     rig.run({T20: 1.0}, 10)  # a trickle: one server is plenty by the rate
     assert rig.decisions == []
-    rig.scaler.on_defer("t20", rig.clock.now())  # an on-time request fit nowhere
+    rig.scaler.on_defer("t20", rig.clock.now())  # a deferral that a finish resolved at once ...
+    rig.run({T20: 1.0}, 1)
+    assert rig.decisions == []  # ... nothing of the tier waits at the tick: not a shortage
+    rig.req(T20)  # an on-time request fit nowhere and still waits in the router
+    rig.scaler.on_defer("t20", rig.clock.now())
     rig.run({T20: 1.0}, 1)
     assert [(d.desired, d.add) for d in rig.decisions] == [(2, 1)]
     assert "fit on no server" in rig.decisions[0].reason
