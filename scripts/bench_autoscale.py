@@ -6,7 +6,7 @@
 
 One diurnal day (``config/scenarios/diurnal.yaml``: PolyServe's four tiers, the Azure
 conversation trace's arrival pattern swinging x4) on a fleet that changes while it runs
-(``slorouter.sim.scaling``): servers join ``provisioning_delay_s`` after they are asked
+(``slorouter.fleetsim.scaling``): servers join ``provisioning_delay_s`` after they are asked
 for and are paid from the ask until they leave. Rows, each from the same starting fleet
 (sized for the first minute's rate: per tier ``ceil(λ·c/0.85)``) and the same requests:
 
@@ -19,7 +19,7 @@ for and are paid from the ask until they leave. Rows, each from the same startin
 * ``static-peak`` — ``polyserve`` on a static fleet sized for the peak (per tier
   ``ceil(λ_peak·c/0.85)``), run once (no delay applies);
 * the oracle floor: ``∫ Σ_tier ceil(λ_tier(t)·c_tier) dt`` over the same window with zero
-  delay (``c`` = the fluid cost per request, ``slorouter.sim.bound``).
+  delay (``c`` = the fluid cost per request, ``slorouter.fleetsim.bound``).
 
 Reports provisioned server-seconds per good request (good = met its DSLO, out of all
 arrivals), per-tier attainment (the minimum over tiers) and scale actions (decisions
@@ -51,11 +51,11 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from slorouter.config.model import AutoscaleConfig
-from slorouter.sim.bound import fluid_reference
-from slorouter.sim.fleet import SimOptions, run_once
-from slorouter.sim.scaling import ScalingOptions, oracle_server_seconds
-from slorouter.sim.scenario import Scenario, load_scenario
-from slorouter.sim.scenario_workload import envelope_of, generate
+from slorouter.fleetsim.bound import fluid_reference
+from slorouter.fleetsim.fleet import SimOptions, run_once
+from slorouter.fleetsim.scaling import ScalingOptions, oracle_server_seconds
+from slorouter.fleetsim.scenario import Scenario, load_scenario
+from slorouter.fleetsim.workload import envelope_of, generate
 
 ROWS = {  # name -> (policy, scaler)
     "polyserve+scaler": ("polyserve", "scaler"),

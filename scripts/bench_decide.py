@@ -31,11 +31,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from slorouter.clock import ManualClock
+from slorouter.engine.profiles import BUILTIN_PROFILES
 from slorouter.models.latency import build_latency
 from slorouter.models.lengths import build_lengths
 from slorouter.policy import registry
 from slorouter.policy.base import PolicyContext
-from slorouter.sim.profiles import BUILTIN_PROFILES
 from slorouter.state.backends import Backend, BackendSet, Health
 from slorouter.state.tracker import Tracker
 from slorouter.values import Dispatch, RequestInfo, Slo, SloClass, Status, Tier

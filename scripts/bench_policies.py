@@ -44,14 +44,14 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from slorouter.fleetsim.bound import fluid_reference
+from slorouter.fleetsim.fleet import run_once
+from slorouter.fleetsim.scenario import SCENARIO_DIR, Scenario, load_scenario
+from slorouter.fleetsim.sweep import sweep
+from slorouter.fleetsim.upper_bound import upper_bound
+from slorouter.fleetsim.upper_bound_run import finite_bound, run_work
+from slorouter.fleetsim.workload import generate
 from slorouter.policy import registry
-from slorouter.sim.bound import fluid_reference
-from slorouter.sim.fleet import run_once
-from slorouter.sim.fleet_sweep import sweep
-from slorouter.sim.scenario import SCENARIO_DIR, Scenario, load_scenario
-from slorouter.sim.scenario_workload import generate
-from slorouter.sim.upper_bound import upper_bound
-from slorouter.sim.upper_bound_run import finite_bound, run_work
 
 # every shipped scenario with a constant rate (those with an arrival envelope are for a
 # fleet that scales: scripts/bench_autoscale.py), the three the policy was developed on first

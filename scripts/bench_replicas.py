@@ -31,11 +31,11 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from slorouter.sim.bound import fluid_reference
-from slorouter.sim.fleet import SimOptions, run_once
-from slorouter.sim.fleet_sweep import sweep
-from slorouter.sim.replicas import ReplicaOptions
-from slorouter.sim.scenario import load_scenario
+from slorouter.fleetsim.bound import fluid_reference
+from slorouter.fleetsim.fleet import SimOptions, run_once
+from slorouter.fleetsim.replicas import ReplicaOptions
+from slorouter.fleetsim.scenario import load_scenario
+from slorouter.fleetsim.sweep import sweep
 
 Key = tuple[int, float, bool, bool]  # replicas, sync_ms, quota, sync
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 if TYPE_CHECKING:
-    from slorouter.sim.server import SimFleet
+    from slorouter.simengine.server import SimFleet
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -156,8 +156,8 @@ def _model_step_cost(steps: int = 200_000, batch: int = 128) -> dict[str, float]
     continuous arrivals/finishes, as the offline fleet simulator drives it."""
     import random
 
-    from slorouter.sim.engine import EngineModel
-    from slorouter.sim.profiles import load_profile
+    from slorouter.engine.model import EngineModel
+    from slorouter.engine.profiles import load_profile
 
     eng = EngineModel(load_profile("h100-8b"), keep_history=True)
     rng = random.Random(1)
@@ -174,7 +174,7 @@ def _model_step_cost(steps: int = 200_000, batch: int = 128) -> dict[str, float]
 
 
 async def _bench(args: argparse.Namespace) -> dict[str, object]:
-    from slorouter.sim.server import serve_engines
+    from slorouter.simengine.server import serve_engines
 
     levels = [int(x) for x in args.levels.split(",")]
     async with serve_engines(args.engines, profile=args.profile, record_drift=True) as fleet:

@@ -2,7 +2,7 @@
 
 One definition (docs/loadgen.md, "Metric definitions"), as pure functions of plain
 numbers, shared by the router (``slorouter``: per finished request, on ``/metrics``), the
-offline simulator (``slorouter.sim``: its summary and JSON) and the load generator
+offline simulator (``slorouter.fleetsim``: its summary and JSON) and the load generator
 (``loadgen``: its report). The load generator is a client and never imports the router,
 so the judge lives in neither: it is a package of its own that imports nothing outside
 the standard library (import-linter contracts in ``pyproject.toml``).

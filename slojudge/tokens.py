@@ -8,7 +8,7 @@ arrived at ``t`` is **on time** when::
     t - due0 <= i * tpot + EPS
 
 This one predicate decides every count below; the offline simulator evaluates the same
-expression vectorized (``slorouter.sim.fleet_metrics``), so the three callers agree to
+expression vectorized (``slorouter.fleetsim.metrics``), so the three callers agree to
 the token on the same times.
 
 Several tokens may arrive together (one streamed chunk carrying ``k`` tokens): all of

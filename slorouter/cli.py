@@ -12,8 +12,8 @@ from collections.abc import Sequence
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("slorouter.tools.serve_cmd", "start the router (reverse proxy) from a YAML config"),
-    "sim": ("slorouter.sim.cli", "serve simulated vLLM/TGI engines on consecutive ports"),
-    "simulate": ("slorouter.sim.fleet_cli", "run a policy offline on a simulated fleet (no HTTP)"),
+    "sim": ("slorouter.simengine.cli", "serve simulated vLLM/TGI engines on consecutive ports"),
+    "simulate": ("slorouter.fleetsim.cli", "run a policy offline on a simulated fleet (no HTTP)"),
     "profile": ("slorouter.tools.profile", "sweep a running backend and write a latency profile"),
     "config": ("slorouter.tools.config_cmd", "check a config file, or print its JSON Schema"),
     "scaler-sim": (

@@ -1,7 +1,7 @@
 """The admission core: one synchronous decision path for the live proxy and the simulator.
 
 Both drivers — :class:`slorouter.proxy.dispatcher.Dispatcher` (asyncio futures and
-timers) and :class:`slorouter.sim.fleet.FleetSim` (an event heap on a manual clock) —
+timers) and :class:`slorouter.fleetsim.fleet.FleetSim` (an event heap on a manual clock) —
 make every admission decision through this class, so what the simulator measures is
 what the router does. It owns the :class:`~slorouter.admission.queue.AdmissionQueue`
 and calls the policy; it does no I/O and keeps no clock of its own (the tracker's).

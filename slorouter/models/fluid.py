@@ -10,7 +10,7 @@ requests carries ``B`` decodes plus ``B/n̄`` prefill sequences, ``B·x̄`` KV t
     B_t     = max{B ≤ max_num_seqs : step(B) ≤ τ_t, B·x̄ ≤ kv_capacity}
     cost_t  = n̄ · step(B_t) / B_t      server-seconds per request
 
-Used by the fluid upper bound of the fleet simulator (:mod:`slorouter.sim.bound`) and by
+Used by the fluid upper bound of the fleet simulator (:mod:`slorouter.fleetsim.bound`) and by
 the scaling decisions (:mod:`slorouter.autoscale`).
 """
 

@@ -13,7 +13,7 @@ whose first token arrived in that gap. One :class:`StepObs` per gap, normalised 
 
     gap / k  =  c0 + c_batch·batch + c_kv·kv + c_prefill·(prefill_tokens / k)
 
-is the simulated engine's step model (``slorouter.sim.engine``: batch = sequences in the
+is the simulated engine's step model (``slorouter.engine.model``: batch = sequences in the
 step including prefill chunks, kv = KV held, prefill = prompt tokens in the step).
 
 :func:`fit_step` solves it by non-negative weighted least squares (every concurrency level

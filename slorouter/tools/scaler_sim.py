@@ -37,9 +37,9 @@ import orjson
 from aiohttp import web
 
 from slorouter.actuation.webhook import SIGNATURE_HEADER, verify
+from slorouter.engine.profiles import BUILTIN_PROFILES, load_profile
 from slorouter.models.profile import ProfileError, StepProfile
-from slorouter.sim.profiles import BUILTIN_PROFILES, load_profile
-from slorouter.sim.server import ServedEngine, start_engine
+from slorouter.simengine.server import ServedEngine, start_engine
 
 log = logging.getLogger("slorouter.scaler_sim")
 

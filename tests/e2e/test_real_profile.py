@@ -15,7 +15,7 @@ import pytest
 
 from slorouter import cli
 from slorouter.models.profile import StepProfile
-from slorouter.sim.server import serve_engines
+from slorouter.simengine.server import serve_engines
 from tests.e2e.conftest import RealVllm
 
 pytestmark = [pytest.mark.real_engine, pytest.mark.timeout(900)]  # includes install + start on a clean CI

@@ -14,7 +14,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from slorouter.sim.server import serve_engines
+from slorouter.simengine.server import serve_engines
 from slorouter.values import Outcome, Status
 from tests.faults.kit import hang_server
 from tests.faults.test_faults import poll

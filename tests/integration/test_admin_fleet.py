@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from slorouter.config import load_config
-from slorouter.sim.server import serve_engines, start_engine
+from slorouter.simengine.server import serve_engines, start_engine
 from slorouter.values import Outcome, Status
 from tests.faults.test_faults import poll
 from tests.integration.test_reload import CHAT, ENV, TOKEN, raw_config, write

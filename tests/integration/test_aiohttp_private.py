@@ -20,7 +20,7 @@ import pytest
 from aiohttp import web
 
 from slorouter.proxy.upstream import arm_idle_timeout
-from slorouter.sim.server import serve_engines
+from slorouter.simengine.server import serve_engines
 from tests.routerkit import router_config, run_router
 
 

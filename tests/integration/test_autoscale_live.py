@@ -31,9 +31,9 @@ import orjson
 import pytest
 
 from slorouter.actuation.webhook import DECISION_HEADER, SIGNATURE_HEADER, verify
+from slorouter.engine.profiles import BUILTIN_PROFILES
 from slorouter.http.admin import CONTROL
-from slorouter.sim.profiles import BUILTIN_PROFILES
-from slorouter.sim.server import serve_engines
+from slorouter.simengine.server import serve_engines
 from slorouter.tools.scaler_sim import ScalerSim
 from slorouter.values import Outcome, Status
 from tests.faults.test_faults import poll

@@ -18,7 +18,7 @@ import yaml
 from aiohttp import web
 
 from slorouter.config import ConfigError, load_config
-from slorouter.sim.server import serve_engines
+from slorouter.simengine.server import serve_engines
 from tests.faults.test_faults import poll
 from tests.routerkit import run_router
 

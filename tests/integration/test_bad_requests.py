@@ -17,7 +17,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from slorouter.sim.server import SimFleet, serve_engines
+from slorouter.simengine.server import SimFleet, serve_engines
 from tests.routerkit import RouterHandle, router_config, run_router
 
 KEY_BATCH = "sk-batch-0123456789abcdef"

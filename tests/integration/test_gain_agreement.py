@@ -32,7 +32,7 @@ import slojudge
 from loadgen import results
 from loadgen.runner import run_workload
 from loadgen.workload import parse_workload
-from slorouter.sim.server import serve_engines
+from slorouter.simengine.server import serve_engines
 from tests.promtext import values
 from tests.routerkit import router_config, run_router
 

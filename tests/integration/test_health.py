@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 import aiohttp
 from aiohttp import web
 
-from slorouter.sim.server import serve_engines
+from slorouter.simengine.server import serve_engines
 from tests.faults.test_faults import poll
 from tests.promtext import value
 from tests.routerkit import router_config, run_router

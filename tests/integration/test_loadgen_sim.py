@@ -17,7 +17,7 @@ import pytest
 from loadgen import results
 from loadgen.runner import run_workload
 from loadgen.workload import parse_workload
-from slorouter.sim.server import serve_engines
+from slorouter.simengine.server import serve_engines
 
 pytestmark = pytest.mark.timeout(60)
 REPO = Path(__file__).resolve().parents[2]

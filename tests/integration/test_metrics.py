@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
-from slorouter.sim.server import serve_engines
+from slorouter.simengine.server import serve_engines
 from tests.promtext import value, values
 from tests.routerkit import router_config, run_router
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from slorouter.sim.profiles import BUILTIN_PROFILES
-from slorouter.sim.server import serve_engines
+from slorouter.engine.profiles import BUILTIN_PROFILES
+from slorouter.simengine.server import serve_engines
 from slorouter.values import Outcome, Status
 from tests.routerkit import router_config, run_router
 

@@ -14,7 +14,7 @@ import openai
 import orjson
 import pytest
 
-from slorouter.sim.server import SimFleet, serve_engines
+from slorouter.simengine.server import SimFleet, serve_engines
 from slorouter.values import Outcome, Status
 from tests.routerkit import RouterHandle, router_config, run_router
 

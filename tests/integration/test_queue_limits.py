@@ -12,8 +12,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from slorouter.sim.profiles import load_profile
-from slorouter.sim.server import serve_engines
+from slorouter.engine.profiles import load_profile
+from slorouter.simengine.server import serve_engines
 from tests.routerkit import router_config, run_router
 
 # cpu-tiny: step ≈ 19 ms + 2 ms per running sequence; with 6 bulk streams resident a 7th

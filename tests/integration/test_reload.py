@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from slorouter.config import load_config
-from slorouter.sim.server import serve_engines
+from slorouter.simengine.server import serve_engines
 from slorouter.values import Outcome
 from tests.faults.test_faults import poll
 from tests.promtext import value

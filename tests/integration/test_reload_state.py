@@ -14,7 +14,7 @@ from slorouter.config import load_config
 from slorouter.models.latency import OnlineLatency
 from slorouter.models.profile import StepProfile
 from slorouter.models.static import LinearStep
-from slorouter.sim.server import serve_engines
+from slorouter.simengine.server import serve_engines
 from tests.faults.test_faults import poll
 from tests.integration.test_reload import ENV, TOKEN, admin, raw_config, write
 from tests.routerkit import run_router

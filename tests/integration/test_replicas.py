@@ -20,8 +20,8 @@ from pathlib import Path
 import openai
 import pytest
 
-from slorouter.sim.profiles import BUILTIN_PROFILES
-from slorouter.sim.server import SimFleet, serve_engines
+from slorouter.engine.profiles import BUILTIN_PROFILES
+from slorouter.simengine.server import SimFleet, serve_engines
 from slorouter.values import Outcome
 from tests.promtext import value, values
 from tests.redisserver import RedisServer

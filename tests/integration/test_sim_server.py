@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from slorouter.models.profile import StepProfile
 from slorouter.models.static import LinearStep
-from slorouter.sim.server import SimFleet, serve_engines
+from slorouter.simengine.server import SimFleet, serve_engines
 
 FAST = StepProfile(name="fast", step=LinearStep(0.002, 0.0001, 0.0, 1e-6), max_num_seqs=64)
 REAL = Path(__file__).resolve().parent.parent / "data" / "vllm-0.32.0"

@@ -21,7 +21,7 @@ import openai
 import pytest
 import yaml
 
-from slorouter.sim.server import serve_engines
+from slorouter.simengine.server import serve_engines
 
 STREAMS = 8
 TOKENS = 60

@@ -16,14 +16,14 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from slorouter.clock import ManualClock
+from slorouter.engine.profiles import BUILTIN_PROFILES
+from slorouter.fleetsim.fleet import FleetSim
+from slorouter.fleetsim.scenario import load_scenario
 from slorouter.models.latency import build_latency
 from slorouter.models.lengths import build_lengths
 from slorouter.policy.base import Policy
 from slorouter.policy.feasibility import FeasibilityParams
 from slorouter.policy.polyserve import PolyServe
-from slorouter.sim.fleet import FleetSim
-from slorouter.sim.profiles import BUILTIN_PROFILES
-from slorouter.sim.scenario import load_scenario
 from slorouter.state.backends import Backend, BackendSet, Health
 from slorouter.state.tracker import Tracker
 from slorouter.values import Decision, Dispatch, Outcome, RequestInfo, Slo, SloClass, Status, Tier

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
+from slorouter.fleetsim.fleet import FleetSim, SimOptions
+from slorouter.fleetsim.scenario import load_scenario
 from slorouter.proxy.dispatcher import Dispatcher
-from slorouter.sim.fleet import FleetSim, SimOptions
-from slorouter.sim.scenario import load_scenario
 from slorouter.values import Dispatch, Reject, RequestInfo
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "config" / "scenarios"

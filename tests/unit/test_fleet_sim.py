@@ -12,14 +12,14 @@ from typing import Any
 
 import pytest
 
-from slorouter.sim import fleet_cli
-from slorouter.sim.bound import auto_bins, fluid_reference, steady_step
-from slorouter.sim.engine import Segment
-from slorouter.sim.fleet import FleetSim, SimOptions, SimResult, run_once
-from slorouter.sim.fleet_metrics import on_time_tokens
-from slorouter.sim.fleet_sweep import sweep
-from slorouter.sim.scenario import SCENARIO_DIR, Scenario, ScenarioError, load_scenario, parse_scenario
-from slorouter.sim.scenario_workload import check_slos, generate
+from slorouter.engine.model import Segment
+from slorouter.fleetsim import cli as fleet_cli
+from slorouter.fleetsim.bound import auto_bins, fluid_reference, steady_step
+from slorouter.fleetsim.fleet import FleetSim, SimOptions, SimResult, run_once
+from slorouter.fleetsim.metrics import on_time_tokens
+from slorouter.fleetsim.scenario import SCENARIO_DIR, Scenario, ScenarioError, load_scenario, parse_scenario
+from slorouter.fleetsim.sweep import sweep
+from slorouter.fleetsim.workload import check_slos, generate
 
 
 def small(lengths: str = "synthetic", **over: Any) -> Scenario:

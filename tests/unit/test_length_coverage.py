@@ -11,8 +11,8 @@ from collections import deque
 import pytest
 
 from slorouter.clock import ManualClock
+from slorouter.fleetsim.workload import TRACES, load_trace
 from slorouter.models.lengths import build_lengths
-from slorouter.sim.scenario_workload import TRACES, load_trace
 
 WARMUP = 1000  # requests observed before coverage counts
 FINISH_LAG_S = 30.0  # a request's length is learned when it finishes, not when it arrives

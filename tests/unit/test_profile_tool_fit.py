@@ -8,9 +8,9 @@ import random
 
 import pytest
 
+from slorouter.engine.model import EngineModel, token_times
 from slorouter.models.profile import StepProfile
 from slorouter.models.static import LinearStep
-from slorouter.sim.engine import EngineModel, token_times
 from slorouter.tools.profile_fit import (
     StepObs,
     Trace,

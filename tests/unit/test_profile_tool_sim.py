@@ -13,7 +13,7 @@ import pytest
 from slorouter import cli
 from slorouter.models.profile import StepProfile
 from slorouter.models.static import LinearStep
-from slorouter.sim.server import serve_engines
+from slorouter.simengine.server import serve_engines
 
 KNOWN = StepProfile("known", LinearStep(c0_s=0.008, c_batch_s=0.002, c_kv_s=0.0, c_prefill_s=1.0e-4))
 

@@ -24,14 +24,14 @@ from slorouter.autoscale.baselines import (
 )
 from slorouter.clock import ManualClock
 from slorouter.config.model import AutoscaleConfig
+from slorouter.fleetsim import cli as fleet_cli
+from slorouter.fleetsim.envelope import Envelope, diurnal
+from slorouter.fleetsim.fleet import FleetSim, SimOptions
+from slorouter.fleetsim.replicas import ReplicaOptions
+from slorouter.fleetsim.scaling import ScalingOptions, SimScaling, oracle_server_seconds
+from slorouter.fleetsim.scenario import Scenario, ScenarioError, parse_scenario
+from slorouter.fleetsim.workload import envelope_of, generate, load_trace
 from slorouter.models.static import EngineLimits, LinearStep, StaticLatency, StaticLengths
-from slorouter.sim import fleet_cli
-from slorouter.sim.envelope import Envelope, diurnal
-from slorouter.sim.fleet import FleetSim, SimOptions
-from slorouter.sim.replicas import ReplicaOptions
-from slorouter.sim.scaling import ScalingOptions, SimScaling, oracle_server_seconds
-from slorouter.sim.scenario import Scenario, ScenarioError, parse_scenario
-from slorouter.sim.scenario_workload import envelope_of, generate, load_trace
 from slorouter.state.backends import Backend, BackendSet, Health
 from slorouter.state.tracker import Tracker
 from slorouter.values import RequestInfo, Slo, SloClass, Tier

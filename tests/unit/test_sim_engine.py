@@ -6,10 +6,10 @@ import math
 
 import pytest
 
+from slorouter.engine.model import EngineModel, RequestTooLarge, StepResult, token_times
+from slorouter.engine.profiles import BUILTIN_PROFILES, load_profile
 from slorouter.models.profile import ProfileError, StepProfile
 from slorouter.models.static import LinearStep
-from slorouter.sim.engine import EngineModel, RequestTooLarge, StepResult, token_times
-from slorouter.sim.profiles import BUILTIN_PROFILES, load_profile
 
 
 def prof(

@@ -5,9 +5,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from slorouter.sim.requests import ApiError, Kind, Limits, parse_tgi, parse_vllm
-from slorouter.sim.text import RequestKey, count_text, detokenize, text_ids
-from slorouter.sim.wire import make_emitter
+from slorouter.simengine.requests import ApiError, Kind, Limits, parse_tgi, parse_vllm
+from slorouter.simengine.text import RequestKey, count_text, detokenize, text_ids
+from slorouter.simengine.wire import make_emitter
 
 LIM = Limits(model="m", max_model_len=100, eos_mean=20.0, seed=1)
 
@@ -96,7 +96,7 @@ def test_single_token_stream_carries_the_role_chunk_and_usage() -> None:
 
 @pytest.mark.parametrize("kind", [Kind.CHAT, Kind.COMPLETION, Kind.TGI_CHAT])
 def test_fast_path_parts_rebuild_the_token_chunks(kind: Kind) -> None:
-    from slorouter.sim.text import VOCAB_B, VOCAB_SIZE
+    from slorouter.simengine.text import VOCAB_B, VOCAB_SIZE
 
     body = {"messages": [{"role": "user", "content": "x"}], "prompt": "x", "max_tokens": 9, "stream": True}
     spec = parse_vllm(kind, body, LIM) if kind is not Kind.TGI_CHAT else parse_tgi(kind, body, LIM)

@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 
 import slojudge
+from slorouter.engine.model import EngineModel, Finished, token_times
+from slorouter.fleetsim.fleet import FleetSim, SimOptions
+from slorouter.fleetsim.metrics import OK, on_time_tokens, request_verdicts
+from slorouter.fleetsim.scenario import parse_scenario
 from slorouter.judge import verdict
 from slorouter.models.profile import StepProfile
 from slorouter.models.static import LinearStep
-from slorouter.sim.engine import EngineModel, Finished, token_times
-from slorouter.sim.fleet import FleetSim, SimOptions
-from slorouter.sim.fleet_metrics import OK, on_time_tokens, request_verdicts
-from slorouter.sim.scenario import parse_scenario
 from slorouter.values import Outcome, SloClass
 
 

@@ -1,4 +1,4 @@
-"""The true upper bound (slorouter.sim.upper_bound): its per-request floor checked request by
+"""The true upper bound (slorouter.fleetsim.upper_bound): its per-request floor checked request by
 request on the engine model, its numbers by hand, its finite-run form, and, on every shipped
 scenario, every policy's short sweep against it."""
 
@@ -14,17 +14,17 @@ from typing import Any
 import numpy as np
 import pytest
 
+from slorouter.engine.model import EngineModel, Finished, token_times
+from slorouter.fleetsim.bound import fluid_reference
+from slorouter.fleetsim.fleet import FleetSim, SimOptions, SimResult
+from slorouter.fleetsim.scenario import SCENARIO_DIR, load_scenario
+from slorouter.fleetsim.sweep import sweep
+from slorouter.fleetsim.upper_bound import Shares, StepFloor, kept_mean, request_shares, upper_bound
+from slorouter.fleetsim.upper_bound_run import due_shares, finite_bound, finite_ok, run_work
+from slorouter.fleetsim.workload import generate
 from slorouter.models.profile import StepProfile
 from slorouter.models.static import LinearStep
 from slorouter.policy import registry
-from slorouter.sim.bound import fluid_reference
-from slorouter.sim.engine import EngineModel, Finished, token_times
-from slorouter.sim.fleet import FleetSim, SimOptions, SimResult
-from slorouter.sim.fleet_sweep import sweep
-from slorouter.sim.scenario import SCENARIO_DIR, load_scenario
-from slorouter.sim.scenario_workload import generate
-from slorouter.sim.upper_bound import Shares, StepFloor, kept_mean, request_shares, upper_bound
-from slorouter.sim.upper_bound_run import due_shares, finite_bound, finite_ok, run_work
 
 LAMS = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0), (0.3, 0.3, 0.4))
 

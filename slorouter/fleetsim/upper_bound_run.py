@@ -1,6 +1,6 @@
 """The upper bound for one finite run (docs/policies.md §6, "The upper bound").
 
-:func:`slorouter.sim.upper_bound.upper_bound` holds for long runs. A short run can pass
+:func:`slorouter.fleetsim.upper_bound.upper_bound` holds for long runs. A short run can pass
 a higher rate: its servers start empty, and work due after the last arrival is done in
 the drain. For a finite run the same per-request floors give a necessary condition
 instead: a rate ``R`` can pass on ``m`` servers only if, for every time ``T``, the work
@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from slorouter.sim.scenario import Scenario
-from slorouter.sim.scenario_workload import Workload
-from slorouter.sim.upper_bound import Arr, Lam, Mask, Shares, StepFloor, min_prompt, request_shares
+from slorouter.fleetsim.scenario import Scenario
+from slorouter.fleetsim.upper_bound import Arr, Lam, Mask, Shares, StepFloor, min_prompt, request_shares
+from slorouter.fleetsim.workload import Workload
 from slorouter.values import SloClass
 
 LAMS: tuple[Lam, ...] = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0), (1 / 3, 1 / 3, 1 / 3))

@@ -30,8 +30,8 @@ from typing import Protocol
 
 import orjson
 
-from slorouter.sim.requests import GenSpec, Kind
-from slorouter.sim.text import EOS_ID, ID_OFFSET, VOCAB, VOCAB_B
+from slorouter.simengine.requests import GenSpec, Kind
+from slorouter.simengine.text import EOS_ID, ID_OFFSET, VOCAB, VOCAB_B
 
 VLLM_FINGERPRINT = "slorouter-sim-0.1.0"
 TGI_FINGERPRINT = "2.4.1-sim"

@@ -2,7 +2,7 @@
 
 Programmatic API (for tests and benchmarks)::
 
-    from slorouter.sim.server import serve_engines
+    from slorouter.simengine.server import serve_engines
 
     async with serve_engines(2, profile="cpu-tiny", seed=0) as fleet:
         fleet.urls        # ["http://127.0.0.1:PORT", ...]  (ephemeral ports by default)
@@ -21,12 +21,12 @@ requires ``Authorization: Bearer <api_key>`` and answers ``401 {"error": "Unauth
 without it, as vLLM's ``--api-key`` does (``/health``, ``/metrics``, ``/version``,
 ``/tokenize`` stay open).
 
-Routes with ``engine="vllm"`` (vLLM's OpenAI server, see :mod:`slorouter.sim.wire`):
+Routes with ``engine="vllm"`` (vLLM's OpenAI server, see :mod:`slorouter.simengine.wire`):
 ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models``, ``GET /health``,
 ``GET /version``, ``POST /tokenize``, ``POST /detokenize``, ``GET /metrics``. With
 ``engine="tgi"``: ``POST /generate``, ``POST /generate_stream``, ``POST /`` (``stream`` in
 the body), ``POST /v1/chat/completions`` (TGI's flavour), ``GET /info``, ``GET /health``,
-``GET /v1/models``, ``GET /metrics``. Token counting rules: :mod:`slorouter.sim.text`.
+``GET /v1/models``, ``GET /metrics``. Token counting rules: :mod:`slorouter.simengine.text`.
 Bad bodies get the real server's error shape (vLLM: ``{"error": {"message", "type",
 "param", "code"}}`` 400/404; TGI: ``{"error", "error_type"}`` 422). A client disconnect
 cancels the handler (``handler_cancellation=True``), which drops the request from the
@@ -47,13 +47,13 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from slorouter.engine.profiles import DEFAULT_PROFILE, load_profile
 from slorouter.models.profile import StepProfile
-from slorouter.sim.metrics_text import tgi_metrics, vllm_metrics
-from slorouter.sim.profiles import DEFAULT_PROFILE, load_profile
-from slorouter.sim.requests import ApiError, GenSpec, Kind, parse_tgi, parse_vllm
-from slorouter.sim.runtime import SimEngine
-from slorouter.sim.text import BOS_ID, TOKEN_RE, detokenize, message_text, text_ids
-from slorouter.sim.wire import TGI_FINGERPRINT
+from slorouter.simengine.metrics_text import tgi_metrics, vllm_metrics
+from slorouter.simengine.requests import ApiError, GenSpec, Kind, parse_tgi, parse_vllm
+from slorouter.simengine.runtime import SimEngine
+from slorouter.simengine.text import BOS_ID, TOKEN_RE, detokenize, message_text, text_ids
+from slorouter.simengine.wire import TGI_FINGERPRINT
 
 ENGINE_KEY = web.AppKey("sim_engine", SimEngine)
 VLLM_VERSION = "0.32.0+slorouter.sim"

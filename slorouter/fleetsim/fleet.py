@@ -4,7 +4,7 @@ It runs **the same objects** as the proxy — a policy from the registry, the
 :class:`~slorouter.state.tracker.Tracker` with its lifecycle hooks, the online latency
 and length models as tracker listeners, the :class:`~slorouter.admission.AdmissionQueue`
 — under a :class:`~slorouter.clock.ManualClock`, with one
-:class:`~slorouter.sim.engine.EngineModel` per server instead of HTTP.
+:class:`~slorouter.engine.model.EngineModel` per server instead of HTTP.
 
 Time advances from event to event (next arrival, next step end of any engine, next
 ``Defer.retry_at``); idle servers cost nothing. What the tracker sees:
@@ -15,16 +15,16 @@ Time advances from event to event (next arrival, next step end of any engine, ne
   cost here. Counters lag by < ``sync_tokens`` tokens per request; step samples for the
   latency model are the mean gap over those tokens.
 
-With ``SimOptions.scaling`` the fleet changes during the run (:mod:`slorouter.sim.scaling`):
+With ``SimOptions.scaling`` the fleet changes during the run (:mod:`slorouter.fleetsim.scaling`):
 a scaler ticks on the clock, servers it asks for join after the provisioning delay with a
 fresh engine each, released ones leave once drained, and the summary gains an
 ``autoscale`` section (provisioned server-seconds over the arrivals' span, the actions);
 ``servers`` and the per-server figures then use the mean provisioned fleet.
 
 Per-token deadlines are checked exactly, from the engine's step end times and each
-request's token segments (:mod:`slorouter.sim.engine`), with :mod:`slojudge`'s predicate
+request's token segments (:mod:`slorouter.engine.model`), with :mod:`slojudge`'s predicate
 (the router's and the load generator's): a request's on-schedule tokens, its verdict and
-its service gain (:func:`~slorouter.sim.fleet_metrics.summarize`). A request of a tier
+its service gain (:func:`~slorouter.fleetsim.metrics.summarize`). A request of a tier
 with a deadline carries ``deadline_at`` (arrival + deadline), as live. Deterministic
 under the seed.
 """
@@ -45,14 +45,14 @@ from slorouter.admission import DecisionLog
 from slorouter.autoscale.baselines import EngineGauges
 from slorouter.autoscale.scaler import Scaler
 from slorouter.clock import ManualClock
+from slorouter.engine.model import EngineModel, RequestTooLarge, Segment
+from slorouter.fleetsim.bound import auto_bins
+from slorouter.fleetsim.metrics import ERROR, OK, REJECTED, Records, missed, on_time_tokens, summarize
+from slorouter.fleetsim.replicas import ReplicaOptions, SyncDriver, build_router
+from slorouter.fleetsim.scaling import ScalingOptions, SimScaling
+from slorouter.fleetsim.scenario import Scenario
+from slorouter.fleetsim.workload import Workload, generate
 from slorouter.policy.base import Policy
-from slorouter.sim.bound import auto_bins
-from slorouter.sim.engine import EngineModel, RequestTooLarge, Segment
-from slorouter.sim.fleet_metrics import ERROR, OK, REJECTED, Records, missed, on_time_tokens, summarize
-from slorouter.sim.replicas import ReplicaOptions, SyncDriver, build_router
-from slorouter.sim.scaling import ScalingOptions, SimScaling
-from slorouter.sim.scenario import Scenario
-from slorouter.sim.scenario_workload import Workload, generate
 from slorouter.state.backends import Backend, BackendSet
 from slorouter.values import Dispatch, Reject, RequestInfo, SloClass, Status
 
@@ -71,8 +71,8 @@ class SimOptions:
     length_quantile: float = 0.9
     miss_log: bool = False  # SimResult.misses: one row per request that missed (fleet_metrics.missed)
     decision_log: bool = False  # SimResult.decision_log / .events: for replay comparisons
-    replicas: ReplicaOptions = field(default_factory=ReplicaOptions)  # router replicas (sim/replicas.py)
-    scaling: ScalingOptions | None = None  # autoscaling (sim/scaling.py); one router only
+    replicas: ReplicaOptions = field(default_factory=ReplicaOptions)  # router replicas (fleetsim/replicas.py)
+    scaling: ScalingOptions | None = None  # autoscaling (fleetsim/scaling.py); one router only
 
 
 @dataclass(slots=True)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from slorouter.sim.text import CHAT_PER_MESSAGE, CHAT_PRIMER, RequestKey, count_text, message_text
+from slorouter.simengine.text import CHAT_PER_MESSAGE, CHAT_PRIMER, RequestKey, count_text, message_text
 
 
 class Kind(Enum):

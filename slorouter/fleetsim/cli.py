@@ -7,7 +7,7 @@
 Prints per-tier DSLO and mean-TPOT attainment, TTFT/TPOT percentiles, goodput and cost
 (a rich table); with ``--sweep`` the goodput (highest rate where every tier attains
 ≥ 90 %, and ≥ 99 %) found by bisection, next to the scenario's upper bound (no router
-exceeds it in a long run, :mod:`slorouter.sim.upper_bound`) and its fluid reference; with
+exceeds it in a long run, :mod:`slorouter.fleetsim.upper_bound`) and its fluid reference; with
 ``--misses`` (one run) every request that missed, as JSON lines, grouped in a table.
 """
 
@@ -24,16 +24,16 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from slorouter.fleetsim.bound import auto_bins, fluid_reference
+from slorouter.fleetsim.fleet import SimOptions, SimResult, run_once
+from slorouter.fleetsim.replicas import ReplicaOptions
+from slorouter.fleetsim.scaling import SCALERS, ScalingOptions
+from slorouter.fleetsim.scenario import Scenario, ScenarioError, load_scenario
+from slorouter.fleetsim.sweep import Probe, sweep
+from slorouter.fleetsim.upper_bound import upper_bound
+from slorouter.fleetsim.workload import check_slos
 from slorouter.policy import registry
 from slorouter.policy.base import ParamError
-from slorouter.sim.bound import auto_bins, fluid_reference
-from slorouter.sim.fleet import SimOptions, SimResult, run_once
-from slorouter.sim.fleet_sweep import Probe, sweep
-from slorouter.sim.replicas import ReplicaOptions
-from slorouter.sim.scaling import SCALERS, ScalingOptions
-from slorouter.sim.scenario import Scenario, ScenarioError, load_scenario
-from slorouter.sim.scenario_workload import check_slos
-from slorouter.sim.upper_bound import upper_bound
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

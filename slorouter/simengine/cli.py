@@ -14,9 +14,9 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
+from slorouter.engine.profiles import BUILTIN_PROFILES, DEFAULT_PROFILE, load_profile
 from slorouter.models.profile import ProfileError, StepProfile
-from slorouter.sim.profiles import BUILTIN_PROFILES, DEFAULT_PROFILE, load_profile
-from slorouter.sim.server import serve_engines
+from slorouter.simengine.server import serve_engines
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -52,8 +52,8 @@ from typing import Any
 
 import yaml
 
+from slorouter.engine.profiles import load_profile
 from slorouter.models.profile import ProfileError, StepProfile
-from slorouter.sim.profiles import load_profile
 from slorouter.values import SloClass
 
 SCENARIO_DIR = Path(__file__).resolve().parents[2] / "config" / "scenarios"
@@ -91,7 +91,7 @@ DEFAULT_OUTPUT = LengthDist(200.0, 1.0, 2048)
 
 @dataclass(frozen=True, slots=True)
 class EnvelopeSpec:
-    """A time-varying arrival rate (built by :mod:`slorouter.sim.envelope`)."""
+    """A time-varying arrival rate (built by :mod:`slorouter.fleetsim.envelope`)."""
 
     kind: str  # diurnal | steps
     trace: str = "splitwise_conv"  # diurnal: whose arrival pattern

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 import slojudge
-from slorouter.sim.scenario_workload import Workload
+from slorouter.fleetsim.workload import Workload
 from slorouter.values import SloClass
 
 UNFINISHED, OK, REJECTED, ERROR = 0, 1, 2, 3

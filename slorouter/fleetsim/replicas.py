@@ -20,12 +20,12 @@ from typing import Any
 
 from slorouter.admission import AdmissionCore, DecisionLog
 from slorouter.clock import ManualClock
+from slorouter.fleetsim.scenario import Scenario
+from slorouter.fleetsim.workload import mean_lengths, output_sample
 from slorouter.models.latency import OnlineLatency, build_latency
 from slorouter.models.lengths import OnlineLengths, build_lengths
 from slorouter.policy import registry
 from slorouter.policy.base import Policy, PolicyContext
-from slorouter.sim.scenario import Scenario
-from slorouter.sim.scenario_workload import mean_lengths, output_sample
 from slorouter.state.backends import BackendSet, Health
 from slorouter.state.sync import LoadSync, MemoryStore
 from slorouter.state.tracker import Tracker

@@ -8,7 +8,7 @@
   ``cv`` (bursty for cv > 1); ``trace``: the trace's own timestamps scaled to the rate
   (cycled when more requests are asked for).
 * Tiers by share; a tier with several ``ttft_ms`` draws one per request.
-* ``workload.envelope``: a time-varying rate (:mod:`slorouter.sim.envelope`) — the
+* ``workload.envelope``: a time-varying rate (:mod:`slorouter.fleetsim.envelope`) — the
   Poisson or gamma arrivals above, through a change of time.
 
 Common random numbers: for one seed, every rate gets the same lengths, tiers and TTFTs,
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from slorouter.sim.envelope import Envelope, build
-from slorouter.sim.scenario import LengthDist, Scenario, ScenarioError, TierSpec
+from slorouter.fleetsim.envelope import Envelope, build
+from slorouter.fleetsim.scenario import LengthDist, Scenario, ScenarioError, TierSpec
 from slorouter.values import Slo, Tier
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from slorouter.sim.runtime import SimEngine
+    from slorouter.simengine.runtime import SimEngine
 
 
 def _esc(v: str) -> str:

@@ -1,5 +1,5 @@
 """Time-varying arrival rates: the envelope ``m(t)`` of a scenario's workload
-(``workload.envelope``, :class:`~slorouter.sim.scenario.EnvelopeSpec`).
+(``workload.envelope``, :class:`~slorouter.fleetsim.scenario.EnvelopeSpec`).
 
 The instantaneous rate is ``rate · m(t)``, piecewise constant. Arrivals come from the
 scenario's own stream (Poisson or gamma at ``rate``, the same random numbers as without
@@ -23,7 +23,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from slorouter.sim.scenario import EnvelopeSpec
+from slorouter.fleetsim.scenario import EnvelopeSpec
 
 BIN_S = 60.0  # the trace's arrivals are counted per this many of its seconds
 

@@ -30,7 +30,7 @@ from typing import Any
 from slorouter.autoscale.baselines import BASELINES, EngineGauges, PoolLimits, PoolScaler
 from slorouter.autoscale.scaler import Scaler, TickResult
 from slorouter.config.model import AutoscaleConfig
-from slorouter.sim.envelope import Envelope
+from slorouter.fleetsim.envelope import Envelope
 from slorouter.state.backends import Backend, BackendSet
 from slorouter.state.snapshot import Snapshot
 

@@ -1,8 +1,8 @@
 """The step-clock engine model: one simulated vLLM-like engine, pure and deterministic.
 
 No asyncio, no wall clock: times are floats passed in by the driver. Two drivers use it:
-the real-time HTTP server (``slorouter.sim.server``) and the offline fleet simulator
-(``slorouter.sim.fleet``, manual clock jumping from event to event).
+the real-time HTTP server (``slorouter.simengine.server``) and the offline fleet simulator
+(``slorouter.fleetsim.fleet``, manual clock jumping from event to event).
 
 Model (vLLM V1-like, token granularity instead of 16-token blocks)
 -------------------------------------------------------------------

@@ -1,10 +1,10 @@
 """A true upper bound on a scenario's goodput (docs/policies.md §6, "The upper bound").
 
-The fluid reference (:mod:`slorouter.sim.bound`) is what an ideal static partition
+The fluid reference (:mod:`slorouter.fleetsim.bound`) is what an ideal static partition
 sustains on mean lengths; a router can beat it (a short output with an early first token
 may run slower than its TPOT; best effort; the 10 % a tier may miss). This bound cannot
 be beaten by any router, clairvoyant or not, on the simulated engine
-(:mod:`slorouter.sim.engine`, no step noise).
+(:mod:`slorouter.engine.model`, no step noise).
 
 **Attribution.** Split every engine step's duration ``c0 + c_batch·B + c_kv·KV +
 c_prefill·PF`` among requests: each of the ``B`` sequences in the step gets ``c0/B +
@@ -46,7 +46,7 @@ requests' shares fit in the busy time ``≤ m·T``. With attainment ``≥ a`` on
 a tier may give up its ``1 − a`` most expensive requests (a clairvoyant router would):
 ``R·Σ_t share_t·∫_0^a Q_t(u) du ≤ m``, ``Q_t`` the quantile function of tier ``t``'s
 ``cost_λ``. The bound is ``1 / Σ_t share_t·∫_0^a Q_t`` requests/s per server, for the
-``λ`` that makes it smallest. Short runs can pass more: :mod:`slorouter.sim.upper_bound_run`.
+``λ`` that makes it smallest. Short runs can pass more: :mod:`slorouter.fleetsim.upper_bound_run`.
 
 Lengths: the trace's rows, each equally likely (as the workload draws them); synthetic
 (log-normal, independent) lengths: a grid of :data:`GRID` × :data:`GRID` mid-quantile
@@ -63,9 +63,9 @@ from typing import Any
 
 import numpy as np
 
+from slorouter.fleetsim.scenario import Scenario, TierSpec
+from slorouter.fleetsim.workload import length_sampler
 from slorouter.models.profile import StepProfile
-from slorouter.sim.scenario import Scenario, TierSpec
-from slorouter.sim.scenario_workload import length_sampler
 from slorouter.values import Slo, SloClass
 
 GRID = 200  # synthetic lengths: mid-quantiles per dimension
@@ -170,7 +170,7 @@ def _tier_slos(t: TierSpec) -> list[Slo]:
 
 def _quantiles(mean: float, sigma: float, cap: int) -> Arr:
     """:data:`GRID` mid-quantiles of the workload's log-normal length (rounded and
-    capped as :func:`slorouter.sim.scenario_workload.generate` draws them)."""
+    capped as :func:`slorouter.fleetsim.workload.generate` draws them)."""
     mu = math.log(mean) - sigma * sigma / 2
     nd = NormalDist()
     z = np.asarray([nd.inv_cdf((i + 0.5) / GRID) for i in range(GRID)])

@@ -1,6 +1,6 @@
 """The fluid reference of a scenario (docs/policies.md §6, "The fluid reference").
 
-Not an upper bound (a router can beat it: see :mod:`slorouter.sim.upper_bound` for one
+Not an upper bound (a router can beat it: see :mod:`slorouter.fleetsim.upper_bound` for one
 no router can): what an ideal static partition sustains on mean lengths. It sizes the
 ``bins: auto`` partition and is reported next to the upper bound as a reference.
 
@@ -30,11 +30,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from slorouter.fleetsim.scenario import Scenario
+from slorouter.fleetsim.workload import mean_lengths
 from slorouter.models import fluid
 from slorouter.models.latency import profile_limits
 from slorouter.models.profile import StepProfile
-from slorouter.sim.scenario import Scenario
-from slorouter.sim.scenario_workload import mean_lengths
 from slorouter.values import SloClass
 
 

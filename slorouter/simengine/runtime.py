@@ -20,11 +20,11 @@ import asyncio
 import contextlib
 from dataclasses import dataclass, field
 
+from slorouter.engine.model import EngineModel, RequestTooLarge, Rid
 from slorouter.models.profile import StepProfile
-from slorouter.sim.engine import EngineModel, RequestTooLarge, Rid
-from slorouter.sim.requests import ApiError, GenSpec, Limits
-from slorouter.sim.text import TOKEN_BYTES, VOCAB_B
-from slorouter.sim.wire import Emitter, make_emitter
+from slorouter.simengine.requests import ApiError, GenSpec, Limits
+from slorouter.simengine.text import TOKEN_BYTES, VOCAB_B
+from slorouter.simengine.wire import Emitter, make_emitter
 
 RESYNC_S = 0.25
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from slorouter.sim.fleet import SimResult
+from slorouter.fleetsim.fleet import SimResult
 
 RunFn = Callable[[float], SimResult]
 
