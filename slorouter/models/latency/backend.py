@@ -120,7 +120,7 @@ class BackendLatency:
     def refit(self, now: float) -> None:
         cfg = self.settings
         spread = cfg.default_spread if self.prior.source == "default" else cfg.prior_spread
-        self.fit.refit(self.prior.step, spread, cfg.noise)
+        self.fit.refit(self.prior.step, spread, cfg.noise, guess=self.prior.source == "default")
         self.ratio.refit(now, cfg)
         self.lin = pace(self.fit.coef, self.rho, self.ratio.value)
         self.refit_at = now + cfg.refit_interval_s

@@ -22,19 +22,31 @@ FitPoint = tuple[float, float, float, float]  # (weight in windows, running, kv_
 _FLOOR = LinearStep()  # engine defaults: the scale of a coefficient the prior says is 0
 
 
-def ridge(sums: list[float], prior: LinearStep, spread: float, noise: float) -> list[float]:
+def ridge(
+    sums: list[float], prior: LinearStep, spread: float, noise: float, guess: bool = False
+) -> list[float]:
     """The data's normal equations plus a Gaussian prior on the coefficients: each one is
     the prior's within ``spread`` (relative, one sd; floored at a tenth of the engine
     default's coefficient, so a prior 0 can still be learned), against windows whose pace
     has a relative sd ``noise`` — the MAP estimate of the fit. A prior in coefficient
     space, not pseudo-observations on a load grid: points at loads the server never runs
-    (256 sequences on a CPU engine) would pull the fit where the data is."""
+    (256 sequences on a CPU engine) would pull the fit where the data is.
+
+    ``guess`` (a prior that is the engine defaults, not a measured profile): a
+    coefficient's sd is also at least what would explain the whole observed step on its
+    own (``ȳ``, ``ȳ / batch̄``, ``ȳ / kv̄``) — a guess in absolute units is not scale-free: the
+    defaults' 0.15 ms per sequence, within 10×, held a CPU vLLM's 4 ms per sequence at
+    3.6 and pushed the difference into the fixed cost (+27 % at one stream)."""
     n = sums[0]
     ybar = sums[6] / n if n > 0 else prior.at(1, 0)
     var_n = (noise * max(ybar, 1e-6)) ** 2
     p = (prior.c0_s, prior.c_batch_s, prior.c_kv_s / KV_SCALE)
     floor = (_FLOOR.c0_s / 10, _FLOOR.c_batch_s / 10, _FLOOR.c_kv_s / KV_SCALE / 10)
-    lam = [var_n / (spread * max(pj, fj)) ** 2 for pj, fj in zip(p, floor, strict=True)]
+    sd = [spread * max(pj, fj) for pj, fj in zip(p, floor, strict=True)]
+    if guess and n > 0:
+        scale = (ybar, ybar / max(sums[1] / n, 1.0), ybar / max(sums[2] / n, 1e-3))
+        sd = [max(a, b) for a, b in zip(sd, scale, strict=True)]
+    lam = [var_n / x**2 for x in sd]
     out = list(sums)
     for j, d in enumerate((0, 3, 5)):  # the diagonal of XᵀX
         out[d] += lam[j]
@@ -130,9 +142,9 @@ class PaceFit:
         add_sums(self.sums, pts)
         self.observations += len(pts)
 
-    def refit(self, prior: LinearStep, spread: float, noise: float) -> None:
+    def refit(self, prior: LinearStep, spread: float, noise: float, guess: bool = False) -> None:
         """The MAP coefficients now (kept as they were when the system is singular)."""
-        sol = fit(ridge(self.sums, prior, spread, noise))
+        sol = fit(ridge(self.sums, prior, spread, noise, guess))
         if sol is not None:
             self.coef = LinearStep(sol[0], sol[1], sol[2] * KV_SCALE, prior.c_prefill_s)
 
