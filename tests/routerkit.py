@@ -34,7 +34,13 @@ def router_config(
     extra: Mapping[str, Any] | None = None,
 ) -> RouterConfig:
     raw = raw_router_config(
-        urls, policy=policy, params=params, tiers=tiers, backend_tiers=backend_tiers, engine=engine, extra=extra
+        urls,
+        policy=policy,
+        params=params,
+        tiers=tiers,
+        backend_tiers=backend_tiers,
+        engine=engine,
+        extra=extra,
     )
     return parse_config(raw, "<test>")
 
