@@ -104,7 +104,8 @@ class RequestInfo:
     ``prompt_tokens`` is an estimate until the engine reports ``usage``.
     ``output_bound`` is the predicted upper bound on output tokens (a quantile of the
     length model, capped by ``max_tokens``).
-    ``deadline_at`` is absolute (clock time) for deadline/workflow classes, else None.
+    ``deadline_at`` is absolute (clock time) for deadline/workflow classes, else None
+    (a workflow call carries its workflow's deadline; ``target_at`` its own stage budget).
     """
 
     rid: int
@@ -119,6 +120,15 @@ class RequestInfo:
     deadline_at: float | None = None
     key_id: str | None = None  # a stable, non-secret id of the API key (never the key)
     engines: frozenset[Engine] | None = None  # engines whose API the request speaks (None: any)
+    # a workflow call's own deadline (its stage budget, slorouter.models.workflows): what
+    # the router schedules it for; the workflow is still judged by ``deadline_at``
+    target_at: float | None = None
+
+    @property
+    def due_at(self) -> float | None:
+        """The deadline to schedule for: the call's stage budget when it has one, else
+        ``deadline_at`` (None: no deadline)."""
+        return self.deadline_at if self.target_at is None else self.target_at
 
     @property
     def ttft_deadline(self) -> float:

@@ -40,6 +40,7 @@ from slorouter.metrics.gain import GainMetrics
 from slorouter.metrics.health import HealthMetrics
 from slorouter.metrics.requests import RequestMetrics
 from slorouter.metrics.sync import SyncMetrics
+from slorouter.models.workflows import WorkflowBook
 from slorouter.proxy.dispatcher import Dispatcher
 from slorouter.proxy.forward import Forwarder
 from slorouter.proxy.health import HealthMonitor
@@ -78,6 +79,8 @@ def build_app(
     tracker = Tracker(clock, backends, health, latency, lengths)
     tracker.add_listener(latency.observe_outcome)
     tracker.add_listener(lengths.observe_outcome)
+    workflows = WorkflowBook()
+    tracker.add_listener(workflows.observe_outcome)
     policy = build_policy(cfg, clock)
     dispatcher = Dispatcher(
         policy, tracker, clock, max_queue=cfg.policy.max_queued, max_wait_s=cfg.policy.max_queue_wait_s
@@ -150,6 +153,7 @@ def build_app(
             forwarder=forwarder,
             session=session,
             lengths=lengths,
+            workflows=workflows,
             worker=worker,
             syncer=syncer,
         )

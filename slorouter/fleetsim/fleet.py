@@ -161,6 +161,7 @@ class FleetSim:
         self.index = {b.id: i for i, b in enumerate(backends)}
         self.ids = [b.id for b in backends]  # engine index -> server id
         self.records = Records(len(self.wl))
+        self.call_arrival = list(self.wl.arrival)  # a released workflow call: when it was sent
         self.scaling: SimScaling | None = None
         if sc is not None:
             self.scaling = SimScaling(sc, self.backends, self.wl.arrival[0] if len(self.wl) else 0.0)
@@ -198,6 +199,18 @@ class FleetSim:
         arrivals = wl.arrival
         n = len(arrivals)
         owner = [0] * n  # the router each request arrived at
+        # multi-call workflows (fleetsim/workflows.py): calls without predecessors arrive at their
+        # time; the others are released into `released` when all their predecessors finished
+        has_wf = wl.has_workflows
+        roots = [r for r in range(n) if not wl.deps[r]] if has_wf else range(n)
+        n_roots = len(roots)
+        left = [len(d) for d in wl.deps] if has_wf else []
+        waiters: dict[int, list[int]] = {}
+        for r in range(n) if has_wf else ():
+            for d in wl.deps[r]:
+                waiters.setdefault(d, []).append(r)
+        released: list[tuple[float, int]] = []
+        call_arrival = self.call_arrival
         steps = events = 0
         busy = 0.0
         dslo_met = rec.dslo
@@ -217,7 +230,7 @@ class FleetSim:
             heapq.heappush(heap, (arrivals[0] + scaling.interval_s, seq, scale_tick))
 
         def working() -> bool:
-            return i < n or any(len(r.core) or r.tracker.in_flight() for r in routers)
+            return i < n_roots or bool(released) or any(len(r.core) or r.tracker.in_flight() for r in routers)
 
         def gauges() -> dict[str, EngineGauges]:
             assert scaling is not None
@@ -317,29 +330,46 @@ class FleetSim:
 
         i = 0
         while True:
-            t_arr = arrivals[i] if i < n else math.inf
+            t_arr = arrivals[roots[i]] if i < n_roots else math.inf
+            t_rel = released[0][0] if released else math.inf
             t_ev = heap[0][0] if heap else math.inf
-            if t_arr == math.inf and t_ev == math.inf:
+            if t_arr == math.inf and t_ev == math.inf and t_rel == math.inf:
                 break
-            if t_arr <= t_ev:
-                clock.set(t_arr)
+            if t_rel < t_arr and t_rel <= t_ev:
+                t_arr, rid_in = heapq.heappop(released)
+                kr = owner[wl.unit[rid_in]]
+            elif t_arr <= t_ev:
+                rid_in = roots[i]
+                i += 1
                 kr = pick.randrange(n_rt) if n_rt > 1 else 0
-                owner[i] = kr
+            else:
+                rid_in = -1
+            if rid_in >= 0:
+                clock.set(t_arr)
+                owner[rid_in] = kr
+                call_arrival[rid_in] = t_arr
                 rt = routers[kr]
-                v = wl.variant[i]
+                v = wl.variant[rid_in]
                 # as the live router resolves it (http/requests.py): arrival + the tier's
-                # deadline (a request of a workflow tier here is a workflow of its own)
+                # deadline; a call of a multi-call workflow: the workflow's deadline and its
+                # stage budget from the router's workflow book
                 dl = v.slo.deadline_s
+                deadline_at = None if dl is None else t_arr + dl
+                target_at = None
+                if has_wf and v.slo.slo_class is SloClass.WORKFLOW:
+                    b = rt.workflows.call(f"w{wl.unit[rid_in]}", v.name, t_arr, wl.deadline_s[rid_in] or 0.0)
+                    deadline_at, target_at = b.deadline_at, b.target_at
                 req = RequestInfo(
-                    rid=i,
+                    rid=rid_in,
                     tier=v,
                     arrival=t_arr,
-                    prompt_tokens=wl.prompt[i],
+                    prompt_tokens=wl.prompt[rid_in],
                     max_tokens=self.scn.workload.max_tokens,
                     output_bound=rt.lengths.bound(v.name, 0, self.scn.workload.max_tokens),
-                    deadline_at=None if dl is None else t_arr + dl,
+                    deadline_at=deadline_at,
+                    workflow_id=None if target_at is None else f"w{wl.unit[rid_in]}",
+                    target_at=target_at,
                 )
-                i += 1
                 if ev is not None:
                     ev.append(("arrive", t_arr, req))
                 rt.tracker.on_arrival(req)
@@ -347,8 +377,8 @@ class FleetSim:
                     assert syncer is not None
                     syncer.sync_all(kr, t_arr)
                 settle(kr, rt.core.arrive(req))
-                if progress is not None and i % 2000 == 0:
-                    progress(i, n)
+                if progress is not None and i % 2000 == 0 and rid_in == roots[i - 1]:
+                    progress(i, n_roots)
                 continue
             t, _, si = heapq.heappop(heap)
             if t > stop_at:
@@ -371,7 +401,7 @@ class FleetSim:
                     kr -= n_rt
                     if syncer.tick(kr, t):
                         wake(kr)
-                    if i < n or any(len(r.core) or r.tracker.in_flight() for r in routers):
+                    if working():
                         seq += 1
                         heapq.heappush(heap, (t + syncer.interval, seq, si))
                 continue
@@ -413,6 +443,10 @@ class FleetSim:
                     if out is not None:
                         rec.dispatch_load[rid] = out.dispatch_load
                     self._record(rid, f.segments, f.first_token_step, res.end, ends, dslo_met)
+                    for w in waiters.pop(rid, ()):
+                        left[w] -= 1
+                        if not left[w]:
+                            heapq.heappush(released, (t, w))
                 if every_decision:
                     woke = (1 << n_rt) - 1  # every replica sees the finish at once
                 for kr in range(n_rt):
@@ -432,7 +466,9 @@ class FleetSim:
                     seq += 1
                     heapq.heappush(heap, (end, seq, si))
         if progress is not None:
-            progress(n, n)
+            progress(n_roots, n_roots)
+        if has_wf:
+            self._judge_workflows()
         span = arrivals[-1] - arrivals[0] if n > 1 else 1.0
         makespan = clock.now() - (arrivals[0] if n else 0.0)
         window = (arrivals[0], arrivals[-1]) if n else (0.0, 0.0)
@@ -486,7 +522,7 @@ class FleetSim:
         rec, wl = self.records, self.wl
         rec.status[rid] = OK
         rec.finished_at[rid] = finished_at
-        arrival = wl.arrival[rid]
+        arrival = self.call_arrival[rid]
         first = ends[first_step]
         ttft = first - arrival
         rec.ttft[rid] = ttft
@@ -504,7 +540,7 @@ class FleetSim:
             rec.ttft_miss[rid] = ttft > slo.ttft_s + 1e-9
             rec.mean_ok[rid] = ttft <= slo.ttft_s + 1e-9 and (n_out < 2 or tpot_mean <= tpot + 1e-9)
         elif slo.deadline_s is not None:
-            ok = slojudge.in_time(finished_at, arrival + slo.deadline_s)
+            ok = slojudge.in_time(finished_at, self.due(rid))
             dslo_met[rid] = rec.mean_ok[rid] = ok
         else:
             # best effort has no SLO, but a rate at which its work piles up in the router
@@ -514,6 +550,27 @@ class FleetSim:
             ok = not started > wl.arrival[-1] + BACKLOG_GRACE_S
             dslo_met[rid] = rec.mean_ok[rid] = ok
             rec.backlog[rid] = not ok
+
+    def due(self, rid: int) -> float:
+        """The deadline request ``rid`` is judged by: its workflow's (a multi-call
+        workflow: from its first call's arrival), else its arrival + its tier's."""
+        wl = self.wl
+        if wl.has_workflows and wl.variant[rid].slo.slo_class is SloClass.WORKFLOW:
+            return wl.arrival[wl.unit[rid]] + (wl.deadline_s[rid] or 0.0)
+        return self.call_arrival[rid] + (wl.variant[rid].slo.deadline_s or 0.0)
+
+    def _judge_workflows(self) -> None:
+        """A multi-call workflow is met when every call finished ok by its deadline: the
+        verdict goes on its first call (the unit the summary counts, fleet_metrics)."""
+        rec, wl = self.records, self.wl
+        calls: dict[int, list[int]] = {}
+        for r, u in enumerate(wl.unit):
+            calls.setdefault(u, []).append(r)
+        for u, rs in calls.items():
+            if wl.variant[u].slo.slo_class is not SloClass.WORKFLOW:
+                continue
+            met = all(rec.status[r] == OK and rec.dslo[r] for r in rs)
+            rec.dslo[u] = rec.mean_ok[u] = met
 
 
 def run_once(

@@ -21,6 +21,10 @@ docs/loadgen.md, "Metric definitions", which the load generator measures too).
 * TTFT / mean-TPOT p50/p90/p99 over finished requests; goodput = requests meeting their
   DSLO per second of arrivals (per server); server-seconds per good request, for the
   whole fleet and for busy servers only (what a fleet that gives idle servers back pays).
+* **Workflows** (a scenario with multi-call workflows, :mod:`slorouter.fleetsim.workflows`):
+  every figure counts units of work — a workflow once, met when every call finished ok by
+  its deadline (its first call's arrival + D), its gain all its calls' or nothing — and
+  each tier says how many ``calls`` it sent.
 * **Service gain** (``service_gain``, ``service_gain_max``, ``service_gain_ratio`` per tier
   and overall): :func:`slojudge.judge` applied to each request's record — the function
   the router and the load generator use. Latency: the prompt if the first token was on
@@ -105,27 +109,47 @@ def on_time_tokens(
     return good
 
 
+def _call(rec: Records, wl: Workload, rid: int) -> slojudge.Call:
+    ok = rec.status[rid] == OK
+    if wl.variant[rid].slo.slo_class is SloClass.BEST_EFFORT and rec.backlog[rid]:
+        ok = False
+    fin = rec.finished_at[rid]
+    return slojudge.Call(
+        ok=ok,
+        prompt_tokens=wl.prompt[rid],
+        output_tokens=wl.output[rid] if rec.status[rid] == OK else 0,
+        finished_at=None if math.isnan(fin) else fin,
+        on_time_tokens=rec.on_time[rid],
+        first_on_time=rec.first_on_time[rid],
+        planned_output=wl.output[rid],
+    )
+
+
+_NONE = slojudge.Verdict(False, 0.0, 0.0)
+
+
 def request_verdicts(rec: Records, wl: Workload) -> list[slojudge.Verdict]:
-    """:func:`slojudge.judge` of every request, from its record (see the module doc)."""
+    """:func:`slojudge.judge` of every request, from its record (see the module doc); a
+    multi-call workflow is judged once, as one unit (all its calls, by its deadline: the
+    first call's arrival + D), on its first call — its other calls carry no gain."""
     out: list[slojudge.Verdict] = []
+    units: dict[int, list[int]] = {}
+    if wl.has_workflows:
+        for r, u in enumerate(wl.unit):
+            units.setdefault(u, []).append(r)
     for rid in range(rec.n):
         tier = wl.variant[rid]
         slo = tier.slo
-        ok = rec.status[rid] == OK
-        if slo.slo_class is SloClass.BEST_EFFORT and rec.backlog[rid]:
-            ok = False
-        fin = rec.finished_at[rid]
-        call = slojudge.Call(
-            ok=ok,
-            prompt_tokens=wl.prompt[rid],
-            output_tokens=wl.output[rid] if rec.status[rid] == OK else 0,
-            finished_at=None if math.isnan(fin) else fin,
-            on_time_tokens=rec.on_time[rid],
-            first_on_time=rec.first_on_time[rid],
-            planned_output=wl.output[rid],
-        )
+        if units and slo.slo_class is SloClass.WORKFLOW:
+            if wl.unit[rid] != rid:
+                out.append(_NONE)
+                continue
+            calls = [_call(rec, wl, r) for r in units[rid]]
+            wf_due = wl.arrival[rid] + (wl.deadline_s[rid] or 0.0)
+            out.append(slojudge.judge(slo.slo_class.value, tier.weight, calls, wf_due))
+            continue
         due = None if slo.deadline_s is None else wl.arrival[rid] + slo.deadline_s
-        out.append(slojudge.judge(slo.slo_class.value, tier.weight, [call], due))
+        out.append(slojudge.judge(slo.slo_class.value, tier.weight, [_call(rec, wl, rid)], due))
     return out
 
 
@@ -192,6 +216,13 @@ def summarize(
 ) -> dict[str, Any]:
     tiers = np.asarray(tier_of)
     allidx = np.arange(rec.n)
+    calls_of = None
+    if workload is not None and workload.has_workflows:
+        # units of work: a multi-call workflow counts once (its first call carries its verdict)
+        calls_of = tiers
+        heads = np.asarray(workload.unit) == allidx
+        allidx = allidx[heads]
+        tiers = np.where(heads, tiers, -1)
     gains = None
     if workload is not None:
         vs = request_verdicts(rec, workload)
@@ -204,6 +235,8 @@ def summarize(
     for i, name in enumerate(tier_names):
         idx = np.nonzero(tiers == i)[0]
         per_tier[name] = _group(rec, idx, span_s, servers) | _gain(gains, idx)
+        if calls_of is not None:
+            per_tier[name]["calls"] = int((calls_of == i).sum())
     att = [v["dslo_attainment"] for v in per_tier.values() if v["arrivals"]]
     return {
         "overall": overall,

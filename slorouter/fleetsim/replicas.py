@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from slorouter.admission import AdmissionCore, DecisionLog
@@ -24,6 +24,7 @@ from slorouter.fleetsim.scenario import Scenario
 from slorouter.fleetsim.workload import mean_lengths, output_sample
 from slorouter.models.latency import OnlineLatency, build_latency
 from slorouter.models.lengths import OnlineLengths, build_lengths
+from slorouter.models.workflows import WorkflowBook
 from slorouter.policy import registry
 from slorouter.policy.base import Policy, PolicyContext
 from slorouter.state.backends import BackendSet, Health
@@ -47,6 +48,7 @@ class SimRouter:
     lengths: OnlineLengths
     sync: LoadSync | None
     timer_at: float = math.inf
+    workflows: WorkflowBook = field(default_factory=WorkflowBook)  # stage budgets, as app/build.py
 
 
 def build_router(
@@ -99,7 +101,9 @@ def build_router(
             control=lambda: core.policy.shared_state(),  # type: ignore[attr-defined]
             adopt=lambda states: core.policy.adopt_shared(states),  # type: ignore[attr-defined]
         )
-    return SimRouter(tracker, core, latency, lengths, sync)
+    book = WorkflowBook()
+    tracker.add_listener(book.observe_outcome)
+    return SimRouter(tracker, core, latency, lengths, sync, workflows=book)
 
 
 class SyncDriver:

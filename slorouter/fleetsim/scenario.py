@@ -16,6 +16,8 @@ Format (every key but ``tiers`` optional)::
     tiers:
       - {name: t20, class: latency, tpot_ms: 20, ttft_ms: [300, 500, 1000], share: 0.1}
       - {name: batch, class: best_effort, share: 0.5}
+      - {name: agents, class: workflow, deadline_ms: 20000, deadline_per_call: true, share: 0.2,
+         workflow: {shape: chain, calls: [3, 5]}}    # multi-call workflows: fleetsim/workflows.py
     workload:
       lengths: splitwise_conv     # built-in trace name, a CSV path, or "synthetic"
       prompt: {mean: 1000, sigma: 1.0, max: 8000}    # synthetic: log-normal
@@ -53,6 +55,7 @@ from typing import Any
 import yaml
 
 from slorouter.engine.profiles import load_profile
+from slorouter.fleetsim.workflows import WorkflowShape, parse_shape
 from slorouter.models.profile import ProfileError, StepProfile
 from slorouter.values import SloClass
 
@@ -76,6 +79,8 @@ class TierSpec:
     deadline_ms: float | None = None
     weight: float = 1.0
     reject_when_late: bool = False
+    workflow: WorkflowShape | None = None  # workflow tiers: the calls of one workflow (fleetsim/workflows.py)
+    deadline_per_call: bool = False  # workflow tiers: the deadline is deadline_ms × calls
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,15 +220,24 @@ def _tier(raw: Any, path: str, errs: list[tuple[str, str]]) -> TierSpec | None:
     rwl = r.get("reject_when_late")
     if rwl is not None and not isinstance(rwl, bool):
         errs.append((r.at("reject_when_late"), "must be true or false"))
+    wf_raw, per_call = r.get("workflow"), r.get("deadline_per_call")
     r.done()
     cls = SloClass(cls_s)
+    shape = None if wf_raw is None else parse_shape(wf_raw, r.at("workflow"), errs)
+    if (wf_raw is not None or per_call is not None) and cls is not SloClass.WORKFLOW:
+        errs.append(
+            (r.at("workflow" if wf_raw is not None else "deadline_per_call"), "only for class workflow")
+        )
+    if per_call is not None and not isinstance(per_call, bool):
+        errs.append((r.at("deadline_per_call"), "must be true or false"))
     if cls is SloClass.LATENCY and (not ttfts or tpot is None):
         errs.append((path, "a latency tier needs ttft_ms and tpot_ms"))
     if cls in (SloClass.DEADLINE, SloClass.WORKFLOW) and deadline is None:
         errs.append((r.at("deadline_ms"), f"required for class {cls.value}"))
     if share is None or not name:
         return None
-    return TierSpec(name, cls, float(share), ttfts, tpot, deadline, float(weight), bool(rwl))
+    spec = TierSpec(name, cls, float(share), ttfts, tpot, deadline, float(weight), bool(rwl))
+    return replace(spec, workflow=shape, deadline_per_call=per_call is True)
 
 
 def _dist(raw: Any, path: str, errs: list[tuple[str, str]], dflt: LengthDist) -> LengthDist:

@@ -22,7 +22,7 @@ import bisect
 import csv
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
@@ -78,9 +78,21 @@ class Workload:
     tier: list[int]
     variant: list[Tier]  # the request's Tier (its own TTFT draw)
     tiers: tuple[Tier, ...]  # canonical tiers (smallest TTFT), one per TierSpec
+    # multi-call workflows (fleetsim/workflows.py); empty when the scenario has none
+    deps: list[tuple[int, ...]] = field(default_factory=list)  # calls (ids) this call waits for
+    unit: list[int] = field(default_factory=list)  # the id of its workflow's first call (itself if alone)
+    deadline_s: list[float | None] = field(default_factory=list)  # its workflow's deadline D
 
     def __len__(self) -> int:
         return len(self.arrival)
+
+    @property
+    def has_workflows(self) -> bool:
+        return bool(self.deps)
+
+    def units(self) -> int:
+        """Units of work: requests, a multi-call workflow counting once."""
+        return len(set(self.unit)) if self.unit else len(self.arrival)
 
 
 def canonical_tiers(specs: tuple[TierSpec, ...]) -> tuple[Tier, ...]:
@@ -132,7 +144,9 @@ def envelope_of(scn: Scenario) -> Envelope | None:
 
 
 def generate(scn: Scenario, rate: float, n: int | None = None, seed: int | None = None) -> Workload:
-    """``n`` requests (default: the scenario's) arriving at ``rate`` requests/s in total."""
+    """``n`` units of work (default: the scenario's) arriving at ``rate`` units/s in total;
+    a unit is a request, or a whole workflow of several calls for a workflow tier with a
+    ``workflow:`` shape (its calls follow the arrival's in the columns)."""
     if rate <= 0:
         raise ValueError("rate must be > 0")
     w = scn.workload
@@ -153,6 +167,11 @@ def generate(scn: Scenario, rate: float, n: int | None = None, seed: int | None 
         for s, c in zip(scn.tiers, tiers, strict=True)
     ]
     trace = load_trace(w.lengths) if w.lengths != "synthetic" else None
+    any_wf = any(t.workflow is not None for t in scn.tiers)
+    r_wf = random.Random(f"{seed}:workflows")  # shapes and the later calls' lengths
+    deps: list[tuple[int, ...]] = []
+    unit: list[int] = []
+    dls: list[float | None] = []
     arrival: list[float] = []
     prompt: list[int] = []
     output: list[int] = []
@@ -187,6 +206,31 @@ def generate(scn: Scenario, rate: float, n: int | None = None, seed: int | None 
         tier.append(ti)
         vs = variants[ti]
         variant.append(vs[r_tier.randrange(len(vs))] if len(vs) > 1 else vs[0])
+        if any_wf:
+            head = len(arrival) - 1
+            spec = scn.tiers[ti]
+            calls = spec.workflow.draw(r_wf) if spec.workflow is not None else ((),)
+            d = spec.deadline_ms
+            dl = None if d is None else d / 1e3 * (len(calls) if spec.deadline_per_call else 1)
+            deps.append(())
+            unit.append(head)
+            dls.append(dl)
+            for pre in calls[1:]:
+                arrival.append(arrival[head])  # a placeholder: sent when its predecessors finish
+                if trace is None:
+                    prompt.append(_lognormal(r_wf, w.prompt.mean, w.prompt.sigma, w.prompt.max))
+                    output.append(_lognormal(r_wf, w.output.mean, w.output.sigma, w.output.max))
+                else:
+                    j = r_wf.randrange(len(trace.prompt))
+                    prompt.append(trace.prompt[j])
+                    output.append(trace.output[j])
+                tier.append(ti)
+                variant.append(variant[head])
+                deps.append(tuple(head + k for k in pre))
+                unit.append(head)
+                dls.append(dl)
+    if any_wf:
+        return Workload(arrival, prompt, output, tier, variant, tiers, deps, unit, dls)
     return Workload(arrival, prompt, output, tier, variant, tiers)
 
 

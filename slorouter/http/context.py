@@ -14,6 +14,7 @@ from aiohttp import web
 from slorouter.clock import Clock
 from slorouter.config.model import RouterConfig
 from slorouter.models.base import LengthView
+from slorouter.models.workflows import WorkflowBook
 from slorouter.proxy.dispatcher import Dispatcher
 from slorouter.proxy.forward import Forwarder
 from slorouter.proxy.syncloop import SyncLoop
@@ -30,8 +31,8 @@ class Services:
     session: aiohttp.ClientSession
     lengths: LengthView
     rids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
-    # workflow id -> absolute deadline (set by the workflow's first call)
-    workflows: dict[str, float] = field(default_factory=dict)
+    # live workflows: their deadlines (set by the first call) and stage budgets
+    workflows: WorkflowBook = field(default_factory=WorkflowBook)
     passthrough_cursor: int = 0
     worker: int | None = None  # this process's index under `serve --workers N`
     syncer: SyncLoop | None = None  # the shared load picture's loop (workers, replicas)

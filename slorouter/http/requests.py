@@ -21,8 +21,12 @@ from slorouter.state.backends import Backend
 from slorouter.values import Engine, Reject, RequestInfo, SloClass, Status, Tier
 
 WORKFLOW_HEADER = "x-slo-workflow-id"
-_MAX_WORKFLOWS = 100_000
+KIND_HEADER = "x-workflow-kind"  # stage budgets are learned per kind (default: the tier)
+STAGE_HEADER = "x-workflow-stage"  # 1-based stage of this call, when the client knows it
+STAGES_HEADER = "x-workflow-stages"  # the workflow's number of stages, when the client knows it
 _MAX_WORKFLOW_ID = 256  # characters; ids are kept until their deadline passes (bounded memory)
+_MAX_KIND = 64
+_MAX_STAGES = 10_000
 
 
 class BadRequest(Exception):
@@ -154,7 +158,10 @@ def classify(
     if isinstance(res, Refusal):
         return res
     tier = res.tier
-    deadline_at = _deadline(svc, request, tier, arrival)
+    got = _deadline(svc, request, tier, arrival)
+    if isinstance(got, Refusal):
+        return got
+    deadline_at, target_at = got
     bound = svc.lengths.bound(tier.name, 0, max_tokens)
     info = RequestInfo(
         rid=svc.next_rid(),
@@ -168,27 +175,66 @@ def classify(
         workflow_id=request.headers.get(WORKFLOW_HEADER),
         deadline_at=deadline_at,
         key_id=res.key_id,
+        target_at=target_at,
     )
     return info, res.model
 
 
-def _deadline(svc: Services, request: web.Request, tier: Tier, arrival: float) -> float | None:
+def _stage_header(request: web.Request, name: str) -> int | Refusal | None:
+    raw = request.headers.get(name)
+    if raw is None:
+        return None
+    try:
+        v = int(raw.strip())
+    except ValueError:
+        v = 0
+    if not 1 <= v <= _MAX_STAGES:
+        return Refusal(
+            400,
+            f"{name} must be an integer from 1 to {_MAX_STAGES}, got {raw[:32]!r}",
+            "invalid_workflow_stage",
+        )
+    return v
+
+
+def _deadline(
+    svc: Services, request: web.Request, tier: Tier, arrival: float
+) -> tuple[float | None, float | None] | Refusal:
+    """(the request's deadline, its own stage budget) — a workflow call's from the
+    workflow book (slorouter.models.workflows), with the optional stage headers."""
     slo = tier.slo
     if slo.deadline_s is None:
-        return None
+        return None, None
     if slo.slo_class is SloClass.WORKFLOW:
         wid = request.headers.get(WORKFLOW_HEADER)
         if wid:
-            d = svc.workflows.get(wid)
-            if d is None:
-                if len(svc.workflows) >= _MAX_WORKFLOWS:
-                    # forget workflows whose deadline passed long ago
-                    cutoff = arrival - 3600.0
-                    for k in [k for k, v in svc.workflows.items() if v < cutoff]:
-                        del svc.workflows[k]
-                d = svc.workflows.setdefault(wid, arrival + slo.deadline_s)
-            return d
-    return arrival + slo.deadline_s
+            kind = request.headers.get(KIND_HEADER, tier.name)
+            if not (0 < len(kind) <= _MAX_KIND and kind.isprintable()):
+                return Refusal(
+                    400, f"{KIND_HEADER} must be 1..{_MAX_KIND} printable characters", "invalid_workflow_kind"
+                )
+            stage = _stage_header(request, STAGE_HEADER)
+            stages = _stage_header(request, STAGES_HEADER)
+            if isinstance(stage, Refusal):
+                return stage
+            if isinstance(stages, Refusal):
+                return stages
+            if stage is not None and stages is not None and stage > stages:
+                return Refusal(
+                    400,
+                    f"{STAGE_HEADER} ({stage}) is above {STAGES_HEADER} ({stages})",
+                    "invalid_workflow_stage",
+                )
+            b = svc.workflows.call(
+                wid,
+                f"{tier.name}/{kind}" if kind != tier.name else kind,
+                arrival,
+                slo.deadline_s,
+                stage=None if stage is None else stage - 1,
+                stages=stages,
+            )
+            return b.deadline_at, b.target_at
+    return arrival + slo.deadline_s, None
 
 
 async def serve_generation(

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from slorouter.policy import polyserve, simple, slo_pack, static_partition
+from slorouter.policy import polyserve, simple, slo_pack, static_partition, tempo
 from slorouter.policy.base import Policy, PolicyContext, PolicyFactory
 
 REGISTRY: Mapping[str, PolicyFactory] = {
@@ -21,6 +21,7 @@ REGISTRY: Mapping[str, PolicyFactory] = {
     "static-partition": static_partition.make_static_partition,
     "slo-pack": slo_pack.make_slo_pack,
     "polyserve": polyserve.make_polyserve,
+    "tempo": tempo.make_tempo,
 }
 
 

@@ -274,8 +274,12 @@ def test_bench_policies_json_compares_polyserve_with_what_users_run() -> None:
     bench = _bench()
     # every shipped scenario at a constant rate (one with an arrival envelope is for a fleet
     # that scales: scripts/bench_autoscale.py)
+    # that scales: scripts/bench_autoscale.py); one with multi-call workflows is compared by
+    # service gain at one load (bench.gain_entry)
     constant = {s for s in SHIPPED if load_scenario(s).workload.envelope is None}
-    assert set(bench.SCENARIOS) == constant and "diurnal" in set(SHIPPED) - constant
+    workflows = {s for s in SHIPPED if any(t.workflow is not None for t in load_scenario(s).tiers)}
+    assert set(bench.GAIN_SCENARIOS) == workflows and "mixed" in workflows
+    assert set(bench.SCENARIOS) == constant - workflows and "diurnal" in set(SHIPPED) - constant
 
     def pol(g90: float | None, g99: float | None) -> dict[str, Any]:
         return {"goodput_rps_per_server": g90, "goodput99_rps_per_server": g99}
