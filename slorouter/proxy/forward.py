@@ -32,6 +32,7 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import aiohttp
 import orjson
@@ -286,15 +287,8 @@ class Forwarder:
         attempts: int,
         to: Timeouts,
     ) -> Result:
-        rid = info.rid
-        tracker = self.tracker
-
-        def on_tokens(n: int) -> None:
-            tracker.on_tokens(rid, n)
-
-        def on_usage(p: int | None, c: int | None) -> None:
-            tracker.on_usage(rid, p, c)
-
+        rid, tracker = info.rid, self.tracker
+        on_tokens, on_usage = partial(tracker.on_tokens, rid), partial(tracker.on_usage, rid)
         obs = SseObserver(prep.flavor, on_tokens, on_usage, prep.strip_usage)
         resp = web.StreamResponse(status=up.status, headers=downstream_headers(up.headers.items()))
         status = Status.ERROR
