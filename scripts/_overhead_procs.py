@@ -246,10 +246,16 @@ POLYSERVE_TIER = "{name: chat, class: latency, ttft_ms: 2000, tpot_ms: 100}"
 
 
 def start_slorouter(
-    tmp: Path, engine_ports: list[int], core: int | None, policy: str = "round-robin"
+    tmp: Path,
+    engine_ports: list[int],
+    core: int | None,
+    policy: str = "round-robin",
+    source: Path | None = None,
 ) -> tuple[Proc, int]:
     """``slorouter serve``: ``round-robin`` with one best-effort tier, or ``polyserve``
-    with one latency tier (TTFT 2 s, TPOT 100 ms) whose bin holds both engines."""
+    with one latency tier (TTFT 2 s, TPOT 100 ms) whose bin holds both engines.
+    ``source``: run the ``slorouter`` package of that source tree (e.g. a git worktree of
+    another commit) with this environment's dependencies, instead of the installed one."""
     port = free_port()
     tier, name = (
         ("{name: bench, class: best_effort}", "bench")
@@ -267,8 +273,14 @@ def start_slorouter(
         "routing: {allow_anonymous: true}\n"
         f"policy: {{kind: {policy}}}\n"
     )
-    argv = [str(VENV_BIN / "slorouter"), "serve", "--config", str(cfg), "--log-level", "warning"]
-    p = Proc(f"slorouter-{policy}-{port}", argv, tmp, core)
+    if source is None:
+        argv = [str(VENV_BIN / "slorouter")]
+    else:
+        tree = str(source.resolve())
+        code = f"import sys; sys.path.insert(0, {tree!r}); from slorouter.cli import main; sys.exit(main())"
+        argv = [sys.executable, "-c", code]
+    argv += ["serve", "--config", str(cfg), "--log-level", "warning"]
+    p = Proc(f"slorouter-{policy}{'-base' if source else ''}-{port}", argv, tmp, core)
     wait_http(p, f"http://127.0.0.1:{port}/health")
     return p, port
 

@@ -134,6 +134,10 @@ def summarize(rounds: list[dict[str, dict[str, Any]]], targets: list[str], strea
             if t in ("direct", "nginx", ref) or (ref == "aiohttp-min" and not t.startswith("slorouter")):
                 continue
             s[f"ratio_to_{ref.replace('-', '_')}"] = _ratios(rounds, t, ref, s, base, stream)
+    for t, s in out.items():  # a change measured against the code before it (--base)
+        before = out.get(f"{t}@base")
+        if before is not None:
+            s["ratio_to_base"] = _ratios(rounds, t, f"{t}@base", s, before, stream)
     return out
 
 
@@ -183,6 +187,7 @@ def flat_summary(scenarios: dict[str, Any]) -> dict[str, dict[str, dict[str, flo
             ng_ttft = ng.get("added_ttft_p50_ms")
             rows[target] = {
                 "cpu_us_per_unit": s.get(cpu_key),
+                **({"ratio_to_base": s["ratio_to_base"].get(cpu_key)} if "ratio_to_base" in s else {}),
                 "ratio_to_nginx": ratio,
                 "added_ttft_p50_ms": ttft,
                 "added_gap_p99_ms": s.get("added_gap_p99_ms") if stream else None,
@@ -198,7 +203,7 @@ def print_table(scenarios: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    con = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
+    con = Console(stderr=True, width=None if sys.stderr.isatty() else 170)
     for name, sc in scenarios.items():
         stream = sc["stream"]
         t = Table(title=f"{name}: {sc['description']} (medians of {sc['repeats']})")
@@ -207,7 +212,10 @@ def print_table(scenarios: dict[str, Any]) -> None:
             cols += ["+TTFT p50 ms", "+TTFT p99 ms", "+gap p99 ms", "µs/token", "sys µs"]
         else:
             cols += ["+resp p50 ms", "µs/request", "sys µs"]
-        cols += ["× nginx", "× aiohttp-min", "RSS MB", "errors"]
+        cols += ["× nginx", "× aiohttp-min"]
+        with_base = any("ratio_to_base" in s for s in sc["summary"].values())
+        cols += ["× @base"] if with_base else []
+        cols += ["RSS MB", "errors"]
         for c in cols:
             t.add_column(c, justify="left" if c == "target" else "right")
         for target, s in sc["summary"].items():
@@ -228,6 +236,9 @@ def print_table(scenarios: dict[str, Any]) -> None:
             row += ["1.0" if target == "nginx" else "–" if ratio is None else f"{ratio:g}"]
             r2 = s.get("ratio_to_aiohttp_min", {}).get(cpu_key)
             row += ["1.0" if target == "aiohttp-min" else "–" if r2 is None else f"{r2:g}"]
+            if with_base:
+                r3 = s.get("ratio_to_base", {}).get(cpu_key)
+                row += ["–" if r3 is None else f"{r3:g}"]
             row += [f("proxy_rss_mb"), str(s["errors"])]
             t.add_row(*row)
         con.print(t)

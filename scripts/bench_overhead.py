@@ -115,6 +115,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="no slorouter-polyserve target",
     )
+    p.add_argument(
+        "--base",
+        type=Path,
+        metavar="DIR",
+        help="also run slorouter from this source tree (e.g. a git worktree of the commit before a "
+        "change), as targets slorouter@base (and slorouter-polyserve@base): before and after in one run",
+    )
     p.add_argument("--only", choices=("paced", "unpaced", "nonstreaming"), action="append", help="scenarios")
     p.add_argument("--out", type=Path, help="also write the JSON to this file")
     p.add_argument("--logs", type=Path, metavar="DIR", help="keep configs and process logs in DIR")
@@ -249,6 +256,13 @@ async def run_fleet(
             sp, pport = start_slorouter(tmp, ports, pin_proxy, policy="polyserve")
             procs.append(sp)
             targets["slorouter-polyserve"] = ([f"http://127.0.0.1:{pport}/v1/chat/completions"], sp)
+        if a.base is not None:
+            for policy, name in (("round-robin", "slorouter"), ("polyserve", "slorouter-polyserve")):
+                if policy == "polyserve" and a.skip_polyserve:
+                    continue
+                bp, bport = start_slorouter(tmp, ports, pin_proxy, policy=policy, source=a.base)
+                procs.append(bp)
+                targets[f"{name}@base"] = ([f"http://127.0.0.1:{bport}/v1/chat/completions"], bp)
         names = list(targets)
         for t in names:  # a short discarded load per target: connections, caches, the JIT-less warm path
             progress.update(task, description=f"{fleet} engines: warming up {t}")
@@ -291,6 +305,8 @@ async def main_async(a: argparse.Namespace) -> dict[str, Any]:
 
     scs = scenarios(a)
     n_targets = 6 - a.skip_nginx - a.skip_baseline - a.skip_vllm_router - a.skip_polyserve
+    if a.base is not None:
+        n_targets += 1 if a.skip_polyserve else 2
     result: dict[str, Any] = {
         "command": " ".join(shlex.quote(x) for x in [sys.argv[0], *sys.argv[1:]]),
         "machine": {"cpus": os.cpu_count(), "loadavg_start": [round(x, 2) for x in os.getloadavg()]},
@@ -304,6 +320,7 @@ async def main_async(a: argparse.Namespace) -> dict[str, Any]:
             "vllm-router": "vllm-router (Rust, PyPI), --policy round_robin, --log-level warning",
             "slorouter": "slorouter serve, policy round-robin, one best_effort tier",
             "slorouter-polyserve": "slorouter serve, policy polyserve, latency tier TTFT 2 s, TPOT 100 ms",
+            **({"@base": f"the same, run from the source tree {a.base}"} if a.base else {}),
         },
     }
     t0 = time.monotonic()
