@@ -10,7 +10,8 @@ Measured per streamed response (vLLM chat chunks; one token per ``"delta":{"cont
 * inter-token gaps: one gap per read (time since the previous read that held tokens), plus a
   zero gap for every further token in the same read (a read carrying k tokens delivered
   them together).
-Non-streaming (``stream=False``): requests completed only.
+Non-streaming (``stream=False``): the response time (request sent -> whole body read)
+goes into ``ttft_s``.
 """
 
 from __future__ import annotations
@@ -84,11 +85,13 @@ async def _one_stream(session: aiohttp.ClientSession, url: str, data: bytes, res
 
 
 async def _one_whole(session: aiohttp.ClientSession, url: str, data: bytes, res: LoadResult) -> None:
+    t0 = time.perf_counter()
     async with session.post(url, data=data, headers={"Content-Type": "application/json"}) as r:
         payload = await r.read()
         if r.status != 200:
             res.error(f"http {r.status}")
             return
+        res.ttft_s.append(time.perf_counter() - t0)
         usage = orjson.loads(payload).get("usage") or {}
         res.tokens += int(usage.get("completion_tokens", 0))
         res.requests += 1

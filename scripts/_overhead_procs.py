@@ -51,11 +51,13 @@ def free_ports(n: int) -> int:
     raise RuntimeError(f"no {n} consecutive free ports on 127.0.0.1")
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), from /proc/PID/stat."""
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(utime + stime, stime) of a process (all its threads), from /proc/PID/stat: CPU in
+    all, and the part spent in the kernel (system calls: socket reads and writes, epoll)."""
     with open(f"/proc/{pid}/stat", "rb") as f:
         fields = f.read().rsplit(b")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of stat(5)
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of stat(5)
+    return (utime + stime) / CLK_TCK, stime / CLK_TCK
 
 
 def sched_ns(pid: int) -> tuple[int, int]:
@@ -107,18 +109,20 @@ class Proc:
     def pids(self) -> list[int]:
         return [self.pid, *children(self.pid)] if self.with_children else [self.pid]
 
-    def cpu(self) -> tuple[float, float, float]:
-        """(utime+stime from /proc/PID/stat, run time and run-queue wait from schedstat)
-        in seconds, summed over the process and its workers."""
-        stat = 0.0
+    def cpu(self) -> tuple[float, float, float, float]:
+        """(utime+stime from /proc/PID/stat, run time and run-queue wait from schedstat,
+        stime from /proc/PID/stat) in seconds, summed over the process and its workers."""
+        stat = sys_ = 0.0
         run = wait = 0
         for p in self.pids():
             with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-                stat += cpu_seconds(p)
+                total, kernel = cpu_seconds(p)
+                stat += total
+                sys_ += kernel
                 r, w = sched_ns(p)
                 run += r
                 wait += w
-        return stat, run / 1e9, wait / 1e9
+        return stat, run / 1e9, wait / 1e9, sys_
 
     def rss(self) -> float:
         total = 0.0
@@ -237,21 +241,64 @@ def start_nginx(tmp: Path, engine_ports: list[int], core: int | None) -> tuple[P
     return p, port
 
 
-def start_slorouter(tmp: Path, engine_ports: list[int], core: int | None) -> tuple[Proc, int]:
+# the tier and policy of the `slorouter-polyserve` target: a latency tier both engines serve
+POLYSERVE_TIER = "{name: chat, class: latency, ttft_ms: 2000, tpot_ms: 100}"
+
+
+def start_slorouter(
+    tmp: Path,
+    engine_ports: list[int],
+    core: int | None,
+    policy: str = "round-robin",
+    source: Path | None = None,
+) -> tuple[Proc, int]:
+    """``slorouter serve``: ``round-robin`` with one best-effort tier, or ``polyserve``
+    with one latency tier (TTFT 2 s, TPOT 100 ms) whose bin holds both engines.
+    ``source``: run the ``slorouter`` package of that source tree (e.g. a git worktree of
+    another commit) with this environment's dependencies, instead of the installed one."""
     port = free_port()
+    tier, name = (
+        ("{name: bench, class: best_effort}", "bench")
+        if policy == "round-robin"
+        else (POLYSERVE_TIER, "chat")
+    )
     backends = "\n".join(
-        f'  - {{name: e{i}, url: "http://127.0.0.1:{p}"}}' for i, p in enumerate(engine_ports)
+        f'  - {{name: e{i}, url: "http://127.0.0.1:{p}", tier: {name}}}' for i, p in enumerate(engine_ports)
     )
     cfg = tmp / f"slorouter-{port}.yaml"
     cfg.write_text(
         f"server: {{host: 127.0.0.1, port: {port}}}\n"
-        "tiers:\n  - {name: bench, class: best_effort}\n"
+        f"tiers:\n  - {tier}\n"
         f"backends:\n{backends}\n"
         "routing: {allow_anonymous: true}\n"
-        "policy: {kind: round-robin}\n"
+        f"policy: {{kind: {policy}}}\n"
     )
-    argv = [str(VENV_BIN / "slorouter"), "serve", "--config", str(cfg), "--log-level", "warning"]
-    p = Proc(f"slorouter-{port}", argv, tmp, core)
+    if source is None:
+        argv = [str(VENV_BIN / "slorouter")]
+    else:
+        tree = str(source.resolve())
+        code = f"import sys; sys.path.insert(0, {tree!r}); from slorouter.cli import main; sys.exit(main())"
+        argv = [sys.executable, "-c", code]
+    argv += ["serve", "--config", str(cfg), "--log-level", "warning"]
+    p = Proc(f"slorouter-{policy}{'-base' if source else ''}-{port}", argv, tmp, core)
+    wait_http(p, f"http://127.0.0.1:{port}/health")
+    return p, port
+
+
+def start_vllm_router(tmp: Path, engine_ports: list[int], core: int | None) -> tuple[Proc, int]:
+    """The Rust vllm-router (PyPI ``vllm-router``, the ``bench`` extra): round-robin over
+    the engines, logs at warning, its Prometheus endpoint on a free port of 127.0.0.1."""
+    exe = VENV_BIN / "vllm-router"
+    if not exe.exists():
+        raise RuntimeError(
+            "vllm-router is not installed: run scripts/bench_overhead.sh (it installs the `bench` "
+            "extra), or pip install -e '.[bench]' (or pass --skip-vllm-router)"
+        )
+    port, prom = free_port(), free_port()
+    argv = [str(exe), "--worker-urls", *(f"http://127.0.0.1:{p}" for p in engine_ports)]
+    argv += ["--policy", "round_robin", "--host", "127.0.0.1", "--port", str(port)]
+    argv += ["--log-level", "warning", "--prometheus-host", "127.0.0.1", "--prometheus-port", str(prom)]
+    p = Proc(f"vllm-router-{port}", argv, tmp, core)
     wait_http(p, f"http://127.0.0.1:{port}/health")
     return p, port
 

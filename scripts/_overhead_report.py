@@ -31,14 +31,15 @@ def _ms(x: float | None) -> float | None:
 def run_record(
     target: str,
     res: LoadResult,
-    proxy_cpu: tuple[float, float, float] | None,
+    proxy_cpu: tuple[float, ...] | None,
     engine_cpu_s: float,
     rss: float | None,
 ) -> dict[str, Any]:
     """One run's figures. ``proxy_cpu`` = (utime+stime from /proc/PID/stat, schedstat run
-    time, schedstat run-queue wait) in seconds; the per-token/per-request figures use the
-    schedstat run time (ns resolution; stat's is 10 ms), the stat one is kept as ``*_stat``
-    to cross-check. ``proxy_cpu_util``: share of the run's wall time the proxy ran;
+    time, schedstat run-queue wait, stime from /proc/PID/stat) in seconds; the
+    per-token/per-request figures use the schedstat run time (ns resolution; stat's is
+    10 ms), the stat one is kept as ``*_stat`` to cross-check; ``*_sys`` is the kernel's
+    part (system calls), from stime. ``proxy_cpu_util``: share of the run's wall time the proxy ran;
     ``proxy_wait_util``: share it was ready to run but waited for the (shared) core."""
     tok, req = res.tokens, res.requests
     rec: dict[str, Any] = {
@@ -58,14 +59,17 @@ def run_record(
     if res.error_kinds:
         rec["error_kinds"] = res.error_kinds
     if proxy_cpu is not None:
-        stat, sched, wait = proxy_cpu
+        stat, sched, wait, kernel = proxy_cpu
         rec["proxy_cpu_s"] = round(sched, 4)
+        rec["proxy_sys_s_stat"] = round(kernel, 2)
         rec["proxy_cpu_s_stat"] = round(stat, 2)
         rec["proxy_cpu_util"] = round(sched / res.elapsed_s, 3) if res.elapsed_s else None
         rec["proxy_wait_util"] = round(wait / res.elapsed_s, 3) if res.elapsed_s else None
         rec["proxy_cpu_us_per_token"] = round(sched * 1e6 / tok, 2) if tok else None
         rec["proxy_cpu_us_per_token_stat"] = round(stat * 1e6 / tok, 2) if tok else None
         rec["proxy_cpu_us_per_request"] = round(sched * 1e6 / req, 1) if req else None
+        rec["proxy_sys_us_per_token_stat"] = round(kernel * 1e6 / tok, 2) if tok else None
+        rec["proxy_sys_us_per_request_stat"] = round(kernel * 1e6 / req, 1) if req else None
         rec["proxy_rss_mb"] = None if rss is None else round(rss, 1)
     return rec
 
@@ -88,6 +92,8 @@ _KEYS = (
     "proxy_cpu_us_per_token",
     "proxy_cpu_us_per_token_stat",
     "proxy_cpu_us_per_request",
+    "proxy_sys_us_per_token_stat",
+    "proxy_sys_us_per_request_stat",
 )
 _ADDED = {
     "ttft_p50_ms": "added_ttft_p50_ms",
@@ -125,9 +131,13 @@ def summarize(rounds: list[dict[str, dict[str, Any]]], targets: list[str], strea
         if base is None:
             continue
         for t, s in out.items():
-            if t in ("direct", "nginx", ref) or (ref == "aiohttp-min" and t != "slorouter"):
+            if t in ("direct", "nginx", ref) or (ref == "aiohttp-min" and not t.startswith("slorouter")):
                 continue
             s[f"ratio_to_{ref.replace('-', '_')}"] = _ratios(rounds, t, ref, s, base, stream)
+    for t, s in out.items():  # a change measured against the code before it (--base)
+        before = out.get(f"{t}@base")
+        if before is not None:
+            s["ratio_to_base"] = _ratios(rounds, t, f"{t}@base", s, before, stream)
     return out
 
 
@@ -156,20 +166,56 @@ def _ratios(
     return ratios
 
 
+def flat_summary(scenarios: dict[str, Any]) -> dict[str, dict[str, dict[str, float | None]]]:
+    """``{scenario: {target: {cpu_us_per_unit, ratio_to_nginx, added_ttft_p50_ms,
+    added_gap_p99_ms, ttft_p50_over_nginx_ms}}}`` for every proxy (not ``direct``): CPU
+    per token (streams) or per request, its ratio to nginx's (ratio of medians), the
+    median over rounds of the proxy's TTFT p50 (non-streaming: response time) and gap
+    p99 minus the direct run's, and the added TTFT p50 minus nginx's added TTFT p50."""
+    out: dict[str, dict[str, dict[str, float | None]]] = {}
+    for name, sc in scenarios.items():
+        stream = sc["stream"]
+        cpu_key = "proxy_cpu_us_per_token" if stream else "proxy_cpu_us_per_request"
+        summ = sc["summary"]
+        ng = summ.get("nginx", {})
+        rows: dict[str, dict[str, float | None]] = {}
+        for target, s in summ.items():
+            if target == "direct":
+                continue
+            ratio = 1.0 if target == "nginx" else s.get("ratio_to_nginx", {}).get(cpu_key)
+            ttft = s.get("added_ttft_p50_ms")
+            ng_ttft = ng.get("added_ttft_p50_ms")
+            rows[target] = {
+                "cpu_us_per_unit": s.get(cpu_key),
+                **({"ratio_to_base": s["ratio_to_base"].get(cpu_key)} if "ratio_to_base" in s else {}),
+                "ratio_to_nginx": ratio,
+                "added_ttft_p50_ms": ttft,
+                "added_gap_p99_ms": s.get("added_gap_p99_ms") if stream else None,
+                "ttft_p50_over_nginx_ms": None
+                if ttft is None or ng_ttft is None
+                else round(ttft - ng_ttft, 3),
+            }
+        out[name] = rows
+    return out
+
+
 def print_table(scenarios: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    con = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
+    con = Console(stderr=True, width=None if sys.stderr.isatty() else 170)
     for name, sc in scenarios.items():
         stream = sc["stream"]
         t = Table(title=f"{name}: {sc['description']} (medians of {sc['repeats']})")
         cols = ["target", "tok/s" if stream else "req/s"]
         if stream:
-            cols += ["+TTFT p50 ms", "+TTFT p99 ms", "+gap p99 ms", "µs/token"]
+            cols += ["+TTFT p50 ms", "+TTFT p99 ms", "+gap p99 ms", "µs/token", "sys µs"]
         else:
-            cols += ["µs/request"]
-        cols += ["× nginx", "× aiohttp-min", "RSS MB", "errors"]
+            cols += ["+resp p50 ms", "µs/request", "sys µs"]
+        cols += ["× nginx", "× aiohttp-min"]
+        with_base = any("ratio_to_base" in s for s in sc["summary"].values())
+        cols += ["× @base"] if with_base else []
+        cols += ["RSS MB", "errors"]
         for c in cols:
             t.add_column(c, justify="left" if c == "target" else "right")
         for target, s in sc["summary"].items():
@@ -182,11 +228,17 @@ def print_table(scenarios: dict[str, Any]) -> None:
             row = [target, f("tokens_per_s" if stream else "requests_per_s")]
             if stream:
                 row += [f("added_ttft_p50_ms"), f("added_ttft_p99_ms"), f("added_gap_p99_ms")]
+            else:
+                row += [f("added_ttft_p50_ms")]
             row += [f(cpu_key)]
+            row += [f("proxy_sys_us_per_token_stat" if stream else "proxy_sys_us_per_request_stat")]
             ratio = s.get("ratio_to_nginx", {}).get(cpu_key)
             row += ["1.0" if target == "nginx" else "–" if ratio is None else f"{ratio:g}"]
             r2 = s.get("ratio_to_aiohttp_min", {}).get(cpu_key)
             row += ["1.0" if target == "aiohttp-min" else "–" if r2 is None else f"{r2:g}"]
+            if with_base:
+                r3 = s.get("ratio_to_base", {}).get(cpu_key)
+                row += ["–" if r3 is None else f"{r3:g}"]
             row += [f("proxy_rss_mb"), str(s["errors"])]
             t.add_row(*row)
         con.print(t)

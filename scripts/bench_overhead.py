@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Router overhead: the same load direct to the engines, through nginx, through a minimal
-aiohttp pass-through, and through slorouter — in one run, ratios side by side.
+aiohttp pass-through, through the Rust vllm-router, and through slorouter (round-robin
+and polyserve) — in one run, ratios side by side.
 
 Three scenarios, each target measured ``--repeats`` times in rounds (order rotates per round):
 
@@ -13,8 +14,10 @@ Engines: 2 simulated vLLM engines (``slorouter sim``, a generated profile whose 
 ``c0`` alone). Targets: ``direct`` (clients spread over the engines), ``nginx`` (1 worker,
 generated config in a temp dir: proxy_buffering off, HTTP/1.1 keep-alive upstream,
 round-robin), ``aiohttp-min`` (``scripts/_overhead_passthrough.py``: aiohttp + uvloop,
-copies reads, no parsing — the floor for an aiohttp router) and the real ``slorouter
-serve`` (generated config, policy round-robin). The client is this process (aiohttp +
+copies reads, no parsing — the floor for an aiohttp router), ``vllm-router`` (the Rust
+router from PyPI, round-robin; the ``bench`` extra) and the real ``slorouter serve``
+(generated config): ``slorouter`` with policy round-robin and a best-effort tier,
+``slorouter-polyserve`` with policy polyserve and a latency tier. The client is this process (aiohttp +
 uvloop; closed-loop streams with output lengths spread over 0.5–1.5× ``--max-tokens`` and,
 when paced, staggered starts, so arrivals do not come in synchronized bursts). By default
 the proxies run on core 1 and engines + client on core 0 (``taskset`` /
@@ -28,7 +31,12 @@ worker — from /proc/PID/task/*/schedstat, cross-checked with utime+stime of
 to nginx (and slorouter's to aiohttp-min). Prints JSON on stdout, progress and tables on
 stderr. See docs/overhead.md.
 
-Usage: ``scripts/bench_overhead.py [--repeats 5] [--out FILE] [--py-spy DIR]``
+The JSON's ``summary.<scenario>.<target>`` has the flat figures
+(``cpu_us_per_unit``, ``ratio_to_nginx``, ``added_ttft_p50_ms``, ``added_gap_p99_ms``,
+``ttft_p50_over_nginx_ms``); ``scenarios`` has everything, per round too.
+
+Usage: ``scripts/bench_overhead.sh [--repeats 5] [--out FILE] [--py-spy DIR]`` (the
+wrapper installs the ``bench`` extra and nginx; ``bench_overhead.py`` itself does not)
 """
 
 from __future__ import annotations
@@ -52,8 +60,16 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _overhead_client import make_session, run_load, warm_up
-from _overhead_procs import VENV_BIN, Proc, start_nginx, start_passthrough, start_sim, start_slorouter
-from _overhead_report import print_table, run_record, summarize
+from _overhead_procs import (
+    VENV_BIN,
+    Proc,
+    start_nginx,
+    start_passthrough,
+    start_sim,
+    start_slorouter,
+    start_vllm_router,
+)
+from _overhead_report import flat_summary, print_table, run_record, summarize
 
 
 @dataclass(frozen=True)
@@ -93,6 +109,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--skip-baseline", action="store_true", help="no minimal aiohttp pass-through (target aiohttp-min)"
     )
+    p.add_argument("--skip-vllm-router", action="store_true", help="no Rust vllm-router (target vllm-router)")
+    p.add_argument(
+        "--skip-polyserve",
+        action="store_true",
+        help="no slorouter-polyserve target",
+    )
+    p.add_argument(
+        "--base",
+        type=Path,
+        metavar="DIR",
+        help="also run slorouter from this source tree (e.g. a git worktree of the commit before a "
+        "change), as targets slorouter@base (and slorouter-polyserve@base): before and after in one run",
+    )
     p.add_argument("--only", choices=("paced", "unpaced", "nonstreaming"), action="append", help="scenarios")
     p.add_argument("--out", type=Path, help="also write the JSON to this file")
     p.add_argument("--logs", type=Path, metavar="DIR", help="keep configs and process logs in DIR")
@@ -100,8 +129,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--py-spy",
         type=Path,
         metavar="DIR",
-        help="record slorouter with py-spy (raw folded stacks into DIR) during its runs; "
-        "perturbs the figures — use for profiling only",
+        help="record slorouter (both targets) with py-spy (raw folded stacks into DIR) during its "
+        "runs; perturbs the figures — use for profiling only (scripts/_overhead_profile.py sums them)",
     )
     p.add_argument("--py-spy-native", action="store_true", help="with --py-spy: include native frames")
     a = p.parse_args(argv)
@@ -176,8 +205,8 @@ async def measure(
 ) -> dict[str, Any]:
     async with make_session(sc.streams) as session:
         warm_errors = await warm_up(session, urls, sc.streams)
-        spy_name = f"{sc.name}-r{rnd}"
-        spy_dir = a.py_spy if target == "slorouter" else None
+        spy_name = f"{sc.name}-{target}-r{rnd}"
+        spy_dir = a.py_spy if target.startswith("slorouter") else None
         with Spy(spy_dir, proxy.pid if proxy else 0, spy_name, a.py_spy_native):
             p0 = proxy.cpu() if proxy else None
             e0 = sim.cpu()
@@ -187,7 +216,7 @@ async def measure(
             )  # fmt: skip
             p1 = proxy.cpu() if proxy else None
             e1 = sim.cpu()
-    cpu = None if p0 is None or p1 is None else (p1[0] - p0[0], p1[1] - p0[1], p1[2] - p0[2])
+    cpu = None if p0 is None or p1 is None else tuple(b - a for a, b in zip(p0, p1, strict=True))
     rec = run_record(target, res, cpu, e1[1] - e0[1], proxy.rss() if proxy else None)
     if warm_errors:
         rec["warmup_errors"] = warm_errors
@@ -216,9 +245,24 @@ async def run_fleet(
             ap, aport = start_passthrough(tmp, ports, pin_proxy)
             procs.append(ap)
             targets["aiohttp-min"] = ([f"http://127.0.0.1:{aport}/v1/chat/completions"], ap)
+        if not a.skip_vllm_router:
+            vr, vport = start_vllm_router(tmp, ports, pin_proxy)
+            procs.append(vr)
+            targets["vllm-router"] = ([f"http://127.0.0.1:{vport}/v1/chat/completions"], vr)
         sr, sport = start_slorouter(tmp, ports, pin_proxy)
         procs.append(sr)
         targets["slorouter"] = ([f"http://127.0.0.1:{sport}/v1/chat/completions"], sr)
+        if not a.skip_polyserve:
+            sp, pport = start_slorouter(tmp, ports, pin_proxy, policy="polyserve")
+            procs.append(sp)
+            targets["slorouter-polyserve"] = ([f"http://127.0.0.1:{pport}/v1/chat/completions"], sp)
+        if a.base is not None:
+            for policy, name in (("round-robin", "slorouter"), ("polyserve", "slorouter-polyserve")):
+                if policy == "polyserve" and a.skip_polyserve:
+                    continue
+                bp, bport = start_slorouter(tmp, ports, pin_proxy, policy=policy, source=a.base)
+                procs.append(bp)
+                targets[f"{name}@base"] = ([f"http://127.0.0.1:{bport}/v1/chat/completions"], bp)
         names = list(targets)
         for t in names:  # a short discarded load per target: connections, caches, the JIT-less warm path
             progress.update(task, description=f"{fleet} engines: warming up {t}")
@@ -260,7 +304,9 @@ async def main_async(a: argparse.Namespace) -> dict[str, Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     scs = scenarios(a)
-    n_targets = 4 - a.skip_nginx - a.skip_baseline
+    n_targets = 6 - a.skip_nginx - a.skip_baseline - a.skip_vllm_router - a.skip_polyserve
+    if a.base is not None:
+        n_targets += 1 if a.skip_polyserve else 2
     result: dict[str, Any] = {
         "command": " ".join(shlex.quote(x) for x in [sys.argv[0], *sys.argv[1:]]),
         "machine": {"cpus": os.cpu_count(), "loadavg_start": [round(x, 2) for x in os.getloadavg()]},
@@ -271,7 +317,10 @@ async def main_async(a: argparse.Namespace) -> dict[str, Any]:
         "proxies": {
             "nginx": "1 worker, proxy_buffering off, proxy_http_version 1.1, upstream keepalive 256",
             "aiohttp-min": "scripts/_overhead_passthrough.py: aiohttp + uvloop, copy reads, no parsing",
+            "vllm-router": "vllm-router (Rust, PyPI), --policy round_robin, --log-level warning",
             "slorouter": "slorouter serve, policy round-robin, one best_effort tier",
+            "slorouter-polyserve": "slorouter serve, policy polyserve, latency tier TTFT 2 s, TPOT 100 ms",
+            **({"@base": f"the same, run from the source tree {a.base}"} if a.base else {}),
         },
     }
     t0 = time.monotonic()
@@ -296,6 +345,7 @@ async def main_async(a: argparse.Namespace) -> dict[str, Any]:
             if mine:
                 out.update(await run_fleet(a, fleet, mine, Path(tmpd), progress, task))
     result["scenarios"] = out
+    result["summary"] = flat_summary(out)
     result["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     result["wall_s"] = round(time.monotonic() - t0, 1)
     return result

@@ -55,8 +55,11 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
         if request.body_exists:
             timeout_s = request.app[SERVICES].cfg.server.client_read_timeout_s
             try:
-                async with asyncio.timeout(timeout_s):
+                if request.content.is_eof():  # all of it arrived already: no wait, no timer
                     await request.read()
+                else:
+                    async with asyncio.timeout(timeout_s):
+                        await request.read()
             except TimeoutError:
                 resp = error_response(
                     408, f"the request body did not arrive within {timeout_s:g} s", "timeout"

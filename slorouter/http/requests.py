@@ -44,8 +44,11 @@ async def read_json(request: web.Request, timeout_s: float) -> tuple[bytes, dict
     """The raw body and its parsed JSON object (400 otherwise; 413 from the app limit;
     408 when the client takes longer than ``timeout_s`` to send it)."""
     try:
-        async with asyncio.timeout(timeout_s):
+        if request.content.is_eof():  # read already (the middleware), or all of it arrived
             raw = await request.read()
+        else:
+            async with asyncio.timeout(timeout_s):
+                raw = await request.read()
     except TimeoutError:
         raise BadRequest(408, f"the request body did not arrive within {timeout_s:g} s", "timeout") from None
     if not raw:

@@ -55,6 +55,13 @@ class Histogram:
         return out
 
 
+def _hist(per_tier: dict[str, Histogram], tier: str, bounds: Sequence[float]) -> Histogram:
+    h = per_tier.get(tier)
+    if h is None:
+        h = per_tier[tier] = Histogram(bounds)
+    return h
+
+
 class RequestMetrics:
     """Register :meth:`observe` as a tracker listener and the object in the app's registry."""
 
@@ -68,19 +75,26 @@ class RequestMetrics:
         self.e2e: dict[str, Histogram] = {}
 
     def observe(self, o: Outcome) -> None:
-        key = (o.tier, o.status.value)
+        tier = o.tier
+        key = (tier, o.status.value)
         self.requests[key] = self.requests.get(key, 0) + 1
-        self.output_tokens[o.tier] = self.output_tokens.get(o.tier, 0) + o.output_tokens
-        self.prompt_tokens[o.tier] = self.prompt_tokens.get(o.tier, 0) + o.prompt_tokens
+        self.output_tokens[tier] = self.output_tokens.get(tier, 0) + o.output_tokens
+        self.prompt_tokens[tier] = self.prompt_tokens.get(tier, 0) + o.prompt_tokens
         ttft = o.ttft_s
         if ttft is not None:
-            self.ttft.setdefault(o.tier, Histogram(TTFT_BUCKETS)).observe(ttft)
-        if o.step_samples:
-            h = self.itl.setdefault(o.tier, Histogram(ITL_BUCKETS))
-            for gap, _b, _kv in o.step_samples:
-                h.observe(gap)
+            _hist(self.ttft, tier, TTFT_BUCKETS).observe(ttft)
+        samples = o.step_samples
+        if samples:  # one pass over the stream's gaps (a request's, not a token's, work)
+            h = _hist(self.itl, tier, ITL_BUCKETS)
+            counts, bounds, where = h.counts, h.bounds, bisect.bisect_left
+            total = 0.0
+            for gap, _b, _kv in samples:
+                counts[where(bounds, gap)] += 1
+                total += gap
+            h.sum += total
+            h.count += len(samples)
         if o.status is Status.OK:
-            self.e2e.setdefault(o.tier, Histogram(E2E_BUCKETS)).observe(o.finished_at - o.arrival)
+            _hist(self.e2e, tier, E2E_BUCKETS).observe(o.finished_at - o.arrival)
 
     # -- the collector ----------------------------------------------------------------------
 

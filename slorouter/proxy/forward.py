@@ -16,8 +16,9 @@ Contract:
   a well-formed error event (OpenAI: ``data: {"error": ...}`` then ``data: [DONE]``;
   TGI: ``data:{"error": ..., "error_type": ...}``) and a clean end of the stream;
 * no wait is unbounded: connect (``connect_s``), headers and first byte
-  (``first_byte_s``), every later silence of the engine (``idle_s``), and a client
-  that stops reading while its buffer is full (``idle_s``: the router then drops it);
+  (``first_byte_s``), every later silence of the engine (``idle_s``: a stream's
+  :class:`~slorouter.proxy.watchdog.IdleWatchdog`, a whole body's per-read timer), and a
+  client that stops reading while its buffer is full (``idle_s``: the router then drops it);
 * every attempt is reported to ``report(backend_id, signal, detail)`` (passive health,
   see :mod:`slorouter.proxy.health`);
 * the upstream response is released to the pool only after a complete, clean
@@ -32,10 +33,11 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import aiohttp
 import orjson
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from multidict import CIMultiDict
 
 from slorouter.proxy.engines import Prepared
@@ -49,13 +51,16 @@ from slorouter.proxy.upstream import (
     downstream_headers,
     upstream_headers,
 )
+from slorouter.proxy.watchdog import IdleWatchdog
 from slorouter.state.backends import Backend, BackendSet
 from slorouter.state.tracker import Tracker
 from slorouter.values import RequestInfo, SloClass, Status
 
 BackendReport = Callable[[str, Signal, str], None]  # (backend id, what happened, detail)
 _UPSTREAM_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
-_SLOW_CLIENT_BYTES = 256 * 1024  # client write buffer above which a write gets a deadline
+# client write buffer above which the stream waits for the client (as aiohttp's writer does
+# after 64 KiB, its LIMIT), and drops it if it reads nothing for idle_s
+_DRAIN_BYTES = 64 * 1024
 
 
 @dataclass(slots=True)
@@ -190,9 +195,9 @@ class Forwarder:
                     up.close()
                 raise
             self._report(backend.id, Signal.OK, "")
-            arm_idle_timeout(up, to.idle_s)
             if prep.stream and up.status == 200:
                 return await self._stream(request, info, backend, up, prep, first, attempts, to)
+            arm_idle_timeout(up, to.idle_s)
             return await self._whole(info, backend, up, attempts)
         return await self._failed(last_failure, last_reason, attempts)
 
@@ -286,28 +291,26 @@ class Forwarder:
         attempts: int,
         to: Timeouts,
     ) -> Result:
-        rid = info.rid
-        tracker = self.tracker
-
-        def on_tokens(n: int) -> None:
-            tracker.on_tokens(rid, n)
-
-        def on_usage(p: int | None, c: int | None) -> None:
-            tracker.on_usage(rid, p, c)
-
+        rid, tracker = info.rid, self.tracker
+        on_tokens, on_usage = partial(tracker.on_tokens, rid), partial(tracker.on_usage, rid)
         obs = SseObserver(prep.flavor, on_tokens, on_usage, prep.strip_usage)
         resp = web.StreamResponse(status=up.status, headers=downstream_headers(up.headers.items()))
+        if request.version >= HttpVersion11:
+            resp.enable_chunked_encoding()
         status = Status.ERROR
         clean = False
         transport = request.transport
+        loop = asyncio.get_running_loop()
+        content = up.content
+        watchdog = IdleWatchdog(loop, content, to.idle_s)
 
-        async def send(data: bytes) -> None:
+        async def drained() -> None:
+            """The client's buffer is over _DRAIN_BYTES: wait (up to idle_s) until it
+            reads, else drop it."""
+            watchdog.busy = True
             try:
-                if transport is not None and transport.get_write_buffer_size() > _SLOW_CLIENT_BYTES:
-                    async with asyncio.timeout(to.idle_s):
-                        await resp.write(data)
-                else:
-                    await resp.write(data)
+                async with asyncio.timeout(to.idle_s):
+                    await request.writer.drain()
             except TimeoutError as e:  # the client stopped reading: drop it
                 self.slow_clients += 1
                 if transport is not None:
@@ -315,24 +318,43 @@ class Forwarder:
                 raise _ClientGone from e
             except ConnectionError as e:
                 raise _ClientGone from e
+            finally:
+                watchdog.busy = False
+
+        async def send(data: bytes) -> None:
+            """Through aiohttp's writer: the first write (it carries the buffered head),
+            and every write of an HTTP/1.0 response (unframed)."""
+            watchdog.busy = True
+            try:
+                await resp.write(data)
+            except ConnectionError as e:
+                raise _ClientGone from e
+            finally:
+                watchdog.busy = False
+            if transport is not None and transport.get_write_buffer_size() > _DRAIN_BYTES:
+                await drained()
 
         try:
             try:
                 await resp.prepare(request)
             except ConnectionError as e:
                 raise _ClientGone from e
-            out = obs.feed(first)
-            if out:
-                await send(out)
+            # the head goes out with the first bytes (aiohttp holds it until the first write)
+            await send(obs.feed(first))
+            # later writes: one HTTP/1.1 chunk straight to the client's transport (what
+            # aiohttp's writer would send, without two coroutines and a join per token)
+            direct = resp.chunked and transport is not None
+            feed = obs.feed
             while True:
                 try:
-                    data = await up.content.readany()
+                    data = await content.readany()
                 except _UPSTREAM_ERRORS as e:
                     idle = isinstance(e, TimeoutError | aiohttp.ServerTimeoutError)
                     self._report(backend.id, Signal.BROKEN, f"mid-stream {type(e).__name__}")
                     why = f"no data for {to.idle_s:g} s" if idle else type(e).__name__
                     await self._write_error(resp, prep.flavor, f"the engine stream broke: {why}")
                     break
+                watchdog.last = loop.time()
                 if not data:
                     rest = obs.flush()
                     if rest:
@@ -348,12 +370,22 @@ class Forwarder:
                         except ConnectionError as e:
                             raise _ClientGone from e
                     break
-                out = obs.feed(data)
-                if out:
+                out = feed(data)
+                if not out:
+                    continue
+                if direct:
+                    assert transport is not None
+                    if transport.is_closing():
+                        raise _ClientGone
+                    transport.write(b"%x\r\n%b\r\n" % (len(out), out))
+                    if transport.get_write_buffer_size() > _DRAIN_BYTES:
+                        await drained()
+                else:
                     await send(out)
         except _ClientGone:
             status = Status.CANCELLED
         finally:
+            watchdog.cancel()
             if clean:
                 up.release()
             else:

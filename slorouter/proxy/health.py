@@ -224,6 +224,9 @@ class HealthMonitor:
         if st is None:
             return
         before = st.circuit
+        if signal is Signal.OK and before is Circuit.CLOSED:  # the usual answer: routability unchanged
+            st.on_live(signal, 0.0, self.cfg, detail)
+            return
         st.on_live(signal, self.clock.now(), self.cfg, detail)
         if st.circuit is not before:
             log.warning("backend %s: circuit %s -> %s (%s)", backend_id, before, st.circuit, st.last_error)

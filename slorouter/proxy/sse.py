@@ -7,11 +7,16 @@ Hot path: one call per upstream read. Each complete event (terminated by a blank
 line) is classified by byte scans; only events that carry a non-null ``usage`` are
 parsed (orjson). Partial events are held until their terminator arrives, so the
 client receives whole events exactly as the engine framed them, with no added delay
-beyond the engine's own write of that event.
+beyond the engine's own write of that event. A read that is exactly one ordinary
+token event (the streaming case: one engine step, one read) is classified in place
+and returned as the same object (no copy, no list). Output events are reported once
+per read: ``on_tokens(n)`` for the ``n`` of them (the tracker takes a chunk of ``n``
+tokens), always before the ``usage`` that follows them.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from enum import Enum
 from typing import Final
@@ -25,6 +30,7 @@ _ROLE: Final = b'"role"'
 _EMPTY_CONTENT: Final = (b'"content":""', b'"content": ""')
 _TGI_TOKEN: Final = b'"token":'
 _FINISH: Final = (b'"finish_reason":"', b'"finish_reason": "')
+_NO_FINISH: Final = b'"finish_reason":null'  # vLLM's ordinary chunk: found early, saves two scans
 
 
 def _with_fingerprint(event: bytes, fp: str) -> bytes:
@@ -57,8 +63,9 @@ def _find_end(buf: bytes | bytearray, start: int) -> tuple[int, int]:
 class SseObserver:
     """Feed upstream bytes; get back the bytes to forward to the client.
 
-    ``on_tokens(n)`` is called once per event that carries output (one engine step
-    for this request); ``on_usage(prompt, completion)`` when a usage object is seen.
+    ``on_tokens(n)`` is called once per read for the ``n`` events in it that carry
+    output (an event is one engine step for this request); ``on_usage(prompt,
+    completion)`` when a usage object is seen.
     ``strip_usage`` drops the final usage-only event (``choices: []``) that the
     router requested on the client's behalf.
     """
@@ -69,6 +76,8 @@ class SseObserver:
         "_held",
         "_on_tokens",
         "_on_usage",
+        "_openai",
+        "_pending",
         "_strip",
         "done",
         "events",
@@ -80,6 +89,8 @@ class SseObserver:
         self._on_tokens = on_tokens
         self._on_usage = on_usage
         self._strip = strip_usage
+        self._openai = flavor is Flavor.OPENAI
+        self._pending = 0  # output events of the current read not yet reported
         self._buf = bytearray()
         self._held: list[bytes] = []
         self.done = False
@@ -88,6 +99,23 @@ class SseObserver:
 
     def feed(self, data: bytes) -> bytes:
         buf = self._buf
+        if (
+            not buf
+            and self._openai
+            and data.startswith(b"data: {")
+            and data.find(b"\n") == len(data) - 2  # one line then the blank one (a memchr)
+            and data.endswith(b"\n\n")
+            and b'"choices"' in data
+            and b'"usage"' not in data
+            and not self._held
+        ):  # one whole ordinary event: the streaming case
+            self.events += 1
+            if _ROLE not in data or not (_EMPTY_CONTENT[0] in data or _EMPTY_CONTENT[1] in data):
+                self._on_tokens(1)
+            if self._strip and _NO_FINISH not in data and (_FINISH[0] in data or _FINISH[1] in data):
+                self._held.append(data)  # see _route
+                return b""
+            return data
         if buf:
             buf += data
             src: bytes | bytearray = buf
@@ -100,8 +128,10 @@ class SseObserver:
             if end == -1:
                 break
             nxt = end + n
-            self._route(bytes(src[pos:nxt]), out)
+            self._route(src[pos:nxt] if pos or nxt != len(src) or buf else data, out)
             pos = nxt
+        if self._pending:
+            self._report()
         rest = src[pos:]
         if rest:
             self._buf = bytearray(rest)
@@ -111,14 +141,20 @@ class SseObserver:
             return b""
         return out[0] if len(out) == 1 else b"".join(out)
 
+    def _report(self) -> None:
+        n, self._pending = self._pending, 0
+        self._on_tokens(n)
+
     def flush(self) -> bytes:
         """At end of stream: whatever is held or partial, unchanged."""
+        if self._pending:
+            self._report()
         rest = b"".join(self._held) + bytes(self._buf)
         self._held = []
         self._buf = bytearray()
         return rest
 
-    def _route(self, event: bytes, out: list[bytes]) -> None:
+    def _route(self, event: bytes | bytearray, out: list[bytes]) -> None:
         """Account for one event (``event`` includes its terminator) and decide where it goes.
 
         When stripping the router's usage chunk, a terminal chunk (``finish_reason``
@@ -126,11 +162,13 @@ class SseObserver:
         terminal chunk only when no usage chunk follows, and on the usage chunk
         otherwise — so the router moves it back where the client would have seen it.
         """
+        event = bytes(event)
         self.events += 1
-        if self._flavor is Flavor.TGI:
+        if not self._openai:  # TGI
             if _TGI_TOKEN in event:
-                self._on_tokens(1)
+                self._pending += 1
                 if b'"generated_tokens"' in event:
+                    self._report()
                     self._read_tgi_details(event)
             out.append(event)
             return
@@ -138,6 +176,10 @@ class SseObserver:
             self.done = True
         elif _USAGE_MARKS[0] in event or _USAGE_MARKS[1] in event:
             usage_only = _EMPTY_CHOICES[0] in event or _EMPTY_CHOICES[1] in event
+            if not usage_only:
+                self._count(event)
+            if self._pending:
+                self._report()  # the tokens before (and in) this event come before its usage
             obj = self._read_usage(event)
             if usage_only and self._strip:
                 fp = obj.get("system_fingerprint") if isinstance(obj, dict) else None
@@ -145,8 +187,6 @@ class SseObserver:
                     out.append(_with_fingerprint(held, fp) if isinstance(fp, str) else held)
                 self._held = []
                 return
-            if not usage_only:
-                self._count(event)
         elif b'"choices"' in event:
             self._count(event)
             if self._strip and (_FINISH[0] in event or _FINISH[1] in event):
@@ -159,7 +199,7 @@ class SseObserver:
 
     def _count(self, event: bytes) -> None:
         if not (_ROLE in event and (_EMPTY_CONTENT[0] in event or _EMPTY_CONTENT[1] in event)):
-            self._on_tokens(1)
+            self._pending += 1
 
     def _payload(self, event: bytes) -> object:
         i = event.find(b"data:")
@@ -191,8 +231,27 @@ class SseObserver:
                     self._on_usage(None, c)
 
 
+_USAGE_OBJECT: Final = re.compile(rb'"usage": ?(\{[^{}]*(?:\{[^{}]*\}[^{}]*)*\})\s*\}\s*$')
+
+
 def usage_of_body(body: bytes) -> tuple[int | None, int | None]:
-    """(prompt, completion) tokens from a non-streaming OpenAI or TGI response body."""
+    """(prompt, completion) tokens from a non-streaming OpenAI or TGI response body.
+
+    An OpenAI-style body ends with its ``usage`` object (vLLM's and OpenAI's do): then
+    only that object is parsed, not the whole body (the generated text). A ``"usage":``
+    that ends the body can only be the top-level key: inside a JSON string its quotes
+    would be escaped. Anything else is parsed whole."""
+    i = body.rfind(b'"usage":')
+    if i != -1:
+        m = _USAGE_OBJECT.match(body, i)
+        if m is not None:
+            try:
+                u = orjson.loads(m.group(1))
+            except orjson.JSONDecodeError:
+                u = None
+            if isinstance(u, dict):
+                p, c = u.get("prompt_tokens"), u.get("completion_tokens")
+                return (p if isinstance(p, int) else None, c if isinstance(c, int) else None)
     try:
         obj = orjson.loads(body)
     except orjson.JSONDecodeError:

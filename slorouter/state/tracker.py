@@ -265,37 +265,50 @@ class Tracker:
         self._attach(r, backend_id)
 
     def on_tokens(self, rid: int, n: int = 1) -> None:
+        """The hot path of a stream (once per engine read): attribute loads and stores,
+        one sample tuple, and the per-token deadline judged inline; the slack summary is
+        marked stale only for requests it can hold (a TTFT and a TPOT)."""
         r = self.requests.get(rid)
-        if r is None or r.backend is None or n <= 0:
+        if r is None or n <= 0:
+            return
+        backend = r.backend
+        if backend is None:
             return
         now = self.clock.now()
-        load = self.loads[r.backend]
-        slo = r.req.tier.slo
+        load = self.loads[backend]
         i = r.output_tokens
+        last = r.last_token_at
         if r.first_token_at is None:
             r.first_token_at = now
             load.prefilling -= 1
             load.prefill_tokens -= r.prompt_tokens
             for w in self._watchers:
-                w.add(r.backend)
-        elif len(r.samples) < _MAX_SAMPLES and r.last_token_at is not None:
-            sample = (
-                (now - r.last_token_at) / n,
-                load.running,
-                load.prompt_tokens + load.output_tokens,
-            )
+                w.add(backend)
+        elif last is not None and len(r.samples) < _MAX_SAMPLES:
+            sample = ((now - last) / n, load.running, load.prompt_tokens + load.output_tokens)
             if n == 1:
                 r.samples.append(sample)
             else:
                 r.samples.extend([sample] * n)
-        late = now - slo.token_deadline(r.req.arrival, i)
-        if late > r.max_lateness:
-            r.max_lateness = late
-        if slo.ttft_s is not None:
-            r.on_time += on_time_in_chunk(now - r.req.ttft_deadline, slo.tpot_s or 0.0, i, n)
         r.last_token_at = now
-        load.mark_slack(self._slack_fns[r.backend])
-        self._add_output(r, load, n)
+        req = r.req
+        slo = req.tier.slo
+        ttft = slo.ttft_s
+        if ttft is not None:  # token i is due at arrival + ttft + i * tpot (Slo.token_deadline)
+            tpot = slo.tpot_s or 0.0
+            due0 = req.arrival + ttft
+            late = now - (due0 + i * tpot)
+            if late > r.max_lateness:
+                r.max_lateness = late
+            r.on_time += on_time_in_chunk(now - due0, tpot, i, n)
+            if slo.tpot_s is not None:  # in the slack summary (_slack_of): now stale
+                load.mark_slack(self._slack_fns[backend])
+        out = i + n
+        if out <= r.bound:  # peak_kv (prompt + max(bound, output)) unchanged
+            r.output_tokens = out
+            load.output_tokens += n
+        else:
+            self._add_output(r, load, n)
 
     def on_usage(self, rid: int, prompt_tokens: int | None, completion_tokens: int | None) -> None:
         r = self.requests.get(rid)

@@ -48,8 +48,8 @@ def pace(coef: LinearStep, rho: float, ratio: float) -> LinearStep:
 
 class BackendLatency:
     __slots__ = (
+        "_eff",
         "buckets",
-        "eff_limits",
         "fit",
         "lin",
         "n_outcomes",
@@ -78,7 +78,16 @@ class BackendLatency:
         self.next_batch_at = -math.inf  # transient: the digests' rate limit ...
         self.refit_at = -math.inf  # ... and the next timed refit
         self.lin = pace(prior.step, rho, prior.ratio)
-        self.eff_limits = prior.limits
+        self._eff: EngineLimits | None = prior.limits  # None: the TTFT fit moved since
+
+    @property
+    def eff_limits(self) -> EngineLimits:
+        """The prior's limits with the learned TTFT excess (rebuilt when read after a
+        first token moved the fit: first tokens come once per request, reads may not)."""
+        eff = self._eff
+        if eff is None:
+            eff = self._eff = self.ttft.limits(self.prior.limits)
+        return eff
 
     def set_rho(self, rho: float) -> None:
         self.rho = rho
@@ -115,7 +124,7 @@ class BackendLatency:
             return
         cfg = self.settings
         self.ttft.observe(running, y, now, cfg.half_life_s, cfg.ttft_prior_weight)
-        self.eff_limits = self.ttft.limits(self.prior.limits)
+        self._eff = None
 
     def refit(self, now: float) -> None:
         cfg = self.settings
@@ -179,5 +188,5 @@ class BackendLatency:
         out.n_outcomes = count(field(sec, "outcomes", where), f"{where}.outcomes")
         out.window_batches = count(field(sec, "window_batches", where), f"{where}.window_batches")
         out.lin = pace(out.fit.coef, rho, out.ratio.value)
-        out.eff_limits = out.ttft.limits(prior.limits)
+        out._eff = None
         return out
