@@ -6,6 +6,7 @@ but the tracker's outcome listener runs per request):
 =======================================  ===========================================================
 :class:`~.requests.RequestMetrics`       finished requests, tokens, TTFT/ITL/E2E histograms (per
                                          tier); in-flight load, health, queue, learned TTFT (now)
+:class:`~.admission.AdmissionMetrics`    requests shed (429) by tier and reason, queue wait histograms
 :class:`~.health.HealthMetrics`          probes, circuit breakers, drains, ejections per backend
 :class:`~.forwarding.ForwardingMetrics`  failovers, skipped failovers, re-sends, dropped slow clients
 :class:`~.control.ControlMetrics`        config reloads, router-wide drain

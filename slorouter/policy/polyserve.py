@@ -23,7 +23,7 @@
   request is; else :class:`Defer` (the router queue orders by slack and retries on
   completions), with ``retry_at`` = the moment its TTFT can no longer be met even on an
   idle server. Once that moment has passed the request is *late*: ``Reject(429,
-  Retry-After)`` if its tier says ``reject_when_late``, else it is served best effort —
+  Retry-After)`` if its tier says ``when_late: reject`` (the default), else it is served best effort —
   TTFT checks dropped, but only on **spare room**: where its pace still meets everyone's
   TPOT *and* the server stays within ``late_fill`` (default 0.25) of its step range
   (``c0 + late_fill·(τ − c0)``), or on any idle server (so a late request is never
@@ -339,8 +339,9 @@ class PolyServe(BasePolicy):
         now = snapshot.now
         late = self._is_late(request, snapshot, bins, order, now)
         need = Need(request, now, late, self.fp.kv_estimate)
-        if late and request.tier.reject_when_late:
-            return Reject(429, "the TTFT deadline can no longer be met", retry_after_s=1.0)
+        if late and request.tier.rejects_late:
+            # the admission core answers it 429 with the predicted drain time as Retry-After
+            return Reject(429, "the TTFT deadline can no longer be met")
         chosen = (
             self._scan_moving(need, bins, order, snapshot)
             if self.moves
