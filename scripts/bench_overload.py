@@ -172,9 +172,9 @@ def main() -> int:
         "--loads", default=",".join(f"{x:g}" for x in LOADS), help="multiples of the goodput rate"
     )
     ap.add_argument(
-        "--warmup", type=float, default=20.0, help="seconds of arrivals not measured (default 20)"
+        "--warmup", type=float, default=60.0, help="seconds of arrivals not measured (default 60)"
     )
-    ap.add_argument("--duration", type=float, default=40.0, help="seconds of arrivals measured (default 40)")
+    ap.add_argument("--duration", type=float, default=60.0, help="seconds of arrivals measured (default 60)")
     ap.add_argument("--base", action="append", default=[], metavar="SCENARIO=RPS", help="the 1× rate (total)")
     ap.add_argument("--base-requests", type=int, default=20000, help="requests per probe finding 1×")
     ap.add_argument("--jobs", type=int, default=1, help="parallel processes")
@@ -199,9 +199,12 @@ def main() -> int:
             console.print("[red]--plot needs matplotlib: pip install 'slorouter[plots]'[/red]")
             return 2
     t0 = time.time()
-    bases = {}
+    bases = {s: given[s] for s in scns if s in given}
+    todo = [s for s in scns if s not in bases]
+    with ProcessPoolExecutor(max(1, min(args.jobs, len(todo)))) as ex:
+        for s, g in zip(todo, ex.map(base_rate, todo, [args.base_requests] * len(todo)), strict=True):
+            bases[s] = g
     for s in scns:
-        bases[s] = given[s] if s in given else base_rate(s, args.base_requests)
         console.print(f"[dim]{s}: 1× = {bases[s]:.1f} req/s ({time.time() - t0:.0f} s)[/dim]")
     jobs = [(s, p, x) for s in scns for p in pols for x in loads]
     results: dict[tuple[str, str, float], dict[str, Any]] = {}
