@@ -153,7 +153,7 @@ class AdmissionCore:
             out = self._expire(now)
             snap = self.tracker.snapshot(req)
             key = priority(req, snap)
-            if key < now and req.tier.rejects_late:
+            if req.arrival <= key < now and req.tier.rejects_late:
                 return [*out, (req, self._shed(req, LATE))]
             if math.isinf(key) or key < now or q.waiting_on_time(now):
                 refused = self._push(req, key, None, snap)

@@ -20,11 +20,13 @@ every moment, and a heap suffices. Two lanes: **on time** (key ≥ now) and **la
 (key < now: its SLO can no longer be met). A late request of a tier that rejects late
 requests (``Tier.when_late: reject``, the default) leaves the queue then — it is handed
 to the core as *due* (:meth:`AdmissionQueue.expire`), which answers it 429; one of a
-``best_effort`` tier moves to the late lane, where it is served after the on-time lane,
-oldest first (best-effort requests share it) — so a hopeless request never blocks the
-others. Each lane is kept **per tier** (one heap each): a wake-up takes the best head
-among the tiers not yet blocked, so a tier whose head cannot go (e.g. late requests a
-policy holds for spare room) never hides another tier's requests behind it.
+``best_effort`` tier, or one that was late on arrival (key < arrival: its prompt cannot
+meet its TTFT even on an idle server, so retrying would not help), moves to the late
+lane, where it is served after the on-time lane, oldest first (best-effort requests
+share it) — so a hopeless request never blocks the others. Each lane is kept **per
+tier** (one heap each): a wake-up takes the best head among the tiers not yet blocked,
+so a tier whose head cannot go (e.g. late requests a policy holds for spare room) never
+hides another tier's requests behind it.
 
 **Overload order.** While no on-time request has expired, the on-time lane is served
 earliest latest-start first (EDF: every request that can be served in time is). Once
@@ -218,12 +220,14 @@ class AdmissionQueue:
         (tiers that reject late requests) or move them to the late lane."""
         for tier, h in self._on.items():
             while h and (not self._on_time(h[0][4]) or h[0][0] < now):
-                _key, _, arrival, seq, rid = heapq.heappop(h)
+                key, _, arrival, seq, rid = heapq.heappop(h)
                 if not self._on_time(rid):
                     continue
-                self.overloaded = True
                 req = self._reqs[rid]
-                if req.tier.rejects_late:
+                by_waiting = key >= arrival  # else late on arrival: its prompt, not the load
+                if by_waiting:
+                    self.overloaded = True
+                if by_waiting and req.tier.rejects_late:
                     self._take(rid)
                     self._due.append((req, LATE))
                 else:

@@ -337,9 +337,12 @@ class PolyServe(BasePolicy):
         if not order:
             return Reject(503, f"no healthy backend serves tier {request.tier.name!r} or a tighter one")
         now = snapshot.now
-        late = self._is_late(request, snapshot, bins, order, now)
+        at = self._late_at(request, snapshot, bins, order)
+        late = at is not None and now > at
         need = Need(request, now, late, self.fp.kv_estimate)
-        if late and request.tier.rejects_late:
+        if late and request.tier.rejects_late and at is not None and at >= request.arrival:
+            # late by waiting (late on arrival — its TTFT too short for its prompt even on an
+            # idle server — is served best effort: retrying would not help)
             # the admission core answers it 429 with the predicted drain time as Retry-After
             return Reject(429, "the TTFT deadline can no longer be met")
         chosen = (
@@ -402,10 +405,6 @@ class PolyServe(BasePolicy):
     def _late_at(self, req: RequestInfo, snap: Snapshot, bins: _Bins, order: list[int]) -> float | None:
         """When the request's SLO stops being attainable even on an idle server."""
         return late_at(req, snap, bins.bins[order[-1]][0])
-
-    def _is_late(self, req: RequestInfo, snap: Snapshot, bins: _Bins, order: list[int], now: float) -> bool:
-        at = self._late_at(req, snap, bins, order)
-        return at is not None and now > at
 
 
 def late_at(req: RequestInfo, snap: Snapshot, bid: str) -> float | None:

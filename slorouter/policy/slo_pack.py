@@ -57,7 +57,8 @@ class SloPack(BasePolicy):
             self._tpots_key = snapshot.fleet[0]
         at = late_at(request, snapshot, pool[0].id)
         late = at is not None and snapshot.now > at
-        if late and request.tier.rejects_late:
+        if late and request.tier.rejects_late and at is not None and at >= request.arrival:
+            # late by waiting (late on arrival is served best effort: retrying would not help)
             # the admission core answers it 429 with the predicted drain time as Retry-After
             return Reject(429, "the TTFT deadline can no longer be met")
         need = Need(request, snapshot.now, late, self.fp.kv_estimate)

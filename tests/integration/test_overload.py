@@ -1,37 +1,44 @@
-"""Overload through the real router (docs/policies.md, "Overload"): at about twice what
-two simulated engines carry, every request gets its first token or its 429 within its
-TTFT objective plus one second, and every 429 carries ``Retry-After``.
+"""Overload through the real router (docs/policies.md §9): at about twice what two
+simulated engines carry, every request gets its first token or its 429 within its TTFT
+objective plus one second, and every 429 carries ``Retry-After``.
 
-Engines: ``cpu-tiny`` (step ≈ 19 ms + 2 ms per running sequence), one per bin.
-``tight`` (TTFT 1 s, TPOT 40 ms) fits ≈ 10 sequences on its server, ≈ 1.7 s each for 40
-tokens: ≈ 6 req/s; ``loose`` (TTFT 2 s, TPOT 120 ms) ≈ 50, ≈ 4.8 s each: ≈ 10 req/s
-(loose requests may overflow to the tight server's room). Offered: 34 req/s for 12 s, a third tight — about 2× the
-≈ 16 req/s the pair carries. Clients are the real ``openai`` SDK with retries off, so
-every 429 is seen as sent. Before the overload rules, the loose tier's requests waited
-in the router queue for as long as ``policy.max_queue_wait_s`` (600 s) allowed.
+Engines: a slow model (step = 40 ms + 4 ms per running sequence; half ``cpu-tiny``'s
+speed, so the test process streams few tokens per second and keeps its timing on a
+shared machine), one server per bin. ``tight`` (TTFT 1.5 s, TPOT 80 ms) fits ≈ 10
+sequences on its server, ≈ 1.9 s each for 24 tokens: ≈ 5 req/s; ``loose`` (TTFT 3 s,
+TPOT 240 ms) ≈ 50, ≈ 5.8 s each: ≈ 8.6 req/s (loose requests may overflow to the tight
+server's room). Offered: 28 req/s for 12 s, a third tight — about 2× the ≈ 14 req/s the
+pair carries. Clients are the real ``openai`` SDK with retries off, so every 429 is seen
+as sent. Before the overload rules a loose request could wait in the router queue for
+as long as ``policy.max_queue_wait_s`` (600 s) allowed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
 import openai
 import pytest
 
+from slorouter.models.static import LinearStep
 from slorouter.sim.profiles import BUILTIN_PROFILES
 from slorouter.sim.server import serve_engines
 from tests.promtext import values
 from tests.routerkit import router_config, run_router
 
 TIERS = [
-    {"name": "tight", "class": "latency", "ttft_ms": 1000, "tpot_ms": 40},
-    {"name": "loose", "class": "latency", "ttft_ms": 2000, "tpot_ms": 120},
+    {"name": "tight", "class": "latency", "ttft_ms": 1500, "tpot_ms": 80},
+    {"name": "loose", "class": "latency", "ttft_ms": 3000, "tpot_ms": 240},
 ]
-TTFT = {"tight": 1.0, "loose": 2.0}
-RATE, SECONDS, TOKENS = 34.0, 12.0, 40
+TTFT = {"tight": 1.5, "loose": 3.0}
+RATE, SECONDS, TOKENS = 28.0, 12.0, 24
+SLOW = replace(
+    BUILTIN_PROFILES["cpu-tiny"], name="slow", step=LinearStep(c0_s=0.040, c_batch_s=0.004, c_prefill_s=3e-4)
+)
 
 
 async def _one(client: openai.AsyncOpenAI, tier: str, i: int, out: list[tuple[str, str, float, str]]) -> None:
@@ -58,9 +65,9 @@ async def _one(client: openai.AsyncOpenAI, tier: str, i: int, out: list[tuple[st
 
 @pytest.mark.timeout(120)
 async def test_overload_answers_every_request_within_its_ttft_plus_one_second(tmp_path: Path) -> None:
-    prof = tmp_path / "cpu-tiny.json"
-    BUILTIN_PROFILES["cpu-tiny"].save(prof)
-    async with serve_engines(2, profile="cpu-tiny", seed=5) as fleet:
+    prof = tmp_path / "slow.json"
+    SLOW.save(prof)
+    async with serve_engines(2, profile=SLOW, seed=5) as fleet:
         cfg = router_config(
             fleet.urls,
             policy="polyserve",

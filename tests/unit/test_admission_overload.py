@@ -19,7 +19,7 @@ from slorouter.policy import registry
 from slorouter.policy.base import PolicyContext
 from slorouter.state.backends import Backend, BackendSet, Health
 from slorouter.state.tracker import Tracker
-from slorouter.values import Decision, Dispatch, Reject, RequestInfo, Slo, SloClass, Tier, WhenLate
+from slorouter.values import Decision, Dispatch, Reject, RequestInfo, Slo, SloClass, Status, Tier, WhenLate
 
 STEP = LinearStep(c0_s=0.010, c_batch_s=1e-4, c_kv_s=0.0, c_prefill_s=0.0)
 ONE_SEQ = EngineLimits(max_num_seqs=1, kv_capacity_tokens=10_000_000, max_batched_tokens=4096)
@@ -179,3 +179,18 @@ def test_without_overload_the_order_is_the_latest_useful_start() -> None:
     assert not q.overloaded
     assert [r.rid for r in q.ordered(0.0)] == [3, 1, 2]  # 1.9, 2.0, 2.5: EDF, density unused
     assert math.isclose(q.work, 0.0)
+
+
+def test_a_request_late_on_arrival_is_served_best_effort_not_refused() -> None:
+    """Its TTFT (5 ms) is shorter than its prefill on an idle server (10.1 ms): the load
+    did not make it late, so a 429 saying "retry later" would be wrong."""
+    core, seen = setup()
+    snap_tier = Tier("snap", Slo(SloClass.LATENCY, ttft_s=0.005, tpot_s=0.05), rank=0)  # when_late: reject
+    assert arrive(core, 1, snap_tier) == []  # waits: the server is full
+    assert not core.queue.waiting_on_time(0.0)  # in the late lane, and no sign of overload
+    assert core.queue.is_late(1) and not core.queue.overloaded
+    core.tracker.clock.set(0.5)  # type: ignore[attr-defined]
+    core.tracker.on_finish(0, Status.OK)  # the resident leaves
+    [(r, d)] = core.wake()
+    assert r.rid == 1 and isinstance(d, Dispatch)
+    assert seen.rows[-1][2:] == ("dispatched", "")
