@@ -9,6 +9,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY slorouter ./slorouter
 COPY loadgen ./loadgen
+COPY slojudge ./slojudge
 RUN pip install . && useradd --create-home --uid 10001 slorouter
 USER slorouter
 EXPOSE 8080

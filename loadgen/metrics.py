@@ -33,6 +33,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import slojudge
 from loadgen import slo, stats
 from loadgen.records import CallRecord, Unit
 from loadgen.tiers import TierSpec
@@ -77,7 +78,7 @@ def _peaks(ok: Sequence[CallRecord]) -> tuple[float, int]:
     for c in ok:
         times = c.token_chunks
         prev = 0
-        for t, cum in zip(times, slo.cumulative_tokens(len(times), c.output_tokens), strict=True):
+        for t, cum in zip(times, slojudge.cumulative_tokens(len(times), c.output_tokens), strict=True):
             b = int(t - start)
             buckets[b] = buckets.get(b, 0) + cum - prev
             prev = cum

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import slojudge
 from loadgen import slo
 from loadgen.errors import LoadgenError
 from loadgen.records import CallRecord
@@ -105,7 +106,7 @@ def plot_run(doc: dict[str, Any], out_dir: str | Path) -> list[Path]:
     for r in recs:
         times = r.token_chunks
         prev = 0
-        for t, cum in zip(times, slo.cumulative_tokens(len(times), r.output_tokens), strict=True):
+        for t, cum in zip(times, slojudge.cumulative_tokens(len(times), r.output_tokens), strict=True):
             bucket[int(t)] = bucket.get(int(t), 0) + cum - prev
             prev = cum
     if bucket:

@@ -1,13 +1,23 @@
 #!/usr/bin/env python3
-"""Every policy on every scenario: goodput per server (highest rate at which every tier
-attains ≥ 90 % of its per-token deadlines), against the scenario's fluid bound.
+"""Every policy on every shipped scenario: goodput per server (highest rate at which every
+tier attains ≥ 90 %, and ≥ 99 %, of its per-token deadlines), against the scenario's upper
+bound (no router exceeds it in a long run) and its fluid reference.
 
     scripts/bench_policies.py --json OUT [--scenarios a,b] [--policies x,y] [--requests N] [--jobs N]
 
-Writes ``{"scenarios": {NAME: {"fluid_bound_rps_per_server": x, "best_baseline": kind,
-"polyserve_vs_best_baseline": r, "polyserve_vs_bound": b, "policies": {kind:
-{"goodput_rps_per_server": g, ...}}, ...}}}`` and prints, per scenario, a table of every
-policy and the two ratios. ``polyserve:pack`` is polyserve with ``placement: pack`` (what
+Writes ``{"scenarios": {NAME: {...}}}`` with, per scenario: ``upper_bound_rps_per_server``
+(≥ 90 %) and ``upper_bound99_rps_per_server`` (≥ 99 %) with their derivation
+(``upper_bound``), ``fluid_reference_rps_per_server`` (``fluid_reference``);
+``best_slo_blind`` (the best of round-robin, least-request, least-tokens and power-of-two
+at ≥ 90 %; ``best_slo_blind_99`` at ≥ 99 %), ``polyserve_vs_best_slo_blind`` and
+``polyserve_vs_best_slo_blind_99``; ``best_slo_aware`` (slo-pack, static-partition) and
+``polyserve_vs_best_slo_aware`` / ``_99``; ``best_baseline`` (every non-polyserve entry)
+and ``polyserve_vs_best_baseline``; ``polyserve_vs_upper_bound`` (and ``_99``),
+``polyserve_vs_fluid_reference``; ``finite_run_bound_rps_per_server`` (and ``99``: the most
+a run of this many requests can pass — above the long-run bound for short runs, whose
+servers start empty and finish late work in the drain); ``policies: {kind: {"goodput_rps_per_server": g,
+"goodput99_rps_per_server": g99, ...}}``. It prints a table per scenario and the ratios.
+``polyserve:pack`` is polyserve with ``placement: pack`` (what
 an autoscaled fleet runs; its cost is the busy-server column); ``polyserve:static-bins`` is
 polyserve with ``rebalance: false`` (bins fixed as configured);
 ``static-partition:by-share`` splits the servers by request share instead of by the
@@ -35,12 +45,19 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from slorouter.policy import registry
-from slorouter.sim.bound import fluid_bound
+from slorouter.sim.bound import fluid_reference
 from slorouter.sim.fleet import run_once
 from slorouter.sim.fleet_sweep import sweep
-from slorouter.sim.scenario import Scenario, load_scenario
+from slorouter.sim.scenario import SCENARIO_DIR, Scenario, load_scenario
+from slorouter.sim.scenario_workload import generate
+from slorouter.sim.upper_bound import upper_bound
+from slorouter.sim.upper_bound_run import finite_bound, run_work
 
-SCENARIOS = ("polyserve-conv", "polyserve-code", "chat-batch")
+# every shipped scenario, the three the policy was developed on first
+FIRST = ("polyserve-conv", "polyserve-code", "chat-batch")
+SCENARIOS = (*FIRST, *sorted(p.stem for p in SCENARIO_DIR.glob("*.yaml") if p.stem not in FIRST))
+SLO_BLIND = ("round-robin", "least-request", "least-tokens", "power-of-two")
+SLO_AWARE = ("slo-pack", "static-partition")
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "polyserve:pack": ("polyserve", {"placement": "pack"}),
     # polyserve with its bins fixed as configured (no re-assignment as load shifts)
@@ -81,7 +98,7 @@ def one(scenario: str, name: str, requests: int | None) -> dict[str, Any]:
     if name in BY_SHARE:
         scn = by_share(scn)
     kind, params = VARIANTS.get(name, (name, {}))
-    fb = fluid_bound(scn)
+    fb = fluid_reference(scn)
     n = scn.servers
     t0 = time.process_time()
     sw = sweep(
@@ -120,9 +137,129 @@ def one(scenario: str, name: str, requests: int | None) -> dict[str, Any]:
     }
 
 
-def _ratio(g: float | None, other: dict[str, Any] | None) -> float | None:
-    o = None if other is None else other.get("goodput_rps_per_server")
+def _ratio(
+    g: float | None, other: dict[str, Any] | None, key: str = "goodput_rps_per_server"
+) -> float | None:
+    o = None if other is None else other.get(key)
     return None if g is None or not o else g / o
+
+
+def _best(pol: dict[str, dict[str, Any]], kinds: tuple[str, ...], key: str) -> str | None:
+    """The kind among ``kinds`` with the highest ``key`` (None when none of them ran)."""
+    ran = [k for k in kinds if k in pol]
+    return max(ran, key=lambda k: pol[k][key] or 0.0) if ran else None
+
+
+def _div(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def summarize(s: str, pol: dict[str, dict[str, Any]], requests: int | None) -> dict[str, Any]:
+    """The per-scenario entry of the JSON (see the module docs)."""
+    scn = load_scenario(s)
+    fb = fluid_reference(scn)
+    ub90, ub99 = upper_bound(scn, 0.9), upper_bound(scn, 0.99)
+    rw = run_work(scn, generate(scn, 1.0, requests), 1.0)
+    g90, g99 = "goodput_rps_per_server", "goodput99_rps_per_server"
+    base = {p: v[g90] or 0.0 for p, v in pol.items() if not p.startswith("polyserve") and p not in ABLATIONS}
+    best = max(base, key=lambda k: base[k]) if base else None
+    ps = pol.get("polyserve", {})
+    blind, blind99 = _best(pol, SLO_BLIND, g90), _best(pol, SLO_BLIND, g99)
+    aware, aware99 = _best(pol, SLO_AWARE, g90), _best(pol, SLO_AWARE, g99)
+    return {
+        "upper_bound_rps_per_server": ub90.rps_per_server,
+        "upper_bound99_rps_per_server": ub99.rps_per_server,
+        "upper_bound": {"0.9": ub90.to_json(), "0.99": ub99.to_json()},
+        # what a run of this many requests can pass at most (servers start empty, work
+        # due after the last arrival is done in the drain): above the long-run bound
+        # when the runs are short
+        "finite_run_bound_rps_per_server": finite_bound(rw, scn.servers, 0.9),
+        "finite_run_bound99_rps_per_server": finite_bound(rw, scn.servers, 0.99),
+        "fluid_reference_rps_per_server": fb.rps_per_server,
+        "fluid_reference": fb.to_json(),
+        "servers": scn.servers,
+        "best_slo_blind": blind,
+        "best_slo_blind_99": blind99,
+        "polyserve_vs_best_slo_blind": _ratio(ps.get(g90), pol.get(blind or "")),
+        "polyserve_vs_best_slo_blind_99": _ratio(ps.get(g99), pol.get(blind99 or ""), g99),
+        "best_slo_aware": aware,
+        "best_slo_aware_99": aware99,
+        "polyserve_vs_best_slo_aware": _ratio(ps.get(g90), pol.get(aware or "")),
+        "polyserve_vs_best_slo_aware_99": _ratio(ps.get(g99), pol.get(aware99 or ""), g99),
+        "best_baseline": best,
+        "polyserve_vs_best_baseline": _ratio(ps.get(g90), pol.get(best or "")),
+        "polyserve_vs_upper_bound": _div(ps.get(g90), ub90.rps_per_server),
+        "polyserve_vs_upper_bound_99": _div(ps.get(g99), ub99.rps_per_server),
+        "polyserve_vs_fluid_reference": _div(ps.get(g90), fb.rps_per_server),
+        "polyserve_vs_slo_pack_late_fill": _ratio(ps.get(g90), pol.get("slo-pack+late-fill")),
+        "policies": pol,
+    }
+
+
+def _f(x: float | None, nd: int = 2) -> str:
+    return "-" if x is None else f"{x:.{nd}f}"
+
+
+def _x(r: float | None) -> str:
+    return "-" if r is None else f"{r:.3f}x"
+
+
+def report(console: Console, s: str, e: dict[str, Any]) -> None:
+    scn = load_scenario(s)
+    ub, ub99, fr = (
+        e["upper_bound_rps_per_server"],
+        e["upper_bound99_rps_per_server"],
+        e["fluid_reference_rps_per_server"],
+    )
+    t = Table(
+        title=f"{s}: {scn.servers} servers, {scn.profile.name}, upper bound {ub:.2f} (≥90%) / "
+        f"{ub99:.2f} (≥99%), fluid reference {fr:.2f} req/s/server"
+    )
+    for c in (
+        "policy",
+        "goodput/server (every tier ≥90%)",
+        "≥99%",
+        "overall ≥90%",
+        "of upper bound",
+        "of fluid ref.",
+        "busy server-s/good",
+    ):
+        t.add_column(c, justify="right")
+    for p, v in sorted(e["policies"].items(), key=lambda kv: -(kv[1]["goodput_rps_per_server"] or 0)):
+        g = v["goodput_rps_per_server"]
+        t.add_row(
+            p,
+            _f(g),
+            _f(v["goodput99_rps_per_server"]),
+            _f(v["goodput_overall_rps_per_server"]),
+            "-" if g is None else f"{100 * g / ub:.1f} %",
+            "-" if g is None else f"{100 * g / fr:.1f} %",
+            _f(v["busy_server_seconds_per_good"], 3),
+        )
+    console.print(t)
+    console.print(
+        f"polyserve vs best SLO-blind ({e['best_slo_blind']} / {e['best_slo_blind_99']}): "
+        f"{_x(e['polyserve_vs_best_slo_blind'])} at ≥90 %, "
+        f"{_x(e['polyserve_vs_best_slo_blind_99'])} at ≥99 % · "
+        f"vs best SLO-aware ({e['best_slo_aware']} / {e['best_slo_aware_99']}): "
+        f"{_x(e['polyserve_vs_best_slo_aware'])}, {_x(e['polyserve_vs_best_slo_aware_99'])}"
+    )
+    r1, r2 = e["polyserve_vs_upper_bound"], e["polyserve_vs_upper_bound_99"]
+    console.print(
+        f"polyserve vs best baseline ({e['best_baseline']}): {_x(e['polyserve_vs_best_baseline'])} · "
+        f"vs upper bound: {'-' if r1 is None else f'{100 * r1:.1f} %'} (≥90 %), "
+        f"{'-' if r2 is None else f'{100 * r2:.1f} %'} (≥99 %)"
+    )
+    r3 = e["polyserve_vs_slo_pack_late_fill"]
+    if r3 is not None:
+        console.print(f"polyserve vs slo-pack with the same overload control: {r3:.3f}x")
+    over = [p for p, v in e["policies"].items() if (v["goodput_rps_per_server"] or 0) > ub]
+    if over:
+        console.print(
+            f"[yellow]{', '.join(over)} above the long-run upper bound: runs this short pass more "
+            f"(a run of this length can pass up to {e['finite_run_bound_rps_per_server']:.2f} "
+            "req/s/server); give more --requests[/yellow]"
+        )
 
 
 def main() -> int:
@@ -157,65 +294,9 @@ def main() -> int:
             )
     out: dict[str, Any] = {"scenarios": {}, "requests_per_probe": args.requests, "wall_s": time.time() - t0}
     for s in scns:
-        scn = load_scenario(s)
-        fb = fluid_bound(scn)
-        pol = {p: results[(s, p)] for p in pols}
-        base = {
-            p: v["goodput_rps_per_server"] or 0.0
-            for p, v in pol.items()
-            if not p.startswith("polyserve") and p not in ABLATIONS
-        }
-        best = max(base, key=lambda k: base[k]) if base else None
-        ps = pol.get("polyserve", {}).get("goodput_rps_per_server")
-        entry = {
-            "fluid_bound_rps_per_server": fb.rps_per_server,
-            "fluid_bound": fb.to_json(),
-            "servers": scn.servers,
-            "best_baseline": best,
-            "polyserve_vs_best_baseline": None
-            if ps is None or not best or not base[best]
-            else ps / base[best],
-            "polyserve_vs_bound": None if ps is None else ps / fb.rps_per_server,
-            "polyserve_vs_slo_pack_late_fill": _ratio(ps, pol.get("slo-pack+late-fill")),
-            "policies": pol,
-        }
+        entry = summarize(s, {p: results[(s, p)] for p in pols}, args.requests)
         out["scenarios"][s] = entry
-        t = Table(
-            title=f"{s}: {scn.servers} servers, {scn.profile.name}, "
-            f"fluid bound {fb.rps_per_server:.2f} req/s/server"
-        )
-        for c in (
-            "policy",
-            "goodput/server (every tier ≥90%)",
-            "≥99%",
-            "overall ≥90%",
-            "of bound",
-            "busy server-s/good",
-        ):
-            t.add_column(c, justify="right")
-        for p, v in sorted(pol.items(), key=lambda kv: -(kv[1]["goodput_rps_per_server"] or 0)):
-            g = v["goodput_rps_per_server"]
-
-            def f(x: float | None, nd: int = 2) -> str:
-                return "-" if x is None else f"{x:.{nd}f}"
-
-            t.add_row(
-                p,
-                f(g),
-                f(v["goodput99_rps_per_server"]),
-                f(v["goodput_overall_rps_per_server"]),
-                "-" if g is None else f"{100 * g / fb.rps_per_server:.1f} %",
-                f(v["busy_server_seconds_per_good"], 3),
-            )
-        console.print(t)
-        r1, r2 = entry["polyserve_vs_best_baseline"], entry["polyserve_vs_bound"]
-        console.print(
-            f"polyserve vs best baseline ({best}): {'-' if r1 is None else f'{r1:.3f}x'} · "
-            f"polyserve vs fluid bound: {'-' if r2 is None else f'{100 * r2:.1f} %'}"
-        )
-        r3 = entry["polyserve_vs_slo_pack_late_fill"]
-        if r3 is not None:
-            console.print(f"polyserve vs slo-pack with the same overload control: {r3:.3f}x")
+        report(console, s, entry)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
         console.print(f"wrote {args.json}")

@@ -31,7 +31,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from slorouter.sim.bound import fluid_bound
+from slorouter.sim.bound import fluid_reference
 from slorouter.sim.fleet import SimOptions, run_once
 from slorouter.sim.fleet_sweep import sweep
 from slorouter.sim.replicas import ReplicaOptions
@@ -82,7 +82,7 @@ def main() -> int:
     t0 = time.time()
     console = Console()
     scn = load_scenario(args.scenario)
-    fb = fluid_bound(scn)
+    fb = fluid_reference(scn)
 
     def run1(rate: float) -> Any:
         return run_once(scn, args.policy, rate, requests=args.requests)

@@ -8,6 +8,7 @@ Layers (lower never imports higher; enforced by import-linter, see pyproject.tom
 3 policy, admission,   pure synchronous decisions, clock injected, no I/O
   autoscale
 4 proxy                upstream client, SSE observer, dispatcher, health monitor
+  actuation            run-time fleet changes, the scaler's task, webhooks (above proxy)
 5 http                 aiohttp handlers
 6 metrics              Prometheus collectors: read every part at scrape time, written to by none
 7 app, sim             composition root (wiring, reload, state file); simulated engines and

@@ -16,6 +16,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("slorouter.sim.fleet_cli", "run a policy offline on a simulated fleet (no HTTP)"),
     "profile": ("slorouter.tools.profile", "sweep a running backend and write a latency profile"),
     "config": ("slorouter.tools.config_cmd", "check a config file, or print its JSON Schema"),
+    "scaler-sim": (
+        "slorouter.tools.scaler_sim",
+        "receive the router's scaling webhooks: start/stop simulated engines and register them",
+    ),
 }
 
 

@@ -205,6 +205,11 @@ class Outcome:
     step_samples: tuple[tuple[float, int, int], ...] = field(default=(), repr=False)
     model: str = ""
     key_id: str | None = None
+    # output tokens that arrived by their per-token deadline (slojudge.tokens; tiers with a TTFT)
+    on_time_tokens: int = 0
+    # the request as the router knew it (tier, weight, deadline_at, workflow id): what
+    # slorouter.judge needs for the SLO verdict and service gain
+    request: RequestInfo | None = field(default=None, repr=False)
 
     @property
     def ttft_s(self) -> float | None:

@@ -1,7 +1,8 @@
 """Wiring: builds every part from a RouterConfig and connects them into an aiohttp
 application and its runner. Nothing else constructs long-lived objects.
 
-Background work (the upstream session, health probes, model persistence) lives in
+Background work (the upstream session, health probes, model persistence, the scaler and
+its webhooks) lives in
 ``cleanup_ctx`` so it starts and stops with the app. Reload lives in
 :mod:`slorouter.app.reload`, the model state file in :mod:`slorouter.app.state_file`,
 the metrics in :mod:`slorouter.metrics`."""
@@ -16,10 +17,13 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
-from slorouter.app.parts import backend_set, build_models, build_policy, upstream_settings
+from slorouter.actuation.fleet import FleetManager
+from slorouter.app.parts import build_models, build_policy, configured_backends, upstream_settings
 from slorouter.app.reload import reload_config
+from slorouter.app.scaling import build_scaling, watched
 from slorouter.app.state_file import load_state, save_periodically, save_state, state_path
 from slorouter.clock import Clock, RealClock
 from slorouter.config.model import RouterConfig
@@ -30,8 +34,10 @@ from slorouter.http.expect import escape_expect_header
 from slorouter.http.middleware import openai_errors
 from slorouter.metrics import build_registry, scrape_handler
 from slorouter.metrics.admission import AdmissionMetrics
+from slorouter.metrics.autoscale import AutoscaleMetrics
 from slorouter.metrics.control import ControlMetrics
 from slorouter.metrics.forwarding import ForwardingMetrics
+from slorouter.metrics.gain import GainMetrics
 from slorouter.metrics.health import HealthMetrics
 from slorouter.metrics.requests import RequestMetrics
 from slorouter.proxy.dispatcher import Dispatcher
@@ -41,6 +47,7 @@ from slorouter.proxy.sharing import SharedState, shared_state_of
 from slorouter.proxy.syncloop import SyncLoop
 from slorouter.proxy.upstream import make_session
 from slorouter.state.backends import Health
+from slorouter.state.membership import Membership
 from slorouter.state.sync import LoadSync
 from slorouter.state.tracker import Tracker
 
@@ -61,7 +68,8 @@ def build_app(
     the store and holder name this process shares its load picture through (workers of
     one host); else ``state.sync`` of the config says (replicas)."""
     clock = clock or RealClock()
-    backends = backend_set(cfg)
+    membership = Membership(configured_backends(cfg), cfg.tier_values)
+    backends = membership.build()
     health = Health(b.id for b in backends.backends)
     latency, lengths = build_models(cfg, clock)
     saved = state_path(cfg)
@@ -88,26 +96,40 @@ def build_app(
     shared = shared or shared_state_of(cfg)
     syncer: SyncLoop | None = None
     if shared is not None:
-        sync = LoadSync(tracker, shared.holder, quota=shared.quota, wall=time.time)
+        sync = LoadSync(
+            tracker,
+            shared.holder,
+            quota=shared.quota,
+            wall=time.time,
+            control=lambda: dispatcher.policy.shared_state(),
+            adopt=lambda states: dispatcher.policy.adopt_shared(states),
+        )
         syncer = SyncLoop(
             sync, shared.store, tick_s=shared.tick_s, ttl_s=shared.ttl_s, on_freed=dispatcher.wake
         )
 
     monitor = HealthMonitor(health, clock, cfg.health, on_change=health_changed, seed=cfg.policy.seed)
     monitor.set_backends(backends.backends)
-    control = Control(monitor)
+    fleet = FleetManager(membership, monitor, tracker, dispatcher, clock)
+    scaling = build_scaling(cfg, fleet, tracker, clock, shared=shared is not None)
+    dispatcher.set_policy(watched(policy, scaling))
+    control = Control(monitor, fleet=fleet, scaling=scaling)
     requests = RequestMetrics(tracker)
     tracker.add_listener(requests.observe)
+    gain = GainMetrics()
+    tracker.add_listener(gain.observe)
 
     app = web.Application(client_max_size=cfg.server.max_body_bytes, middlewares=[openai_errors])
     escape_expect_header(app)
     app[CONTROL] = control
     registry = build_registry(
         requests,
+        gain,
         admission,
         HealthMetrics(monitor),
         ForwardingMetrics(lambda: svc.forwarder if (svc := app.get(SERVICES)) is not None else None),
         ControlMetrics(control),
+        *([AutoscaleMetrics(scaling)] if scaling is not None else []),
     )
 
     def save() -> str | None:
@@ -143,7 +165,21 @@ def build_app(
         saver = asyncio.get_running_loop().create_task(
             save_periodically(lambda: app[SERVICES].cfg.models.state_save_interval_s, save)
         )
+        hooks: aiohttp.ClientSession | None = None
+        if scaling is not None:
+            if scaling.sender is not None:  # its own pool: webhooks never take upstream connections
+                hooks = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=8))
+                scaling.sender.start(hooks)
+            scaling.start()
+            auto = cfg.autoscale
+            log.info("autoscaling on (%s mode, every %g s)", auto.mode.value, auto.interval_s)
         yield
+        if scaling is not None:
+            await scaling.stop()
+            if scaling.sender is not None:
+                await scaling.sender.stop()
+        if hooks is not None:
+            await hooks.close()
         saver.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await saver

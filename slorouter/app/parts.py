@@ -10,24 +10,21 @@ from slorouter.models.profile import StepProfile
 from slorouter.policy import registry
 from slorouter.policy.base import Policy, PolicyContext
 from slorouter.proxy.upstream import Timeouts, UpstreamSettings
-from slorouter.state.backends import Backend, BackendSet
+from slorouter.state.backends import Backend
 
 
-def backend_set(cfg: RouterConfig) -> BackendSet:
-    return BackendSet(
-        (
-            Backend(
-                id=b.name,
-                url=b.url.rstrip("/"),
-                engine=b.engine,
-                tier=b.tier,
-                models=tuple(b.models),
-                api_key=b.api_key,
-            )
-            for b in cfg.backends
-        ),
-        cfg.tier_values,
-    )
+def configured_backends(cfg: RouterConfig) -> list[Backend]:
+    return [
+        Backend(
+            id=b.name,
+            url=b.url.rstrip("/"),
+            engine=b.engine,
+            tier=b.tier,
+            models=tuple(b.models),
+            api_key=b.api_key,
+        )
+        for b in cfg.backends
+    ]
 
 
 def upstream_settings(cfg: RouterConfig) -> UpstreamSettings:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 
 from aiohttp import web
 
-from slorouter.app.parts import backend_set, build_policy, upstream_settings
+from slorouter.app.parts import build_policy, configured_backends, upstream_settings
+from slorouter.app.scaling import watched
 from slorouter.config import ConfigError, format_error, load_config
 from slorouter.config.fields import restart_changes
 from slorouter.config.model import RouterConfig
@@ -43,7 +45,8 @@ def reload_config(
         errors = e.lines()
     if new is not None:
         try:
-            policy = build_policy(new, svc.clock)
+            # the running autoscale setting (it changes only at a restart) decides placement: auto
+            policy = build_policy(replace(new, autoscale=svc.cfg.autoscale), svc.clock)
         except KeyError:
             errors.append(format_error(path, "policy.kind", f"unknown policy {new.policy.kind!r}"))
         except ParamError as e:
@@ -72,9 +75,12 @@ def apply_config(app: web.Application, new: RouterConfig, policy: Policy) -> Rel
     old = svc.cfg
     changes: list[str] = []
     warnings = [f"{path}: changed, takes effect after a restart" for path in restart_changes(old, new)]
-    new_set = backend_set(new)
+    new = replace(new, autoscale=old.autoscale)  # restart only (warned above): the running scaler's
+    fleet = ctl.fleet
+    assert fleet is not None
     old_ids = [b.id for b in svc.tracker.backends.backends]
-    new_ids = [b.id for b in new_set.backends]
+    warnings += fleet.set_config(configured_backends(new), new.tier_values)  # the one swap path
+    new_ids = [b.id for b in svc.tracker.backends.backends]
     added = [b for b in new_ids if b not in old_ids]
     removed = [b for b in old_ids if b not in new_ids]
     if added:
@@ -88,15 +94,13 @@ def apply_config(app: web.Application, new: RouterConfig, policy: Policy) -> Rel
     if old.routing != new.routing:
         changes.append("routing (keys, header, aliases) changed")
     ctl.monitor.set_config(new.health)
-    ctl.monitor.set_backends(new_set.backends)  # health first: new ids are routable before they appear
-    svc.tracker.set_backends(new_set)
     svc.forwarder.settings = upstream_settings(new)
     if old.timeouts != new.timeouts or old.retries != new.retries:
         changes.append("timeouts/retries changed")
     svc.cfg = new
     if old.policy != new.policy:
         svc.dispatcher.set_limits(new.policy.max_queued, new.policy.max_queue_wait_s)
-        svc.dispatcher.set_policy(policy)
+        svc.dispatcher.set_policy(watched(policy, ctl.scaling))
         changes.append(f"policy {old.policy.kind} -> {new.policy.kind}")
     else:
         svc.dispatcher.wake()

@@ -97,6 +97,12 @@ def _check_url(url: str, path: str, errs: Errors) -> str | None:
     return f"{u.scheme}://{u.hostname.lower()}:{port or default_port}{u.path.rstrip('/')}"
 
 
+def check_url(url: str, path: str, errs: Errors) -> str | None:
+    """Append an error for a URL that is not ``http(s)://host[:port][/path]``; return it
+    normalized (scheme, lower-case host, explicit port, no trailing slash) when valid."""
+    return _check_url(url, path, errs)
+
+
 def _check_backends(
     raw: Mapping[str, Any], tiers: list[str], env: Mapping[str, str], errs: Errors
 ) -> dict[int, str]:
@@ -207,12 +213,6 @@ def _check_misc(raw: Mapping[str, Any], base_dir: Path | None, errs: Errors) -> 
         p = Path(profile) if base_dir is None else base_dir / profile
         if not p.is_file():
             errs.append(("models.profile", f"file not found: {p}"))
-    auto = _section(raw, "autoscale")
-    if auto.get("enabled") is True:
-        errs.append(("autoscale.enabled", "autoscaling is not implemented yet; set it to false"))
-    lo, hi = auto.get("min_backends"), auto.get("max_backends")
-    if isinstance(lo, int) and isinstance(hi, int) and lo > hi:
-        errs.append(("autoscale.max_backends", f"must be >= min_backends ({lo})"))
     sync = _section(_section(raw, "state"), "sync")
     kind, url = sync.get("kind", "none"), sync.get("url")
     if kind == "redis" and not isinstance(url, str):
@@ -232,6 +232,59 @@ def _check_misc(raw: Mapping[str, Any], base_dir: Path | None, errs: Errors) -> 
         errs.append(("retries.backoff_max_s", f"must be >= backoff_s ({b})"))
 
 
+def _num(m: Mapping[str, Any], key: str) -> float | None:
+    v = m.get(key)
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+def _check_autoscale(raw: Mapping[str, Any], tiers: list[str], env: Mapping[str, str], errs: Errors) -> None:
+    auto = _section(raw, "autoscale")
+    lo, hi = auto.get("min_backends"), auto.get("max_backends")
+    if isinstance(lo, int) and isinstance(hi, int) and lo > hi:
+        errs.append(("autoscale.max_backends", f"must be >= min_backends ({lo})"))
+    out_u, in_u = _num(auto, "target_utilization"), _num(auto, "scale_in_utilization")
+    out_u = 0.85 if out_u is None else out_u
+    if in_u is not None and in_u >= out_u:
+        msg = f"must be below target_utilization ({out_u:g}): the hysteresis band"
+        errs.append(("autoscale.scale_in_utilization", msg))
+    per_tier = auto.get("tiers")
+    floors = 0
+    if isinstance(per_tier, Mapping):
+        for name, lim in per_tier.items():
+            path = f"autoscale.tiers.{name}"
+            _ref(name if isinstance(name, str) else None, tiers, path, errs)
+            if not isinstance(lim, Mapping):
+                continue
+            tlo, thi = lim.get("min_servers"), lim.get("max_servers")
+            if isinstance(tlo, int) and isinstance(thi, int) and tlo > thi:
+                errs.append((join(path, "max_servers"), f"must be >= min_servers ({tlo})"))
+            floors += tlo if isinstance(tlo, int) and not isinstance(tlo, bool) else 0
+    if isinstance(hi, int) and not isinstance(hi, bool) and floors > hi:
+        errs.append(("autoscale.max_backends", f"must be >= the sum of the tiers' min_servers ({floors})"))
+    hook = _section(auto, "webhook")
+    urls = hook.get("urls")
+    for i, u in enumerate(urls if isinstance(urls, list) else []):
+        if isinstance(u, str):
+            _check_url(u, f"autoscale.webhook.urls[{i}]", errs)
+    b, bmax = _num(hook, "backoff_s"), _num(hook, "backoff_max_s")
+    if b is not None and bmax is not None and bmax < b:
+        errs.append(("autoscale.webhook.backoff_max_s", f"must be >= backoff_s ({b:g})"))
+    sync = _section(_section(raw, "state"), "sync")
+    if auto.get("enabled") is True and sync.get("kind", "none") != "none":
+        msg = "autoscaling runs in one router process for now: not with state.sync (set kind: none)"
+        errs.append(("autoscale.enabled", msg))
+    if auto.get("enabled") is not True or auto.get("mode") != "webhook":
+        return
+    if not urls:
+        msg = "mode webhook needs at least one URL (or set autoscale.mode: advisory)"
+        errs.append(("autoscale.webhook.urls", msg))
+    given = hook.get("secret_env")
+    var = given if isinstance(given, str) else "SLOROUTER_WEBHOOK_SECRET"
+    if (given is None or isinstance(given, str)) and not env.get(var, ""):
+        msg = f"environment variable {var} is not set (or empty): webhooks are signed with it"
+        errs.append(("autoscale.webhook.secret_env", msg))
+
+
 @dataclass(frozen=True, slots=True)
 class Secrets:
     """What the environment gave: ``routing.keys[i]`` secrets and ``backends[i]`` API keys."""
@@ -249,4 +302,5 @@ def check_references(
     backend_keys = _check_backends(raw, tiers, env, errs)
     secrets = _check_routing(raw, tiers, env, errs)
     _check_misc(raw, base_dir, errs)
+    _check_autoscale(raw, tiers, env, errs)
     return Secrets(secrets, backend_keys)

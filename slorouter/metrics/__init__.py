@@ -1,11 +1,13 @@
 """What ``GET /metrics`` shows, in the Prometheus exposition format written by
 ``prometheus_client``. One collector per part of the router, each reading that part's
 own counters when the endpoint is scraped (nothing is recorded per token, and nothing
-but the tracker's outcome listener runs per request):
+but the tracker's outcome listeners run per request):
 
 =======================================  ===========================================================
 :class:`~.requests.RequestMetrics`       finished requests, tokens, TTFT/ITL/E2E histograms (per
                                          tier); in-flight load, health, queue, learned TTFT (now)
+:class:`~.gain.GainMetrics`              SLO met, deadline met/missed, service gain (per tier), judged
+                                         by :mod:`slojudge` when a request finishes
 :class:`~.admission.AdmissionMetrics`    requests shed (429) by tier and reason, queue wait histograms
 :class:`~.health.HealthMetrics`          probes, circuit breakers, drains, ejections per backend
 :class:`~.forwarding.ForwardingMetrics`  failovers, skipped failovers, re-sends, dropped slow clients

@@ -59,7 +59,6 @@ class RequestMetrics:
     def __init__(self, tracker: Tracker) -> None:
         self.tracker = tracker
         self.requests: dict[tuple[str, str], int] = {}
-        self.dslo_met: dict[str, int] = {}
         self.output_tokens: dict[str, int] = {}
         self.prompt_tokens: dict[str, int] = {}
         self.ttft: dict[str, Histogram] = {}
@@ -71,8 +70,6 @@ class RequestMetrics:
         self.requests[key] = self.requests.get(key, 0) + 1
         self.output_tokens[o.tier] = self.output_tokens.get(o.tier, 0) + o.output_tokens
         self.prompt_tokens[o.tier] = self.prompt_tokens.get(o.tier, 0) + o.prompt_tokens
-        if o.status is Status.OK and o.max_lateness_s is not None and o.max_lateness_s <= 0:
-            self.dslo_met[o.tier] = self.dslo_met.get(o.tier, 0) + 1
         ttft = o.ttft_s
         if ttft is not None:
             self.ttft.setdefault(o.tier, Histogram(TTFT_BUCKETS)).observe(ttft)
@@ -93,7 +90,6 @@ class RequestMetrics:
         for (tier, status), n in sorted(self.requests.items()):
             f.requests.add_metric([tier, status], n)
         for family, per_tier in (
-            (f.dslo_met, self.dslo_met),
             (f.output_tokens, self.output_tokens),
             (f.prompt_tokens, self.prompt_tokens),
         ):
@@ -122,9 +118,6 @@ class _Families:
     def __init__(self) -> None:
         self.requests = CounterMetricFamily(
             "slorouter_requests", "Finished requests by tier and outcome.", labels=["tier", "status"]
-        )
-        self.dslo_met = CounterMetricFamily(
-            "slorouter_dslo_met", "Requests that met every per-token deadline.", labels=["tier"]
         )
         self.output_tokens = CounterMetricFamily(
             "slorouter_output_tokens", "Output tokens of finished requests.", labels=["tier"]
@@ -170,7 +163,6 @@ class _Families:
     def all(self) -> list[Metric]:
         return [
             self.requests,
-            self.dslo_met,
             self.output_tokens,
             self.prompt_tokens,
             self.inflight,

@@ -32,6 +32,15 @@ class Policy(Protocol):
 
     def on_finish(self, outcome: Outcome) -> None: ...
 
+    def shared_state(self) -> Any:
+        """Control-plane state other router processes must adopt (JSON types; None:
+        nothing), published with this process's row (:mod:`slorouter.state.sync`)."""
+        ...
+
+    def adopt_shared(self, states: list[Any]) -> None:
+        """Merge the other processes' :meth:`shared_state` values."""
+        ...
+
 
 class BasePolicy:
     """Convenience base: no-op hooks, and the shared 'nothing eligible' answer."""
@@ -42,6 +51,12 @@ class BasePolicy:
         return None
 
     def on_finish(self, outcome: Outcome) -> None:
+        return None
+
+    def shared_state(self) -> Any:
+        return None
+
+    def adopt_shared(self, states: list[Any]) -> None:
         return None
 
     @staticmethod

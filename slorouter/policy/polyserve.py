@@ -322,6 +322,14 @@ class PolyServe(BasePolicy):
                 worst = found[-1][0]
         return found
 
+    def shared_state(self) -> Any:
+        """The bin moves, for the other router processes (leaderless: newest wins)."""
+        return self.moves.export() if self.moves is not None else None
+
+    def adopt_shared(self, states: list[Any]) -> None:
+        if self.moves is not None:
+            self.moves.adopt(m for st in states if isinstance(st, list) for m in st)
+
     def select(self, request: RequestInfo, snapshot: Snapshot) -> Decision:
         try:
             return self._select(request, snapshot)

@@ -43,9 +43,10 @@ bin wins and the override is dropped.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from slorouter.models.base import LatencyView
 from slorouter.policy.feasibility import FeasibilityParams, Need, assess, tightest_tpot
@@ -91,6 +92,31 @@ class BinMoves:
         for bid in [b for b, home in self._home.items() if (x := backends.get(b)) is None or x.tier != home]:
             del self._tau[bid], self._home[bid]
         return self._tau
+
+    def export(self) -> list[list[Any]]:
+        """Every move as ``[server, tightness kind, tightness value, home tier, at]``
+        (JSON types): what other router processes adopt (:meth:`adopt`)."""
+        return [[b, t.kind, t.value, self._home[b], self._at[b]] for b, t in self._tau.items()]
+
+    def adopt(self, moves: Iterable[Sequence[Any]]) -> bool:
+        """Merge moves made by other processes: per server the most recent move wins (a
+        move is a fact with a time; two processes moving one server within a tick agree
+        after the next). True when anything changed."""
+        changed = False
+        for m in moves:
+            try:
+                bid, kind, value, home, at = str(m[0]), int(m[1]), float(m[2]), str(m[3]), float(m[4])
+            except (TypeError, ValueError, IndexError):
+                continue
+            if at <= self._at.get(bid, -math.inf):
+                continue
+            tau = Tightness(kind, value)
+            self._tau[bid], self._home[bid], self._at[bid] = tau, home, at
+            self._into[tau] = max(self._into.get(tau, -math.inf), at)
+            changed = True
+        if changed:
+            self.moves += 1
+        return changed
 
     def may_receive(self, tau: Tightness, now: float) -> bool:
         """A bin receives at most one server per ``receive_s``."""

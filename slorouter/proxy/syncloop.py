@@ -1,6 +1,7 @@
 """The live side of the shared load picture: a background task per router process.
 
-Every ``tick_s`` it publishes this process's :class:`~slorouter.state.sync.Row` to the
+Every ``tick_s`` (longer when a tick would cost more than ``budget`` of a core: see
+:class:`SyncLoop`) it publishes this process's :class:`~slorouter.state.sync.Row` to the
 store, reads every live row, and has :class:`~slorouter.state.sync.LoadSync` absorb the
 others' (the dispatcher is woken when some backend's load went down, so queued requests
 see the room other processes freed). It also holds or renews the **leader lease**: one
@@ -54,7 +55,11 @@ class SyncLoop:
         ttl_s: float,
         on_freed: Callable[[], None] | None = None,
         wall: Callable[[], float] = time.time,
+        budget: float = 0.05,
     ) -> None:
+        """``budget``: the share of one core the exchange may use; when a tick costs
+        more than ``budget × tick_s`` (a large fleet), the next one waits longer — the
+        view gets staler, routing never gets slower (``interval_s`` says by how much)."""
         self.sync = sync
         self.store = store
         self.tick_s = tick_s
@@ -65,6 +70,9 @@ class SyncLoop:
         self.leader = False
         self.ticks = 0
         self.failures = 0
+        self.budget = budget
+        self.interval_s = tick_s  # the interval actually kept (see budget)
+        self.cost_s = 0.0  # CPU of the last tick's own work
         self._rows: Mapping[str, Row] = {}
         self._rows_at = -float("inf")
         self._task: asyncio.Task[None] | None = None
@@ -82,7 +90,9 @@ class SyncLoop:
         """One exchange: publish, read, absorb, lease."""
         tracker = self.sync.tracker
         now = tracker.clock.now()
+        cpu = time.thread_time()
         row = self.sync.row(now)
+        self.cost_s = time.thread_time() - cpu
         wall = self.wall()
         try:
             rows = await self.store.exchange(row)
@@ -99,8 +109,10 @@ class SyncLoop:
             self.leader = False
             if wall - self._rows_at > self.ttl_s:
                 self._rows = {}
+        cpu = time.thread_time()
         before = {b: ld.running for b, ld in tracker.loads.items()}
         self.sync.absorb(self._rows, tracker.clock.now())
+        self.cost_s += time.thread_time() - cpu
         self.ticks += 1
         if self.on_freed is not None and any(
             ld.running < before.get(b, 0) for b, ld in tracker.loads.items()
@@ -116,7 +128,9 @@ class SyncLoop:
                 raise
             except Exception:  # never let the loop die: the router must keep routing
                 log.exception("shared state sync failed; retrying next tick")
-            await asyncio.sleep(max(0.0, self.tick_s - (self.wall() - started)))
+            # the CPU of building, absorbing (not of the store's I/O, which overlaps routing)
+            self.interval_s = max(self.tick_s, self.cost_s / self.budget)
+            await asyncio.sleep(max(0.0, self.interval_s - (self.wall() - started)))
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self.run())

@@ -1,4 +1,8 @@
-"""The fluid upper bound of a scenario (docs/policies.md §6, "The fluid bound").
+"""The fluid reference of a scenario (docs/policies.md §6, "The fluid reference").
+
+Not an upper bound (a router can beat it: see :mod:`slorouter.sim.upper_bound` for one
+no router can): what an ideal static partition sustains on mean lengths. It sizes the
+``bins: auto`` partition and is reported next to the upper bound as a reference.
 
 Each tier ``t`` runs on servers of its own at the largest batch ``B_t`` whose
 steady-state step still meets its TPOT ``τ_t``. With ``p̄`` the mean prompt, ``n̄`` the
@@ -16,8 +20,9 @@ One request of tier t then costs ``n̄·step(B_t)/B_t`` server-seconds, and the 
 
 Best-effort tiers use ``B = max_num_seqs`` (KV permitting); deadline/workflow tiers use
 ``τ = deadline / n̄``. No queueing, no fragmentation, no slack wasted, every request
-meets its SLO exactly: no router can sustain more at 100 % attainment (at 90 % a
-policy may exceed it slightly by sacrificing the longest requests).
+exactly on its SLO at the mean pace. A router exceeds it when a request's own deadlines
+allow it a slower pace than its TPOT (a short output with an early first token), with
+best-effort work, and at 90 % attainment by letting the costliest requests miss.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ class TierBound:
 
 
 @dataclass(frozen=True, slots=True)
-class FluidBound:
+class FluidReference:
     rps_per_server: float
     mean_prompt: float
     mean_output: float
@@ -80,7 +85,7 @@ def max_batch(prof: StepProfile, tau: float | None, mp: float, mo: float, ctx: f
     return fluid.max_batch(prof.step, profile_limits(prof), tau, fluid.Lengths(mp, mo, ctx))
 
 
-def fluid_bound(scn: Scenario) -> FluidBound:
+def fluid_reference(scn: Scenario) -> FluidReference:
     mp, mo, ctx = mean_lengths(scn)
     ln = fluid.Lengths(mp, mo, ctx)
     prof = scn.profile
@@ -104,12 +109,12 @@ def fluid_bound(scn: Scenario) -> FluidBound:
             continue
         per_req += share * cost
     rps = 0.0 if per_req == float("inf") or per_req <= 0 else 1.0 / per_req  # formula: slorouter.models.fluid
-    return FluidBound(rps, mp, mo, ctx, tuple(tiers))
+    return FluidReference(rps, mp, mo, ctx, tuple(tiers))
 
 
-def auto_bins(scn: Scenario, servers: int, fb: FluidBound | None = None) -> dict[str, int]:
+def auto_bins(scn: Scenario, servers: int, fb: FluidReference | None = None) -> dict[str, int]:
     """Servers per tier ∝ share × fluid cost (largest remainder; ≥ 1 each when possible)."""
-    fb = fb or fluid_bound(scn)
+    fb = fb or fluid_reference(scn)
     need = {t.name: t.share * t.cost_s for t in fb.tiers}
     tot = sum(need.values()) or 1.0
     exact = {k: servers * v / tot for k, v in need.items()}

@@ -16,7 +16,11 @@ Time advances from event to event (next arrival, next step end of any engine, ne
   latency model are the mean gap over those tokens.
 
 Per-token deadlines are checked exactly, from the engine's step end times and each
-request's token segments (:mod:`slorouter.sim.engine`). Deterministic under the seed.
+request's token segments (:mod:`slorouter.sim.engine`), with :mod:`slojudge`'s predicate
+(the router's and the load generator's): a request's on-schedule tokens, its verdict and
+its service gain (:func:`~slorouter.sim.fleet_metrics.summarize`). A request of a tier
+with a deadline carries ``deadline_at`` (arrival + deadline), as live. Deterministic
+under the seed.
 """
 
 from __future__ import annotations
@@ -29,14 +33,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-import numpy as np
-
+import slojudge
 from slorouter.admission import DecisionLog
 from slorouter.clock import ManualClock
 from slorouter.policy.base import Policy
 from slorouter.sim.bound import auto_bins
 from slorouter.sim.engine import EngineModel, RequestTooLarge, Segment
-from slorouter.sim.fleet_metrics import ERROR, OK, REJECTED, Records, missed, summarize
+from slorouter.sim.fleet_metrics import ERROR, OK, REJECTED, Records, missed, on_time_tokens, summarize
 from slorouter.sim.replicas import ReplicaOptions, SyncDriver, build_router
 from slorouter.sim.scenario import Scenario
 from slorouter.sim.scenario_workload import Workload, generate
@@ -75,23 +78,6 @@ class SimResult:
     # what the router saw, in order: ("arrive", t, rid) | ("tokens", t, rid, n) |
     # ("finish", t, rid, status) | ("wake", t) — replayable through the live dispatcher
     events_log: list[tuple[Any, ...]] | None = None
-
-
-def _lateness(ends: Any, segs: tuple[Segment, ...], due0: float, tpot: float) -> float:
-    """max over tokens of (arrival time − deadline), deadline_i = due0 + i·tpot."""
-    worst = -math.inf
-    for s0, i0, n in segs:
-        if n <= 0:
-            continue
-        if n <= 48:
-            m = max(ends[s0 + j] - j * tpot for j in range(n))
-        else:
-            chunk = np.frombuffer(ends[s0 : s0 + n], dtype=np.float64)
-            m = float((chunk - np.arange(n) * tpot).max())
-        late = m - (due0 + i0 * tpot)
-        if late > worst:
-            worst = late
-    return worst
 
 
 class FleetSim:
@@ -147,6 +133,7 @@ class FleetSim:
                 log=self.decision_log if k == 0 else None,
                 holder=f"r{k}" if multi else None,
                 quota=ro.quota,
+                sync_ms=ro.sync_ms,
             )
             for k in range(ro.replicas)
         ]
@@ -266,6 +253,9 @@ class FleetSim:
                 owner[i] = kr
                 rt = routers[kr]
                 v = wl.variant[i]
+                # as the live router resolves it (http/requests.py): arrival + the tier's
+                # deadline (a request of a workflow tier here is a workflow of its own)
+                dl = v.slo.deadline_s
                 req = RequestInfo(
                     rid=i,
                     tier=v,
@@ -273,6 +263,7 @@ class FleetSim:
                     prompt_tokens=wl.prompt[i],
                     max_tokens=self.scn.workload.max_tokens,
                     output_bound=rt.lengths.bound(v.name, 0, self.scn.workload.max_tokens),
+                    deadline_at=None if dl is None else t_arr + dl,
                 )
                 i += 1
                 if ev is not None:
@@ -367,6 +358,7 @@ class FleetSim:
             span_s=span,
             makespan_s=makespan,
             busy_server_s=busy,
+            workload=wl,
         )
         misses = None
         if self.opt.miss_log:
@@ -402,6 +394,7 @@ class FleetSim:
     ) -> None:
         rec, wl = self.records, self.wl
         rec.status[rid] = OK
+        rec.finished_at[rid] = finished_at
         arrival = wl.arrival[rid]
         first = ends[first_step]
         ttft = first - arrival
@@ -413,12 +406,14 @@ class FleetSim:
         cls = slo.slo_class
         if cls is SloClass.LATENCY and slo.ttft_s is not None:
             tpot = slo.tpot_s or 0.0
-            late = _lateness(ends, segs, arrival + slo.ttft_s, tpot)
-            dslo_met[rid] = late <= 1e-9
+            due0 = arrival + slo.ttft_s
+            rec.on_time[rid] = on_time_tokens(ends, segs, due0, tpot)
+            rec.first_on_time[rid] = slojudge.on_time(first - due0, tpot, 0)
+            dslo_met[rid] = rec.on_time[rid] >= n_out
             rec.ttft_miss[rid] = ttft > slo.ttft_s + 1e-9
             rec.mean_ok[rid] = ttft <= slo.ttft_s + 1e-9 and (n_out < 2 or tpot_mean <= tpot + 1e-9)
         elif slo.deadline_s is not None:
-            ok = finished_at - arrival <= slo.deadline_s + 1e-9
+            ok = slojudge.in_time(finished_at, arrival + slo.deadline_s)
             dslo_met[rid] = rec.mean_ok[rid] = ok
         else:
             # best effort has no SLO, but a rate at which its work piles up in the router

@@ -5,7 +5,8 @@
 
 Prints per-tier DSLO and mean-TPOT attainment, TTFT/TPOT percentiles, goodput and cost
 (a rich table); with ``--sweep`` the goodput (highest rate where every tier attains
-≥ 90 %, and ≥ 99 %) found by bisection, next to the scenario's fluid bound; with
+≥ 90 %, and ≥ 99 %) found by bisection, next to the scenario's upper bound (no router
+exceeds it in a long run, :mod:`slorouter.sim.upper_bound`) and its fluid reference; with
 ``--misses`` (one run) every request that missed, as JSON lines, grouped in a table.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,12 +25,13 @@ from rich.table import Table
 
 from slorouter.policy import registry
 from slorouter.policy.base import ParamError
-from slorouter.sim.bound import auto_bins, fluid_bound
+from slorouter.sim.bound import auto_bins, fluid_reference
 from slorouter.sim.fleet import SimOptions, SimResult, run_once
 from slorouter.sim.fleet_sweep import Probe, sweep
 from slorouter.sim.replicas import ReplicaOptions
 from slorouter.sim.scenario import Scenario, ScenarioError, load_scenario
 from slorouter.sim.scenario_workload import check_slos
+from slorouter.sim.upper_bound import upper_bound
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--servers", type=int, help="fleet size (default: the scenario's)")
     g = p.add_mutually_exclusive_group()
     g.add_argument(
-        "--rate", type=float, help="total arrival rate, requests/s (default: 80%% of the fluid bound)"
+        "--rate", type=float, help="total arrival rate, requests/s (default: 80%% of the fluid reference)"
     )
     g.add_argument("--sweep", action="store_true", help="find the goodput at 90 %% and 99 %% attainment")
     p.add_argument("--requests", type=int, help="requests per run (default: the scenario's)")
@@ -102,6 +105,7 @@ def _table(console: Console, s: dict[str, Any], title: str) -> None:
         "mean-TPOT att.",
         "misses TTFT/pace/backlog/rej/unf",
         "wait p99 ms",
+        "gain %",
     ):
         t.add_column(c, justify="right")
     for c in ("TTFT p50/p90/p99 ms", "TPOT p50/p90/p99 ms"):
@@ -125,6 +129,7 @@ def _table(console: Console, s: dict[str, Any], title: str) -> None:
                 )
             ),
             _fmt(v["queue_wait_s"]["p99"], 1e3, 0),
+            _fmt(v.get("service_gain_ratio"), 100, 1),
             "/".join(_fmt(tt[k], 1e3, 0) for k in ("p50", "p90", "p99")),
             "/".join(_fmt(tp[k], 1e3, 1) for k in ("p50", "p90", "p99")),
         )
@@ -135,6 +140,11 @@ def _table(console: Console, s: dict[str, Any], title: str) -> None:
         f"server-s per good request {_fmt(o['server_seconds_per_good'], 1, 3)} "
         f"(busy servers only {_fmt(o['busy_server_seconds_per_good'], 1, 3)})"
     )
+    if o.get("service_gain") is not None:
+        console.print(
+            f"service gain {o['service_gain']:,.0f} of {o['service_gain_max']:,.0f} "
+            f"({_fmt(o['service_gain_ratio'], 100, 1)} %; prompt x1 + output x8 tokens, x tier weight)"
+        )
 
 
 def _miss_table(console: Console, rows: list[dict[str, Any]], top: int = 15) -> None:
@@ -152,6 +162,14 @@ def _miss_table(console: Console, rows: list[dict[str, Any]], top: int = 15) -> 
         wait = f"{waits[len(waits) // 2] * 1e3:.0f}/{waits[-1] * 1e3:.0f}" if waits else "-"
         t.add_row(tier, cause, why, st, str(len(g)), f"{prompts[len(prompts) // 2]}/{prompts[-1]}", wait)
     console.print(t)
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f} %"
+
+
+def _ratio(x: float | None, of: float | None) -> float | None:
+    return None if x is None or of is None or not 0 < of < math.inf else x / of
 
 
 def _result_json(r: SimResult, rate: float) -> dict[str, Any]:
@@ -201,7 +219,8 @@ def run(args: argparse.Namespace) -> int:
                 f"{str(Path(path).parent)!r}; create it first"
             )
             return 2
-    fb = fluid_bound(scn)
+    fb = fluid_reference(scn)
+    ub = {a: upper_bound(scn, a) for a in (0.9, 0.99)}
     if not (0 < args.latency_quantile < 1 and 0 < args.length_quantile < 1):
         err.print("[red]error:[/red] --latency-quantile and --length-quantile must be in (0, 1)")
         return 2
@@ -224,7 +243,8 @@ def run(args: argparse.Namespace) -> int:
     console.print(
         f"[bold]{scn.name}[/bold] · policy [bold]{args.policy}[/bold] · {servers} servers "
         f"({', '.join(f'{k}:{v}' for k, v in bins.items())}) · {scn.profile.name} · {n_req} requests · "
-        f"fluid bound {fb.rps_per_server:.2f} req/s per server"
+        f"upper bound {ub[0.9].rps_per_server:.2f} (≥ 90 %) / {ub[0.99].rps_per_server:.2f} (≥ 99 %), "
+        f"fluid reference {fb.rps_per_server:.2f} req/s per server"
     )
     show = not args.no_progress and sys.stderr.isatty()
 
@@ -269,7 +289,8 @@ def run(args: argparse.Namespace) -> int:
         "policy": args.policy,
         "servers": servers,
         "requests": n_req,
-        "fluid_bound": fb.to_json(),
+        "upper_bound": {f"{a:g}": u.to_json() for a, u in ub.items()},
+        "fluid_reference": fb.to_json(),
         "params": params,
     }
     try:
@@ -285,17 +306,19 @@ def run(args: argparse.Namespace) -> int:
 
             sw = sweep(one, guess, on_probe=note)
             t = Table(title=f"goodput of {args.policy} on {scn.name}")
-            for c in ("criterion", "rate req/s", "req/s per server", "of fluid bound"):
+            for c in ("criterion", "rate req/s", "req/s per server", "of upper bound", "of fluid reference"):
                 t.add_column(c, justify="right")
             for label, d in (("every tier", sw.goodput), ("overall", sw.goodput_overall)):
                 for tgt, v in d.items():
                     per = None if v is None else v / servers
-                    ratio = None if per is None or fb.rps_per_server <= 0 else per / fb.rps_per_server
+                    # the upper bound is for every tier's attainment (each tier may drop its share)
+                    u = ub.get(tgt) if label == "every tier" else None
                     t.add_row(
                         f"{label} ≥ {tgt * 100:g} %",
                         _fmt(v, 1, 2),
                         _fmt(per, 1, 3),
-                        _fmt(ratio, 100, 1) + " %",
+                        _pct(_ratio(per, None if u is None else u.rps_per_server)),
+                        _pct(_ratio(per, fb.rps_per_server)),
                     )
             console.print(t)
             out["sweep"] = sw.to_json(servers)

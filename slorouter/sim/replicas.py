@@ -66,6 +66,7 @@ def build_router(
     log: DecisionLog | None = None,
     holder: str | None = None,
     quota: bool = True,
+    sync_ms: float = 100.0,
 ) -> SimRouter:
     warm = scn.workload.length_warmup
     rho = 0.0
@@ -91,7 +92,15 @@ def build_router(
     core = AdmissionCore(
         policy, tracker, max_queue=max_queue, max_wait_s=max_wait_s, max_tries=max_tries, log=log
     )
-    sync = LoadSync(tracker, holder, quota=quota) if holder is not None else None
+    sync = None
+    if holder is not None:
+        sync = LoadSync(
+            tracker,
+            holder,
+            quota=quota and sync_ms > 0,
+            control=lambda: core.policy.shared_state(),  # type: ignore[attr-defined]
+            adopt=lambda states: core.policy.adopt_shared(states),  # type: ignore[attr-defined]
+        )
     return SimRouter(tracker, core, latency, lengths, sync)
 
 
@@ -122,7 +131,8 @@ class SyncDriver:
         return any(ld.running < before.get(b, 0) for b, ld in r.tracker.loads.items())
 
     def sync_all(self, k: int, now: float) -> bool:
-        """Δ = 0: every replica's current counts, then replica ``k`` absorbs them."""
+        """Δ = 0: every replica's current counts, then replica ``k`` absorbs them (the
+        perfect-sharing reference: nothing is stale, so the quota has nothing to guard)."""
         self.store.now = now
         for r in self.routers:
             assert r.sync is not None

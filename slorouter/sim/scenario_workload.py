@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from slorouter.sim.scenario import Scenario, ScenarioError, TierSpec
+from slorouter.sim.scenario import LengthDist, Scenario, ScenarioError, TierSpec
 from slorouter.values import Slo, Tier
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
@@ -184,14 +184,27 @@ def output_sample(scn: Scenario, n: int, seed: int | None = None) -> list[int]:
 
 def mean_lengths(scn: Scenario) -> tuple[float, float, float]:
     """(mean prompt, mean output, time-weighted mean context per decode slot)."""
-    tr = length_sampler(scn)
-    if tr is None:
-        rng = random.Random(f"{scn.seed}:means")
-        w = scn.workload
-        ps = [_lognormal(rng, w.prompt.mean, w.prompt.sigma, w.prompt.max) for _ in range(20000)]
-        os_ = [_lognormal(rng, w.output.mean, w.output.sigma, w.output.max) for _ in range(20000)]
-    else:
-        ps, os_ = tr
+    if scn.workload.lengths == "synthetic":
+        return _synthetic_means(scn.seed, scn.workload.prompt, scn.workload.output)
+    return _trace_means(scn.workload.lengths)
+
+
+@cache
+def _trace_means(name_or_path: str) -> tuple[float, float, float]:
+    t = load_trace(name_or_path)
+    return _means(list(t.prompt), list(t.output))
+
+
+@cache
+def _synthetic_means(seed: int, prompt: LengthDist, output: LengthDist) -> tuple[float, float, float]:
+    # every simulation of a synthetic scenario asks (bins, the router's prior): sample once
+    rng = random.Random(f"{seed}:means")
+    ps = [_lognormal(rng, prompt.mean, prompt.sigma, prompt.max) for _ in range(20000)]
+    os_ = [_lognormal(rng, output.mean, output.sigma, output.max) for _ in range(20000)]
+    return _means(ps, os_)
+
+
+def _means(ps: list[int], os_: list[int]) -> tuple[float, float, float]:
     n = len(ps)
     mp = sum(ps) / n
     mo = sum(os_) / n

@@ -9,6 +9,9 @@ Programmatic API (for tests and benchmarks)::
         fleet.engines     # [SimEngine, ...]: .model (EngineModel: num_running, kv_usage, ...)
         ...               # talk to the urls with any HTTP/OpenAI client
 
+One engine at a time (for a scaler that starts and stops servers): ``e = await
+start_engine(profile, ...)`` (same options, ``port=0``), ``e.url``, ``await e.stop()``.
+
 ``serve_engines(count, *, profile=DEFAULT_PROFILE (name, file or StepProfile), engine="vllm"|"tgi",
 seed=0, model="sim-llama", host="127.0.0.1", base_port=0 (0 = ephemeral ports, else
 consecutive ports from base_port), eos_mean=256, max_model_len=8192, noise=0.0,
@@ -291,6 +294,64 @@ class SimFleet:
     ports: list[int]
 
 
+@dataclass
+class ServedEngine:
+    """One simulated engine served on its own port (:func:`start_engine`)."""
+
+    url: str
+    port: int
+    engine: SimEngine
+    runner: web.AppRunner
+
+    async def stop(self) -> None:
+        await self.engine.stop()
+        await self.runner.cleanup()
+
+
+async def start_engine(
+    profile: str | StepProfile = DEFAULT_PROFILE,
+    *,
+    engine: str = "vllm",
+    seed: int = 0,
+    model: str = "sim-llama",
+    host: str = "127.0.0.1",
+    port: int = 0,
+    eos_mean: float = 256.0,
+    max_model_len: int = 8192,
+    noise: float = 0.0,
+    record_drift: bool = False,
+    api_key: str | None = None,
+) -> ServedEngine:
+    """Start one simulated engine (``port`` 0: an ephemeral port); ``stop()`` it when done."""
+    if engine not in ("vllm", "tgi"):
+        raise ValueError(f"engine must be 'vllm' or 'tgi', got {engine!r}")
+    if api_key is not None and (engine != "vllm" or not api_key):
+        raise ValueError("api_key: a non-empty key, with engine 'vllm' only")
+    prof = load_profile(profile) if isinstance(profile, str) else profile
+    eng = SimEngine(
+        prof,
+        model_name=model,
+        seed=seed,
+        engine=engine,
+        eos_mean=eos_mean,
+        max_model_len=max_model_len,
+        noise=noise,
+        record_drift=record_drift,
+    )
+    runner = web.AppRunner(build_app(eng, api_key), handler_cancellation=True, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound = int(runner.addresses[0][1])
+    eng.start()
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    return ServedEngine(f"http://{shown}:{bound}", bound, eng, runner)
+
+
 @asynccontextmanager
 async def serve_engines(
     count: int = 1,
@@ -313,33 +374,27 @@ async def serve_engines(
     if api_key is not None and (engine != "vllm" or not api_key):
         raise ValueError("api_key: a non-empty key, with engine 'vllm' only")
     prof = load_profile(profile) if isinstance(profile, str) else profile
-    engines: list[SimEngine] = []
-    runners: list[web.AppRunner] = []
-    ports: list[int] = []
+    served: list[ServedEngine] = []
     try:
         for i in range(count):
-            eng = SimEngine(
-                prof,
-                model_name=model,
-                seed=seed,
-                engine=engine,
-                eos_mean=eos_mean,
-                max_model_len=max_model_len,
-                noise=noise,
-                record_drift=record_drift,
+            served.append(
+                await start_engine(
+                    prof,
+                    engine=engine,
+                    seed=seed,
+                    model=model,
+                    host=host,
+                    port=base_port + i if base_port else 0,
+                    eos_mean=eos_mean,
+                    max_model_len=max_model_len,
+                    noise=noise,
+                    record_drift=record_drift,
+                    api_key=api_key,
+                )
             )
-            runner = web.AppRunner(build_app(eng, api_key), handler_cancellation=True, access_log=None)
-            await runner.setup()
-            runners.append(runner)
-            site = web.TCPSite(runner, host, base_port + i if base_port else 0, reuse_address=True)
-            await site.start()
-            ports.append(int(runner.addresses[0][1]))
-            eng.start()
-            engines.append(eng)
-        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
-        yield SimFleet([f"http://{shown}:{p}" for p in ports], engines, ports)
+        yield SimFleet([e.url for e in served], [e.engine for e in served], [e.port for e in served])
     finally:
-        for eng in engines:
-            await eng.stop()
-        for runner in runners:
-            await runner.cleanup()
+        for e in served:
+            await e.engine.stop()
+        for e in served:
+            await e.runner.cleanup()

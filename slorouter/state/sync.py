@@ -32,67 +32,20 @@ TTL is dropped: a dead holder's share vanishes.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import orjson
+import numpy as np
 
 from slorouter.state.load import SLACK_WINDOW, BackendLoad, SlackEntry, banked
+from slorouter.state.rows import F64, I64, SLACK_PER_ROW, Row
 
-Counters = tuple[int, int, int, int, int, int]  # BackendLoad.as_tuple() order
-_ZERO: Counters = (0, 0, 0, 0, 0, 0)
-ROW_VERSION = 1
+__all__ = ["LoadSync", "MemoryStore", "Row", "Store"]
 
-
-@dataclass(frozen=True, slots=True)
-class Row:
-    """What one holder publishes (see module docs). Only backends it has load on."""
-
-    holder: str
-    at: float  # the publisher's clock when built
-    arrivals: float  # decayed count of the holder's arrivals (for shares)
-    loads: Mapping[str, Counters] = field(default_factory=dict)
-    tiers: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
-    slack: Mapping[str, tuple[SlackEntry, ...]] = field(default_factory=dict)
-    queued: Mapping[str, int] = field(default_factory=dict)
-
-    def to_bytes(self) -> bytes:
-        return orjson.dumps(
-            {
-                "v": ROW_VERSION,
-                "holder": self.holder,
-                "at": self.at,
-                "arrivals": self.arrivals,
-                "loads": self.loads,
-                "tiers": self.tiers,
-                "slack": self.slack,
-                "queued": self.queued,
-            }
-        )
-
-    @classmethod
-    def from_bytes(cls, raw: bytes) -> Row:
-        """Parse a published row; raises ValueError on anything malformed (a store
-        skips such a row rather than routing on garbage)."""
-        try:
-            d: Any = orjson.loads(raw)
-            if d.get("v") != ROW_VERSION:
-                raise ValueError(f"row version {d.get('v')!r}, expected {ROW_VERSION}")
-            return cls(
-                holder=str(d["holder"]),
-                at=float(d["at"]),
-                arrivals=float(d["arrivals"]),
-                loads={str(k): tuple(int(x) for x in v) for k, v in d["loads"].items()},  # type: ignore[misc]
-                tiers={str(k): {str(t): int(n) for t, n in v.items()} for k, v in d["tiers"].items()},
-                slack={
-                    str(k): tuple((float(e[0]), int(e[1]), float(e[2]), float(e[3])) for e in v)
-                    for k, v in d["slack"].items()
-                },
-                queued={str(k): int(v) for k, v in d["queued"].items()},
-            )
-        except (KeyError, TypeError, AttributeError, IndexError, orjson.JSONDecodeError) as e:
-            raise ValueError(f"malformed row: {e}") from e
+# other holders' slack entries kept per backend (the least banked): the interference check
+# looks for the smallest slack on a server; the own newest residents add up to 8 more
+REMOTE_SLACK = SLACK_WINDOW // 2
 
 
 class Store(Protocol):
@@ -145,20 +98,42 @@ class LoadSync:
         quota: bool = True,
         half_life_s: float = 10.0,
         wall: Callable[[], float] | None = None,
+        control: Callable[[], Any] | None = None,
+        adopt: Callable[[list[Any]], None] | None = None,
     ) -> None:
         """``wall``: the clock rows are stamped with and aged by — shared by every holder
         (``time.time`` across processes; default: the tracker's clock, as in the
-        simulator)."""
+        simulator). ``control`` / ``adopt``: the policy's shared control-plane state,
+        published with the row and merged from the others' (bin moves)."""
+        self.control = control
+        self.adopt = adopt
         self.tracker = tracker
         self.wall = wall or tracker.clock.now
         self.holder = holder
         self.quota = quota
         self.half_life_s = half_life_s
-        self._remote: dict[str, Counters] = {}
-        self._remote_tiers: dict[str, dict[str, int]] = {}
-        self._phantom: dict[str, list[float]] = {}  # backend -> added counters (floats)
+        # per backend of the tracker's set (positions in self._ids): what the others'
+        # rows added to the loads at the last absorb, and the phantom since then
+        self._ids: tuple[str, ...] = ()
+        self._pos: dict[str, int] = {}
+        self._tiers: tuple[str, ...] = ()
+        self._tpos: dict[str, int] = {}
+        self._of: object = None  # the backend set the layout is for
+        self._remote: I64 = np.zeros((0, 6), dtype=np.int64)
+        self._remote_tiers: I64 = np.zeros((0, 0), dtype=np.int64)
+        # the phantom: per backend the counts added for the others' expected placements
+        # (ints, as applied), the rounding remainders, and a log (wall time, backend,
+        # counts) so each is removed once the others' rows are newer than it
+        self._phantom: dict[str, list[int]] = {}
+        self._ph_frac: dict[str, list[float]] = {}
+        self._ph_log: deque[tuple[float, str, list[int]]] = deque()
+        self._layouts: dict[tuple[str, ...], Any] = {}  # a row's ids -> positions here
+        self._slacked: set[int] = set()  # positions given remote slack at the last absorb
         self._arrivals = 0.0
         self._arrivals_at = 0.0
+        self._placed = 0
+        self._mean_prompt = 0.0
+        self._mean_peak = 0.0
         self.share = 1.0  # this holder's share of recent arrivals (1: alone)
         self.peers = 0  # other live holders at the last absorb
         self.age_s = 0.0  # age of the oldest other row used at the last absorb
@@ -172,21 +147,37 @@ class LoadSync:
         self._arrivals += 1.0
 
     def on_attach(self, load: BackendLoad, prompt: int, peak: int, prefilling: bool) -> None:
-        """A request placed here by this holder: add the phantom share of the others'."""
+        """A request placed here by this holder: add the phantom share of the others'.
+
+        What the others place meanwhile is counted in requests (``1/s − 1`` per own
+        placement) of the *typical* size — the running mean of the prompts and peak KV
+        this holder places — not this request's: their requests are not copies of it."""
+        n = self._placed = self._placed + 1
+        a = 1.0 / min(n, 256)  # a running mean that settles into a moving one
+        self._mean_prompt += a * (prompt - self._mean_prompt)
+        self._mean_peak += a * (peak - self._mean_peak)
         if not self.quota or self.share >= 1.0:
             return
         k = 1.0 / max(self.share, 0.05) - 1.0
-        ph = self._phantom.get(load.backend_id)
-        if ph is None:
-            ph = self._phantom[load.backend_id] = [0.0] * 6
-        adds = (1.0, prompt, 0.0, peak, 1.0 if prefilling else 0.0, prompt if prefilling else 0.0)
-        cur = list(load.as_tuple())
-        for i, a in enumerate(adds):
-            if a:
-                before = round(ph[i])
-                ph[i] += k * a
-                cur[i] += round(ph[i]) - before
-        _set(load, cur)
+        bid = load.backend_id
+        frac = self._ph_frac.get(bid)
+        if frac is None:
+            frac = self._ph_frac[bid] = [0.0] * 6
+            self._phantom[bid] = [0] * 6
+        mp, mk = self._mean_prompt, self._mean_peak
+        adds = (1.0, mp, 0.0, mk, 1.0, mp)  # the others' requests arrive still prefilling
+        incs = [0] * 6
+        for i, x in enumerate(adds):
+            if x:
+                frac[i] += k * x
+                incs[i] = math.floor(frac[i])
+                frac[i] -= incs[i]
+        if any(incs):
+            ph = self._phantom[bid]
+            _set(load, [c + d for c, d in zip(load.as_tuple(), incs, strict=True)])
+            for i, d in enumerate(incs):
+                ph[i] += d
+            self._ph_log.append((self.wall(), bid, incs))
 
     def own_running(self, backend_id: str) -> int:
         """Requests this holder itself has on a backend (its row's count)."""
@@ -194,7 +185,9 @@ class LoadSync:
         if load is None:
             return 0
         ph = self._phantom.get(backend_id)
-        return int(load.running - self._remote.get(backend_id, _ZERO)[0] - (round(ph[0]) if ph else 0))
+        i = self._pos.get(backend_id)
+        rem = int(self._remote[i, 0]) if i is not None else 0
+        return int(load.running - rem - (ph[0] if ph else 0))
 
     # -- the tick --------------------------------------------------------------------
 
@@ -204,100 +197,192 @@ class LoadSync:
             self._arrivals *= 0.5 ** (dt / self.half_life_s)
             self._arrivals_at = now
 
+    def _layout(self) -> None:
+        """(Re)build positions when the tracker's backend set changed, keeping what the
+        others' rows added to backends that stay."""
+        t = self.tracker
+        if t.backends is self._of:
+            return
+        ids = tuple(b.id for b in t.backends.backends)
+        tiers = tuple(x.name for x in t.backends.tiers)
+        remote = np.zeros((len(ids), 6), dtype=np.int64)
+        rtiers = np.zeros((len(ids), len(tiers)), dtype=np.int64)
+        for j, bid in enumerate(ids):
+            i = self._pos.get(bid)
+            if i is not None:
+                remote[j] = self._remote[i]
+                for k, name in enumerate(tiers):
+                    old = self._tpos.get(name)
+                    if old is not None:
+                        rtiers[j, k] = self._remote_tiers[i, old]
+        self._ids, self._tiers = ids, tiers
+        self._pos = {b: j for j, b in enumerate(ids)}
+        self._tpos = {n: k for k, n in enumerate(tiers)}
+        self._remote, self._remote_tiers = remote, rtiers
+        self._layouts.clear()
+        self._of = t.backends
+
     def row(self, now: float) -> Row:
         """This holder's own counts (combined − remote − phantom); ``now`` on the
         tracker's clock."""
         self._decay(now)
+        self._layout()
         t = self.tracker
-        loads: dict[str, Counters] = {}
-        tiers: dict[str, dict[str, int]] = {}
-        slack: dict[str, tuple[SlackEntry, ...]] = {}
-        for bid, load in t.loads.items():
-            cur = load.as_tuple()
-            rem = self._remote.get(bid, _ZERO)
-            ph = self._phantom.get(bid)
-            own = tuple(
-                c - r - (round(ph[i]) if ph else 0) for i, (c, r) in enumerate(zip(cur, rem, strict=True))
-            )
-            if any(own):
-                loads[bid] = own
-            rt = self._remote_tiers.get(bid, {})
-            ot = {k: n - rt.get(k, 0) for k, n in load.tier_counts.items() if n - rt.get(k, 0)}
-            if ot:
-                tiers[bid] = ot
-            s = load.own_slack
-            if s:
-                slack[bid] = s
-        return Row(self.holder, self.wall(), self._arrivals, loads, tiers, slack, dict(t.queued))
+        loads = [t.loads[b] for b in self._ids]
+        cur = np.array([ld.as_tuple() for ld in loads], dtype=np.int64).reshape(len(loads), 6)
+        own = cur - self._remote
+        for bid, ph in self._phantom.items():
+            i = self._pos.get(bid)
+            if i is not None and any(ph):
+                own[i] -= np.array(ph, dtype=np.int64)
+        ctiers = np.zeros_like(self._remote_tiers)
+        tpos = self._tpos
+        for i, ld in enumerate(loads):
+            for name, n in ld.tier_counts.items():
+                k = tpos.get(name)
+                if k is not None:
+                    ctiers[i, k] = n
+        otiers = ctiers - self._remote_tiers
+        keep = np.flatnonzero(own.any(axis=1) | otiers.any(axis=1))
+        sidx: list[int] = []
+        sval: list[SlackEntry] = []
+        for j, i in enumerate(keep.tolist()):
+            entries = loads[i].own_slack
+            if entries:
+                best = entries if len(entries) <= SLACK_PER_ROW else sorted(entries, key=banked)
+                for e in best[:SLACK_PER_ROW]:
+                    sidx.append(j)
+                    sval.append(e)
+        return Row(
+            holder=self.holder,
+            at=self.wall(),
+            arrivals=self._arrivals,
+            ids=tuple(self._ids[i] for i in keep.tolist()),
+            counters=own[keep],
+            tier_names=self._tiers,
+            tiers=otiers[keep].astype(np.int32),
+            slack_idx=np.array(sidx, dtype=np.int32),
+            slack=np.array(sval, dtype=np.float64).reshape(len(sval), 4),
+            queued=dict(t.queued),
+            control=self.control() if self.control is not None else None,
+        )
+
+    def _positions(self, row: Row) -> Any:
+        """Positions here of a row's backends (-1: not in this tracker's set), and of its
+        tiers; cached per distinct list of ids."""
+        got = self._layouts.get(row.ids)
+        if got is None or got[1] != row.tier_names:
+            pos = np.array([self._pos.get(b, -1) for b in row.ids], dtype=np.int64)
+            tp = np.array([self._tpos.get(n, -1) for n in row.tier_names], dtype=np.int64)
+            if len(self._layouts) > 64:
+                self._layouts.clear()
+            got = self._layouts[row.ids] = (pos, row.tier_names, tp)
+        return got[0], got[2]
 
     def absorb(self, rows: Mapping[str, Row], now: float) -> None:
         """Take in the others' latest rows: the view becomes own + Σ others (``now`` on
         the tracker's clock; rows are aged on the wall clock)."""
-        t = self.tracker
         self._decay(now)
+        self._layout()
+        t = self.tracker
         wall = self.wall()
-        others = [r for h, r in rows.items() if h != self.holder]
-        sums: dict[str, list[int]] = {}
-        tsum: dict[str, dict[str, int]] = {}
-        ssum: dict[str, list[SlackEntry]] = {}
+        n, nt = len(self._ids), len(self._tiers)
+        total = np.zeros((n, 6), dtype=np.int64)
+        ttot = np.zeros((n, nt), dtype=np.int64)
+        s_pos: list[Any] = []
+        s_val: list[F64] = []
         queued: dict[str, int] = {}
-        total = self._arrivals
+        others = [r for h, r in rows.items() if h != self.holder]
+        arrivals = self._arrivals
         oldest = 0.0
         for r in others:
             age = max(0.0, wall - r.at)
             oldest = max(oldest, age)
-            total += r.arrivals * 0.5 ** (age / self.half_life_s)
-            for bid, c in r.loads.items():
-                acc = sums.get(bid)
-                if acc is None:
-                    sums[bid] = list(c)
-                else:
-                    for i in range(6):
-                        acc[i] += c[i]
-            for bid, tc in r.tiers.items():
-                d = tsum.setdefault(bid, {})
-                for k, n in tc.items():
-                    d[k] = d.get(k, 0) + n
-            for bid, se in r.slack.items():
-                ssum.setdefault(bid, []).extend(se)
-            for k, n in r.queued.items():
-                queued[k] = queued.get(k, 0) + n
+            arrivals_r = r.arrivals * 0.5 ** (age / self.half_life_s)
+            arrivals += arrivals_r
+            for k, v in r.queued.items():
+                queued[k] = queued.get(k, 0) + v
+            if not r.ids:
+                continue
+            pos, tp = self._positions(r)
+            ok = pos >= 0
+            pk = pos[ok]
+            total[pk] += r.counters[ok]  # a row names each backend once: no repeated index
+            if nt and r.tiers.size:
+                tok = tp >= 0
+                ttot[pk[:, None], tp[tok][None, :]] += r.tiers[ok][:, tok]
+            if len(r.slack_idx):
+                sp = pos[r.slack_idx]
+                sk = sp >= 0
+                s_pos.append(sp[sk])
+                s_val.append(r.slack[sk])
+        if self.adopt is not None:
+            self.adopt([r.control for r in others if r.control is not None])
         self.peers = len(others)
         self.age_s = oldest
-        self.share = 1.0 if not others or total <= 0 else max(self._arrivals / total, 0.0)
+        self.share = 1.0 if not others or arrivals <= 0 else max(self._arrivals / arrivals, 0.0)
         self.absorbed_at = now
-        touched = set(sums) | set(self._remote) | set(self._phantom) | set(tsum) | set(self._remote_tiers)
-        touched |= set(ssum) | {b for b, ld in t.loads.items() if ld.remote_slack}
-        for bid in touched:
-            load = t.loads.get(bid)
+        # what changes: the others' sums, minus what was added last time, minus the
+        # phantom of own placements the others' rows are newer than (theirs are now seen)
+        delta = total - self._remote
+        cutoff = min((r.at for r in others), default=math.inf)
+        log = self._ph_log
+        while log and log[0][0] <= cutoff:
+            _, bid, incs = log.popleft()
+            ph = self._phantom[bid]
+            for j, d in enumerate(incs):
+                ph[j] -= d
+            i = self._pos.get(bid)
+            if i is not None:
+                delta[i] -= np.array(incs, dtype=np.int64)
+        tdelta = ttot - self._remote_tiers
+        slack_by: dict[int, tuple[SlackEntry, ...]] = {}
+        if s_pos:
+            allp = np.concatenate(s_pos)
+            allv = np.concatenate(s_val)
+            bank = allv[:, 0] + (allv[:, 1] - 1) * allv[:, 3] - allv[:, 2]
+            order = np.lexsort((bank, allp))  # by backend, least banked first
+            sp, sv = allp[order], allv[order]
+            first = np.r_[0, np.flatnonzero(np.diff(sp)) + 1]  # where each backend's run starts
+            rank = np.arange(len(sp)) - np.repeat(first, np.diff(np.r_[first, len(sp)]))
+            keep = rank < REMOTE_SLACK
+            acc: dict[int, list[SlackEntry]] = {}
+            for p, e in zip(sp[keep].tolist(), sv[keep].tolist(), strict=True):
+                acc.setdefault(p, []).append((e[0], int(e[1]), e[2], e[3]))
+            slack_by = {p: tuple(v) for p, v in acc.items()}
+        rows_d = np.flatnonzero(delta.any(axis=1)).tolist()
+        rows_t = np.flatnonzero(tdelta.any(axis=1)).tolist() if nt else []
+        loads = t.loads
+        ids, tiers = self._ids, self._tiers
+        for i, d in zip(rows_d, delta[rows_d].tolist(), strict=True):
+            load = loads.get(ids[i])
+            if load is not None:
+                _set(load, [a + b for a, b in zip(load.as_tuple(), d, strict=True)])
+        for i, td in zip(rows_t, tdelta[rows_t].tolist(), strict=True):
+            load = loads.get(ids[i])
             if load is None:
                 continue
-            new = tuple(sums.get(bid, _ZERO))
-            old = self._remote.get(bid, _ZERO)
-            ph = self._phantom.pop(bid, None)
-            cur = list(load.as_tuple())
-            for i in range(6):
-                cur[i] += new[i] - old[i] - (round(ph[i]) if ph is not None else 0)
-            _set(load, cur)
-            if any(new):
-                self._remote[bid] = new  # type: ignore[assignment]
-            else:
-                self._remote.pop(bid, None)
-            nt = tsum.get(bid, {})
-            ot = self._remote_tiers.get(bid, {})
-            for k in set(nt) | set(ot):
-                n = load.tier_counts.get(k, 0) + nt.get(k, 0) - ot.get(k, 0)
-                if n:
-                    load.tier_counts[k] = n
-                else:
-                    load.tier_counts.pop(k, None)
-            if nt:
-                self._remote_tiers[bid] = nt
-            else:
-                self._remote_tiers.pop(bid, None)
-            entries = ssum.get(bid)
-            load.remote_slack = tuple(sorted(entries, key=banked)[:SLACK_WINDOW]) if entries else ()
-            t.changed(bid)
+            tc = load.tier_counts
+            for col, dv in enumerate(td):
+                if dv:
+                    name = tiers[col]
+                    v = tc.get(name, 0) + dv
+                    if v:
+                        tc[name] = v
+                    else:
+                        tc.pop(name, None)
+        for i in set(rows_d) | set(rows_t):
+            t.changed(ids[i])
+        for i in set(self._slacked) - set(slack_by):
+            load = loads.get(ids[i]) if i < len(ids) else None
+            if load is not None:
+                load.remote_slack = ()
+        for i, entries in slack_by.items():
+            load = loads.get(ids[i])
+            if load is not None:
+                load.remote_slack = entries
+        self._slacked = set(slack_by)
+        self._remote, self._remote_tiers = total, ttot
         t.remote_queued = queued
 
 

@@ -24,6 +24,7 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Final
 
+from slojudge import on_time_in_chunk
 from slorouter.clock import Clock
 from slorouter.models.base import LatencyView, LengthView
 from slorouter.state.backends import Backend, BackendSet, Health
@@ -72,6 +73,7 @@ class Resident:
         "first_token_at",
         "last_token_at",
         "max_lateness",
+        "on_time",
         "output_tokens",
         "prompt_tokens",
         "req",
@@ -89,6 +91,7 @@ class Resident:
         self.first_token_at: float | None = None
         self.last_token_at: float | None = None
         self.max_lateness = -math.inf
+        self.on_time = 0  # output tokens on schedule (slojudge.tokens)
         self.samples: list[tuple[float, int, int]] = []
 
 
@@ -288,6 +291,8 @@ class Tracker:
         late = now - slo.token_deadline(r.req.arrival, i)
         if late > r.max_lateness:
             r.max_lateness = late
+        if slo.ttft_s is not None:
+            r.on_time += on_time_in_chunk(now - r.req.ttft_deadline, slo.tpot_s or 0.0, i, n)
         r.last_token_at = now
         load.mark_slack(self._slack_fns[r.backend])
         self._add_output(r, load, n)
@@ -308,6 +313,11 @@ class Tracker:
                 for w in self._watchers:
                     w.add(load.backend_id)
         if completion_tokens is not None and completion_tokens >= 0 and completion_tokens != r.output_tokens:
+            d, slo = completion_tokens - r.output_tokens, r.req.tier.slo
+            if d > 0 and r.first_token_at is not None and slo.ttft_s is not None:
+                # tokens the engine reports beyond the chunks counted: judged as arriving now
+                late = self.clock.now() - r.req.ttft_deadline
+                r.on_time += on_time_in_chunk(late, slo.tpot_s or 0.0, r.output_tokens, d)
             if load is None:
                 r.output_tokens = completion_tokens
             else:
@@ -341,6 +351,8 @@ class Tracker:
             step_samples=tuple(r.samples),
             model=req.model,
             key_id=req.key_id,
+            on_time_tokens=r.on_time,
+            request=req,
         )
         for fn in self._listeners:
             fn(out)

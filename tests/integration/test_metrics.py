@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import aiohttp
+import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -55,8 +56,12 @@ def declared(text: str) -> dict[str, str]:
     return types
 
 
-def documented() -> dict[str, str]:
-    rows = re.findall(r"^\| `(slorouter_[a-z0-9_]+)` \| (counter|gauge|histogram) \|", DOC.read_text(), re.M)
+def documented(autoscaling: bool = False) -> dict[str, str]:
+    """The families of the doc's tables (the autoscale table only with ``autoscaling``)."""
+    text = DOC.read_text()
+    if not autoscaling:
+        text = text.split("## With autoscaling")[0]
+    rows = re.findall(r"^\| `(slorouter_[a-z0-9_]+)` \| (counter|gauge|histogram) \|", text, re.M)
     return dict(rows)
 
 
@@ -102,3 +107,20 @@ async def test_two_routers_in_one_process_keep_their_own_counts() -> None:
     assert {f.name for f in text_string_to_metric_families(text_a)} == {
         f.name for f in text_string_to_metric_families(text_b)
     }
+
+
+async def test_the_autoscale_families_are_the_documented_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_METRICS_HOOK_SECRET", "s")
+    hooks = {"urls": ["http://127.0.0.1:9/hook"], "secret_env": "TEST_METRICS_HOOK_SECRET"}
+    auto = {"enabled": True, "mode": "webhook", "interval_s": 0.05, "webhook": hooks}
+    async with serve_engines(1, profile="cpu-tiny") as fleet:
+        cfg = router_config(fleet.urls, extra={"autoscale": auto}, policy="polyserve")
+        async with run_router(cfg) as r:
+            async with (
+                aiohttp.ClientSession() as s,
+                s.post(r.url + "/v1/chat/completions", json=CHAT) as resp,
+            ):
+                assert resp.status == 200
+            _, text = await scrape(r.url)
+    assert declared(text) == documented(autoscaling=True)
+    assert value(text, "slorouter_autoscale_advisory") == 0

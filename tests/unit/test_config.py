@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from slorouter.cli import main
 from slorouter.config import ConfigError, RouterConfig, json_schema, load_config, parse_config
 from slorouter.config.fields import fields_of, restart_changes
 from slorouter.values import SloClass, WhenLate
@@ -360,16 +361,68 @@ def test_missing_profile_file(tmp_path: Path) -> None:
     assert "models.profile: file not found:" in one_error(write(tmp_path, raw))
 
 
-def test_autoscale_placeholders_are_validated(tmp_path: Path) -> None:
+def test_autoscale_limits_are_validated(tmp_path: Path) -> None:
     raw = base()
-    raw["autoscale"] = {"enabled": True, "min_backends": 4, "max_backends": 2, "idle_s": 0}
+    raw["autoscale"] = {
+        "enabled": True,
+        "min_backends": 4,
+        "max_backends": 2,
+        "idle_s": 0,
+        "scale_in_utilization": 0.9,
+        "tiers": {"interactive": {"min_servers": 3, "max_servers": 1}, "nope": {}},
+        "webhook": {"urls": ["ftp://x"], "backoff_s": 2, "backoff_max_s": 1},
+    }
     lines = errors_of(write(tmp_path, raw))
-    assert any(
-        line.endswith("autoscale.enabled: autoscaling is not implemented yet; set it to false")
-        for line in lines
+    want = [
+        "autoscale.max_backends: must be >= min_backends (4)",
+        "autoscale.idle_s: must be > 0, got 0",
+        "autoscale.scale_in_utilization: must be below target_utilization (0.85): the hysteresis band",
+        "autoscale.tiers.interactive.max_servers: must be >= min_servers (3)",
+        "autoscale.tiers.nope: unknown tier 'nope'",
+        "autoscale.webhook.urls[0]: must be an http:// or https:// URL with a host",
+        "autoscale.webhook.backoff_max_s: must be >= backoff_s (2)",
+    ]
+    for w in want:
+        assert any(w in line for line in lines), (w, lines)
+    assert all(line.startswith(str(tmp_path)) for line in lines)  # the file is named
+    assert not any("not implemented" in line for line in lines)
+
+
+def test_autoscaling_runs_in_one_router_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = base()
+    raw["autoscale"] = {"enabled": True}
+    raw["state"] = {"sync": {"kind": "redis", "url": "redis://127.0.0.1:6379/0"}}
+    line = one_error(write(tmp_path, raw))
+    assert line.endswith(
+        "autoscale.enabled: autoscaling runs in one router process for now: not with "
+        "state.sync (set kind: none)"
     )
-    assert any(line.endswith("autoscale.max_backends: must be >= min_backends (4)") for line in lines)
-    assert any(line.endswith("autoscale.idle_s: must be > 0, got 0") for line in lines)
+    del raw["state"]
+    assert main(["serve", "--config", str(write(tmp_path, raw)), "--workers", "2"]) == 2
+    assert "--workers 2: autoscaling runs in one router process for now" in capsys.readouterr().err
+
+
+def test_autoscale_enabled_is_accepted_and_webhook_mode_needs_urls_and_a_secret(tmp_path: Path) -> None:
+    raw = base()
+    raw["autoscale"] = {"enabled": True}
+    cfg = load_config(write(tmp_path, raw), env={})
+    assert cfg.autoscale.enabled and cfg.autoscale.mode.value == "advisory"
+    raw["autoscale"] = {"enabled": True, "mode": "webhook", "webhook": {"secret_env": "HOOK_KEY"}}
+    lines = errors_of(write(tmp_path, raw), env={})
+    assert any(
+        line.endswith(
+            "autoscale.webhook.urls: mode webhook needs at least one URL (or set autoscale.mode: advisory)"
+        )
+        for line in lines
+    ), lines
+    assert any("autoscale.webhook.secret_env: environment variable HOOK_KEY is not set" in x for x in lines)
+    raw["autoscale"]["webhook"]["urls"] = ["http://127.0.0.1:9/hook"]
+    cfg = load_config(write(tmp_path, raw), env={"HOOK_KEY": "s3cret"})
+    assert cfg.autoscale.webhook.urls == ("http://127.0.0.1:9/hook",)
+    raw["autoscale"]["max_backends"] = 2
+    raw["autoscale"]["tiers"] = {"interactive": {"min_servers": 2}, "standard": {"min_servers": 1}}
+    line = one_error(write(tmp_path, raw), env={"HOOK_KEY": "s3cret"})
+    assert line.endswith("autoscale.max_backends: must be >= the sum of the tiers' min_servers (3)")
 
 
 def test_every_error_is_listed_in_file_order(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from slorouter.config import ConfigError, json_schema, parse_config
-from slorouter.config.fields import fields_of
+from slorouter.config.fields import _json_default, fields_of
 from slorouter.config.model import RouterConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -189,8 +189,7 @@ def test_schema_defaults_are_the_dataclass_defaults() -> None:
         value = getattr(cfg, section)
         cls: type = type(value)
         for fi in fields_of(cls):
-            got = getattr(value, fi.attr)
-            got = dict(got) if not isinstance(got, str | int | float | bool | type(None)) else got
+            got = _json_default(getattr(value, fi.attr))  # nested sections, lists, enums as JSON
             assert props[fi.name]["default"] == got, (section, fi.name)
             checked += 1
     assert checked >= 30

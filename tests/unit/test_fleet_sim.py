@@ -13,11 +13,12 @@ from typing import Any
 import pytest
 
 from slorouter.sim import fleet_cli
-from slorouter.sim.bound import auto_bins, fluid_bound, steady_step
+from slorouter.sim.bound import auto_bins, fluid_reference, steady_step
 from slorouter.sim.engine import Segment
-from slorouter.sim.fleet import FleetSim, SimOptions, SimResult, _lateness, run_once
+from slorouter.sim.fleet import FleetSim, SimOptions, SimResult, run_once
+from slorouter.sim.fleet_metrics import on_time_tokens
 from slorouter.sim.fleet_sweep import sweep
-from slorouter.sim.scenario import Scenario, ScenarioError, load_scenario, parse_scenario
+from slorouter.sim.scenario import SCENARIO_DIR, Scenario, ScenarioError, load_scenario, parse_scenario
 from slorouter.sim.scenario_workload import check_slos, generate
 
 
@@ -94,21 +95,24 @@ def test_trace_lengths_and_trace_arrivals() -> None:
     assert w.arrival == sorted(w.arrival)
 
 
-def test_per_token_lateness_from_step_ends() -> None:
+def test_per_token_deadlines_from_step_ends() -> None:
     ends = array("d", [1.0, 1.1, 1.2, 1.5, 1.6])
-    # tokens 0..4 at the ends of steps 0..4; deadlines 1.0 + 0.1 i: token 3 is 0.2 late
-    assert _lateness(ends, (Segment(0, 0, 5),), 1.0, 0.1) == pytest.approx(0.2)
-    # a preempted request: tokens 0..1 at steps 0..1, tokens 2..3 at steps 3..4
-    assert _lateness(ends, (Segment(0, 0, 2), Segment(3, 2, 2)), 1.0, 0.1) == pytest.approx(0.3)
-    long = array("d", [0.01 * i for i in range(200)])
-    assert _lateness(long, (Segment(0, 0, 200),), 0.0, 0.01) == pytest.approx(0.0, abs=1e-9)
+    # tokens 0..4 at the ends of steps 0..4; deadlines 1.0 + 0.1 i: token 3 is 0.2 late,
+    # token 4 (due 1.4) 0.2 late
+    assert on_time_tokens(ends, (Segment(0, 0, 5),), 1.0, 0.1) == 3
+    # a preempted request: tokens 0..1 at steps 0..1, tokens 2..3 at steps 3..4 (0.3 late)
+    assert on_time_tokens(ends, (Segment(0, 0, 2), Segment(3, 2, 2)), 1.0, 0.1) == 2
+    assert on_time_tokens(ends, (Segment(0, 0, 5),), 1.0, 0.2) == 5  # a looser schedule
+    long = array("d", [0.01 * i for i in range(200)])  # exactly on schedule, vectorized path
+    assert on_time_tokens(long, (Segment(0, 0, 200),), 0.0, 0.01) == 200
+    assert on_time_tokens(long, (Segment(0, 0, 200),), -0.001, 0.01) == 0
 
 
-def test_fluid_bound_by_hand(tmp_path: Path) -> None:
+def test_fluid_reference_by_hand(tmp_path: Path) -> None:
     csv = tmp_path / "t.csv"
     csv.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n" + "0,100,50\n" * 10)
     scn = small(workload={"lengths": str(csv)})
-    fb = fluid_bound(scn)
+    fb = fluid_reference(scn)
     c = scn.profile.step
     assert (fb.mean_prompt, fb.mean_output, fb.mean_context) == (100, 50, 125)
 
@@ -175,11 +179,37 @@ def test_an_slo_no_idle_server_can_meet_is_refused() -> None:
     assert paths == ["tiers[0].ttft_ms", "tiers[0].tpot_ms"]
 
 
-@pytest.mark.parametrize("name", ["polyserve-conv", "polyserve-code", "chat-batch"])
-def test_shipped_scenarios_load_and_are_meetable(name: str) -> None:
+SHIPPED = sorted(p.stem for p in SCENARIO_DIR.glob("*.yaml"))
+
+
+def test_the_shipped_scenarios_are_the_documented_ones() -> None:
+    assert set(SHIPPED) >= {
+        "polyserve-conv",
+        "polyserve-code",
+        "chat-batch",
+        "llama70b-conv",
+        "bursty-conv",
+        "long-context",
+        "prefill-light",
+    }
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_scenarios_load_are_meetable_and_simulate(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     scn = load_scenario(name)
+    assert scn.name == name
     check_slos(scn)
-    assert fluid_bound(scn).rps_per_server > 0
+    assert fluid_reference(scn).rps_per_server > 0
+    # `slorouter simulate --scenario NAME` runs it (a few requests at its default rate)
+    out = tmp_path / "r.json"
+    assert (
+        fleet_cli.run(_args(scenario=name, policy="polyserve", requests=60, json=out, no_progress=True)) == 0
+    )
+    data = json.loads(out.read_text())
+    assert data["result"]["overall"]["arrivals"] == 60
+    assert 0 < data["upper_bound"]["0.99"]["rps_per_server"] <= data["upper_bound"]["0.9"]["rps_per_server"]
 
 
 def _args(**kw: Any) -> argparse.Namespace:
@@ -299,3 +329,19 @@ def test_cli_miss_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert "misses by tier, cause and decision" in text and f"wrote {len(rows)} misses" in text
     assert fleet_cli.run(_args(scenario="chat-batch", policy="polyserve", sweep=True, misses=out)) == 2
     assert "--misses logs one run" in capsys.readouterr().err
+
+
+def test_gamma_arrivals_are_bursty_as_asked_and_deterministic() -> None:
+    scn = load_scenario("bursty-conv")
+    assert (scn.workload.arrivals, scn.workload.cv) == ("gamma", 3.0)
+    a = generate(scn, 100.0, 40_000)
+    assert a.arrival == generate(scn, 100.0, 40_000).arrival  # seeded
+    gaps = [y - x for x, y in zip([0.0, *a.arrival], a.arrival, strict=False)]
+    mean = sum(gaps) / len(gaps)
+    sd = math.sqrt(sum((g - mean) ** 2 for g in gaps) / len(gaps))
+    assert mean == pytest.approx(1 / 100.0, rel=0.05)
+    assert sd / mean == pytest.approx(3.0, rel=0.1)
+    # the same draws at another rate, gaps scaled (common random numbers)
+    b = generate(scn, 50.0, 1000)
+    assert b.arrival == pytest.approx([2 * x for x in a.arrival[:1000]])
+    assert b.prompt == a.prompt[:1000] and b.tier == a.tier[:1000]

@@ -118,9 +118,12 @@ def test_rows_round_trip_and_reject_garbage() -> None:
     a = holder(clock, "a")
     place(a[0], 1, "b0")
     a[0].on_tokens(1, 3)
+    place(a[0], 2, "b1", SLOW)
     row = a[1].row(clock.now())
-    assert Row.from_bytes(row.to_bytes()) == row
-    for bad in (b"{", b"[]", b'{"v": 99}', b'{"v": 1, "holder": "x"}'):
+    assert row.ids == ("b0", "b1") and row.tier_counts("b1") == {"slow": 1} and len(row.slack_idx) == 1
+    assert Row.from_bytes(row.to_bytes()).same(row)
+    good = row.to_bytes()
+    for bad in (b"{", b"[]\n", b'{"v": 99}\n', b'{"v": 2, "holder": "x"}\n', good[:-3], good + b"x"):
         try:
             Row.from_bytes(bad)
         except ValueError:

@@ -1,4 +1,5 @@
-"""Scaling decisions: servers needed per tier, moves before adds, releases of idle servers."""
+"""Scaling plans on server counts: servers needed per tier, moves before adds, releases
+of idle servers, donors and pinned servers (the rules the scaler applies each tick)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import math
 
 import pytest
 
-from slorouter.autoscale.plan import ScalePlan, TierLoad, plan, servers_needed, tier_costs
+from slorouter.autoscale.plan import ScalePlan, TierTarget, plan, servers_needed, tier_costs
 from slorouter.models.fluid import Lengths, tier_cost
 from slorouter.models.static import EngineLimits, LinearStep
 
@@ -16,18 +17,19 @@ CONV = Lengths(1154.7, 211.13, 1227.0)
 
 
 @pytest.mark.parametrize(
-    ("load", "want"),
+    ("rate", "cost", "busy", "want"),
     [
-        (TierLoad(0.0, 0.1), 0),
-        (TierLoad(0.0, 0.1, queued=3), 2),  # nothing arriving but requests waiting
-        (TierLoad(10.0, 0.085), 1),  # 0.85 servers at 85 % -> 1
-        (TierLoad(100.0, 0.085), 10),
-        (TierLoad(100.0, 0.085, queued=1), 11),
-        (TierLoad(5.0, math.inf), 1),
+        (0.0, 0.1, False, 0),
+        (0.0, 0.1, True, 1),  # nothing arriving but requests in the system
+        (0.05, 0.1, False, 0),  # below MIN_LOAD servers' worth: no server for it
+        (10.0, 0.085, False, 1),  # 0.85 servers at 85 % -> 1
+        (100.0, 0.085, False, 10),
+        (100.1, 0.085, False, 11),
+        (5.0, math.inf, False, 1),
     ],
 )
-def test_servers_needed(load: TierLoad, want: int) -> None:
-    assert servers_needed(load, target_util=0.85) == want
+def test_servers_needed(rate: float, cost: float, busy: bool, want: int) -> None:
+    assert servers_needed(rate, cost, 0.85, busy=busy) == want
 
 
 def test_tier_costs_follow_the_fluid_model() -> None:
@@ -39,27 +41,48 @@ def test_tier_costs_follow_the_fluid_model() -> None:
 
 def test_empty_servers_move_to_the_tight_tier_before_anything_is_added() -> None:
     bins = {"t20": ["a"], "t100": ["b", "c", "d"]}
-    loads = {"t20": TierLoad(30.0, 0.085), "t100": TierLoad(10.0, 0.06)}  # t20 needs 3, t100 needs 1
-    p = plan(bins, {"c": 5.0, "d": 100.0}, loads, idle_s=60.0)
+    targets = {"t20": TierTarget(3, 4), "t100": TierTarget(1, 1)}
+    p = plan(bins, {"c": 5.0, "d": 100.0}, targets, idle_s=60.0)
     assert p.need == {"t20": 3, "t100": 1}
     assert p.move == {"d": "t20", "c": "t20"}  # the longest idle first
+    assert p.moved_from == {"d": "t100", "c": "t100"}
     assert p.add == {} and p.release == ()
+    assert p.count_after("t20") == 3 and p.count_after("t100") == 1
+
+
+def test_a_donor_gives_only_what_it_holds_beyond_keep() -> None:
+    bins = {"t20": ["a"], "t100": ["b", "c", "d"]}
+    p = plan(bins, {"c": 5.0, "d": 100.0}, {"t20": TierTarget(3, 3), "t100": TierTarget(1, 2)})
+    assert p.move == {"d": "t20"} and p.add == {"t20": 1}
+
+
+def test_donors_and_pinned_servers_are_respected() -> None:
+    bins = {"t20": ["a"], "t100": ["b", "c", "d"]}
+    targets = {"t20": TierTarget(3, 3), "t100": TierTarget(1, 1)}
+    idle = {"c": 500.0, "d": 500.0}
+    assert plan(bins, idle, targets, donors=["t20"]).move == {}
+    assert plan(bins, idle, targets, donors=["t20"]).release == ()
+    p = plan(bins, idle, targets, pinned=["d"])
+    assert p.move == {"c": "t20"} and p.add == {"t20": 1}
 
 
 def test_missing_servers_are_asked_for_within_the_limit() -> None:
     bins = {"t20": ["a"], "t100": ["b"]}
-    loads = {"t20": TierLoad(30.0, 0.085), "t100": TierLoad(30.0, 0.06)}
-    assert plan(bins, {}, loads).add == {"t20": 2, "t100": 2}
-    assert plan(bins, {}, loads, max_backends=4).add == {"t20": 2}
+    targets = {"t20": TierTarget(3, 3), "t100": TierTarget(3, 3)}
+    assert plan(bins, {}, targets).add == {"t20": 2, "t100": 2}
+    assert plan(bins, {}, targets, max_total=4).add == {"t20": 2}
 
 
 def test_idle_servers_are_given_back_but_never_below_the_minimum() -> None:
     bins = {"t20": ["a", "b"], "t100": ["c", "d", "e"]}
-    loads = {"t20": TierLoad(1.0, 0.085), "t100": TierLoad(1.0, 0.06)}
+    targets = {"t20": TierTarget(1, 1), "t100": TierTarget(1, 1)}
     idle = {"b": 120.0, "d": 300.0, "e": 10.0}
-    p = plan(bins, idle, loads, idle_s=60.0)
+    p = plan(bins, idle, targets, idle_s=60.0)
     assert set(p.release) == {"b", "d"}  # "e" has not been idle long enough
     assert isinstance(p, ScalePlan) and p.changes
-    assert plan(bins, idle, loads, idle_s=60.0, min_backends=4).release == ("d",)
-    busy = plan(bins, {}, {"t20": TierLoad(20.0, 0.085), "t100": TierLoad(40.0, 0.06)})
+    assert p.released_from == {"b": "t20", "d": "t100"}
+    assert plan(bins, idle, targets, idle_s=60.0, min_total=4).release == ("d",)
+    busy = plan(bins, {}, {"t20": TierTarget(2, 2), "t100": TierTarget(3, 3)})
     assert busy.release == () and not busy.move
+    kept = plan(bins, idle, {"t20": TierTarget(1, 2), "t100": TierTarget(1, 3)}, idle_s=60.0)
+    assert kept.release == ()  # inside the hysteresis band: nothing goes

@@ -1,0 +1,53 @@
+"""The autoscaling parts, built at start when ``autoscale.enabled`` (docs/autoscaling.md):
+the pure :class:`~slorouter.autoscale.scaler.Scaler`, its background runner, the webhook
+sender (``mode: webhook``) and the policy wrapper that reports on-time deferrals."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+from slorouter.actuation.fleet import FleetManager
+from slorouter.actuation.scaling import DeferWatch, ScaleRunner
+from slorouter.actuation.webhook import WebhookSender
+from slorouter.autoscale.scaler import Scaler
+from slorouter.clock import Clock
+from slorouter.config import ConfigError
+from slorouter.config.model import RouterConfig, ScaleMode
+from slorouter.policy.base import Policy
+from slorouter.state.tracker import Tracker
+
+
+def build_scaling(
+    cfg: RouterConfig, fleet: FleetManager, tracker: Tracker, clock: Clock, *, shared: bool = False
+) -> ScaleRunner | None:
+    """The scaler and its runner when ``autoscale.enabled`` (None otherwise). ``shared``:
+    this process shares its load picture with others (workers, replicas), which the
+    scaler does not support yet: a :class:`ConfigError`."""
+    auto = cfg.autoscale
+    if not auto.enabled:
+        return None
+    if shared:
+        msg = "autoscaling runs in one router process for now: not with --workers > 1 or state.sync"
+        raise ConfigError(cfg.source, [("autoscale.enabled", msg)])
+    scaler = Scaler(
+        auto,
+        cfg.tier_values,
+        default_output_tokens=cfg.models.default_output_tokens,
+        id_prefix=uuid.uuid4().hex[:12],
+        start=clock.now(),
+    )
+    tracker.add_listener(scaler.observe_outcome)
+    sender = None
+    if auto.mode is ScaleMode.WEBHOOK:
+        secret = os.environ.get(auto.webhook.secret_env, "")
+        if not secret:  # the config check says so first; the environment may have changed since
+            msg = f"environment variable {auto.webhook.secret_env} is not set"
+            raise ConfigError(cfg.source, [("autoscale.webhook.secret_env", msg)])
+        sender = WebhookSender(auto.webhook, secret.encode(), seed=cfg.policy.seed)
+    return ScaleRunner(scaler, auto, fleet, tracker, clock, sender)
+
+
+def watched(policy: Policy, scaling: ScaleRunner | None) -> Policy:
+    """The policy, reporting on-time deferrals to the scaler when one runs."""
+    return policy if scaling is None else DeferWatch(policy, scaling.scaler)
