@@ -46,7 +46,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from slorouter.policy import registry
-from slorouter.sim.bound import fluid_bound
+from slorouter.sim.bound import fluid_reference
 from slorouter.sim.fleet import FleetSim, run_once
 from slorouter.sim.fleet_metrics import OK, REJECTED
 from slorouter.sim.fleet_sweep import sweep
@@ -63,7 +63,7 @@ TARGET_TTFT = 1.5  # p99 TTFT of served requests / the TTFT objective
 def base_rate(scenario: str, requests: int) -> float:
     """polyserve's goodput rate (every tier ≥ 90 %), total req/s."""
     scn = load_scenario(scenario)
-    guess = 0.8 * fluid_bound(scn).rps_per_server * scn.servers
+    guess = 0.8 * fluid_reference(scn).rps_per_server * scn.servers
     g = sweep(lambda r: run_once(scn, "polyserve", r, requests=requests), guess, targets=(0.9,)).goodput[0.9]
     if g is None:
         raise SystemExit(f"{scenario}: polyserve reaches no rate at which every tier attains 90 %")
