@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Overload in the fleet simulator: goodput and the TTFT of served requests as offered
-load rises from 0.5× to 3× the goodput rate (docs/policies.md, "Overload").
+load rises from 0.5× to 3× the goodput rate (docs/policies.md §9).
 
     scripts/bench_overload.py --json OUT [--plot PNG] [--scenarios a,b] [--policies x,y]
         [--loads 0.5,1,2,3] [--duration S] [--warmup S] [--base SCENARIO=RPS] [--jobs N]

@@ -31,7 +31,7 @@ class SloClass(StrEnum):
 
 class WhenLate(StrEnum):
     """What the router does with a request of a tier once its SLO can no longer be met
-    (docs/policies.md, "Overload")."""
+    (docs/policies.md §9)."""
 
     REJECT = "reject"  # answer 429 with Retry-After (the predicted drain time) at once
     BEST_EFFORT = "best_effort"  # serve it late, on room no request with an SLO needs

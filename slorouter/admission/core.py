@@ -34,8 +34,8 @@ A best-effort or already-late arrival joins the queue whenever it is not empty. 
 only late (best-effort lane) requests wait, an on-time arrival is decided at once: an
 arrival frees no room, and it comes before them anyway.
 
-Overload (docs/policies.md, "Overload")
----------------------------------------
+Overload (docs/policies.md §9)
+-----------------------------
 Every request leaves the router queue within a bound, and every refusal is a 429 whose
 ``Retry-After`` is the predicted drain time (the work queued ahead, in server-seconds
 of the latency model, over the healthy servers; at least 1 s). Reasons (``SHED_REASONS``):

@@ -1,5 +1,5 @@
 """What overload control needs to know of a request: its wait limit, what it costs the
-fleet, and how long the queue ahead of it takes to drain (docs/policies.md, "Overload").
+fleet, and how long the queue ahead of it takes to drain (docs/policies.md §9).
 
 Pure functions of a request and a :class:`~slorouter.state.snapshot.Snapshot` (the
 latency model's conservative coefficients); the admission core and queue use them, live

@@ -1,4 +1,4 @@
-"""The admission core's overload rules (docs/policies.md, "Overload"): every queued
+"""The admission core's overload rules (docs/policies.md §9): every queued
 request leaves by a bound, every refusal is a 429 whose Retry-After is the predicted
 drain time, and an overloaded queue serves the densest work first, freshest within it.
 
