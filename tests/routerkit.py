@@ -33,6 +33,23 @@ def router_config(
     engine: str = "vllm",
     extra: Mapping[str, Any] | None = None,
 ) -> RouterConfig:
+    raw = raw_router_config(
+        urls, policy=policy, params=params, tiers=tiers, backend_tiers=backend_tiers, engine=engine, extra=extra
+    )
+    return parse_config(raw, "<test>")
+
+
+def raw_router_config(
+    urls: Sequence[str],
+    *,
+    policy: str = "round-robin",
+    params: Mapping[str, Any] | None = None,
+    tiers: list[dict[str, Any]] | None = None,
+    backend_tiers: Sequence[str] | None = None,
+    engine: str = "vllm",
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The YAML-shaped config :func:`router_config` parses (to write it to a file)."""
     tiers = tiers or DEFAULT_TIERS
     names = [t["name"] for t in tiers]
     raw: dict[str, Any] = {
@@ -55,7 +72,7 @@ def router_config(
             raw[k] = {**raw[k], **v}
         else:
             raw[k] = v
-    return parse_config(raw, "<test>")
+    return raw
 
 
 @dataclass

@@ -40,6 +40,7 @@ from slorouter.metrics.forwarding import ForwardingMetrics
 from slorouter.metrics.gain import GainMetrics
 from slorouter.metrics.health import HealthMetrics
 from slorouter.metrics.requests import RequestMetrics
+from slorouter.metrics.sync import SyncMetrics
 from slorouter.proxy.dispatcher import Dispatcher
 from slorouter.proxy.forward import Forwarder
 from slorouter.proxy.health import HealthMonitor
@@ -129,6 +130,7 @@ def build_app(
         HealthMetrics(monitor),
         ForwardingMetrics(lambda: svc.forwarder if (svc := app.get(SERVICES)) is not None else None),
         ControlMetrics(control),
+        SyncMetrics(tracker, syncer),
         *([AutoscaleMetrics(scaling)] if scaling is not None else []),
     )
 

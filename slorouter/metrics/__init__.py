@@ -12,6 +12,8 @@ but the tracker's outcome listeners run per request):
 :class:`~.health.HealthMetrics`          probes, circuit breakers, drains, ejections per backend
 :class:`~.forwarding.ForwardingMetrics`  failovers, skipped failovers, re-sends, dropped slow clients
 :class:`~.control.ControlMetrics`        config reloads, router-wide drain
+:class:`~.sync.SyncMetrics`              the shared load picture: store, peers, leader; the
+                                         fleet view (leader only)
 =======================================  ===========================================================
 
 The composition root registers them in one :class:`CollectorRegistry` per application

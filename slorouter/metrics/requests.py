@@ -4,6 +4,8 @@ histograms per tier) and the load it holds now (gauges per backend and tier).
 Counters and histograms are plain numbers bumped by :meth:`RequestMetrics.observe`, a
 tracker outcome listener (once per finished request, never per token); gauges are read
 from the tracker when ``/metrics`` is scraped. Nothing here runs while a request streams.
+The in-flight gauges count this process's own requests, so they sum across router
+replicas (the shared view is :mod:`slorouter.metrics.sync`'s ``slorouter_fleet_*``).
 """
 
 from __future__ import annotations
@@ -97,11 +99,15 @@ class RequestMetrics:
                 family.add_metric([tier], n)
         t = self.tracker
         up = t.health.healthy
+        sync = t.sync
         for b in t.backends.backends:
             load = t.loads[b.id]
-            f.inflight.add_metric([b.id, b.tier], load.running)
-            f.inflight_tokens.add_metric([b.id, b.tier, "prompt"], load.prompt_tokens)
-            f.inflight_tokens.add_metric([b.id, b.tier, "output"], load.output_tokens)
+            # this process's own requests (with replicas, the loads also hold the others'):
+            # summed over replicas, the fleet's
+            own = sync.own(b.id) if sync is not None else load.as_tuple()
+            f.inflight.add_metric([b.id, b.tier], own[0])
+            f.inflight_tokens.add_metric([b.id, b.tier, "prompt"], own[1])
+            f.inflight_tokens.add_metric([b.id, b.tier, "output"], own[2])
             f.healthy.add_metric([b.id], int(b.id in up))
             f.ttft_extra.add_metric([b.id], t.latency.limits(b.id).ttft_extra(load.running))
         for tr in t.backends.tiers:

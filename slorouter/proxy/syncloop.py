@@ -9,9 +9,13 @@ process decides what only one should (the model state file today).
 
 The store failing never fails a request: the loop keeps the last rows it read while
 they are younger than ``ttl_s``, then routes on its own view alone, logs the outage once
-(and its end) and exports it (``store_up``). What a store must offer is
-:class:`LiveStore`; implementations: :mod:`slorouter.proxy.shmstore` (workers of one
-host) and :mod:`slorouter.proxy.redisstore` (replicas).
+(and its end) and exports it (``store_up``). A tick's store I/O has a hard deadline
+(``timeout_s``, default half the TTL): a hung store costs one timed-out tick, never a
+stalled loop. A leader that loses the store stays leader until its lease would have
+expired, and not a moment longer (nobody else can take the lease before that), so there
+is never more than one. What a store must offer is :class:`LiveStore`; implementations:
+:mod:`slorouter.proxy.shmstore` (workers of one host) and
+:mod:`slorouter.proxy.redisstore` (replicas).
 """
 
 from __future__ import annotations
@@ -56,14 +60,17 @@ class SyncLoop:
         on_freed: Callable[[], None] | None = None,
         wall: Callable[[], float] = time.time,
         budget: float = 0.05,
+        timeout_s: float | None = None,
     ) -> None:
         """``budget``: the share of one core the exchange may use; when a tick costs
         more than ``budget × tick_s`` (a large fleet), the next one waits longer — the
-        view gets staler, routing never gets slower (``interval_s`` says by how much)."""
+        view gets staler, routing never gets slower (``interval_s`` says by how much).
+        ``timeout_s``: the deadline of one tick's store I/O (default half the TTL)."""
         self.sync = sync
         self.store = store
         self.tick_s = tick_s
         self.ttl_s = ttl_s
+        self.timeout_s = timeout_s if timeout_s is not None else ttl_s / 2
         self.on_freed = on_freed
         self.wall = wall
         self.up = True
@@ -75,7 +82,10 @@ class SyncLoop:
         self.cost_s = 0.0  # CPU of the last tick's own work
         self._rows: Mapping[str, Row] = {}
         self._rows_at = -float("inf")
+        self._lease_until = -float("inf")  # monotonic: the lease is ours until then at least
+        self._errors = 0  # unexpected errors in a row (logged in full once)
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     @property
     def age_s(self) -> float:
@@ -95,19 +105,28 @@ class SyncLoop:
         self.cost_s = time.thread_time() - cpu
         wall = self.wall()
         try:
-            rows = await self.store.exchange(row)
-            self._rows, self._rows_at = rows, wall
-            self.leader = await self.store.lease(self.sync.holder, self.ttl_s)
+            async with asyncio.timeout(self.timeout_s):
+                rows = await self.store.exchange(row)
+                self._rows, self._rows_at = rows, wall
+                asked = time.monotonic()  # the lease runs from before the request at the latest
+                self.leader = await self.store.lease(self.sync.holder, self.ttl_s)
+                self._lease_until = asked + self.ttl_s if self.leader else -float("inf")
             if not self.up:
                 log.warning("shared state store reachable again: routing on the shared view")
             self.up = True
-        except StoreError as e:
+        except (StoreError, TimeoutError) as e:
             self.failures += 1
             if self.up:
-                log.warning("shared state store unreachable (%s): routing on this replica's own view", e)
+                why = e if isinstance(e, StoreError) else f"no answer within {self.timeout_s:g} s"
+                log.warning(
+                    "shared state store unreachable (%s): routing on this replica's own view "
+                    "(others' rows kept for %g s)",
+                    why,
+                    self.ttl_s,
+                )
             self.up = False
-            self.leader = False
-            if wall - self._rows_at > self.ttl_s:
+            self.leader = time.monotonic() < self._lease_until
+            if self.wall() - self._rows_at > self.ttl_s:
                 self._rows = {}
         cpu = time.thread_time()
         before = {b: ld.running for b, ld in tracker.loads.items()}
@@ -120,25 +139,46 @@ class SyncLoop:
             self.on_freed()
 
     async def run(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             started = self.wall()
             try:
                 await self.tick()
+                self._errors = 0
             except asyncio.CancelledError:
                 raise
             except Exception:  # never let the loop die: the router must keep routing
-                log.exception("shared state sync failed; retrying next tick")
+                self.failures += 1
+                self._errors += 1
+                if self._errors == 1:
+                    log.exception("shared state sync failed; retrying every tick")
             # the CPU of building, absorbing (not of the store's I/O, which overlaps routing)
             self.interval_s = max(self.tick_s, self.cost_s / self.budget)
-            await asyncio.sleep(max(0.0, self.interval_s - (self.wall() - started)))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, self.interval_s - (self.wall() - started))):
+                    await self._stopping.wait()
 
     def start(self) -> None:
+        self._stopping.clear()
         self._task = asyncio.get_running_loop().create_task(self.run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        await self.store.close()
+        """End the loop, then withdraw this process's row from the store.
+
+        The loop is asked to stop and given the time of one tick to do so, rather than
+        cancelled in the middle of store I/O: on Python 3.11 ``asyncio.wait_for`` (which
+        the redis client uses) can swallow a cancellation that arrives as its I/O
+        completes, and a cancelled-but-running loop would hang the shutdown."""
+        task, self._task = self._task, None
+        if task is not None:
+            self._stopping.set()
+            await asyncio.wait({task}, timeout=self.timeout_s + self.tick_s)
+            while not task.done():  # stuck: cancel, as often as it takes
+                task.cancel()
+                await asyncio.wait({task}, timeout=0.1)
+            if not task.cancelled() and (e := task.exception()) is not None:
+                log.warning("the sync loop ended with %r", e)
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await self.store.close()
+        except TimeoutError:
+            log.info("the store did not answer at stop; this process's row expires with its TTL")

@@ -24,8 +24,8 @@ placements are visible). ``s`` is the holder's recent share of all arrivals (dec
 counts published in the rows).
 
 Stores (:class:`Store`): :class:`MemoryStore` (in-process; the simulator, with a
-visibility delay), :mod:`slorouter.state.shm` (workers on one host) and
-:mod:`slorouter.state.redis_store` (replicas across hosts). A row older than the store's
+visibility delay), :mod:`slorouter.proxy.shmstore` (workers on one host) and
+:mod:`slorouter.proxy.redisstore` (replicas across hosts). A row older than the store's
 TTL is dropped: a dead holder's share vanishes.
 """
 
@@ -188,6 +188,26 @@ class LoadSync:
         i = self._pos.get(backend_id)
         rem = int(self._remote[i, 0]) if i is not None else 0
         return int(load.running - rem - (ph[0] if ph else 0))
+
+    def own(self, backend_id: str) -> tuple[int, ...]:
+        """This holder's own counters of a backend (what its row publishes), in
+        :meth:`BackendLoad.as_tuple` order."""
+        load = self.tracker.loads.get(backend_id)
+        if load is None:
+            return (0,) * 6
+        i = self._pos.get(backend_id)
+        rem = self._remote[i].tolist() if i is not None else [0] * 6
+        ph = self._phantom.get(backend_id) or [0] * 6
+        return tuple(int(c - r - p) for c, r, p in zip(load.as_tuple(), rem, ph, strict=True))
+
+    def shared(self, backend_id: str) -> tuple[int, ...]:
+        """A backend's counters in the shared view: own + the others' latest rows (the
+        tracker's load without the quota's phantom)."""
+        load = self.tracker.loads.get(backend_id)
+        if load is None:
+            return (0,) * 6
+        ph = self._phantom.get(backend_id) or [0] * 6
+        return tuple(int(c - p) for c, p in zip(load.as_tuple(), ph, strict=True))
 
     # -- the tick --------------------------------------------------------------------
 

@@ -1,6 +1,8 @@
 """docker-compose.yml, checked without a Docker engine: the file parses, every slorouter
 command in it exists and its flags are accepted by that subcommand's parser, the mounted
-router configs are valid, and their ports and backend URLs agree with the services."""
+router configs are valid, and their ports and backend URLs agree with the services; the
+replicas profile's routers share one config whose store is the profile's Redis, and its
+load balancer's config (deploy/compose/haproxy.cfg) sends to exactly those routers."""
 
 from __future__ import annotations
 
@@ -85,8 +87,8 @@ def test_compose_parses_and_every_service_runs_something(compose: dict[str, Any]
     assert services(compose)
     for name, svc in services(compose).items():
         assert "image" in svc or "build" in svc, name
-        assert svc.get("profiles"), f"{name}: every service belongs to the gpu or the sim profile"
-        assert set(svc["profiles"]) <= {"gpu", "sim"}, name
+        assert svc.get("profiles"), f"{name}: every service belongs to the gpu, sim or replicas profile"
+        assert set(svc["profiles"]) <= {"gpu", "sim", "replicas"}, name
     for vol in (v.split(":")[0] for s in services(compose).values() for v in s.get("volumes", [])):
         assert vol.startswith(".") or vol in (compose.get("volumes") or {}), f"undeclared volume {vol}"
 
@@ -127,9 +129,12 @@ def _routers(compose: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return [(n, s) for n, s in services(compose).items() if command(s)[:2] == ["slorouter", "serve"]]
 
 
-def test_each_profile_has_one_router(compose: dict[str, Any]) -> None:
+def test_gpu_and_sim_have_one_router_and_replicas_several_alike(compose: dict[str, Any]) -> None:
     profiles = [p for _, s in _routers(compose) for p in s["profiles"]]
-    assert sorted(profiles) == ["gpu", "sim"]
+    assert profiles.count("gpu") == profiles.count("sim") == 1
+    replicas = [s for _, s in _routers(compose) if "replicas" in s["profiles"]]
+    assert len(replicas) >= 2
+    assert all(command(s) == command(replicas[0]) for s in replicas)  # one logical router
 
 
 @pytest.mark.parametrize("profile", ["gpu", "sim"])
@@ -170,7 +175,7 @@ def test_gpu_engines_are_official_vllm_with_gpu_reservations_and_model_from_env(
 
 def test_sim_profile_runs_slorouter_sim_from_the_project_image(compose: dict[str, Any]) -> None:
     sims = [s for s in services(compose).values() if command(s)[:2] == ["slorouter", "sim"]]
-    assert sims and all("build" in s and s["profiles"] == ["sim"] for s in sims)
+    assert sims and all("build" in s and set(s["profiles"]) <= {"sim", "replicas"} for s in sims)
     assert not any("deploy" in s for s in sims)  # CPU only
 
 
@@ -185,3 +190,72 @@ def test_dockerfile_builds_the_project() -> None:
     cmd = dockerfile_cmd()
     assert cmd[:2] == ["slorouter", "serve"]
     assert_cli_accepts(cmd[1:], "Dockerfile CMD")
+
+
+def _haproxy(path: Path) -> dict[str, list[list[str]]]:
+    """haproxy.cfg as section header -> its lines, split into words (comments dropped)."""
+    sections: dict[str, list[list[str]]] = {}
+    current: list[list[str]] = []
+    for raw in path.read_text().splitlines():
+        words = raw.split("#", 1)[0].split()
+        if not words:
+            continue
+        if not raw[0].isspace():
+            current = sections.setdefault(" ".join(words), [])
+        else:
+            current.append(words)
+    return sections
+
+
+def _seconds(text: str) -> float:
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+    m = re.fullmatch(r"(\d+)(ms|s|m|h|d)?", text)
+    assert m, text
+    return int(m.group(1)) * units[m.group(2) or "ms"]
+
+
+def test_replicas_share_a_store_of_their_profile_behind_a_tcp_balancer(compose: dict[str, Any]) -> None:
+    peers = {n: s for n, s in services(compose).items() if "replicas" in s["profiles"]}
+    routers = {n: s for n, s in _routers(compose) if "replicas" in s["profiles"]}
+    name, first = next(iter(routers.items()))
+    args = assert_cli_accepts(command(first)[1:], name)
+    path = _mounted(first, args.config)
+    cfg, errors = check(str(path))
+    assert errors == [] and cfg is not None, errors
+    assert cfg.server.host == "0.0.0.0"
+    # the store: a Redis service of this profile, without persistence, on the URL's port
+    sync = cfg.state.sync
+    assert sync.kind.value == "redis" and sync.url is not None
+    store = urlsplit(sync.url)
+    assert store.hostname in peers, f"{path}: state.sync.url host {store.hostname} is not a replicas service"
+    redis = peers[store.hostname]
+    rcmd = command(redis)
+    assert rcmd[:1] == ["redis-server"] and (store.port or 6379) == int(
+        rcmd[rcmd.index("--port") + 1] if "--port" in rcmd else 6379
+    )
+    assert rcmd[rcmd.index("--save") + 1] == "" and rcmd[rcmd.index("--appendonly") + 1] == "no"
+    # every replica: the same config, depends on the store and every engine it uses, and
+    # outlives its own drain when stopped
+    engines = {urlsplit(b.url).hostname for b in cfg.backends}
+    for n, s in routers.items():
+        assert set(s["depends_on"]) >= engines | {store.hostname}, n
+        grace = s.get("stop_grace_period", "10s")
+        assert _seconds(grace) > cfg.server.shutdown_grace_s, f"{n}: stop_grace_period {grace}"
+    # the balancer: HAProxy in TCP mode, publishes the router port, sends to exactly the replicas
+    lbs = [(n, s) for n, s in peers.items() if "haproxy" in str(s.get("image", ""))]
+    assert len(lbs) == 1
+    lb_name, lb = lbs[0]
+    conf = _haproxy(_mounted(lb, "/usr/local/etc/haproxy/haproxy.cfg"))
+    defaults = {w[0]: w[1:] for w in conf["defaults"]}
+    assert defaults["mode"] == ["tcp"]
+    timeouts = {w[1]: _seconds(w[2]) for w in conf["defaults"] if w[0] == "timeout"}
+    assert timeouts["client"] >= 600 and timeouts["server"] >= 600  # streams are long: never cut them
+    front = next(v for k, v in conf.items() if k.startswith("frontend"))
+    (bind,) = [w[1] for w in front if w[0] == "bind"]
+    published = {int(str(p).rsplit(":", 1)[1]) for p in lb.get("ports", [])}
+    assert published == {int(bind.rsplit(":", 1)[1])}
+    back = next(v for k, v in conf.items() if k.startswith("backend"))
+    servers = {w[2] for w in back if w[0] == "server"}
+    assert servers == {f"{n}:{cfg.server.port}" for n in routers}
+    assert ["option", "httpchk", "GET", "/health"] in back
+    assert set(lb["depends_on"]) == set(routers), lb_name
