@@ -29,6 +29,14 @@ class SloClass(StrEnum):
     BEST_EFFORT = "best_effort"  # no SLO; served with what is left
 
 
+class WhenLate(StrEnum):
+    """What the router does with a request of a tier once its SLO can no longer be met
+    (docs/policies.md §9)."""
+
+    REJECT = "reject"  # answer 429 with Retry-After (the predicted drain time) at once
+    BEST_EFFORT = "best_effort"  # serve it late, on room no request with an SLO needs
+
+
 class Engine(StrEnum):
     VLLM = "vllm"
     TGI = "tgi"
@@ -88,13 +96,20 @@ class Tier:
     """A named SLO declared in the config, with its weight (price) and rank.
 
     ``rank`` orders tiers by tightness: 0 is the tightest. Ties keep config order.
+    ``when_late``: what happens to a request of this tier that can no longer meet its
+    SLO (a best-effort tier is never late).
     """
 
     name: str
     slo: Slo
     weight: float = 1.0
     rank: int = 0
-    reject_when_late: bool = False
+    when_late: WhenLate = WhenLate.REJECT
+
+    @property
+    def rejects_late(self) -> bool:
+        """A request of this tier is answered 429 once its SLO can no longer be met."""
+        return self.when_late is WhenLate.REJECT and self.slo.slo_class is not SloClass.BEST_EFFORT
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ Driving it::
     decided = core.wake()          # when something may have changed (a request finished,
                                    # the fleet or its health changed, the timer fired)
     at = core.next_timer()         # wake at this clock time at the latest (None: no need)
-    core.withdraw(rid)             # a queued request's client left, or it waited too long
+    core.withdraw(rid)             # a queued request's client left
 
 ``decided`` lists ``(request, Dispatch | Reject)`` in decision order; a request not in
 it (after ``arrive``) waits in the queue. The core applies every decision to shared
@@ -29,10 +29,30 @@ Ordering
 --------
 A new arrival is decided at once unless requests that can still meet their SLO are
 waiting: then it joins the queue (by its :func:`~slorouter.admission.queue.priority`
-key) and the queue is drained in key order, so it never overtakes a more urgent waiter.
+key) and the queue is drained in its order, so it never overtakes a more urgent waiter.
 A best-effort or already-late arrival joins the queue whenever it is not empty. When
 only late (best-effort lane) requests wait, an on-time arrival is decided at once: an
 arrival frees no room, and it comes before them anyway.
+
+Overload (docs/policies.md §9)
+-----------------------------
+Every request leaves the router queue within a bound, and every refusal is a 429 whose
+``Retry-After`` is the predicted drain time (the work queued ahead, in server-seconds
+of the latency model, over the healthy servers; at least 1 s). Reasons (``SHED_REASONS``):
+
+* ``late`` — its SLO can no longer be met and its tier says ``when_late: reject`` (the
+  default): the moment its latest useful start passes in the queue, or when the policy
+  finds it late (a policy's 429);
+* ``wait_limit`` — it waited its tier's wait limit (``max_wait_s``, else
+  :func:`~slorouter.admission.overload.default_max_wait`): a late request of a
+  ``best_effort`` tier held for spare room, or a best-effort one;
+* ``overload`` — on arrival while the queue is overloaded, the work of denser requests
+  already waiting would take longer to drain than the request can wait: it would be
+  shed later anyway, so it is told at once;
+* ``queue_full`` — ``max_queue`` requests wait (only when a count is configured).
+
+``observe(tier, wait_s, outcome, reason)``, if given, hears every decided request
+(outcome ``dispatched`` or ``rejected``; the metrics of :mod:`slorouter.metrics.admission`).
 """
 
 from __future__ import annotations
@@ -41,7 +61,8 @@ import math
 from collections.abc import Callable
 from typing import Protocol
 
-from slorouter.admission.queue import AdmissionQueue, priority
+from slorouter.admission.overload import cost, default_max_wait, density_bucket, servers
+from slorouter.admission.queue import LATE, WAIT_LIMIT, AdmissionQueue, priority
 from slorouter.state.snapshot import Snapshot
 from slorouter.state.tracker import Tracker
 from slorouter.values import Decision, Defer, Dispatch, Outcome, Reject, RequestInfo, Status
@@ -61,6 +82,16 @@ class Policy(Protocol):
 Decided = list[tuple[RequestInfo, Dispatch | Reject]]
 # (clock time, request id, "dispatch" | "defer" | "reject", backend id or reason)
 DecisionLog = list[tuple[float, int, str, str]]
+# (tier, seconds in the router, "dispatched" | "rejected", shed reason or "") per decided request
+Observer = Callable[[str, float, str, str], None]
+OVERLOAD, QUEUE_FULL = "overload", "queue_full"
+SHED_REASONS = (LATE, WAIT_LIMIT, OVERLOAD, QUEUE_FULL)
+_MESSAGES = {
+    LATE: "its SLO can no longer be met",
+    WAIT_LIMIT: "it waited its tier's limit in the router queue",
+    OVERLOAD: "the router is overloaded: requests worth more per unit of capacity wait",
+    QUEUE_FULL: "the router queue is full",
+}
 
 
 class AdmissionCore:
@@ -69,20 +100,26 @@ class AdmissionCore:
         policy: Policy,
         tracker: Tracker,
         *,
-        max_queue: int = 10_000,
+        max_queue: int | None = None,
+        max_wait_s: float | None = None,
         max_tries: int = 16,
         log: DecisionLog | None = None,
         on_finish: Callable[[], None] | None = None,
+        observe: Observer | None = None,
     ) -> None:
-        """``log``: every policy decision is appended to it (for replay comparisons).
+        """``max_queue``: most queued requests (None: no count, see module docs);
+        ``max_wait_s``: the wait limit of every tier (None: each tier's own, from its
+        objective). ``log``: every decision is appended to it (for replay comparisons).
         ``on_finish``: called after a request finished while others wait (a driver
-        schedules a :meth:`wake` from it)."""
+        schedules a :meth:`wake` from it). ``observe``: hears every decided request."""
         self.policy = policy
         self.tracker = tracker
         self.max_queue = max_queue
+        self.max_wait_s = max_wait_s
         self.queue = AdmissionQueue(max_tries)
         self.log = log
         self.decisions = 0
+        self.observe = observe
         self._wake_hint = on_finish
         tracker.add_listener(self._on_outcome)
 
@@ -97,45 +134,96 @@ class AdmissionCore:
         tracker must not call the policy's ``on_finish`` twice)."""
         self.tracker.remove_listener(self._on_outcome)
 
-    # -- the three entry points ------------------------------------------------------
+    def set_limits(self, max_queue: int | None, max_wait_s: float | None) -> None:
+        """New queue limits (a config reload); requests already queued keep their wait limit."""
+        self.max_queue = max_queue
+        self.max_wait_s = max_wait_s
+
+    def wait_limit(self, req: RequestInfo) -> float:
+        """How long ``req`` may wait in the router queue."""
+        return self.max_wait_s if self.max_wait_s is not None else default_max_wait(req.tier)
+
+    # -- the entry points ------------------------------------------------------------
 
     def arrive(self, req: RequestInfo) -> Decided:
         """Decide a new arrival (see module docs: at once, or in the queue's order)."""
         q = self.queue
         if len(q):
             now = self.tracker.clock.now()
-            key = priority(req, self.tracker.snapshot(req))
+            out = self._expire(now)
+            snap = self.tracker.snapshot(req)
+            key = priority(req, snap)
+            if req.arrival <= key < now and req.tier.rejects_late:
+                return [*out, (req, self._shed(req, LATE))]
             if math.isinf(key) or key < now or q.waiting_on_time(now):
-                if len(q) >= self.max_queue:
-                    return [(req, self._reject(req, Reject(429, "the router queue is full", 1.0)))]
-                q.push(req, key)
-                return self.wake()
+                refused = self._push(req, key, None, snap)
+                if refused is not None:
+                    return [*out, (req, refused)]
+                return [*out, *self._drain(now)]
+            return [*out, *self._first(req)]
+        return self._first(req)
+
+    def _first(self, req: RequestInfo) -> Decided:
+        """The first decision of an arrival nothing waits before."""
         d = self._decide(req)
         if not isinstance(d, Defer):
             return [(req, d)]
-        if len(q) >= self.max_queue:
-            return [(req, self._reject(req, Reject(429, "the router queue is full", 1.0)))]
-        q.push(req, priority(req, self.tracker.snapshot(req)), d.retry_at)
-        return []
+        snap = self.tracker.snapshot(req)
+        refused = self._push(req, priority(req, snap), d.retry_at, snap)
+        return [] if refused is None else [(req, refused)]
 
     def wake(self) -> Decided:
-        """Decide queued requests again, in order (at most ``max_tries`` decisions)."""
+        """Answer the requests due (late, past their wait limit), then decide queued
+        requests again, in order (at most ``max_tries`` decisions)."""
         if not len(self.queue):
             return []
-        got = self.queue.drain(self._decide, self.tracker.clock.now())
-        return [(r, d) for r, d in got if not isinstance(d, Defer)]
+        now = self.tracker.clock.now()
+        return [*self._expire(now), *self._drain(now)]
 
     def next_timer(self) -> float | None:
-        """The clock time of the earliest ``Defer.retry_at`` still ahead (None: none)."""
+        """The clock time of the next wake-up needed (a ``Defer.retry_at``, a request
+        turning late or reaching its wait limit; None: none)."""
         if not len(self.queue):
             return None
-        return self.queue.next_retry(self.tracker.clock.now())
+        return self.queue.next_timer(self.tracker.clock.now())
 
     def withdraw(self, rid: int) -> bool:
-        """Take a queued request out (its client left, or it waited too long)."""
+        """Take a queued request out (its client left)."""
         return self.queue.remove(rid) is not None
 
+    def retry_after(self, req: RequestInfo) -> float:
+        """Predicted seconds until the work queued now (``req``'s own aside) has drained,
+        at least 1."""
+        n = servers(self.tracker.snapshot(req))
+        work = self.queue.work - self.queue.cost_of(req.rid)
+        return max(1.0, work / n) if n else 1.0
+
     # -- internals -------------------------------------------------------------------
+
+    def _push(self, req: RequestInfo, key: float, retry_at: float | None, snap: Snapshot) -> Reject | None:
+        """Queue ``req``, or refuse it (a full queue; an overloaded one it would only
+        leave as shed)."""
+        q = self.queue
+        if self.max_queue is not None and len(q) >= self.max_queue:
+            return self._shed(req, QUEUE_FULL)
+        c = cost(req, snap)
+        bucket = density_bucket(req, c)
+        now = snap.now
+        limit = req.arrival + self.wait_limit(req)
+        if q.overloaded and not math.isinf(key):
+            n = servers(snap)
+            can_wait = min(key, limit) if req.tier.rejects_late else limit
+            if n and q.work_denser(bucket) / n > can_wait - now:
+                return self._shed(req, OVERLOAD)
+        q.push(req, key, retry_at, cost=c, bucket=bucket, expires_at=limit)
+        return None
+
+    def _expire(self, now: float) -> Decided:
+        return [(r, self._shed(r, why)) for r, why in self.queue.expire(now)]
+
+    def _drain(self, now: float) -> Decided:
+        got = self.queue.drain(self._decide, now)
+        return [(r, d) for r, d in got if not isinstance(d, Defer)]
 
     def _decide(self, req: RequestInfo) -> Decision:
         tracker = self.tracker
@@ -153,20 +241,34 @@ class AdmissionCore:
                 self.policy.on_dispatch(req, ranked[0])
                 if self.log is not None:
                     self.log.append((tracker.clock.now(), req.rid, "dispatch", ranked[0]))
+                if self.observe is not None:
+                    self.observe(req.tier.name, tracker.clock.now() - req.arrival, "dispatched", "")
                 return d
         if isinstance(d, Reject):
-            return self._reject(req, d)
+            if d.status == 429:  # a policy refuses with 429 only a request it finds late
+                if req.rid in self.queue:
+                    self.queue.overloaded = True  # it waited and still missed: overload order
+                return self._shed(req, LATE, d.reason)
+            return self._reject(req, d, "")
         if self.log is not None:
             self.log.append((tracker.clock.now(), req.rid, "defer", d.reason))
         return d
 
-    def _reject(self, req: RequestInfo, d: Reject) -> Reject:
+    def _shed(self, req: RequestInfo, why: str, message: str | None = None) -> Reject:
+        d = Reject(429, message or _MESSAGES[why], retry_after_s=self.retry_after(req))
+        return self._reject(req, d, why)
+
+    def _reject(self, req: RequestInfo, d: Reject, why: str) -> Reject:
+        now = self.tracker.clock.now()
         if self.log is not None:
-            self.log.append((self.tracker.clock.now(), req.rid, "reject", d.reason))
+            self.log.append((now, req.rid, "reject", d.reason))
+        if self.observe is not None:
+            self.observe(req.tier.name, now - req.arrival, "rejected", why)
         self.tracker.on_finish(req.rid, Status.REJECTED)
         return d
 
     def _on_outcome(self, out: Outcome) -> None:
         self.policy.on_finish(out)
-        if self._wake_hint is not None and len(self.queue):
+        # a request that never reached a backend (rejected, cancelled in the queue) frees nothing
+        if self._wake_hint is not None and out.backend is not None and len(self.queue):
             self._wake_hint()

@@ -26,7 +26,7 @@
   request is; else :class:`Defer` (the router queue orders by slack and retries on
   completions), with ``retry_at`` = the moment its TTFT can no longer be met even on an
   idle server. Once that moment has passed the request is *late*: ``Reject(429,
-  Retry-After)`` if its tier says ``reject_when_late``, else it is served best effort —
+  Retry-After)`` if its tier says ``when_late: reject`` (the default), else it is served best effort —
   TTFT checks dropped, but only on **spare room**: where its pace still meets everyone's
   TPOT *and* the server stays within ``late_fill`` (default 0.25) of its step range
   (``c0 + late_fill·(τ − c0)``), or on any idle server (so a late request is never
@@ -361,10 +361,14 @@ class PolyServe(BasePolicy):
         if not order:
             return Reject(503, f"no healthy backend serves tier {request.tier.name!r} or a tighter one")
         now = snapshot.now
-        late = self._is_late(request, snapshot, bins, order, now)
+        at = self._late_at(request, snapshot, bins, order)
+        late = at is not None and now > at
         need = Need(request, now, late, self.fp.kv_estimate)
-        if late and request.tier.reject_when_late:
-            return Reject(429, "the TTFT deadline can no longer be met", retry_after_s=1.0)
+        if late and request.tier.rejects_late and at is not None and at >= request.arrival:
+            # late by waiting (late on arrival — its TTFT too short for its prompt even on an
+            # idle server — is served best effort: retrying would not help)
+            # the admission core answers it 429 with the predicted drain time as Retry-After
+            return Reject(429, "the TTFT deadline can no longer be met")
         chosen = (
             self._scan_moving(need, bins, order, snapshot)
             if self.moves
@@ -425,10 +429,6 @@ class PolyServe(BasePolicy):
     def _late_at(self, req: RequestInfo, snap: Snapshot, bins: _Bins, order: list[int]) -> float | None:
         """When the request's SLO stops being attainable even on an idle server."""
         return late_at(req, snap, bins.bins[order[-1]][0])
-
-    def _is_late(self, req: RequestInfo, snap: Snapshot, bins: _Bins, order: list[int], now: float) -> bool:
-        at = self._late_at(req, snap, bins, order)
-        return at is not None and now > at
 
 
 def _waiting(queued: Mapping[str, int], tiers: list[str] | tuple[str, ...]) -> bool:

@@ -16,6 +16,7 @@ Format (every key but ``tiers`` optional)::
     tiers:
       - {name: t20, class: latency, tpot_ms: 20, ttft_ms: [300, 500, 1000], share: 0.1}
       - {name: batch, class: best_effort, share: 0.5}
+      # when_late: reject | best_effort (latency/deadline tiers; default reject, as the router)
     workload:
       lengths: splitwise_conv     # built-in trace name, a CSV path, or "synthetic"
       prompt: {mean: 1000, sigma: 1.0, max: 8000}    # synthetic: log-normal
@@ -54,7 +55,7 @@ import yaml
 
 from slorouter.models.profile import ProfileError, StepProfile
 from slorouter.sim.profiles import load_profile
-from slorouter.values import SloClass
+from slorouter.values import SloClass, WhenLate
 
 SCENARIO_DIR = Path(__file__).resolve().parents[2] / "config" / "scenarios"
 
@@ -75,7 +76,7 @@ class TierSpec:
     tpot_ms: float | None = None
     deadline_ms: float | None = None
     weight: float = 1.0
-    reject_when_late: bool = False
+    when_late: WhenLate = WhenLate.REJECT
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,9 +213,10 @@ def _tier(raw: Any, path: str, errs: list[tuple[str, str]]) -> TierSpec | None:
     tpot = r.num("tpot_ms", None, gt=0)
     deadline = r.num("deadline_ms", None, gt=0)
     weight = r.num("weight", 1.0, gt=0)
-    rwl = r.get("reject_when_late")
-    if rwl is not None and not isinstance(rwl, bool):
-        errs.append((r.at("reject_when_late"), "must be true or false"))
+    when_late = WhenLate(r.str_("when_late", WhenLate.REJECT.value, tuple(w.value for w in WhenLate)))
+    if "reject_when_late" in r.raw:
+        r.seen.add("reject_when_late")
+        errs.append((r.at("reject_when_late"), "replaced by when_late: reject | best_effort"))
     r.done()
     cls = SloClass(cls_s)
     if cls is SloClass.LATENCY and (not ttfts or tpot is None):
@@ -223,7 +225,7 @@ def _tier(raw: Any, path: str, errs: list[tuple[str, str]]) -> TierSpec | None:
         errs.append((r.at("deadline_ms"), f"required for class {cls.value}"))
     if share is None or not name:
         return None
-    return TierSpec(name, cls, float(share), ttfts, tpot, deadline, float(weight), bool(rwl))
+    return TierSpec(name, cls, float(share), ttfts, tpot, deadline, float(weight), when_late)
 
 
 def _dist(raw: Any, path: str, errs: list[tuple[str, str]], dflt: LengthDist) -> LengthDist:

@@ -26,12 +26,12 @@ from slorouter.sim.profiles import BUILTIN_PROFILES
 from slorouter.sim.scenario import load_scenario
 from slorouter.state.backends import Backend, BackendSet, Health
 from slorouter.state.tracker import Tracker
-from slorouter.values import Decision, Dispatch, Outcome, RequestInfo, Slo, SloClass, Status, Tier
+from slorouter.values import Decision, Dispatch, Outcome, RequestInfo, Slo, SloClass, Status, Tier, WhenLate
 
 TIERS = (
-    Tier("t20", Slo(SloClass.LATENCY, ttft_s=0.4, tpot_s=0.020), rank=0),
-    Tier("t30", Slo(SloClass.LATENCY, ttft_s=1.0, tpot_s=0.030), rank=1),
-    Tier("t50", Slo(SloClass.LATENCY, ttft_s=1.0, tpot_s=0.050), rank=2, reject_when_late=True),
+    Tier("t20", Slo(SloClass.LATENCY, ttft_s=0.4, tpot_s=0.020), rank=0, when_late=WhenLate.BEST_EFFORT),
+    Tier("t30", Slo(SloClass.LATENCY, ttft_s=1.0, tpot_s=0.030), rank=1, when_late=WhenLate.BEST_EFFORT),
+    Tier("t50", Slo(SloClass.LATENCY, ttft_s=1.0, tpot_s=0.050), rank=2, when_late=WhenLate.REJECT),
     Tier("batch", Slo(SloClass.BEST_EFFORT), rank=3),
 )
 
