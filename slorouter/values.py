@@ -12,11 +12,14 @@ Time is always seconds on the injected clock's scale; token counts are ints.
   :class:`Defer` (wait in the router queue) or :class:`Reject` (answer now with an
   HTTP status).
 * :class:`Outcome` — how a request ended; produced exactly once per request.
+* :class:`Scope` — where a policy may serve a request, for the admission core's
+  overload judgement (docs/policies.md §9).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple
@@ -171,6 +174,24 @@ class Reject:
 
 
 Decision = Dispatch | Defer | Reject
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Where a policy may serve a request, as the admission core needs it to judge
+    overload (docs/policies.md §9). A policy that sends any request to any server has
+    one scope, the fleet (``home`` None); ``polyserve`` has one per bin.
+
+    ``home``: the group of servers where the request comes first (polyserve: its
+    tier's bin) — requests of one home compete for the same room, so the queue orders
+    them together and judges their overload together. ``reach``: the homes whose
+    servers it may use, its own first (polyserve: its bin and the tighter ones it may
+    overflow into); the work queued in them is what may go before it. ``servers``: how
+    many servers those are (its share of the fleet's service rate)."""
+
+    home: Hashable
+    reach: tuple[Hashable, ...]
+    servers: int
 
 
 class Status(StrEnum):

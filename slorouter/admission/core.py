@@ -27,18 +27,24 @@ The policy's ``on_finish`` hook is a tracker listener registered here, for both 
 
 Ordering
 --------
-A new arrival is decided at once unless requests that can still meet their SLO are
+Each request has a :class:`~slorouter.values.Scope` from the policy (``scope(request,
+snapshot)``): its *home* (the servers where it comes first: the fleet for most
+policies, its tier's bin for ``polyserve``) and the homes it may *reach*. A new arrival
+is decided at once unless requests of its home that can still meet their SLO are
 waiting: then it joins the queue (by its :func:`~slorouter.admission.queue.priority`
-key) and the queue is drained in its order, so it never overtakes a more urgent waiter.
-A best-effort or already-late arrival joins the queue whenever it is not empty. When
-only late (best-effort lane) requests wait, an on-time arrival is decided at once: an
-arrival frees no room, and it comes before them anyway.
+key) and the queue is drained in its order, so it never overtakes a more urgent waiter
+that competes for the same room. Waiters of other homes do not hold it back — they
+cannot use its servers before it (polyserve lets no overflow into a bin while its own
+tiers wait). A best-effort or already-late arrival joins the queue whenever it is not
+empty. When only late (best-effort lane) requests wait, an on-time arrival is decided at
+once: an arrival frees no room, and it comes before them anyway.
 
 Overload (docs/policies.md §9)
 -----------------------------
 Every request leaves the router queue within a bound, and every refusal is a 429 whose
-``Retry-After`` is the predicted drain time (the work queued ahead, in server-seconds
-of the latency model, over the healthy servers; at least 1 s). Reasons (``SHED_REASONS``):
+``Retry-After`` is the predicted drain time (the work queued where the request may be
+served, in server-seconds of the latency model, over the servers it may use — its
+scope's reach; at least 1 s). Reasons (``SHED_REASONS``):
 
 * ``late`` — its SLO can no longer be met and its tier says ``when_late: reject`` (the
   default): the moment its latest useful start passes in the queue, or when the policy
@@ -46,9 +52,12 @@ of the latency model, over the healthy servers; at least 1 s). Reasons (``SHED_R
 * ``wait_limit`` — it waited its tier's wait limit (``max_wait_s``, else
   :func:`~slorouter.admission.overload.default_max_wait`): a late request of a
   ``best_effort`` tier held for spare room, or a best-effort one;
-* ``overload`` — on arrival while the queue is overloaded, the work of denser requests
-  already waiting would take longer to drain than the request can wait: it would be
-  shed later anyway, so it is told at once;
+* ``overload`` — on arrival, *after the policy had its chance* (the queue was drained
+  with it in place, or the policy deferred it), while its home is overloaded
+  (:mod:`slorouter.admission.ledger`), the work of denser requests queued in the homes
+  it may reach, over the servers it may use, exceeds the time it can wait: it would be
+  shed later anyway, so it is told at once. A request the policy can place now is never
+  refused for overload, nor one whose own home is not overloaded;
 * ``queue_full`` — ``max_queue`` requests wait (only when a count is configured).
 
 ``observe(tier, wait_s, outcome, reason)``, if given, hears every decided request
@@ -61,11 +70,11 @@ import math
 from collections.abc import Callable
 from typing import Protocol
 
-from slorouter.admission.overload import cost, default_max_wait, density_bucket, servers
+from slorouter.admission.overload import cost, default_max_wait, density_bucket
 from slorouter.admission.queue import LATE, WAIT_LIMIT, AdmissionQueue, priority
 from slorouter.state.snapshot import Snapshot
 from slorouter.state.tracker import Tracker
-from slorouter.values import Decision, Defer, Dispatch, Outcome, Reject, RequestInfo, Status
+from slorouter.values import Decision, Defer, Dispatch, Outcome, Reject, RequestInfo, Scope, Status
 
 
 class Policy(Protocol):
@@ -77,6 +86,8 @@ class Policy(Protocol):
     def on_dispatch(self, request: RequestInfo, backend_id: str) -> None: ...
 
     def on_finish(self, outcome: Outcome) -> None: ...
+
+    def scope(self, request: RequestInfo, snapshot: Snapshot) -> Scope: ...
 
 
 Decided = list[tuple[RequestInfo, Dispatch | Reject]]
@@ -152,24 +163,29 @@ class AdmissionCore:
             now = self.tracker.clock.now()
             out = self._expire(now)
             snap = self.tracker.snapshot(req)
+            sc = self.policy.scope(req, snap)
             key = priority(req, snap)
             if req.arrival <= key < now and req.tier.rejects_late:
-                return [*out, (req, self._shed(req, LATE))]
-            if math.isinf(key) or key < now or q.waiting_on_time(now):
-                refused = self._push(req, key, None, snap)
+                return [*out, (req, self._shed(req, LATE, sc=sc))]
+            if math.isinf(key) or key < now or q.waiting_on_time(now, sc.home):
+                refused = self._push(req, key, None, snap, sc)
                 if refused is not None:
                     return [*out, (req, refused)]
-                return [*out, *self._drain(now)]
+                out += self._drain(now)
+                refused = self._outlasted(req, key, sc, now)
+                return out if refused is None else [*out, (req, refused)]
             return [*out, *self._first(req)]
         return self._first(req)
 
     def _first(self, req: RequestInfo) -> Decided:
-        """The first decision of an arrival nothing waits before."""
+        """The first decision of an arrival nothing of its home waits before."""
         d = self._decide(req)
         if not isinstance(d, Defer):
             return [(req, d)]
         snap = self.tracker.snapshot(req)
-        refused = self._push(req, priority(req, snap), d.retry_at, snap)
+        sc = self.policy.scope(req, snap)
+        key = priority(req, snap)
+        refused = self._push(req, key, d.retry_at, snap, sc) or self._outlasted(req, key, sc, snap.now)
         return [] if refused is None else [(req, refused)]
 
     def wake(self) -> Decided:
@@ -191,32 +207,46 @@ class AdmissionCore:
         """Take a queued request out (its client left)."""
         return self.queue.remove(rid) is not None
 
-    def retry_after(self, req: RequestInfo) -> float:
-        """Predicted seconds until the work queued now (``req``'s own aside) has drained,
-        at least 1."""
-        n = servers(self.tracker.snapshot(req))
-        work = self.queue.work - self.queue.cost_of(req.rid)
-        return max(1.0, work / n) if n else 1.0
+    def retry_after(self, req: RequestInfo, sc: Scope | None = None) -> float:
+        """Predicted seconds until the work queued now where ``req`` may be served (its
+        scope's reach; its own work aside) has drained over the servers it may use, at
+        least 1."""
+        if sc is None:
+            sc = self.policy.scope(req, self.tracker.snapshot(req))
+        if not sc.servers:
+            return 1.0
+        work = self.queue.books.work_in(sc.reach) - self.queue.cost_of(req.rid)
+        return max(1.0, work / sc.servers)
 
     # -- internals -------------------------------------------------------------------
 
-    def _push(self, req: RequestInfo, key: float, retry_at: float | None, snap: Snapshot) -> Reject | None:
-        """Queue ``req``, or refuse it (a full queue; an overloaded one it would only
-        leave as shed)."""
+    def _push(
+        self, req: RequestInfo, key: float, retry_at: float | None, snap: Snapshot, sc: Scope
+    ) -> Reject | None:
+        """Queue ``req`` in its home, or refuse it (the queue holds ``max_queue``)."""
         q = self.queue
         if self.max_queue is not None and len(q) >= self.max_queue:
-            return self._shed(req, QUEUE_FULL)
+            return self._shed(req, QUEUE_FULL, sc=sc)
         c = cost(req, snap)
-        bucket = density_bucket(req, c)
-        now = snap.now
         limit = req.arrival + self.wait_limit(req)
-        if q.overloaded and not math.isinf(key):
-            n = servers(snap)
-            can_wait = min(key, limit) if req.tier.rejects_late else limit
-            if n and q.work_denser(bucket) / n > can_wait - now:
-                return self._shed(req, OVERLOAD)
-        q.push(req, key, retry_at, cost=c, bucket=bucket, expires_at=limit)
+        q.push(req, key, retry_at, cost=c, bucket=density_bucket(req, c), expires_at=limit, home=sc.home)
         return None
+
+    def _outlasted(self, req: RequestInfo, key: float, sc: Scope, now: float) -> Reject | None:
+        """Refuse ``req`` — queued, on time, after the policy had its chance (the queue
+        was drained, or the policy deferred it) — if its home is overloaded and the work
+        of denser requests queued where it may be served, over the servers it may use,
+        would outlast the time it can wait: it would only leave the queue as shed."""
+        q = self.queue
+        bucket = q.books.bucket_of(req.rid)
+        if bucket is None or not sc.servers or not q.books.hot(sc.home):
+            return None
+        limit = req.arrival + self.wait_limit(req)
+        can_wait = min(key, limit) if req.tier.rejects_late else limit
+        if q.books.work_denser(sc.reach, bucket) / sc.servers <= can_wait - now:
+            return None
+        q.remove(req.rid)
+        return self._shed(req, OVERLOAD, sc=sc)
 
     def _expire(self, now: float) -> Decided:
         return [(r, self._shed(r, why)) for r, why in self.queue.expire(now)]
@@ -246,16 +276,18 @@ class AdmissionCore:
                 return d
         if isinstance(d, Reject):
             if d.status == 429:  # a policy refuses with 429 only a request it finds late
-                if req.rid in self.queue:
-                    self.queue.overloaded = True  # it waited and still missed: overload order
+                if req.rid in self.queue:  # it waited and still missed: its home is overloaded
+                    self.queue.mark_overloaded(req.rid, tracker.clock.now())
                 return self._shed(req, LATE, d.reason)
             return self._reject(req, d, "")
         if self.log is not None:
             self.log.append((tracker.clock.now(), req.rid, "defer", d.reason))
         return d
 
-    def _shed(self, req: RequestInfo, why: str, message: str | None = None) -> Reject:
-        d = Reject(429, message or _MESSAGES[why], retry_after_s=self.retry_after(req))
+    def _shed(
+        self, req: RequestInfo, why: str, message: str | None = None, *, sc: Scope | None = None
+    ) -> Reject:
+        d = Reject(429, message or _MESSAGES[why], retry_after_s=self.retry_after(req, sc))
         return self._reject(req, d, why)
 
     def _reject(self, req: RequestInfo, d: Reject, why: str) -> Reject:

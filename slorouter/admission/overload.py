@@ -21,8 +21,9 @@ and offline alike.
   per unit of capacity. Under overload the queue serves the densest first and sheds
   the rest; densities within 10 % of each other share a bucket (the cost is an
   estimate), and within a bucket the request with the most slack goes first.
-* **Drain time**: the predicted work queued ahead divided by the fleet's service rate
-  (one server-second per second per healthy server), the ``Retry-After`` of a 429.
+* **Drain time**: the predicted work queued where a request may be served divided by
+  the service rate of the servers it may use (one server-second per second each; its
+  :class:`~slorouter.values.Scope`), the ``Retry-After`` of a 429.
 """
 
 from __future__ import annotations
@@ -83,8 +84,3 @@ def density_bucket(request: RequestInfo, cost_s: float) -> int:
     """``weight / cost`` on a log scale, 10 % per bucket (higher = more valuable)."""
     d = request.tier.weight / max(cost_s, 1e-9)
     return math.floor(math.log(d) / _BUCKET)
-
-
-def servers(snapshot: Snapshot) -> int:
-    """The fleet's service rate in server-seconds per second: healthy eligible servers."""
-    return len(snapshot.eligible(None))

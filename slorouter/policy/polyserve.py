@@ -89,6 +89,7 @@ from slorouter.values import (
     Dispatch,
     Reject,
     RequestInfo,
+    Scope,
     SloClass,
     Tier,
     Tightness,
@@ -172,6 +173,7 @@ class PolyServe(BasePolicy):
         self._feed_of: object = None  # whose feed it is (the tracker's loads mapping)
         self._sentinel: tuple[str, LinearStep] | None = None
         self._order_cache: dict[Tightness, list[int]] = {}
+        self._scope_cache: dict[tuple[int, Tightness], Scope] = {}
 
     # -- private state ---------------------------------------------------------------
 
@@ -182,6 +184,7 @@ class PolyServe(BasePolicy):
             self._bins = _Bins(snap.backends, snap.healthy, mv.override(snap.backends) if mv else None)
             self._bins_key = key
             self._order_cache = {}
+            self._scope_cache = {}
             self._build_index(snap)
         elif self._sentinel is not None:
             self._refresh(snap)
@@ -337,6 +340,25 @@ class PolyServe(BasePolicy):
                 del found[top:]
                 worst = found[-1][0]
         return found
+
+    def scope(self, request: RequestInfo, snapshot: Snapshot) -> Scope:
+        """A request's home is its tier's bin; it may reach that bin and the tighter
+        ones (upward overflow; its own bin only with ``overflow: false``). Bins of
+        different pools of eligible servers are different homes."""
+        pool = snapshot.fleet[2]
+        own = tier_tightness(request.tier)
+        if not snapshot.healthy:
+            return Scope((pool, own), ((pool, own),), 0)
+        bins = self._get_bins(snapshot)
+        got = self._scope_cache.get((pool, own))
+        if got is None:
+            order = self._candidate_bins(request, bins)
+            reach = tuple((pool, bins.taus[i]) for i in order)
+            if not reach or reach[0][1] != own:
+                reach = ((pool, own), *reach)  # no server in its own bin now: still its home
+            got = Scope((pool, own), reach, sum(len(bins.bins[i]) for i in order))
+            self._scope_cache[(pool, own)] = got
+        return got
 
     def shared_state(self) -> Any:
         """The bin moves, for the other router processes (leaderless: newest wins)."""

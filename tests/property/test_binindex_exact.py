@@ -26,7 +26,7 @@ from slorouter.sim.profiles import BUILTIN_PROFILES
 from slorouter.sim.scenario import load_scenario
 from slorouter.state.backends import Backend, BackendSet, Health
 from slorouter.state.tracker import Tracker
-from slorouter.values import Decision, Dispatch, Outcome, RequestInfo, Slo, SloClass, Status, Tier, WhenLate
+from slorouter.values import Decision, Dispatch, Outcome, RequestInfo, Scope, Slo, SloClass, Status, Tier, WhenLate
 
 TIERS = (
     Tier("t20", Slo(SloClass.LATENCY, ttft_s=0.4, tpot_s=0.020), rank=0, when_late=WhenLate.BEST_EFFORT),
@@ -167,6 +167,9 @@ class _Recorder:
 
     def on_finish(self, outcome: Outcome) -> None:
         self.policy.on_finish(outcome)
+
+    def scope(self, request: RequestInfo, snapshot: Any) -> Scope:
+        return self.policy.scope(request, snapshot)
 
 
 def test_the_simulator_decides_identically_with_and_without_the_index() -> None:
