@@ -26,7 +26,18 @@ from slorouter.sim.profiles import BUILTIN_PROFILES
 from slorouter.sim.scenario import load_scenario
 from slorouter.state.backends import Backend, BackendSet, Health
 from slorouter.state.tracker import Tracker
-from slorouter.values import Decision, Dispatch, Outcome, RequestInfo, Scope, Slo, SloClass, Status, Tier, WhenLate
+from slorouter.values import (
+    Decision,
+    Dispatch,
+    Outcome,
+    RequestInfo,
+    Scope,
+    Slo,
+    SloClass,
+    Status,
+    Tier,
+    WhenLate,
+)
 
 TIERS = (
     Tier("t20", Slo(SloClass.LATENCY, ttft_s=0.4, tpot_s=0.020), rank=0, when_late=WhenLate.BEST_EFFORT),
