@@ -86,7 +86,8 @@ def _feasible(
             if bin_t > tier_tightness(req.tier):
                 continue  # never downward
             if bin_t < tier_tightness(req.tier):
-                fp = FeasibilityParams(headroom=relax * OVERFLOW_HEADROOM, late_fill=late_fill)
+                # polyserve's overflow_reserve (default 1): the host keeps room for one more of its own
+                fp = FeasibilityParams(headroom=relax * OVERFLOW_HEADROOM, late_fill=late_fill, reserve=1)
             tau = bin_t.tpot if bin_t.paced else (tightest_tpot(load, tpots) if load.tier_counts else INF)
         else:
             tau = tightest_tpot(load, tpots) if load.tier_counts else INF
