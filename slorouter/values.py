@@ -12,11 +12,14 @@ Time is always seconds on the injected clock's scale; token counts are ints.
   :class:`Defer` (wait in the router queue) or :class:`Reject` (answer now with an
   HTTP status).
 * :class:`Outcome` — how a request ended; produced exactly once per request.
+* :class:`Scope` — where a policy may serve a request, for the admission core's
+  overload judgement (docs/policies.md §9).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple
@@ -27,6 +30,14 @@ class SloClass(StrEnum):
     DEADLINE = "deadline"  # the whole response by deadline_ms
     WORKFLOW = "workflow"  # calls sharing a workflow id; the last must finish by the deadline
     BEST_EFFORT = "best_effort"  # no SLO; served with what is left
+
+
+class WhenLate(StrEnum):
+    """What the router does with a request of a tier once its SLO can no longer be met
+    (docs/policies.md §9)."""
+
+    REJECT = "reject"  # answer 429 with Retry-After (the predicted drain time) at once
+    BEST_EFFORT = "best_effort"  # serve it late, on room no request with an SLO needs
 
 
 class Engine(StrEnum):
@@ -88,13 +99,20 @@ class Tier:
     """A named SLO declared in the config, with its weight (price) and rank.
 
     ``rank`` orders tiers by tightness: 0 is the tightest. Ties keep config order.
+    ``when_late``: what happens to a request of this tier that can no longer meet its
+    SLO (a best-effort tier is never late).
     """
 
     name: str
     slo: Slo
     weight: float = 1.0
     rank: int = 0
-    reject_when_late: bool = False
+    when_late: WhenLate = WhenLate.REJECT
+
+    @property
+    def rejects_late(self) -> bool:
+        """A request of this tier is answered 429 once its SLO can no longer be met."""
+        return self.when_late is WhenLate.REJECT and self.slo.slo_class is not SloClass.BEST_EFFORT
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +184,24 @@ class Reject:
 
 
 Decision = Dispatch | Defer | Reject
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Where a policy may serve a request, as the admission core needs it to judge
+    overload (docs/policies.md §9). A policy that sends any request to any server has
+    one scope, the fleet (``home`` None); ``polyserve`` has one per bin.
+
+    ``home``: the group of servers where the request comes first (polyserve: its
+    tier's bin) — requests of one home compete for the same room, so the queue orders
+    them together and judges their overload together. ``reach``: the homes whose
+    servers it may use, its own first (polyserve: its bin and the tighter ones it may
+    overflow into); the work queued in them is what may go before it. ``servers``: how
+    many servers those are (its share of the fleet's service rate)."""
+
+    home: Hashable
+    reach: tuple[Hashable, ...]
+    servers: int
 
 
 class Status(StrEnum):

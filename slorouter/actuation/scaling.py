@@ -29,7 +29,7 @@ from slorouter.config.model import AutoscaleConfig, ScaleMode
 from slorouter.policy.base import Policy
 from slorouter.state.snapshot import Snapshot
 from slorouter.state.tracker import Tracker
-from slorouter.values import Decision, Defer, Outcome, RequestInfo
+from slorouter.values import Decision, Defer, Outcome, RequestInfo, Scope
 
 log = logging.getLogger("slorouter.autoscale")
 
@@ -55,6 +55,9 @@ class DeferWatch:
 
     def on_finish(self, outcome: Outcome) -> None:
         self.inner.on_finish(outcome)
+
+    def scope(self, request: RequestInfo, snapshot: Snapshot) -> Scope:
+        return self.inner.scope(request, snapshot)
 
     def shared_state(self) -> Any:
         return self.inner.shared_state()

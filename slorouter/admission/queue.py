@@ -1,10 +1,10 @@
 """The router's admission queue: requests a policy deferred, in the order to retry them.
 
 Pure and synchronous (no I/O, no clock of its own); the live dispatcher and the offline
-fleet simulator drive the same code.
+fleet simulator drive the same code, through :class:`~slorouter.admission.core.AdmissionCore`.
 
-Ordering (lower key = served first)
------------------------------------
+Ordering
+--------
 :func:`priority` gives a request's **latest useful start**: the time by which it must
 be dispatched to still meet its SLO, i.e. its slack is ``priority - now``.
 
@@ -17,22 +17,47 @@ be dispatched to still meet its SLO, i.e. its slack is ``priority - now``.
 
 Because the key does not depend on ``now``, ordering by key is ordering by slack at
 every moment, and a heap suffices. Two lanes: **on time** (key ≥ now) and **late**
-(key < now: its SLO can no longer be met; it is served best effort, after the on-time
-lane, oldest first; best-effort requests share it) — so a hopeless request never blocks
-the others. Entries move from the first lane to the second lazily, when they reach the
-head. Each lane is kept **per tier** (one heap each): a wake-up takes the most urgent
-head among the tiers not yet blocked, so a tier whose head cannot go (e.g. late requests
-a policy holds for spare room) never hides another tier's requests behind it.
+(key < now: its SLO can no longer be met). A late request of a tier that rejects late
+requests (``Tier.when_late: reject``, the default) leaves the queue then — it is handed
+to the core as *due* (:meth:`AdmissionQueue.expire`), which answers it 429; one of a
+``best_effort`` tier, or one that was late on arrival (key < arrival: its prompt cannot
+meet its TTFT even on an idle server, so retrying would not help), moves to the late
+lane, where it is served after the on-time lane, oldest first (best-effort requests
+share it) — so a hopeless request never blocks the others. Each lane is kept **per
+tier** (one heap each): a wake-up takes the best head among the tiers not yet blocked,
+so a tier whose head cannot go (e.g. late requests a policy holds for spare room) never
+hides another tier's requests behind it.
+
+**Overload order.** Overload is judged per *home* (the group of servers where a
+request comes first, :class:`~slorouter.values.Scope`: the fleet for most policies, the
+tier's bin for ``polyserve``); each on-time lane is kept per tier *and* home. While no
+on-time request of a home has expired, its lanes are served earliest latest-start first
+(EDF: every request that can be served in time is). Once one expires, the home is
+*overloaded* (:mod:`slorouter.admission.ledger`: until its on-time lane next runs
+empty, or one wait limit passes without another expiry) and its lanes are served
+**densest first** (weight per predicted server-second,
+:mod:`slorouter.admission.overload`; 10 % buckets), and within a density bucket **most
+slack first**. EDF under overload serves every request at the last moment: the one with
+the least slack goes first, starts at the edge of its TTFT, misses on the first slow
+step, and blocks its tier's fresher requests that would still fit — while the work of
+lowest value per unit of capacity should be what is shed. Expiry sheds the rest: what is
+least dense and waited longest. One home's overload never reorders another's: a tight
+bin whose requests all start in time is served EDF while the loose bin next to it sheds.
+
+**Wait limits.** A request pushed with ``expires_at`` is handed to the core as due
+(``"wait_limit"``) at that time if still queued (the tier's wait limit, derived or
+``policy.max_queue_wait_s``).
 
 Driving it::
 
     q = AdmissionQueue()
-    q.push(req, priority(req, snapshot))                    # on arrival (or after a Defer)
+    q.push(req, priority(req, snapshot), cost=c, bucket=k, expires_at=t, home=h)  # after a Defer
+    due = q.expire(now)                                     # [(req, "late" | "wait_limit")]
     results = q.drain(lambda r: policy.select(r, tracker.snapshot()), now)   # on wake-up
     for req, decision in results: ...                       # Dispatch / Reject (removed)
-    wake = q.next_retry(now)                                # earliest Defer.retry_at
+    wake = q.next_timer(now)                                # the next retry or expiry
 
-Wake the drain on arrivals, completions, fleet changes and at ``next_retry()``.
+Wake the drain on arrivals, completions, fleet changes and at ``next_timer()``.
 :meth:`AdmissionQueue.drain` tries requests in order and stops a tier after its first
 ``Defer`` in that wake-up (the rest of the tier would most likely defer too), so a
 wake-up costs at most ``max_tries`` decisions however long the queue is (plus
@@ -44,14 +69,19 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Hashable, Iterator
+from typing import Any, Final
 
+from slorouter.admission.ledger import Ledger
 from slorouter.state.snapshot import Snapshot
 from slorouter.values import Decision, Defer, RequestInfo, SloClass
 
 _HeapEntry = tuple[float, float, float, int, int]  # (key, -weight, arrival, seq, rid)
+_DenseEntry = tuple[int, float, int, int]  # (-density bucket, -key, seq, rid)
 _LateEntry = tuple[float, int, int]  # (arrival, seq, rid)
+_Lane = tuple[str, Hashable]  # (tier, home): one on-time lane
+LATE, WAIT_LIMIT = "late", "wait_limit"  # why a request left the queue as due
+ANY_HOME: Final = object()  # waiting_on_time: of any home
 
 
 def priority(request: RequestInfo, snapshot: Snapshot | None = None, backend_id: str | None = None) -> float:
@@ -85,95 +115,211 @@ def priority(request: RequestInfo, snapshot: Snapshot | None = None, backend_id:
 
 
 class AdmissionQueue:
-    """Two-lane priority queue of deferred requests, a heap per tier and lane (see module
-    docs). O(log n) push/pop, O(1) remove (lazy deletion)."""
+    """Two-lane priority queue of deferred requests, heaps per lane (tier and home) (see
+    module docs). O(log n) push/pop, O(1) remove (lazy deletion, heaps compacted when
+    mostly stale)."""
 
     def __init__(self, max_tries: int = 16) -> None:
         self.max_tries = max_tries
         self._seq = itertools.count()
-        self._on: dict[str, list[_HeapEntry]] = {}  # on time, per tier
+        self._on: dict[_Lane, list[_HeapEntry]] = {}  # on time, EDF, per lane
+        self._dense: dict[_Lane, list[_DenseEntry]] = {}  # on time, overload order, per lane
         self._late: dict[str, list[_LateEntry]] = {}  # late (and best effort), per tier
         self._reqs: dict[int, RequestInfo] = {}
+        self._late_rids: set[int] = set()
+        self._n_on: dict[_Lane, int] = {}  # on-time requests per lane
+        self._lane: dict[int, _Lane] = {}  # on-time rid -> its lane
+        self.books = Ledger()  # on-time work per home and density bucket; overloaded homes
         self._retry: dict[int, float] = {}
         self._retry_heap: list[tuple[float, int]] = []
-        self._late_rids: set[int] = set()
+        self._expiry: dict[int, float] = {}
+        self._expiry_heap: list[tuple[float, int]] = []
+        self._due: list[tuple[RequestInfo, str]] = []
 
     def __len__(self) -> int:
-        return len(self._reqs)
+        return len(self._reqs) + len(self._due)
 
     def __contains__(self, rid: object) -> bool:
         return rid in self._reqs
 
-    def push(self, request: RequestInfo, key: float, retry_at: float | None = None) -> None:
+    @property
+    def overloaded(self) -> bool:
+        """Whether any home is overloaded (an on-time request of it expired lately)."""
+        return self.books.overloaded
+
+    @property
+    def work(self) -> float:
+        """Predicted server-seconds of the on-time lane, every home."""
+        return self.books.work
+
+    def push(
+        self,
+        request: RequestInfo,
+        key: float,
+        retry_at: float | None = None,
+        *,
+        cost: float = 0.0,
+        bucket: int = 0,
+        expires_at: float = math.inf,
+        home: Hashable = None,
+    ) -> None:
         """Queue a request with its :func:`priority` key (and the ``retry_at`` of the
-        ``Defer`` that queued it, if any)."""
+        ``Defer`` that queued it, if any), its predicted ``cost`` (server-seconds) and
+        density ``bucket`` (:mod:`slorouter.admission.overload`), the time its wait
+        limit ends (``expires_at``) and its ``home`` (:class:`~slorouter.values.Scope`)."""
         rid = request.rid
         if rid in self._reqs:
             raise ValueError(f"request {rid} is already queued")
         self._reqs[rid] = request
         self._set_retry(rid, retry_at)
+        if expires_at < math.inf:
+            self._expiry[rid] = expires_at
+            heapq.heappush(self._expiry_heap, (expires_at, rid))
         seq = next(self._seq)
         tier = request.tier.name
         if math.isinf(key) and key > 0:
             heapq.heappush(self._late.setdefault(tier, []), (request.arrival, seq, rid))
             self._late_rids.add(rid)
-        else:
-            entry = (key, -request.tier.weight, request.arrival, seq, rid)
-            heapq.heappush(self._on.setdefault(tier, []), entry)
+            return
+        lane = (tier, home)
+        heapq.heappush(self._on.setdefault(lane, []), (key, -request.tier.weight, request.arrival, seq, rid))
+        heapq.heappush(self._dense.setdefault(lane, []), (-bucket, -key, seq, rid))
+        self._n_on[lane] = self._n_on.get(lane, 0) + 1
+        self._lane[rid] = lane
+        self.books.add(rid, home, cost, bucket)
+
+    def _off_time(self, rid: int) -> None:
+        """``rid`` leaves the on-time lane: its work is no longer ahead of anyone."""
+        lane = self._lane.pop(rid, None)
+        if lane is None:
+            return
+        self._n_on[lane] -= 1
+        self.books.remove(rid)
+
+    def _take(self, rid: int) -> RequestInfo | None:
+        req = self._reqs.pop(rid, None)
+        if req is None:
+            return None
+        self._off_time(rid)
+        self._retry.pop(rid, None)
+        self._expiry.pop(rid, None)
+        self._late_rids.discard(rid)
+        return req
 
     def remove(self, rid: int) -> RequestInfo | None:
-        """Forget a request (cancelled by its client); its heap entry is dropped lazily."""
-        self._retry.pop(rid, None)
-        self._late_rids.discard(rid)
-        return self._reqs.pop(rid, None)
+        """Forget a request (cancelled by its client, or refused by the core); its heap
+        entries are dropped lazily."""
+        return self._take(rid)
 
     def is_late(self, rid: int) -> bool:
         """True when the request is in the second (best-effort) lane: late, or no SLO."""
         return rid in self._late_rids
 
+    def _on_time(self, rid: int) -> bool:
+        return rid in self._lane
+
+    def cost_of(self, rid: int) -> float:
+        """Predicted work (server-seconds) of an on-time queued request (0: none)."""
+        return self.books.cost_of(rid)
+
+    def mark_overloaded(self, rid: int, now: float) -> None:
+        """A queued on-time request turned out late (e.g. the policy found it so): its
+        home is overloaded (see :mod:`slorouter.admission.ledger`)."""
+        exp = self._expiry.get(rid)
+        req = self._reqs.get(rid)
+        hold = math.inf if exp is None or req is None else exp - req.arrival
+        self.books.heat(self.books.home_of(rid), now + hold)
+
     def _clean(self, now: float) -> None:
-        """Drop removed entries from the heads; move heads that turned late to the late lane."""
-        reqs = self._reqs
-        for tier, h in self._on.items():
-            while h and (h[0][4] not in reqs or h[0][0] < now):
-                _key, _, arrival, seq, rid = heapq.heappop(h)
-                if rid in reqs:
-                    heapq.heappush(self._late.setdefault(tier, []), (arrival, seq, rid))
+        """Drop removed entries from the heads; hand heads that turned late to the core
+        (tiers that reject late requests) or move them to the late lane."""
+        self.books.cool(now)
+        for lane, h in self._on.items():
+            while h and (not self._on_time(h[0][4]) or h[0][0] < now):
+                key, _, arrival, seq, rid = heapq.heappop(h)
+                if not self._on_time(rid):
+                    continue
+                req = self._reqs[rid]
+                by_waiting = key >= arrival  # else late on arrival: its prompt, not the load
+                if by_waiting:
+                    self.mark_overloaded(rid, now)
+                if by_waiting and req.tier.rejects_late:
+                    self._take(rid)
+                    self._due.append((req, LATE))
+                else:
+                    self._off_time(rid)
+                    heapq.heappush(self._late.setdefault(lane[0], []), (arrival, seq, rid))
                     self._late_rids.add(rid)
+            live = self._n_on.get(lane, 0)
+            if len(h) > 2 * live + 32:
+                h[:] = [e for e in h if self._on_time(e[4])]
+                heapq.heapify(h)
+            d = self._dense.get(lane)
+            if d is not None:
+                if len(d) > 2 * live + 32:
+                    d[:] = [e for e in d if self._on_time(e[3])]
+                    heapq.heapify(d)
+                while d and not self._on_time(d[0][3]):
+                    heapq.heappop(d)
         for h2 in self._late.values():
-            while h2 and h2[0][2] not in reqs:
+            while h2 and h2[0][2] not in self._reqs:
                 heapq.heappop(h2)
 
-    def waiting_on_time(self, now: float) -> bool:
-        """Whether any queued request can still meet its SLO (the on-time lane is not
-        empty). When it is empty, a new on-time request comes first anyway: it can be
+    def expire(self, now: float) -> list[tuple[RequestInfo, str]]:
+        """Take out the requests due at ``now``: late ones of tiers that reject late
+        requests (``"late"``) and those past their wait limit (``"wait_limit"``), in that
+        order; the caller answers them."""
+        self._clean(now)
+        h = self._expiry_heap
+        while h and h[0][0] <= now:
+            at, rid = heapq.heappop(h)
+            if self._expiry.get(rid) == at:
+                req = self._take(rid)
+                if req is not None:
+                    self._due.append((req, WAIT_LIMIT))
+        due, self._due = self._due, []
+        return due
+
+    def waiting_on_time(self, now: float, home: Hashable = ANY_HOME) -> bool:
+        """Whether any queued request (of ``home``, if given) can still meet its SLO.
+        When none can, a new on-time request of that home comes first anyway: it can be
         decided at once, without a wake-up of the late lane (an arrival frees no room)."""
         self._clean(now)
-        return any(self._on.values())
+        if home is ANY_HOME:
+            return bool(self.books)
+        return self.books.waiting(home)
+
+    def _head(self, lane: _Lane, hot: frozenset[Hashable]) -> tuple[int, Any] | None:
+        """A lane's head as a comparable ``(order, entry)``: overloaded homes' lanes in
+        overload order (0), the others in EDF order (1)."""
+        if lane[1] in hot:
+            d = self._dense.get(lane)
+            return (0, d[0]) if d else None
+        h = self._on[lane]
+        return (1, h[0]) if h else None
 
     def ordered(self, now: float) -> Iterator[RequestInfo]:
-        """Queued requests in service order: on-time lane by key, then late lane by arrival.
-        O(n log n); for inspection — :meth:`drain` does not sort the whole queue."""
+        """Queued requests in service order: the on-time lane (EDF, or the overload order
+        for overloaded homes, those first), then the late lane by arrival. O(n log n); for
+        inspection — :meth:`drain` does not sort the whole queue."""
         self._clean(now)
-        on = sorted(e for h in self._on.values() for e in h if e[4] in self._reqs)
+        hot = self.books.hot_homes()
+        entries: list[tuple[int, Any]] = []
+        for lane in self._on:
+            if lane[1] in hot:
+                entries += [(0, e) for e in self._dense.get(lane, ()) if self._on_time(e[3])]
+            else:
+                entries += [(1, e) for e in self._on[lane] if self._on_time(e[4])]
+        on = [e[3] if o == 0 else e[4] for o, e in sorted(entries)]
         late = sorted(e for h in self._late.values() for e in h if e[2] in self._reqs)
         seen: set[int] = set()
-        for e in on:
-            if e[4] not in seen:
-                seen.add(e[4])
-                yield self._reqs[e[4]]
-        for le in late:
-            if le[2] not in seen:
-                seen.add(le[2])
-                yield self._reqs[le[2]]
+        for rid in [*on, *(le[2] for le in late)]:
+            if rid not in seen:
+                seen.add(rid)
+                yield self._reqs[rid]
 
     def peek(self, now: float) -> RequestInfo | None:
-        self._clean(now)
-        heads_on = [h[0] for h in self._on.values() if h]
-        if heads_on:
-            return self._reqs[min(heads_on)[4]]
-        heads_late = [h[0] for h in self._late.values() if h]
-        return self._reqs[min(heads_late)[2]] if heads_late else None
+        return next(self.ordered(now), None)
 
     def _set_retry(self, rid: int, at: float | None) -> None:
         if at is None:
@@ -194,50 +340,90 @@ class AdmissionQueue:
                 del self._retry[rid]
         return h[0][0] if h else None
 
+    def next_timer(self, now: float) -> float | None:
+        """When the queue next needs a wake-up even if nothing else happens: ``now`` if
+        requests are due, else the earliest of the next ``Defer.retry_at``, the next
+        on-time request turning late, and the next wait limit (None: never)."""
+        self._clean(now)
+        if self._due:
+            return now
+        at = self.next_retry(now)
+        best = math.inf if at is None else at
+        for h in self._on.values():
+            if h and h[0][0] < best:
+                best = math.nextafter(h[0][0], math.inf)  # late once now > key
+        eh = self._expiry_heap
+        while eh and self._expiry.get(eh[0][1]) != eh[0][0]:
+            heapq.heappop(eh)
+        if eh and eh[0][0] < best:
+            best = eh[0][0]
+        return None if best == math.inf else best
+
     def drain(
         self, decide: Callable[[RequestInfo], Decision], now: float
     ) -> list[tuple[RequestInfo, Decision]]:
-        """Decide queued requests in order: repeatedly the most urgent head (on-time lane
-        by key, then late lane by arrival) among the tiers not blocked in this wake-up.
-        Requests that got ``Dispatch`` or ``Reject`` are removed and returned with their
-        decision, in order; deferred ones stay (with their ``retry_at``), and block their
-        tier for the rest of the wake-up. At most ``max_tries`` decisions are made."""
+        """Decide queued requests in order: repeatedly the best head (on-time lanes in
+        EDF or overload order, then the late lane by arrival) among the tiers not blocked
+        in this wake-up. Requests that got ``Dispatch`` or ``Reject`` are removed and
+        returned with their decision, in order; deferred ones stay (with their
+        ``retry_at``), and block their tier for the rest of the wake-up. At most
+        ``max_tries`` decisions are made. Call :meth:`expire` first (at the same
+        ``now``): due requests are not here."""
         self._clean(now)
         out: list[tuple[RequestInfo, Decision]] = []
         blocked: set[str] = set()
         reqs = self._reqs
         tries = 0
-        for lane_on in (True, False):
-            lanes: dict[str, Any] = self._on if lane_on else self._late
-            while tries < self.max_tries:
-                best: str | None = None
-                best_head: Any = None
-                for tier, h in lanes.items():
-                    if h and tier not in blocked and (best_head is None or h[0] < best_head):
-                        best, best_head = tier, h[0]
-                if best is None:
-                    break
-                h = lanes[best]
-                heapq.heappop(h)
-                rid = best_head[4] if lane_on else best_head[2]
-                req = reqs.get(rid)
-                if req is not None and lane_on and best_head[0] < now:
-                    # turned late since _clean: over to the late lane, decided there
-                    heapq.heappush(self._late.setdefault(best, []), (best_head[2], best_head[3], rid))
-                    self._late_rids.add(rid)
+        hot = self.books.hot_homes()  # the order of this wake-up (a 429 in it changes the next)
+        while tries < self.max_tries:  # the on-time lanes
+            best: _Lane | None = None
+            best_head: tuple[int, Any] | None = None
+            for lane in self._on:
+                if lane[0] in blocked:
                     continue
-                if req is None:
-                    continue
-                tries += 1
-                d = decide(req)
-                if not isinstance(d, Defer):
-                    del reqs[rid]
-                    self._retry.pop(rid, None)
-                    self._late_rids.discard(rid)
-                    out.append((req, d))
-                    continue
-                blocked.add(best)
-                self._set_retry(rid, d.retry_at)
-                heapq.heappush(h, best_head)
+                head = self._head(lane, hot)
+                if head is not None and (best_head is None or head < best_head):
+                    best, best_head = lane, head
+            if best is None or best_head is None:
+                break
+            order, entry = best_head
+            h: list[Any] = self._dense[best] if order == 0 else self._on[best]
+            heapq.heappop(h)
+            rid = entry[3] if order == 0 else entry[4]
+            req = reqs.get(rid)
+            if req is None or not self._on_time(rid):
+                continue
+            tries += 1
+            d = decide(req)
+            if not isinstance(d, Defer):
+                self._take(rid)
+                out.append((req, d))
+                continue
+            blocked.add(best[0])
+            self._set_retry(rid, d.retry_at)
+            heapq.heappush(h, entry)
+        while tries < self.max_tries:  # the late lane
+            tier: str | None = None
+            late_head: _LateEntry | None = None
+            for t, lh in self._late.items():
+                if lh and t not in blocked and (late_head is None or lh[0] < late_head):
+                    tier, late_head = t, lh[0]
+            if tier is None or late_head is None:
+                break
+            lh = self._late[tier]
+            heapq.heappop(lh)
+            rid = late_head[2]
+            req = reqs.get(rid)
+            if req is None or rid not in self._late_rids:
+                continue
+            tries += 1
+            d = decide(req)
+            if not isinstance(d, Defer):
+                self._take(rid)
+                out.append((req, d))
+                continue
+            blocked.add(tier)
+            self._set_retry(rid, d.retry_at)
+            heapq.heappush(lh, late_head)
         self.next_retry(now)  # this was the wake-up for every retry time up to now: drop them
         return out

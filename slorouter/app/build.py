@@ -33,6 +33,7 @@ from slorouter.http.context import SERVICES, Services
 from slorouter.http.expect import escape_expect_header
 from slorouter.http.middleware import openai_errors
 from slorouter.metrics import build_registry, scrape_handler
+from slorouter.metrics.admission import AdmissionMetrics
 from slorouter.metrics.autoscale import AutoscaleMetrics
 from slorouter.metrics.control import ControlMetrics
 from slorouter.metrics.forwarding import ForwardingMetrics
@@ -82,8 +83,14 @@ def build_app(
     workflows = WorkflowBook()
     tracker.add_listener(workflows.observe_outcome)
     policy = build_policy(cfg, clock)
+    admission = AdmissionMetrics()
     dispatcher = Dispatcher(
-        policy, tracker, clock, max_queue=cfg.policy.max_queued, max_wait_s=cfg.policy.max_queue_wait_s
+        policy,
+        tracker,
+        clock,
+        max_queue=cfg.policy.max_queued,
+        max_wait_s=cfg.policy.max_queue_wait_s,
+        observe=admission.observe,
     )
 
     def health_changed(_backend: str, routable: bool) -> None:
@@ -122,6 +129,7 @@ def build_app(
     registry = build_registry(
         requests,
         gain,
+        admission,
         HealthMetrics(monitor),
         ForwardingMetrics(lambda: svc.forwarder if (svc := app.get(SERVICES)) is not None else None),
         ControlMetrics(control),

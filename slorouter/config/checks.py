@@ -74,6 +74,8 @@ def _check_tiers(raw: Mapping[str, Any], errs: Errors) -> None:
             for n in _NUMBERS:
                 if t.get(n) is not None:
                     errs.append((join(path, n), "a best_effort tier has no SLO numbers; remove it"))
+            if t.get("when_late") is not None:
+                errs.append((join(path, "when_late"), "a best_effort tier is never late; remove it"))
 
 
 def _check_url(url: str, path: str, errs: Errors) -> str | None:

@@ -243,9 +243,11 @@ def convert_section(cls: type, raw: Any, path: str, errs: Errors) -> Any:
     infos = fields_of(cls)
     names = [fi.name for fi in infos]
     before = len(errs)
+    renamed: Mapping[str, str] = getattr(cls, "RENAMED", {})
     for key in raw:
         if key not in names:
-            errs.append((join(path, str(key)), f"unknown key{suggest(str(key), names)}"))
+            hint = renamed.get(str(key))
+            errs.append((join(path, str(key)), hint or f"unknown key{suggest(str(key), names)}"))
     kwargs: dict[str, Any] = {}
     for fi in infos:
         if fi.name in raw:

@@ -16,10 +16,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from slorouter.config.fields import F
-from slorouter.values import Engine, Slo, SloClass, Tier
+from slorouter.values import Engine, Slo, SloClass, Tier, WhenLate
 
 NAME = r"[A-Za-z0-9][A-Za-z0-9_.:-]*"  # tier, backend and key names
 HEADER = r"[A-Za-z0-9!#$%&'*+.^_`|~-]+"  # an HTTP header field name (RFC 9110 token)
@@ -104,10 +104,22 @@ class TierConfig:
         float | None, F("whole response (deadline) or last call of the workflow", unit="ms", gt=0)
     ] = None
     weight: Annotated[float, F("value (price) of this tier's work relative to others", gt=0)] = 1.0
-    reject_when_late: Annotated[
-        bool, F("answer 429 at once when the SLO can no longer be met, instead of serving late")
-    ] = False
+    when_late: Annotated[
+        WhenLate | None,
+        F(
+            "a request whose SLO can no longer be met: reject (429 with Retry-After, the default) "
+            "or best_effort (served late, on room no on-time request needs); not for best_effort tiers"
+        ),
+    ] = None
     timeouts: Annotated[TimeoutOverrides | None, F("per-tier upstream timeout overrides")] = None
+
+    # keys of earlier versions: the message says what replaced them (a config error)
+    RENAMED: ClassVar[Mapping[str, str]] = MappingProxyType(
+        {
+            "reject_when_late": "replaced by when_late: reject | best_effort "
+            "(reject_when_late: true is when_late: reject, the default now; false is when_late: best_effort)"
+        }
+    )
 
     def slo(self) -> Slo:
         def s(ms: float | None) -> float | None:
@@ -199,17 +211,24 @@ class PolicyConfig:
     )
     seed: Annotated[int, F("seed for randomized policies")] = 0
     max_queued: Annotated[
-        int, F("requests the router queue holds (deferred by the policy); beyond: 429", ge=0)
-    ] = 10_000
-    max_queue_wait_s: Annotated[
-        float,
+        int | None,
         F(
-            "longest a request waits in the router queue, then 503 (late requests of polyserve "
-            "wait for spare room: see its late_fill)",
+            "most requests the router queue holds; beyond: 429 (default: no fixed count — every "
+            "queued request leaves by its tier's wait limit, and an arrival whose predicted wait "
+            "exceeds that limit is answered 429 at once)",
+            ge=0,
+        ),
+    ] = None
+    max_queue_wait_s: Annotated[
+        float | None,
+        F(
+            "longest any request waits in the router queue, then 429 (default: per tier, from its "
+            "objective: TTFT + 1 s for latency tiers, the deadline for deadline and workflow "
+            "tiers, 60 s for best_effort tiers)",
             unit="s",
             gt=0,
         ),
-    ] = 600.0
+    ] = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -392,7 +411,7 @@ def _rank(tiers: tuple[TierConfig, ...]) -> tuple[Tier, ...]:
     order = sorted(range(len(tiers)), key=lambda i: (tiers[i].slo().tightness, i))
     rank = {i: r for r, i in enumerate(order)}
     return tuple(
-        Tier(t.name, t.slo(), weight=t.weight, rank=rank[i], reject_when_late=t.reject_when_late)
+        Tier(t.name, t.slo(), weight=t.weight, rank=rank[i], when_late=t.when_late or WhenLate.REJECT)
         for i, t in enumerate(tiers)
     )
 

@@ -66,7 +66,8 @@ class SimOptions:
     learn: bool = True  # latency and length models learn online (else: priors + warm start)
     drain_s: float = 120.0  # after the last arrival, stop at most this much later
     max_tries: int = 16  # admission-queue decisions per wake-up
-    max_queue: int = 10_000  # the router queue's limit (policy.max_queued's default); beyond: 429
+    max_queue: int | None = None  # the router queue's count limit (policy.max_queued: none by default)
+    max_wait_s: float | None = None  # policy.max_queue_wait_s (None: each tier's, from its objective)
     latency_quantile: float = 0.9
     length_quantile: float = 0.9
     miss_log: bool = False  # SimResult.misses: one row per request that missed (fleet_metrics.missed)
@@ -141,6 +142,7 @@ class FleetSim:
                 length_quantile=self.opt.length_quantile,
                 learn=self.opt.learn,
                 max_queue=self.opt.max_queue,
+                max_wait_s=self.opt.max_wait_s,
                 max_tries=self.opt.max_tries,
                 log=self.decision_log if k == 0 else None,
                 holder=f"r{k}" if multi else None,

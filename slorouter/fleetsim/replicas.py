@@ -62,8 +62,9 @@ def build_router(
     latency_quantile: float,
     length_quantile: float,
     learn: bool,
-    max_queue: int,
+    max_queue: int | None,
     max_tries: int,
+    max_wait_s: float | None = None,
     log: DecisionLog | None = None,
     holder: str | None = None,
     quota: bool = True,
@@ -91,7 +92,9 @@ def build_router(
     p = dict(scn.policies.get(policy_kind, {}))
     p.update(params or {})
     policy: Policy = registry.build(policy_kind, p, PolicyContext(clock, seed, autoscaling))
-    core = AdmissionCore(policy, tracker, max_queue=max_queue, max_tries=max_tries, log=log)
+    core = AdmissionCore(
+        policy, tracker, max_queue=max_queue, max_wait_s=max_wait_s, max_tries=max_tries, log=log
+    )
     sync = None
     if holder is not None:
         sync = LoadSync(

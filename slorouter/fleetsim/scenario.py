@@ -18,6 +18,7 @@ Format (every key but ``tiers`` optional)::
       - {name: batch, class: best_effort, share: 0.5}
       - {name: agents, class: workflow, deadline_ms: 20000, deadline_per_call: true, share: 0.2,
          workflow: {shape: chain, calls: [3, 5]}}    # multi-call workflows: fleetsim/workflows.py
+      # when_late: reject | best_effort (latency/deadline tiers; default reject, as the router)
     workload:
       lengths: splitwise_conv     # built-in trace name, a CSV path, or "synthetic"
       prompt: {mean: 1000, sigma: 1.0, max: 8000}    # synthetic: log-normal
@@ -57,7 +58,7 @@ import yaml
 from slorouter.engine.profiles import load_profile
 from slorouter.fleetsim.workflows import WorkflowShape, parse_shape
 from slorouter.models.profile import ProfileError, StepProfile
-from slorouter.values import SloClass
+from slorouter.values import SloClass, WhenLate
 
 SCENARIO_DIR = Path(__file__).resolve().parents[2] / "config" / "scenarios"
 
@@ -78,7 +79,7 @@ class TierSpec:
     tpot_ms: float | None = None
     deadline_ms: float | None = None
     weight: float = 1.0
-    reject_when_late: bool = False
+    when_late: WhenLate = WhenLate.REJECT
     workflow: WorkflowShape | None = None  # workflow tiers: the calls of one workflow (fleetsim/workflows.py)
     deadline_per_call: bool = False  # workflow tiers: the deadline is deadline_ms × calls
 
@@ -217,9 +218,10 @@ def _tier(raw: Any, path: str, errs: list[tuple[str, str]]) -> TierSpec | None:
     tpot = r.num("tpot_ms", None, gt=0)
     deadline = r.num("deadline_ms", None, gt=0)
     weight = r.num("weight", 1.0, gt=0)
-    rwl = r.get("reject_when_late")
-    if rwl is not None and not isinstance(rwl, bool):
-        errs.append((r.at("reject_when_late"), "must be true or false"))
+    when_late = WhenLate(r.str_("when_late", WhenLate.REJECT.value, tuple(w.value for w in WhenLate)))
+    if "reject_when_late" in r.raw:
+        r.seen.add("reject_when_late")
+        errs.append((r.at("reject_when_late"), "replaced by when_late: reject | best_effort"))
     wf_raw, per_call = r.get("workflow"), r.get("deadline_per_call")
     r.done()
     cls = SloClass(cls_s)
@@ -236,7 +238,7 @@ def _tier(raw: Any, path: str, errs: list[tuple[str, str]]) -> TierSpec | None:
         errs.append((r.at("deadline_ms"), f"required for class {cls.value}"))
     if share is None or not name:
         return None
-    spec = TierSpec(name, cls, float(share), ttfts, tpot, deadline, float(weight), bool(rwl))
+    spec = TierSpec(name, cls, float(share), ttfts, tpot, deadline, float(weight), when_late)
     return replace(spec, workflow=shape, deadline_per_call=per_call is True)
 
 

@@ -100,7 +100,7 @@ def canonical_tiers(specs: tuple[TierSpec, ...]) -> tuple[Tier, ...]:
     order = sorted(range(len(specs)), key=lambda i: (slos[i].tightness, i))
     rank = {i: r for r, i in enumerate(order)}
     return tuple(
-        Tier(t.name, slos[i], weight=t.weight, rank=rank[i], reject_when_late=t.reject_when_late)
+        Tier(t.name, slos[i], weight=t.weight, rank=rank[i], when_late=t.when_late)
         for i, t in enumerate(specs)
     )
 
@@ -163,7 +163,7 @@ def generate(scn: Scenario, rate: float, n: int | None = None, seed: int | None 
         acc += t.share
         cum.append(acc)
     variants = [
-        [Tier(c.name, _slo(s, x), c.weight, c.rank, c.reject_when_late) for x in (s.ttft_ms or (None,))]
+        [Tier(c.name, _slo(s, x), c.weight, c.rank, c.when_late) for x in (s.ttft_ms or (None,))]
         for s, c in zip(scn.tiers, tiers, strict=True)
     ]
     trace = load_trace(w.lengths) if w.lengths != "synthetic" else None

@@ -8,6 +8,7 @@ but the tracker's outcome listeners run per request):
                                          tier); in-flight load, health, queue, learned TTFT (now)
 :class:`~.gain.GainMetrics`              SLO met, deadline met/missed, service gain (per tier), judged
                                          by :mod:`slojudge` when a request finishes
+:class:`~.admission.AdmissionMetrics`    requests shed (429) by tier and reason, queue wait histograms
 :class:`~.health.HealthMetrics`          probes, circuit breakers, drains, ejections per backend
 :class:`~.forwarding.ForwardingMetrics`  failovers, skipped failovers, re-sends, dropped slow clients
 :class:`~.control.ControlMetrics`        config reloads, router-wide drain

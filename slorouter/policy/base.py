@@ -9,6 +9,11 @@ object runs in the live proxy and in the offline fleet simulator.
 
 Lifecycle hooks (``on_dispatch``, ``on_finish``) let a policy keep its private state
 in step with what happened; the tracker, not the policy, owns the shared counters.
+
+``scope(request, snapshot) -> Scope`` tells the admission core where the policy may
+serve a request (its home group of servers, the groups it may reach, how many servers
+those are), so the core judges overload per group rather than over the whole fleet
+(docs/policies.md §9). The default is the fleet: any request may go anywhere.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ from typing import Any, Protocol
 from slorouter.clock import Clock
 from slorouter.state.backends import Backend
 from slorouter.state.snapshot import Snapshot
-from slorouter.values import Decision, Defer, Dispatch, Outcome, Reject, RequestInfo
+from slorouter.values import Decision, Defer, Dispatch, Outcome, Reject, RequestInfo, Scope
+
+FLEET: tuple[None] = (None,)  # the reach of a request any server may serve
 
 
 class Policy(Protocol):
@@ -31,6 +38,10 @@ class Policy(Protocol):
     def on_dispatch(self, request: RequestInfo, backend_id: str) -> None: ...
 
     def on_finish(self, outcome: Outcome) -> None: ...
+
+    def scope(self, request: RequestInfo, snapshot: Snapshot) -> Scope:
+        """Where the policy may serve ``request`` (:class:`~slorouter.values.Scope`)."""
+        ...
 
     def shared_state(self) -> Any:
         """Control-plane state other router processes must adopt (JSON types; None:
@@ -52,6 +63,10 @@ class BasePolicy:
 
     def on_finish(self, outcome: Outcome) -> None:
         return None
+
+    def scope(self, request: RequestInfo, snapshot: Snapshot) -> Scope:
+        """The whole fleet: any request may be served by any eligible server."""
+        return Scope(None, FLEET, len(snapshot.healthy))
 
     def shared_state(self) -> Any:
         return None

@@ -26,7 +26,7 @@
   request is; else :class:`Defer` (the router queue orders by slack and retries on
   completions), with ``retry_at`` = the moment its TTFT can no longer be met even on an
   idle server. Once that moment has passed the request is *late*: ``Reject(429,
-  Retry-After)`` if its tier says ``reject_when_late``, else it is served best effort —
+  Retry-After)`` if its tier says ``when_late: reject`` (the default), else it is served best effort —
   TTFT checks dropped, but only on **spare room**: where its pace still meets everyone's
   TPOT *and* the server stays within ``late_fill`` (default 0.25) of its step range
   (``c0 + late_fill·(τ − c0)``), or on any idle server (so a late request is never
@@ -89,6 +89,7 @@ from slorouter.values import (
     Dispatch,
     Reject,
     RequestInfo,
+    Scope,
     SloClass,
     Tier,
     Tightness,
@@ -172,6 +173,7 @@ class PolyServe(BasePolicy):
         self._feed_of: object = None  # whose feed it is (the tracker's loads mapping)
         self._sentinel: tuple[str, LinearStep] | None = None
         self._order_cache: dict[Tightness, list[int]] = {}
+        self._scope_cache: dict[tuple[int, Tightness], Scope] = {}
 
     # -- private state ---------------------------------------------------------------
 
@@ -182,6 +184,7 @@ class PolyServe(BasePolicy):
             self._bins = _Bins(snap.backends, snap.healthy, mv.override(snap.backends) if mv else None)
             self._bins_key = key
             self._order_cache = {}
+            self._scope_cache = {}
             self._build_index(snap)
         elif self._sentinel is not None:
             self._refresh(snap)
@@ -338,6 +341,25 @@ class PolyServe(BasePolicy):
                 worst = found[-1][0]
         return found
 
+    def scope(self, request: RequestInfo, snapshot: Snapshot) -> Scope:
+        """A request's home is its tier's bin; it may reach that bin and the tighter
+        ones (upward overflow; its own bin only with ``overflow: false``). Bins of
+        different pools of eligible servers are different homes."""
+        pool = snapshot.fleet[2]
+        own = tier_tightness(request.tier)
+        if not snapshot.healthy:
+            return Scope((pool, own), ((pool, own),), 0)
+        bins = self._get_bins(snapshot)
+        got = self._scope_cache.get((pool, own))
+        if got is None:
+            order = self._candidate_bins(request, bins)
+            reach = tuple((pool, bins.taus[i]) for i in order)
+            if not reach or reach[0][1] != own:
+                reach = ((pool, own), *reach)  # no server in its own bin now: still its home
+            got = Scope((pool, own), reach, sum(len(bins.bins[i]) for i in order))
+            self._scope_cache[(pool, own)] = got
+        return got
+
     def shared_state(self) -> Any:
         """The bin moves, for the other router processes (leaderless: newest wins)."""
         return self.moves.export() if self.moves is not None else None
@@ -361,10 +383,14 @@ class PolyServe(BasePolicy):
         if not order:
             return Reject(503, f"no healthy backend serves tier {request.tier.name!r} or a tighter one")
         now = snapshot.now
-        late = self._is_late(request, snapshot, bins, order, now)
+        at = self._late_at(request, snapshot, bins, order)
+        late = at is not None and now > at
         need = Need(request, now, late, self.fp.kv_estimate)
-        if late and request.tier.reject_when_late:
-            return Reject(429, "the TTFT deadline can no longer be met", retry_after_s=1.0)
+        if late and request.tier.rejects_late and at is not None and at >= request.arrival:
+            # late by waiting (late on arrival — its TTFT too short for its prompt even on an
+            # idle server — is served best effort: retrying would not help)
+            # the admission core answers it 429 with the predicted drain time as Retry-After
+            return Reject(429, "the TTFT deadline can no longer be met")
         chosen = (
             self._scan_moving(need, bins, order, snapshot)
             if self.moves
@@ -425,10 +451,6 @@ class PolyServe(BasePolicy):
     def _late_at(self, req: RequestInfo, snap: Snapshot, bins: _Bins, order: list[int]) -> float | None:
         """When the request's SLO stops being attainable even on an idle server."""
         return late_at(req, snap, bins.bins[order[-1]][0])
-
-    def _is_late(self, req: RequestInfo, snap: Snapshot, bins: _Bins, order: list[int], now: float) -> bool:
-        at = self._late_at(req, snap, bins, order)
-        return at is not None and now > at
 
 
 def _waiting(queued: Mapping[str, int], tiers: list[str] | tuple[str, ...]) -> bool:

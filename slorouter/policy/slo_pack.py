@@ -6,7 +6,7 @@ tightest TPOT among the server's residents and the request's own. Among feasible
 the most loaded one (``placement: pack``) or the least loaded (``spread``; ``auto`` =
 pack with autoscaling, else spread). Nothing feasible → :class:`Defer` (the router's
 slack-ordered queue retries it); late requests are rejected (429) when their tier says
-``reject_when_late``, else served best effort where they slow no one down.
+``when_late: reject`` (the default), else served best effort where they slow no one down.
 
 What it lacks compared with ``polyserve``: servers are not reserved by tightness, so a
 20 ms request may land on a server already full of 100 ms work (which then caps the
@@ -57,8 +57,10 @@ class SloPack(BasePolicy):
             self._tpots_key = snapshot.fleet[0]
         at = late_at(request, snapshot, pool[0].id)
         late = at is not None and snapshot.now > at
-        if late and request.tier.reject_when_late:
-            return Reject(429, "the TTFT deadline can no longer be met", retry_after_s=1.0)
+        if late and request.tier.rejects_late and at is not None and at >= request.arrival:
+            # late by waiting (late on arrival is served best effort: retrying would not help)
+            # the admission core answers it 429 with the predicted drain time as Retry-After
+            return Reject(429, "the TTFT deadline can no longer be met")
         need = Need(request, snapshot.now, late, self.fp.kv_estimate)
         ranked = self._rank(need, pool, snapshot)
         if ranked:

@@ -7,8 +7,10 @@ the tracker *at decision time*, so the next decision (even within the same wake-
 sees it. A request the core queued waits on a future and is decided again when
 something may have changed: a request finished (the core's finish hook), a backend
 became healthy or the fleet was swapped (:meth:`wake`), or the core's next timer
-(the earliest ``Defer.retry_at``) passed. Wake-ups are coalesced to one per loop
-iteration. A request waits at most ``max_wait_s`` (then 503); a full queue answers 429.
+(a ``Defer.retry_at``, a request turning late or reaching its wait limit) passed.
+Wake-ups are coalesced to one per loop iteration. How long a request may wait, and
+every 429 (late, past its wait limit, shed under overload, a full queue), is the core's
+decision, so the simulator makes the same ones.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Protocol
 
-from slorouter.admission.core import AdmissionCore, Decided, DecisionLog
+from slorouter.admission.core import AdmissionCore, Decided, DecisionLog, Observer
 from slorouter.clock import Clock
 from slorouter.policy.base import Policy
 from slorouter.state.tracker import Tracker
@@ -39,20 +41,29 @@ class Dispatcher:
         tracker: Tracker,
         clock: Clock,
         *,
-        max_queue: int = 10_000,
-        max_wait_s: float = 600.0,
+        max_queue: int | None = None,
+        max_wait_s: float | None = None,
         max_tries: int = 16,
         log: DecisionLog | None = None,
         call_at: CallAt | None = None,
+        observe: Observer | None = None,
     ) -> None:
-        """``call_at`` schedules the admission timer at a clock time (default: the
-        running loop's ``call_later``); ``log`` records every decision (replays)."""
+        """``max_queue``/``max_wait_s``: the core's limits (None: from the tiers'
+        objectives); ``call_at`` schedules the admission timer at a clock time (default:
+        the running loop's ``call_later``); ``log`` records every decision (replays);
+        ``observe`` hears every decided request (metrics)."""
         self.tracker = tracker
         self.clock = clock
         self._policy = policy
-        self.max_wait_s = max_wait_s
         self.core = AdmissionCore(
-            policy, tracker, max_queue=max_queue, max_tries=max_tries, log=log, on_finish=self.wake
+            policy,
+            tracker,
+            max_queue=max_queue,
+            max_wait_s=max_wait_s,
+            max_tries=max_tries,
+            log=log,
+            on_finish=self.wake,
+            observe=observe,
         )
         self._futs: dict[int, asyncio.Future[Dispatch | Reject]] = {}
         self._wake_scheduled = False
@@ -73,9 +84,8 @@ class Dispatcher:
         self.core.set_policy(policy)
         self.wake()
 
-    def set_limits(self, max_queue: int, max_wait_s: float) -> None:
-        self.core.max_queue = max_queue
-        self.max_wait_s = max_wait_s
+    def set_limits(self, max_queue: int | None, max_wait_s: float | None) -> None:
+        self.core.set_limits(max_queue, max_wait_s)
 
     async def admit(self, req: RequestInfo) -> Dispatch | Reject:
         mine: Dispatch | Reject | None = None
@@ -90,10 +100,7 @@ class Dispatcher:
         fut: asyncio.Future[Dispatch | Reject] = asyncio.get_running_loop().create_future()
         self._futs[req.rid] = fut
         try:
-            async with asyncio.timeout(self.max_wait_s):
-                return await fut
-        except TimeoutError:
-            return Reject(503, f"no capacity within {self.max_wait_s:g} s", retry_after_s=1.0)
+            return await fut  # every queued request is decided by its wait limit at the latest
         finally:
             self.core.withdraw(req.rid)
             self._futs.pop(req.rid, None)

@@ -26,12 +26,23 @@ from slorouter.policy.feasibility import FeasibilityParams
 from slorouter.policy.polyserve import PolyServe
 from slorouter.state.backends import Backend, BackendSet, Health
 from slorouter.state.tracker import Tracker
-from slorouter.values import Decision, Dispatch, Outcome, RequestInfo, Slo, SloClass, Status, Tier
+from slorouter.values import (
+    Decision,
+    Dispatch,
+    Outcome,
+    RequestInfo,
+    Scope,
+    Slo,
+    SloClass,
+    Status,
+    Tier,
+    WhenLate,
+)
 
 TIERS = (
-    Tier("t20", Slo(SloClass.LATENCY, ttft_s=0.4, tpot_s=0.020), rank=0),
-    Tier("t30", Slo(SloClass.LATENCY, ttft_s=1.0, tpot_s=0.030), rank=1),
-    Tier("t50", Slo(SloClass.LATENCY, ttft_s=1.0, tpot_s=0.050), rank=2, reject_when_late=True),
+    Tier("t20", Slo(SloClass.LATENCY, ttft_s=0.4, tpot_s=0.020), rank=0, when_late=WhenLate.BEST_EFFORT),
+    Tier("t30", Slo(SloClass.LATENCY, ttft_s=1.0, tpot_s=0.030), rank=1, when_late=WhenLate.BEST_EFFORT),
+    Tier("t50", Slo(SloClass.LATENCY, ttft_s=1.0, tpot_s=0.050), rank=2, when_late=WhenLate.REJECT),
     Tier("batch", Slo(SloClass.BEST_EFFORT), rank=3),
 )
 
@@ -167,6 +178,9 @@ class _Recorder:
 
     def on_finish(self, outcome: Outcome) -> None:
         self.policy.on_finish(outcome)
+
+    def scope(self, request: RequestInfo, snapshot: Any) -> Scope:
+        return self.policy.scope(request, snapshot)
 
 
 def test_the_simulator_decides_identically_with_and_without_the_index() -> None:

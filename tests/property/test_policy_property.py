@@ -140,7 +140,7 @@ def test_never_infeasible_never_waiting_while_a_feasible_server_exists(
     elif isinstance(d, Dispatch):
         assert d.backends[0] in feasible, (d, feasible)
     elif isinstance(d, Reject):
-        assert d.status == 503 or (d.status == 429 and late and t.reject_when_late), d
+        assert d.status == 503 or (d.status == 429 and late and t.rejects_late), d
     else:
         assert not feasible, (d, feasible)
         if no_hope:  # waits only where every server would break a resident's TPOT

@@ -49,7 +49,7 @@ async def _replay(sim: FleetSim, events: list[tuple[Any, ...]]) -> tuple[list[An
         sim.tracker,
         sim.clock,
         max_queue=sim.opt.max_queue,
-        max_wait_s=1e9,
+        max_wait_s=sim.opt.max_wait_s,
         log=log,
         call_at=timers,
     )

@@ -16,7 +16,7 @@ import yaml
 from slorouter.cli import main
 from slorouter.config import ConfigError, RouterConfig, json_schema, load_config, parse_config
 from slorouter.config.fields import fields_of, restart_changes
-from slorouter.values import SloClass
+from slorouter.values import SloClass, WhenLate
 
 BASE: dict[str, Any] = {
     "tiers": [
@@ -559,3 +559,27 @@ def test_restart_only_fields_come_from_the_declarations() -> None:
     schema = json_schema()["properties"]
     assert "applied at start" in schema["server"]["properties"]["port"]["description"]
     assert "applied at start" not in schema["health"]["properties"]["interval_s"]["description"]
+
+
+def test_when_late_defaults_to_reject_and_the_old_key_says_what_replaced_it(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, base()), env={})
+    assert cfg.tier("interactive").when_late is WhenLate.REJECT and cfg.tier("interactive").rejects_late
+    assert not cfg.tier("batch").rejects_late  # best effort is never late
+    assert cfg.policy.max_queued is None and cfg.policy.max_queue_wait_s is None  # from the tiers
+    raw = base()
+    raw["tiers"][1]["when_late"] = "best_effort"
+    assert load_config(write(tmp_path, raw), env={}).tier("standard").when_late is WhenLate.BEST_EFFORT
+    raw = base()
+    raw["tiers"][0]["reject_when_late"] = True
+    assert one_error(write(tmp_path, raw)).endswith(
+        "tiers[0].reject_when_late: replaced by when_late: reject | best_effort "
+        "(reject_when_late: true is when_late: reject, the default now; false is when_late: best_effort)"
+    )
+    raw = base()
+    raw["tiers"][2]["when_late"] = "reject"
+    assert one_error(write(tmp_path, raw)).endswith(
+        "tiers[2].when_late: a best_effort tier is never late; remove it"
+    )
+    raw = base()
+    raw["tiers"][0]["when_late"] = "drop"
+    assert "tiers[0].when_late: " in one_error(write(tmp_path, raw))

@@ -89,7 +89,7 @@ def test_errors_name_the_file_and_path(path: str, value: object, message: str) -
 def test_tiers_from_the_router_config(tmp_path: Path) -> None:
     (tmp_path / "router.yaml").write_text(
         "server: {port: 1}\ntiers:\n  - {name: gold, class: latency, ttft_ms: 300, tpot_ms: 30, weight: 4,"
-        " reject_when_late: true}\n  - {name: bulk, class: best_effort}\n"
+        " when_late: reject}\n  - {name: bulk, class: best_effort}\n"
     )
     (tmp_path / "w.yaml").write_text(
         "tiers_from: router.yaml\narrival: {process: constant, rate: 2}\nrequests: 3\n"

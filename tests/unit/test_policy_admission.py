@@ -5,10 +5,13 @@ from __future__ import annotations
 import math
 
 from slorouter.admission import AdmissionQueue, priority
-from slorouter.values import Decision, Defer, Dispatch, Reject, RequestInfo, Slo, SloClass, Tier
+from slorouter.values import Decision, Defer, Dispatch, Reject, RequestInfo, Slo, SloClass, Tier, WhenLate
 
-CHAT = Tier("chat", Slo(SloClass.LATENCY, ttft_s=0.5, tpot_s=0.05), rank=0)
-FAST = Tier("fast", Slo(SloClass.LATENCY, ttft_s=0.2, tpot_s=0.02), weight=2.0, rank=0)
+# served best effort once late (the late lane); REJECT tiers leave the queue as due
+CHAT = Tier("chat", Slo(SloClass.LATENCY, ttft_s=0.5, tpot_s=0.05), rank=0, when_late=WhenLate.BEST_EFFORT)
+FAST = Tier(
+    "fast", Slo(SloClass.LATENCY, ttft_s=0.2, tpot_s=0.02), weight=2.0, rank=0, when_late=WhenLate.BEST_EFFORT
+)
 BATCH = Tier("batch", Slo(SloClass.BEST_EFFORT), rank=2)
 TOOL = Tier("tool", Slo(SloClass.DEADLINE, deadline_s=10.0), rank=1)
 
