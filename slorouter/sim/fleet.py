@@ -317,6 +317,11 @@ class FleetSim:
 
         i = 0
         while True:
+            if syncer is not None and syncer.early:  # event-driven exchanges (sim/replicas.py)
+                for at, k in syncer.early:
+                    seq += 1
+                    heapq.heappush(heap, (at, seq, -1 - n_rt - k))
+                syncer.early.clear()
             t_arr = arrivals[i] if i < n else math.inf
             t_ev = heap[0][0] if heap else math.inf
             if t_arr == math.inf and t_ev == math.inf:
@@ -369,11 +374,13 @@ class FleetSim:
                 else:  # a sync tick
                     assert syncer is not None
                     kr -= n_rt
+                    if not syncer.current(kr, t):
+                        continue  # replaced by an early exchange
                     if syncer.tick(kr, t):
                         wake(kr)
                     if i < n or any(len(r.core) or r.tracker.in_flight() for r in routers):
                         seq += 1
-                        heapq.heappush(heap, (t + syncer.interval, seq, si))
+                        heapq.heappush(heap, (syncer.next_at[kr], seq, si))
                 continue
             eng = engines[si]
             pending[si] = False
