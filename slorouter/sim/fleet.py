@@ -88,6 +88,8 @@ class SimResult:
     # what the router saw, in order: ("arrive", t, rid) | ("tokens", t, rid, n) |
     # ("finish", t, rid, status) | ("wake", t) — replayable through the live dispatcher
     events_log: list[tuple[Any, ...]] | None = None
+    # replicas sharing the load picture: exchanges with the store per replica per second
+    sync_exchanges_per_s: float | None = None
 
 
 class FleetSim:
@@ -479,6 +481,9 @@ class FleetSim:
             misses,
             self.decision_log,
             ev,
+            None
+            if syncer is None or not n
+            else syncer.exchanges / n_rt / max(clock.now() - arrivals[0], 1e-9),
         )
 
     def _record(

@@ -39,8 +39,8 @@ class ReplicaOptions:
     sync: bool = True  # False: the no-sync control
     # event-driven publishing: a replica whose own row changed (a placement, a departure)
     # exchanges at most this long after its last exchange, not only at its next tick
-    # (0: ticks only)
-    event_ms: float = 0.0
+    # (0: ticks only; the default is state.sync.event_ms's)
+    event_ms: float = 25.0
 
 
 @dataclass(slots=True)
