@@ -109,7 +109,12 @@ def build_app(
             adopt=lambda states: dispatcher.policy.adopt_shared(states),
         )
         syncer = SyncLoop(
-            sync, shared.store, tick_s=shared.tick_s, ttl_s=shared.ttl_s, on_freed=dispatcher.wake
+            sync,
+            shared.store,
+            tick_s=shared.tick_s,
+            ttl_s=shared.ttl_s,
+            on_freed=dispatcher.wake,
+            event_s=shared.event_s,
         )
 
     monitor = HealthMonitor(health, clock, cfg.health, on_change=health_changed, seed=cfg.policy.seed)

@@ -394,6 +394,15 @@ class SyncConfig:
     ttl_ms: Annotated[
         float, F("a row not refreshed within this vanishes (a dead replica's share)", unit="ms", gt=0)
     ] = 500.0
+    event_ms: Annotated[
+        float,
+        F(
+            "after a placement or a departure of its own, exchange this long after the last"
+            " exchange instead of at the tick (0: at the tick only)",
+            unit="ms",
+            ge=0,
+        ),
+    ] = 25.0
     quota: Annotated[
         bool, F("herding guard: between updates, use only this replica's share of a server's room")
     ] = True

@@ -72,6 +72,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="with --replicas: each replica publishes and reads the shared rows every this many ms "
         "(0: before every decision)",
     )
+    p.add_argument(
+        "--event-ms",
+        type=float,
+        default=25.0,
+        help="with --replicas: a replica whose own placements or departures changed its row "
+        "exchanges this long after its last exchange, not only at the tick (0: ticks only)",
+    )
     p.add_argument("--no-quota", action="store_true", help="with --replicas: no herding guard")
     p.add_argument(
         "--no-sync", action="store_true", help="with --replicas: replicas never see each other's load"
@@ -238,8 +245,8 @@ def run(args: argparse.Namespace) -> int:
     if not (0 < args.latency_quantile < 1 and 0 < args.length_quantile < 1):
         err.print("[red]error:[/red] --latency-quantile and --length-quantile must be in (0, 1)")
         return 2
-    if args.replicas < 1 or args.sync_ms < 0:
-        err.print("[red]error:[/red] --replicas must be >= 1 and --sync-ms >= 0")
+    if args.replicas < 1 or args.sync_ms < 0 or args.event_ms < 0:
+        err.print("[red]error:[/red] --replicas must be >= 1, --sync-ms and --event-ms >= 0")
         return 2
     if args.replicas == 1 and (args.no_sync or args.no_quota):
         err.print("[red]error:[/red] --no-sync and --no-quota apply to --replicas R with R >= 2")
@@ -260,7 +267,13 @@ def run(args: argparse.Namespace) -> int:
         latency_quantile=args.latency_quantile,
         length_quantile=args.length_quantile,
         miss_log=bool(args.misses),
-        replicas=ReplicaOptions(args.replicas, args.sync_ms, quota=not args.no_quota, sync=not args.no_sync),
+        replicas=ReplicaOptions(
+            args.replicas,
+            args.sync_ms,
+            quota=not args.no_quota,
+            sync=not args.no_sync,
+            event_ms=args.event_ms,
+        ),
     )
     n_req = args.requests or scn.workload.requests
     bins = scn.bins if scn.bins is not None and servers == scn.servers else auto_bins(scn, servers, fb)

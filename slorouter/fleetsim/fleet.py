@@ -89,6 +89,8 @@ class SimResult:
     # what the router saw, in order: ("arrive", t, rid) | ("tokens", t, rid, n) |
     # ("finish", t, rid, status) | ("wake", t) — replayable through the live dispatcher
     events_log: list[tuple[Any, ...]] | None = None
+    # replicas sharing the load picture: exchanges with the store per replica per second
+    sync_exchanges_per_s: float | None = None
 
 
 class FleetSim:
@@ -332,6 +334,11 @@ class FleetSim:
 
         i = 0
         while True:
+            if syncer is not None and syncer.early:  # event-driven exchanges (fleetsim/replicas.py)
+                for at, k in syncer.early:
+                    seq += 1
+                    heapq.heappush(heap, (at, seq, -1 - n_rt - k))
+                syncer.early.clear()
             t_arr = arrivals[roots[i]] if i < n_roots else math.inf
             t_rel = released[0][0] if released else math.inf
             t_ev = heap[0][0] if heap else math.inf
@@ -401,11 +408,13 @@ class FleetSim:
                 else:  # a sync tick
                     assert syncer is not None
                     kr -= n_rt
+                    if not syncer.current(kr, t):
+                        continue  # replaced by an early exchange
                     if syncer.tick(kr, t):
                         wake(kr)
                     if working():
                         seq += 1
-                        heapq.heappush(heap, (t + syncer.interval, seq, si))
+                        heapq.heappush(heap, (syncer.next_at[kr], seq, si))
                 continue
             eng = engines[si]
             pending[si] = False
@@ -510,6 +519,9 @@ class FleetSim:
             misses,
             self.decision_log,
             ev,
+            None
+            if syncer is None or not n
+            else syncer.exchanges / n_rt / max(clock.now() - arrivals[0], 1e-9),
         )
 
     def _record(

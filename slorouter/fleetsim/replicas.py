@@ -38,6 +38,10 @@ class ReplicaOptions:
     sync_ms: float = 100.0  # publish/absorb interval of each replica (0: before every decision)
     quota: bool = True  # the herding guard (see slorouter.state.sync)
     sync: bool = True  # False: the no-sync control
+    # event-driven publishing: a replica whose own row changed (a placement, a departure)
+    # exchanges at most this long after its last exchange, not only at its next tick
+    # (0: ticks only; the default is state.sync.event_ms's)
+    event_ms: float = 25.0
 
 
 @dataclass(slots=True)
@@ -117,18 +121,45 @@ class SyncDriver:
         self.opt = opt
         self.store = MemoryStore()
         self.interval = opt.sync_ms / 1000.0
+        self.event_s = opt.event_ms / 1000.0 if opt.sync_ms > 0 else 0.0
+        n = len(routers)
+        self.next_at = [math.inf] * n  # each replica's next exchange (heap entries at other times are stale)
+        self.last_at = [-math.inf] * n  # and its last one
+        self.early: list[tuple[float, int]] = []  # early exchanges to schedule (time, replica)
+        self.exchanges = 0
+        if self.event_s > 0:
+            for k, r in enumerate(routers):
+                assert r.sync is not None
+                r.sync.on_due = lambda k=k, clock=r.tracker.clock: self._due(k, clock.now())
+
+    def _due(self, k: int, now: float) -> None:
+        """Replica ``k``'s own row changed since its last exchange: exchange early."""
+        at = max(now, self.last_at[k] + self.event_s)
+        if at < self.next_at[k]:
+            self.next_at[k] = at
+            self.early.append((at, k))
 
     def first_ticks(self, start: float) -> list[float]:
         """Each replica's first tick (staggered evenly over one interval)."""
         n = len(self.routers)
-        return [start + self.interval * (k + 1) / n for k in range(n)]
+        self.next_at = [start + self.interval * (k + 1) / n for k in range(n)]
+        return list(self.next_at)
+
+    def current(self, k: int, t: float) -> bool:
+        """Whether a tick of replica ``k`` taken from the heap at ``t`` is its next
+        exchange (not one an early exchange replaced)."""
+        return t == self.next_at[k]
 
     def tick(self, k: int, now: float) -> bool:
-        """Replica ``k`` publishes its row and absorbs the others'. True when some
-        backend's load went down (the replica's queue should be woken)."""
+        """Replica ``k`` publishes its row and absorbs the others'; its next tick is one
+        interval later. True when some backend's load went down (the replica's queue
+        should be woken)."""
         r = self.routers[k]
         sync = r.sync
         assert sync is not None
+        self.exchanges += 1
+        self.last_at[k] = now
+        self.next_at[k] = now + self.interval
         self.store.now = now
         self.store.publish(sync.row(now))
         before = {b: ld.running for b, ld in r.tracker.loads.items()}

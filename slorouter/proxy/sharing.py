@@ -18,6 +18,7 @@ class SharedState:
     tick_s: float
     ttl_s: float
     quota: bool = True
+    event_s: float = 0.0  # exchange this soon after the last when the own row changed (0: ticks only)
 
 
 def holder_name() -> str:
@@ -35,5 +36,7 @@ def shared_state_of(cfg: RouterConfig) -> SharedState | None:
 
         assert sc.url is not None  # the config check requires it
         store = RedisStore(sc.url, prefix=sc.prefix, ttl_s=sc.ttl_ms / 1000.0)
-        return SharedState(store, holder_name(), sc.tick_ms / 1000.0, sc.ttl_ms / 1000.0, sc.quota)
+        return SharedState(
+            store, holder_name(), sc.tick_ms / 1000.0, sc.ttl_ms / 1000.0, sc.quota, sc.event_ms / 1000.0
+        )
     raise ValueError(f"unknown state.sync.kind {sc.kind!r}")

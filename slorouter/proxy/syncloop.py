@@ -1,10 +1,13 @@
 """The live side of the shared load picture: a background task per router process.
 
 Every ``tick_s`` (longer when a tick would cost more than ``budget`` of a core: see
-:class:`SyncLoop`) it publishes this process's :class:`~slorouter.state.sync.Row` to the
-store, reads every live row, and has :class:`~slorouter.state.sync.LoadSync` absorb the
-others' (the dispatcher is woken when some backend's load went down, so queued requests
-see the room other processes freed). It also holds or renews the **leader lease**: one
+:class:`SyncLoop`) — and, with ``event_s``, as soon as ``event_s`` after the last exchange
+when this process placed or finished a request since (event-driven publishing, as Dynamo's
+router replicas publish request lifecycle events in batches rather than on a timer) — it
+publishes this process's :class:`~slorouter.state.sync.Row` to the store, reads every
+live row, and has :class:`~slorouter.state.sync.LoadSync` absorb the others' (the
+dispatcher is woken when some backend's load went down, so queued requests see the room
+other processes freed). It also holds or renews the **leader lease**: one
 process decides what only one should (the model state file today).
 
 The store failing never fails a request: the loop keeps the last rows it read while
@@ -61,10 +64,14 @@ class SyncLoop:
         wall: Callable[[], float] = time.time,
         budget: float = 0.05,
         timeout_s: float | None = None,
+        event_s: float = 0.0,
     ) -> None:
-        """``budget``: the share of one core the exchange may use; when a tick costs
-        more than ``budget × tick_s`` (a large fleet), the next one waits longer — the
-        view gets staler, routing never gets slower (``interval_s`` says by how much).
+        """``event_s``: when this process's own row changed (a placement or a departure
+        of its own), the next exchange comes that long after the last one instead of at
+        the tick (0: at the tick only). ``budget``: the share of one core the exchange may
+        use; when a tick costs more than ``budget × tick_s`` (a large fleet), the next one
+        waits longer — the view gets staler, routing never gets slower (``interval_s`` says
+        by how much; the event-driven gap grows the same way).
         ``timeout_s``: the deadline of one tick's store I/O (default half the TTL)."""
         self.sync = sync
         self.store = store
@@ -86,6 +93,10 @@ class SyncLoop:
         self._errors = 0  # unexpected errors in a row (logged in full once)
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self.event_s = event_s
+        self._due = asyncio.Event()  # own row changed since the last row was built
+        if event_s > 0:
+            sync.on_due = self._due.set
 
     @property
     def age_s(self) -> float:
@@ -101,6 +112,7 @@ class SyncLoop:
         tracker = self.sync.tracker
         now = tracker.clock.now()
         cpu = time.thread_time()
+        self._due.clear()  # row() resets the count of unpublished changes
         row = self.sync.row(now)
         self.cost_s = time.thread_time() - cpu
         wall = self.wall()
@@ -152,10 +164,22 @@ class SyncLoop:
                 if self._errors == 1:
                     log.exception("shared state sync failed; retrying every tick")
             # the CPU of building, absorbing (not of the store's I/O, which overlaps routing)
-            self.interval_s = max(self.tick_s, self.cost_s / self.budget)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, self.interval_s - (self.wall() - started))):
-                    await self._stopping.wait()
+            floor = self.cost_s / self.budget
+            self.interval_s = max(self.tick_s, floor)
+            if self.event_s > 0:  # early when the own row changes, never more often than this
+                gap = max(self.event_s, floor)
+                await self._wait(self._stopping, gap - (self.wall() - started))
+                await self._wait(self._due, self.interval_s - (self.wall() - started))
+            else:
+                await self._wait(self._stopping, self.interval_s - (self.wall() - started))
+
+    async def _wait(self, event: asyncio.Event, timeout_s: float) -> None:
+        """Until ``event`` is set, the loop is stopping, or ``timeout_s`` has passed."""
+        if timeout_s <= 0 or self._stopping.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await event.wait()
 
     def start(self) -> None:
         self._stopping.clear()
@@ -171,6 +195,7 @@ class SyncLoop:
         task, self._task = self._task, None
         if task is not None:
             self._stopping.set()
+            self._due.set()  # wake a loop waiting for its own row to change
             await asyncio.wait({task}, timeout=self.timeout_s + self.tick_s)
             while not task.done():  # stuck: cancel, as often as it takes
                 task.cancel()

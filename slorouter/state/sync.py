@@ -138,6 +138,11 @@ class LoadSync:
         self.peers = 0  # other live holders at the last absorb
         self.age_s = 0.0  # age of the oldest other row used at the last absorb
         self.absorbed_at: float | None = None
+        # own placements and departures not yet in a published row; ``on_due`` is called
+        # when the first one happens after a publish (event-driven publishing: see
+        # SyncLoop / the simulator's SyncDriver, which publish early then)
+        self.unpublished = 0
+        self.on_due: Callable[[], None] | None = None
         tracker.sync = self
 
     # -- the hot path (called by the tracker) ---------------------------------------
@@ -152,6 +157,7 @@ class LoadSync:
         What the others place meanwhile is counted in requests (``1/s − 1`` per own
         placement) of the *typical* size — the running mean of the prompts and peak KV
         this holder places — not this request's: their requests are not copies of it."""
+        self._changed()
         n = self._placed = self._placed + 1
         a = 1.0 / min(n, 256)  # a running mean that settles into a moving one
         self._mean_prompt += a * (prompt - self._mean_prompt)
@@ -178,6 +184,15 @@ class LoadSync:
             for i, d in enumerate(incs):
                 ph[i] += d
             self._ph_log.append((self.wall(), bid, incs))
+
+    def on_detach(self) -> None:
+        """A request this holder placed left its server (finished, failed, moved)."""
+        self._changed()
+
+    def _changed(self) -> None:
+        self.unpublished += 1
+        if self.unpublished == 1 and self.on_due is not None:
+            self.on_due()
 
     def own_running(self, backend_id: str) -> int:
         """Requests this holder itself has on a backend (its row's count)."""
@@ -247,6 +262,7 @@ class LoadSync:
         tracker's clock."""
         self._decay(now)
         self._layout()
+        self.unpublished = 0
         t = self.tracker
         loads = [t.loads[b] for b in self._ids]
         cur = np.array([ld.as_tuple() for ld in loads], dtype=np.int64).reshape(len(loads), 6)

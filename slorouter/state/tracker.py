@@ -410,6 +410,8 @@ class Tracker:
         load.tier_counts[tier] -= 1
         if not load.tier_counts[tier]:
             del load.tier_counts[tier]
+        if self.sync is not None:
+            self.sync.on_detach()
         for w in self._watchers:
             w.add(r.backend)
         if not on and r.backend not in self.backends:

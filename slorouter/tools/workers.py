@@ -34,6 +34,7 @@ log = logging.getLogger("slorouter")
 
 _MAX_RESTARTS = 5  # per worker and minute
 WORKER_TICK_S = 0.02  # workers of one host exchange rows every 20 ms (a memory copy)
+WORKER_EVENT_S = 0.005  # and 5 ms after the last exchange when their own row changed
 WORKER_TTL_S = 0.5  # a worker silent this long is dead: its share vanishes
 
 
@@ -88,7 +89,11 @@ def run_workers(
             shared = None
             if seg is not None:
                 shared = SharedState(
-                    ShmStore(seg, i, WORKER_TTL_S), holder_of(i), WORKER_TICK_S, WORKER_TTL_S
+                    ShmStore(seg, i, WORKER_TTL_S),
+                    holder_of(i),
+                    WORKER_TICK_S,
+                    WORKER_TTL_S,
+                    event_s=WORKER_EVENT_S,
                 )
             code = 1
             try:

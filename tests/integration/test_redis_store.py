@@ -18,7 +18,7 @@ from slorouter.proxy.syncloop import StoreError, SyncLoop
 from slorouter.state.backends import Backend, BackendSet, Health
 from slorouter.state.sync import LoadSync, Row
 from slorouter.state.tracker import Tracker
-from slorouter.values import RequestInfo, Slo, SloClass, Tier
+from slorouter.values import RequestInfo, Slo, SloClass, Status, Tier
 from tests.redisserver import RedisServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -240,3 +240,42 @@ async def test_stopping_the_loop_in_the_middle_of_an_exchange_never_hangs(redis_
         loop.start()
         await asyncio.sleep(0.0003 * i)
         await asyncio.wait_for(loop.stop(), loop.timeout_s + 1.0)
+
+
+async def test_an_own_placement_is_exchanged_event_driven_well_before_the_tick(
+    redis_srv: RedisServer,
+) -> None:
+    """With ``event_s`` a replica exchanges soon after it placed a request — publishing it
+    and reading the others' — instead of waiting for its tick (here 3 s)."""
+    long_tick, event = 3.0, 0.02
+
+    def busy(name: str) -> tuple[Tracker, SyncLoop]:
+        t = Tracker(RealClock(), BS, Health(["b0"]), StaticLatency(), StaticLengths(20))
+        sync = LoadSync(t, name, quota=False, wall=time.time)
+        store = RedisStore(redis_srv.url, prefix="ev", ttl_s=10.0)
+        return t, SyncLoop(sync, store, tick_s=long_tick, ttl_s=10.0, event_s=event)
+
+    (ta, la), (tb, lb) = busy("a"), busy("b")
+    la.start()
+    lb.start()
+    try:
+        await until(lambda: _is(la.ticks >= 1 and lb.ticks >= 1), 1.0, "the first exchanges")
+        t0 = time.monotonic()
+        tb.on_arrival(RequestInfo(1, FAST, tb.clock.now(), 10, None, 20))
+        tb.on_dispatch(1, "b0")
+        await until(lambda: _is(lb.ticks >= 2), 1.0, "b exchanges after its placement")
+        ta.on_arrival(RequestInfo(2, FAST, ta.clock.now(), 10, None, 20))
+        ta.on_dispatch(2, "b0")  # a's own exchange reads b's row
+        await until(lambda: _is(ta.loads["b0"].running == 2), 1.0, "a sees b's request")
+        assert time.monotonic() - t0 < long_tick / 2
+        # b's next exchange (its own row unchanged since) waits for the tick; a departure
+        # of its own brings it forward again
+        ticks = lb.ticks
+        tb.on_finish(1, Status.OK)
+        await until(lambda: _is(lb.ticks > ticks), 1.0, "b publishes its departure")
+        ta.on_finish(2, Status.OK)
+        await until(lambda: _is(ta.loads["b0"].running == 0), 1.0, "a sees both gone")
+        assert time.monotonic() - t0 < long_tick
+    finally:
+        await la.stop()
+        await lb.stop()

@@ -140,3 +140,26 @@ def test_merge_sums_counters_and_keeps_the_least_slack() -> None:
     m = BackendLoad.merge("b", [x, y])
     assert (m.running, m.peak_kv, m.tier_counts) == (5, 150, {"fast": 3, "slow": 2})
     assert m.slack == ((10.0, 1, 9.5, 0.05), (10.0, 5, 9.0, 0.05))  # least banked slack first
+
+
+def test_own_changes_since_the_last_row_call_on_due_once() -> None:
+    """Event-driven publishing: the first own placement or departure after a row was built
+    asks for an early exchange (once); building the row starts counting again."""
+    clock = ManualClock()
+    t, s = holder(clock, "a")
+    due: list[float] = []
+    s.on_due = lambda: due.append(clock.now())
+    t.on_arrival(RequestInfo(1, FAST, clock.now(), 100, None, 20))
+    assert due == [] and s.unpublished == 0  # an arrival is not a change of the row
+    t.on_dispatch(1, "b0")
+    clock.advance(0.01)
+    place(t, 2, "b1", SLOW)
+    assert due == [0.0] and s.unpublished == 2
+    s.row(clock.now())
+    assert s.unpublished == 0
+    t.on_tokens(1, 3)  # tokens are not published early (the row counts them at the tick)
+    assert due == [0.0] and s.unpublished == 0
+    t.on_finish(1, Status.OK)  # a departure is
+    assert due == [0.0, 0.01] and s.unpublished == 1
+    t.on_finish(2, Status.OK)
+    assert due == [0.0, 0.01] and s.unpublished == 2
