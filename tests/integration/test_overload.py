@@ -63,6 +63,19 @@ async def _one(client: openai.AsyncOpenAI, tier: str, i: int, out: list[tuple[st
         out.append((tier, "429", loop.time() - t0, e.response.headers.get("retry-after", "")))
 
 
+_LAG = [0.0]
+
+
+async def _loop_lag() -> None:
+    """The largest lateness of a 20 ms sleep on this event loop, into ``_LAG[0]``."""
+    loop = asyncio.get_running_loop()
+    _LAG[0] = 0.0
+    while True:
+        t = loop.time()
+        await asyncio.sleep(0.02)
+        _LAG[0] = max(_LAG[0], loop.time() - t - 0.02)
+
+
 @pytest.mark.timeout(120)
 async def test_overload_answers_every_request_within_its_ttft_plus_one_second(tmp_path: Path) -> None:
     prof = tmp_path / "slow.json"
@@ -78,6 +91,7 @@ async def test_overload_answers_every_request_within_its_ttft_plus_one_second(tm
         )
         async with run_router(cfg) as router:
             client = openai.AsyncOpenAI(base_url=router.url + "/v1", api_key="none", max_retries=0)
+            lag = asyncio.create_task(_loop_lag())  # router, engines and clients share this loop
             rng = random.Random(7)
             got: list[tuple[str, str, float, str]] = []
             tasks: list[asyncio.Task[None]] = []
@@ -88,12 +102,19 @@ async def test_overload_answers_every_request_within_its_ttft_plus_one_second(tm
                 tier = "tight" if rng.random() < 1 / 3 else "loose"
                 tasks.append(asyncio.create_task(_one(client, tier, i, got)))
             await asyncio.wait_for(asyncio.gather(*tasks), timeout=90)
+            lag.cancel()
+            slack = _LAG[0]
             await client.close()
             async with aiohttp.ClientSession() as s, s.get(router.url + "/metrics") as r:
                 metrics = await r.text()
     assert len(got) == int(RATE * SECONDS)
-    late = [(t, k, round(s, 2)) for t, k, s, _ in got if s > TTFT[t] + 1.0]
-    assert not late, f"{len(late)} requests waited longer than TTFT + 1 s: {late[:10]}"
+    # the bound is the router's; the event loop it shares with the engines and the clients
+    # can itself be late on a busy host (a 429 is due exactly at TTFT + 1 s): allowed is
+    # the largest lateness of a 20 ms timer on the same loop during the run
+    late = [(t, k, round(s, 2)) for t, k, s, _ in got if s > TTFT[t] + 1.0 + slack]
+    assert not late, (
+        f"{len(late)} requests waited longer than TTFT + 1 s (+ loop lag {slack:.3f} s): {late[:10]}"
+    )
     shed = [g for g in got if g[1] == "429"]
     served = [g for g in got if g[1] == "ok"]
     # it was an overload: many were refused, and still many were served on time
