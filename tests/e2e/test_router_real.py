@@ -221,9 +221,10 @@ async def _leave_mid_stream(
         stream=True,
         extra_body={"ignore_eos": True},
     )
-    seen = 0
-    async for _ in stream:
-        seen += 1
+    seen = 0  # tokens the client got (vLLM's first chunk carries the role and no token)
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            seen += 1
         if seen >= 5:
             break
     async with aiohttp.ClientSession() as s:
@@ -238,7 +239,7 @@ async def _leave_mid_stream(
             await asyncio.sleep(0.1)
     await wait_until(tracker.all_zero, 3.0, "the router's counters to return to zero")
     assert [o.status for o in outcomes] == [Status.CANCELLED]
-    assert 5 <= outcomes[0].output_tokens < 900
+    assert seen <= outcomes[0].output_tokens < 900  # at least what the client got, far from all
 
 
 NUM_PROMPTS = 24
