@@ -135,6 +135,8 @@ async def test_polyserve_gives_the_tight_tier_higher_attainment_than_round_robin
     assert rr["tight"]["errors"] == rr["loose"]["errors"] == 0, rr  # the setup serves everything
     # (polyserve may leave a request in its queue until the client gives up — a miss, counted
     # in its attainment; see "Found on the way" in docs/real-vllm.md)
-    assert set(rr["tight"]["by_backend"]) == {"e0", "e1"}  # round robin mixes the tiers
+    # round robin mixes the tiers: loose requests on the tight tier's server too (its tight
+    # requests may all land on one server: with one tight user among ten, the order decides)
+    assert set(rr["loose"]["by_backend"]) == {"e0", "e1"}, rr
     assert set(ps["tight"]["by_backend"]) - {"-"} == {"e0"}  # polyserve keeps the tight tier in its bin
     assert ps["tight"]["attainment"] > rr["tight"]["attainment"], (ps["tight"], rr["tight"])

@@ -101,7 +101,11 @@ class BackendLatency:
         wins, fit_pts = self.pool.split(samples, cfg.window_tokens, cfg.samples_per_outcome)
         coef = self.fit.coef
         cpr = coef.c_prefill_s * self.rho
-        pts = [(w, r, kv, gap - cpr * r) for w, r, kv, gap in fit_pts if 0.0 < gap < 60.0 and r >= 1]
+        # one engine step at batch r is seen by r streams at once: r samples, one
+        # observation — weighted per step (÷ r), not per token, so a level with few
+        # streams counts as much as its steps do (per token, the fit followed the busiest
+        # level and missed a CPU vLLM's one-stream ITL by up to +26 %)
+        pts = [(w / r, r, kv, gap - cpr * r) for w, r, kv, gap in fit_pts if 0.0 < gap < 60.0 and r >= 1]
         if pts:
             self.fit.add(pts, now, cfg.half_life_s)
         if wins and (cfg.max_batches_per_s <= 0 or now >= self.next_batch_at):
