@@ -39,6 +39,7 @@ from slorouter.metrics.control import ControlMetrics
 from slorouter.metrics.forwarding import ForwardingMetrics
 from slorouter.metrics.gain import GainMetrics
 from slorouter.metrics.health import HealthMetrics
+from slorouter.metrics.host import HostMetrics, HostShare
 from slorouter.metrics.requests import RequestMetrics
 from slorouter.metrics.sync import SyncMetrics
 from slorouter.models.workflows import WorkflowBook
@@ -63,12 +64,14 @@ def build_app(
     adjust: Callable[[RouterConfig], RouterConfig] | None = None,
     shared: SharedState | None = None,
     worker: int | None = None,
+    host: HostShare | None = None,
 ) -> web.Application:
     """The router. ``cfg.source`` names the config file that ``/admin/reload`` and SIGHUP
     re-read (a config built in memory cannot be reloaded); ``adjust`` is applied to every
     re-read config (``slorouter serve`` uses it to keep its --host/--port). ``shared``:
     the store and holder name this process shares its load picture through (workers of
-    one host); else ``state.sync`` of the config says (replicas)."""
+    one host); else ``state.sync`` of the config says (replicas). ``host``: this worker's part
+    in the host's ``/metrics`` (``--workers N``: any worker answers for all of them)."""
     clock = clock or RealClock()
     membership = Membership(configured_backends(cfg), cfg.tier_values)
     backends = membership.build()
@@ -141,6 +144,7 @@ def build_app(
         SyncMetrics(tracker, syncer),
         *([AutoscaleMetrics(scaling)] if scaling is not None else []),
     )
+    host_metrics = HostMetrics(host, registry) if host is not None else None
 
     def save() -> str | None:
         path = state_path(app[SERVICES].cfg)
@@ -171,6 +175,8 @@ def build_app(
             syncer=syncer,
         )
         monitor.start(session)
+        if host_metrics is not None:
+            host_metrics.start()
         if syncer is not None:
             syncer.start()
         saver = asyncio.get_running_loop().create_task(
@@ -202,6 +208,8 @@ def build_app(
                 log.info("model state saved to %s", path)
         except OSError as e:
             log.warning("cannot save the model state: %s", e)
+        if host_metrics is not None:
+            host_metrics.stop()
         await session.close()
 
     app.cleanup_ctx.append(lifecycle)
@@ -212,7 +220,7 @@ def build_app(
     r.add_post("/generate", tgi.generate)
     r.add_post("/generate_stream", tgi.generate_stream)
     r.add_get("/health", ops.health)
-    r.add_get("/metrics", scrape_handler(registry))
+    r.add_get("/metrics", host_metrics.handler() if host_metrics is not None else scrape_handler(registry))
     admin.add_routes(app)
     for path in ("/tokenize", "/detokenize"):
         r.add_post(path, ops.passthrough)

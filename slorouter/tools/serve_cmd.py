@@ -19,6 +19,7 @@ from aiohttp import web
 from slorouter.app import build_app, runner_for
 from slorouter.config.model import RouterConfig
 from slorouter.http.admin import CONTROL
+from slorouter.metrics.host import HostShare
 from slorouter.proxy.sharing import SharedState
 from slorouter.tools.config_cmd import check
 from slorouter.tools.workers import run_workers, workers_of
@@ -57,8 +58,9 @@ async def serve(
     adjust: Callable[[RouterConfig], RouterConfig] | None = None,
     shared: SharedState | None = None,
     worker: int | None = None,
+    host: HostShare | None = None,
 ) -> None:
-    app = build_app(cfg, adjust=adjust, shared=shared, worker=worker)
+    app = build_app(cfg, adjust=adjust, shared=shared, worker=worker, host=host)
     runner = runner_for(app, cfg)
     await runner.setup()
     site = web.TCPSite(
@@ -134,21 +136,23 @@ def run(args: argparse.Namespace) -> int:
         return 2
     cfg = adjust(cfg)
 
-    def serve_one(c: RouterConfig, shared: SharedState | None, worker: int | None) -> int:
+    def serve_one(
+        c: RouterConfig, shared: SharedState | None, worker: int | None, host: HostShare | None
+    ) -> int:
         try:
             try:
                 import uvloop
             except ImportError:
-                asyncio.run(serve(c, adjust=adjust, shared=shared, worker=worker))
+                asyncio.run(serve(c, adjust=adjust, shared=shared, worker=worker, host=host))
             else:
-                uvloop.run(serve(c, adjust=adjust, shared=shared, worker=worker))
+                uvloop.run(serve(c, adjust=adjust, shared=shared, worker=worker, host=host))
         except OSError as e:
             print(f"slorouter: cannot listen on {c.server.host}:{c.server.port}: {e}", file=sys.stderr)
             return 1
         return 0
 
     if workers == 1:
-        return serve_one(cfg, None, None)
+        return serve_one(cfg, None, None, None)
     try:
         return run_workers(cfg, workers, serve_one)
     except OSError as e:

@@ -6,7 +6,9 @@ is a whole router (its own event loop, tracker, policy, admission queue, upstrea
 listening on the same address with ``SO_REUSEPORT`` (the kernel spreads connections over
 the workers) and sharing its per-backend aggregates through its slot; the lowest live
 worker is the leader (model state file). With ``state.sync.kind: redis`` the workers
-publish to Redis instead, each as a replica of its own.
+publish to Redis instead, each as a replica of its own. ``/metrics``, answered by any
+worker, is the whole host's (:mod:`slorouter.metrics.host`: a snapshot file per worker in
+a private directory, a pipe per worker to ask for a fresh one).
 
 Signals: SIGTERM / SIGINT to the parent are passed to every worker, which stop
 accepting, let in-flight requests finish (``server.shutdown_grace_s``), withdraw their
@@ -19,14 +21,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import replace
 
 from slorouter.config.model import RouterConfig, SyncKind
+from slorouter.metrics.host import HostShare
 from slorouter.proxy.sharing import SharedState
 from slorouter.proxy.shmstore import ShmSegment, ShmStore, holder_of, slot_size_for
 
@@ -67,15 +72,25 @@ def _reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
 def run_workers(
     cfg: RouterConfig,
     n: int,
-    serve_one: Callable[[RouterConfig, SharedState | None, int], int],
+    serve_one: Callable[[RouterConfig, SharedState | None, int, HostShare], int],
 ) -> int:
-    """Start ``n`` workers (``serve_one(cfg, shared, index)`` runs one, returns its exit
-    code) and supervise them until SIGTERM/SIGINT; returns 0 when all stopped cleanly."""
+    """Start ``n`` workers (``serve_one(cfg, shared, index, host)`` runs one, returns its
+    exit code) and supervise them until SIGTERM/SIGINT; returns 0 when all stopped cleanly."""
     reserved, port = _reserve_port(cfg.server.host, cfg.server.port)
     cfg = replace(cfg, server=replace(cfg.server, port=port))
     seg: ShmSegment | None = None
     if cfg.state.sync.kind is SyncKind.NONE:
         seg = ShmSegment(n, slot_size_for(len(cfg.backends), len(cfg.tiers)))
+    # the host's /metrics: snapshot files (on tmpfs where there is one) and a pipe per worker
+    snapshots = tempfile.mkdtemp(
+        prefix="slorouter-metrics-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
+    )
+    pipes = [os.pipe() for _ in range(n)]
+    for fds in pipes:
+        for fd in fds:
+            os.set_blocking(fd, False)
+    reads = tuple(r for r, _w in pipes)
+    writes = tuple(w for _r, w in pipes)
     children: dict[int, int] = {}  # pid -> worker index
     restarts: dict[int, list[float]] = {i: [] for i in range(n)}
     stopping = False
@@ -97,7 +112,7 @@ def run_workers(
                 )
             code = 1
             try:
-                code = serve_one(cfg, shared, i)
+                code = serve_one(cfg, shared, i, HostShare(snapshots, i, reads, writes))
             except BaseException:
                 log.exception("worker %d failed", i)
             finally:
@@ -151,3 +166,7 @@ def run_workers(
         if seg is not None:
             seg.close()
             seg.unlink()
+        for fds in pipes:
+            for fd in fds:
+                os.close(fd)
+        shutil.rmtree(snapshots, ignore_errors=True)
