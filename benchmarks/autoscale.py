@@ -11,7 +11,7 @@ for and are paid from the ask until they leave. Rows, each from the same startin
 (sized for the first minute's rate: per tier ``ceil(λ·c/0.85)``) and the same requests:
 
 * ``polyserve+scaler`` — the router's per-tier scaler (``slorouter.autoscale``;
-  ``provisioning_delay_s`` = the delay, the settings in ``SCALER``) with ``polyserve``
+  ``provisioning_delay_s`` = the delay, the ``SCALER_*`` settings) with ``polyserve``
   (placement auto: pack);
 * ``least-request+keda-queue`` — KEDA on waiting > 5 per server (HPA semantics);
 * ``least-request+utilisation`` — out above 80 % of max_num_seqs running, in below 30 %;
@@ -48,8 +48,6 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from slorouter.config.model import AutoscaleConfig
 from slorouter.fleetsim.bound import fluid_reference
 from slorouter.fleetsim.fleet import SimOptions, run_once
@@ -69,7 +67,7 @@ CAP = 1.5  # every scaler's ceiling: this x the static peak fleet (what a user w
 # the per-tier scaler's settings besides its defaults, chosen on this scenario (diurnal,
 # delay 120 s; docs/autoscaling.md §6): a narrower band and a shorter idle time than the
 # defaults, which are sized for no flapping at 10 req/s per tier
-SCALER = {"target_utilization": 0.92, "scale_in_utilization": 0.80, "idle_s": 30.0}
+SCALER_TARGET, SCALER_SCALE_IN, SCALER_IDLE_S = 0.92, 0.80, 30.0
 
 
 def _sized(scn: Scenario, rate: float) -> dict[str, int]:
@@ -92,7 +90,14 @@ def _run(scenario: str, name: str, rate: float, requests: int, delay: float | No
         policy, kind = ROWS[name]
         assert delay is not None
         cap = math.ceil(CAP * sum(_sized(scn, peak).values()))
-        cfg = AutoscaleConfig(enabled=True, provisioning_delay_s=delay, max_backends=cap, **SCALER)
+        cfg = AutoscaleConfig(
+            enabled=True,
+            provisioning_delay_s=delay,
+            max_backends=cap,
+            target_utilization=SCALER_TARGET,
+            scale_in_utilization=SCALER_SCALE_IN,
+            idle_s=SCALER_IDLE_S,
+        )
         scaling = ScalingOptions(kind, delay, cap, cfg if kind == "scaler" else None)
         bins = _sized(scn, start)
     servers = sum(bins.values())
@@ -140,7 +145,7 @@ def _fmt(x: float | None, nd: int = 4) -> str:
     return "-" if x is None else f"{x:.{nd}f}"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", metavar="OUT", required=True)
     ap.add_argument("--scenario", default="diurnal")
@@ -149,7 +154,7 @@ def main() -> int:
     ap.add_argument("--requests", type=int, help="requests (default: the scenario's)")
     ap.add_argument("--rows", default=",".join([*ROWS, "static-peak"]), help="rows to run (comma-separated)")
     ap.add_argument("--jobs", type=int, default=1)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if not Path(args.json).resolve().parent.is_dir():
         print(f"--json {args.json}: no such directory; create it first", file=sys.stderr)
         return 2
@@ -172,7 +177,9 @@ def main() -> int:
         print(f"{args.scenario}: no workload.rate_rps; pass --rate", file=sys.stderr)
         return 2
     requests = args.requests or scn.workload.requests
-    jobs = [(args.scenario, r, rate, requests, d) for r in rows if r in ROWS for d in delays]
+    jobs: list[tuple[str, str, float, int, float | None]] = [
+        (args.scenario, r, rate, requests, d) for r in rows if r in ROWS for d in delays
+    ]
     if "static-peak" in rows:
         jobs.append((args.scenario, "static-peak", rate, requests, None))
     t0 = time.perf_counter()
@@ -190,7 +197,11 @@ def main() -> int:
         "start_servers": _sized(scn, rate * (env.at(0.0) if env else 1.0)),
         "static_servers": _sized(scn, rate * (env.peak if env else 1.0)),
         "oracle_server_seconds": oracle_ss,
-        "scaler_settings": SCALER,
+        "scaler_settings": {
+            "target_utilization": SCALER_TARGET,
+            "scale_in_utilization": SCALER_SCALE_IN,
+            "idle_s": SCALER_IDLE_S,
+        },
         "max_servers": math.ceil(CAP * sum(_sized(scn, rate * (env.peak if env else 1.0)).values())),
         "wall_s": None,
         "delays": {},

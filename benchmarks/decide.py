@@ -28,8 +28,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from slorouter.clock import ManualClock
 from slorouter.engine.profiles import BUILTIN_PROFILES
 from slorouter.models.latency import build_latency
@@ -131,14 +129,14 @@ def measure(
     }
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", metavar="OUT")
     ap.add_argument("--decisions", type=int, default=3000)
     ap.add_argument("--servers", default="20,200,1000")
     ap.add_argument("--tiers", default="4,8")
     ap.add_argument("--policies", default=",".join(POLICIES))
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     out: dict[str, Any] = {"decisions": args.decisions, "results": []}
     cols = ("cpu p50 µs", "cpu p99 µs", "cpu mean", "wall p50", "wall p99")
     print(f"{'policy':18} {'servers':>7} {'tiers':>5} " + " ".join(f"{c:>10}" for c in cols))

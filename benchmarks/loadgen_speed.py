@@ -43,8 +43,6 @@ from typing import Any
 import aiohttp
 import orjson
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from loadgen import stats
 from loadgen.runner import run_workload
 from loadgen.workload import parse_workload
@@ -381,7 +379,7 @@ async def bench(args: argparse.Namespace, url: str) -> dict[str, Any]:
     return out
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--rate", type=float, default=500.0)
@@ -391,7 +389,7 @@ def main() -> int:
     ap.add_argument("--no-openai", action="store_true")
     ap.add_argument("--pin", action="store_true", help="pin client and server to separate cores")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     import uvloop
 
     if args.serve:
@@ -399,7 +397,7 @@ def main() -> int:
         return 0
     cpus = sorted(os.sched_getaffinity(0))
     pin = args.pin and len(cpus) >= 2
-    cmd = [sys.executable, __file__, "--serve", "--step-ms", str(args.step_ms)]
+    cmd = [sys.executable, "-m", "benchmarks.loadgen_speed", "--serve", "--step-ms", str(args.step_ms)]
     child = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None

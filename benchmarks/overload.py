@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -42,8 +41,6 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 from rich.table import Table
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from slorouter.fleetsim.bound import fluid_reference
 from slorouter.fleetsim.fleet import FleetSim, run_once
@@ -162,7 +159,7 @@ def plot(path: str, results: dict[str, Any]) -> None:
     plt.close(fig)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", metavar="OUT", required=True, help="write the results here")
     ap.add_argument("--plot", metavar="PNG", help="also draw goodput and p99 TTFT vs offered load")
@@ -178,7 +175,7 @@ def main() -> int:
     ap.add_argument("--base", action="append", default=[], metavar="SCENARIO=RPS", help="the 1× rate (total)")
     ap.add_argument("--base-requests", type=int, default=20000, help="requests per probe finding 1×")
     ap.add_argument("--jobs", type=int, default=1, help="parallel processes")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     console = Console()
     scns = [s for s in args.scenarios.split(",") if s]
     pols = [p for p in args.policies.split(",") if p]

@@ -48,8 +48,6 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from slorouter.fleetsim.bound import fluid_reference
 from slorouter.fleetsim.fleet import run_once
 from slorouter.fleetsim.scenario import SCENARIO_DIR, Scenario, load_scenario
@@ -378,14 +376,14 @@ def report_gain(console: Console, s: str, e: dict[str, Any]) -> None:
     )
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", metavar="OUT", help="write the results here")
     ap.add_argument("--scenarios", default=",".join((*SCENARIOS, *GAIN_SCENARIOS)))
     ap.add_argument("--policies", default=",".join(policies()))
     ap.add_argument("--requests", type=int, help="requests per probe (default: each scenario's)")
     ap.add_argument("--jobs", type=int, default=1, help="parallel processes")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     console = Console()
     scns = [s for s in args.scenarios.split(",") if s]
     pols = [p for p in args.policies.split(",") if p]

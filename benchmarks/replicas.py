@@ -37,8 +37,6 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from slorouter.fleetsim.bound import fluid_reference
 from slorouter.fleetsim.fleet import SimOptions, run_once
 from slorouter.fleetsim.replicas import ReplicaOptions
@@ -85,7 +83,7 @@ def _mean(key: Key, seeds: list[int], per_seed: list[dict[str, Any]]) -> dict[st
     }
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", metavar="OUT", required=True)
     ap.add_argument("--scenario", default="polyserve-conv")
@@ -96,7 +94,7 @@ def main() -> int:
     ap.add_argument("--event-ms", type=float, default=25.0)
     ap.add_argument("--seeds", type=int, default=1, help="run every configuration at this many seeds")
     ap.add_argument("--jobs", type=int, default=1)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if not Path(args.json).resolve().parent.is_dir():
         print(f"--json {args.json}: no such directory; create it first", file=sys.stderr)
         return 2

@@ -25,10 +25,7 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 if TYPE_CHECKING:
     from slorouter.simengine.server import SimFleet
@@ -107,7 +104,8 @@ async def _level(fleet: SimFleet, concurrency: int, duration: float) -> dict[str
     cpu0, wall0 = time.process_time(), time.monotonic()
     child = await asyncio.create_subprocess_exec(
         sys.executable,
-        __file__,
+        "-m",
+        "benchmarks.sim_drift",
         "--client",
         "--urls",
         ",".join(fleet.urls),
@@ -190,7 +188,7 @@ async def _bench(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--engines", type=int, default=16)
     p.add_argument("--levels", default="2,8,16", help="streams per engine, one load level each")
@@ -199,7 +197,7 @@ def main() -> int:
     p.add_argument("--profile", default="h100-8b")
     p.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--urls", default="", help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.client:
         asyncio.run(_client(args.urls.split(","), args.concurrency, args.duration))
         return 0

@@ -36,23 +36,9 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
+from benchmarks.ports import free_port_range
+
 MSG = [{"role": "user", "content": "write a short note about reliable request routing"}]
-
-
-def free_port_range(n: int) -> int:
-    """A base port with ``n`` free consecutive ports, below Linux's ephemeral range (so the
-    clients' own connections cannot take them before the engines bind)."""
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(20000, 30000 - n)
-        try:
-            for p in range(base, base + n):
-                with socket.socket() as t:
-                    t.bind(("127.0.0.1", p))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no free port range")
 
 
 def rss_and_fds(pid: int) -> tuple[float, int]:
@@ -196,7 +182,7 @@ async def soak(args: argparse.Namespace, router_pid: int, url: str, console: Con
     }
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, default=30.0, help="how long to run (default 30)")
     ap.add_argument("--concurrency", type=int, default=64, help="concurrent clients (default 64)")
@@ -205,7 +191,7 @@ def main() -> int:
     ap.add_argument("--interval-s", type=float, default=60.0, help="seconds between samples (default 60)")
     ap.add_argument("--warmup-minutes", type=float, default=2.0, help="growth is measured after (default 2)")
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.minutes <= 0 or args.concurrency < 1 or args.engines < 1 or args.interval_s <= 0:
         ap.error("--minutes, --interval-s must be > 0; --concurrency, --engines >= 1")
     console = Console(stderr=True)

@@ -24,8 +24,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from slorouter.clock import ManualClock
 from slorouter.models.static import StaticLatency, StaticLengths
 from slorouter.state.backends import Backend, BackendSet, Health
@@ -76,7 +74,7 @@ def measure(backends: int, holders: int, seconds: float) -> dict[str, Any]:
     return {"backends": backends, "holders": holders, "tick_us": tick_us, "row_bytes": len(raw)}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", metavar="OUT")
     ap.add_argument("--backends", default="20,200,1000")
@@ -84,7 +82,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--tokens-per-s", type=float, default=10_000.0, help="tokens one process streams")
     ap.add_argument("--us-per-token", type=float, default=95.0, help="CPU per token of the proxy path")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     try:
         bs = [int(x) for x in args.backends.split(",")]
         hs = [int(x) for x in args.holders.split(",")]

@@ -46,9 +46,9 @@ TORCH_WHEEL = Path(
 )
 TORCH_PIN = "torch==2.13.0+cpu"
 SKIP_DEPS = {"torch", "torchvision", "torchaudio", "torchcodec"}
-EXTRA_PACKAGES = ["transformers", "tokenizers"]  # for build_tiny_model.py (vLLM already needs both)
+EXTRA_PACKAGES = ["transformers", "tokenizers"]  # for tiny_model.py (vLLM already needs both)
 SERVED_NAME = "tiny"
-SCRIPTS = Path(__file__).resolve().parent
+TINY_MODEL = Path(__file__).resolve().with_name("tiny_model.py")  # run by the vLLM env's Python
 
 
 def log(msg: str) -> None:
@@ -192,7 +192,7 @@ def ensure_env(p: Paths) -> dict[str, float]:
 
 
 def ensure_model(p: Paths) -> None:
-    _run([p.python, SCRIPTS / "build_tiny_model.py", "--out", p.model])
+    _run([p.python, TINY_MODEL, "--out", p.model])
 
 
 def ensure_all(p: Paths | None = None) -> Paths:

@@ -17,16 +17,13 @@ import sys
 import time
 import urllib.request
 from collections import Counter
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hypothesis import HealthCheck, given, seed, settings
 from prometheus_client.parser import text_string_to_metric_families
 from rich.progress import Progress
 
-from tests.fuzz.stack import fuzz_stack
-from tests.fuzz.strategies import FuzzRequest, fuzz_requests, send
+from benchmarks.fuzz.stack import fuzz_stack
+from benchmarks.fuzz.strategies import FuzzRequest, fuzz_requests, send
 
 
 def busy_series(metrics_text: str) -> list[str]:
@@ -45,11 +42,11 @@ def inflight(port: int) -> list[str]:
     return busy_series(text)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--examples", type=int, default=10_000, help="generated inputs to send (default 10000)")
     ap.add_argument("--seed", type=int, default=0, help="hypothesis seed (default 0)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.examples < 1:
         ap.error("--examples: give a number >= 1")
     statuses: Counter[str] = Counter()
@@ -70,8 +67,14 @@ def main() -> int:
         def run(req: FuzzRequest) -> None:
             a = send(stack.port, req, timeout_s=10.0)
             times.append(a.seconds)
-            final = a.status is not None and a.status >= 200
-            key = "hang" if a.hung else "no-final-answer" if not final else f"{a.status // 100}xx"
+            status = a.status
+            final = status is not None and status >= 200
+            if a.hung:
+                key = "hang"
+            elif status is None or not final:
+                key = "no-final-answer"
+            else:
+                key = f"{status // 100}xx"
             statuses[key] += 1
             if a.hung or not final or a.status is None or a.status >= 500:
                 bad.append({"request": repr(req)[:500], "answer": a.raw_head[:200].decode("latin-1")})

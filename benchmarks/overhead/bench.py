@@ -57,10 +57,8 @@ from typing import Any
 
 import orjson
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _overhead_client import make_session, run_load, warm_up
-from _overhead_procs import (
+from benchmarks.overhead.client import make_session, run_load, warm_up
+from benchmarks.overhead.procs import (
     VENV_BIN,
     Proc,
     start_nginx,
@@ -69,7 +67,7 @@ from _overhead_procs import (
     start_slorouter,
     start_vllm_router,
 )
-from _overhead_report import flat_summary, print_table, run_record, summarize
+from benchmarks.overhead.report import flat_summary, print_table, run_record, summarize
 
 
 @dataclass(frozen=True)

@@ -70,11 +70,11 @@ async def serve(port: int, upstreams: list[str]) -> None:
         await runner.cleanup()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--upstream", action="append", required=True)
-    a = p.parse_args()
+    a = p.parse_args(argv)
     import uvloop
 
     uvloop.run(serve(a.port, [u.rstrip("/") for u in a.upstream]))

@@ -98,11 +98,11 @@ def breakdown(paths: list[Path]) -> tuple[int, collections.Counter[str]]:
     return total, parts
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("files", nargs="+", type=Path)
     ap.add_argument("--per-unit", type=float, help="CPU µs per token/request measured without the profiler")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     total, parts = breakdown(a.files)
     print(f"{total} samples")
     for part, k in parts.most_common():
