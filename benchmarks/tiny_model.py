@@ -2,7 +2,7 @@
 
 Runs inside the vLLM environment (it needs torch, transformers, tokenizers):
 
-    ENV/bin/python scripts/build_tiny_model.py --out ~/.cache/slorouter/tiny-llama
+    ENV/bin/python benchmarks/tiny_model.py --out ~/.cache/slorouter/tiny-llama
 
 - weights: ``transformers.LlamaConfig`` (hidden 512, 8 layers, 8 heads, 4 KV heads, MLP 2048,
   vocab 4096 → ≈35.7M parameters), random (seed 0), float32 safetensors;

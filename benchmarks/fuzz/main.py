@@ -2,8 +2,8 @@
 """Fuzz the live router: ``scripts/fuzz.py [--examples N] [--seed S]`` (default 10,000).
 
 Starts a simulated vLLM and TGI engine and ``slorouter serve`` as processes on
-127.0.0.1 (see tests/fuzz/stack.py), sends N generated hostile requests (hypothesis
-strategies in tests/fuzz/strategies.py: bodies, headers, methods, paths, framing), each
+127.0.0.1 (:mod:`benchmarks.fuzz.stack`), sends N generated hostile requests (hypothesis
+strategies in :mod:`benchmarks.fuzz.strategies`: bodies, headers, methods, paths, framing), each
 on its own connection, and prints JSON: inputs sent, answers by status class, responses
 >= 500, hangs (no complete answer within 10 s), time per input, and whether anything was
 left in flight afterwards. Exit status 1 if any response was >= 500, hung, or had no final HTTP answer.

@@ -13,7 +13,7 @@ Three scenarios, each target measured ``--repeats`` times in rounds (order rotat
 Engines: 2 simulated vLLM engines (``slorouter sim``, a generated profile whose step is
 ``c0`` alone). Targets: ``direct`` (clients spread over the engines), ``nginx`` (1 worker,
 generated config in a temp dir: proxy_buffering off, HTTP/1.1 keep-alive upstream,
-round-robin), ``aiohttp-min`` (``scripts/_overhead_passthrough.py``: aiohttp + uvloop,
+round-robin), ``aiohttp-min`` (:mod:`benchmarks.overhead.passthrough`: aiohttp + uvloop,
 copies reads, no parsing — the floor for an aiohttp router), ``vllm-router`` (the Rust
 router from PyPI, round-robin; the ``bench`` extra) and the real ``slorouter serve``
 (generated config): ``slorouter`` with policy round-robin and a best-effort tier,
@@ -128,7 +128,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=Path,
         metavar="DIR",
         help="record slorouter (both targets) with py-spy (raw folded stacks into DIR) during its "
-        "runs; perturbs the figures — use for profiling only (scripts/_overhead_profile.py sums them)",
+        "runs; perturbs the figures — use for profiling only "
+        "(python -m benchmarks.overhead.profile sums them)",
     )
     p.add_argument("--py-spy-native", action="store_true", help="with --py-spy: include native frames")
     a = p.parse_args(argv)
@@ -314,7 +315,7 @@ async def main_async(a: argparse.Namespace) -> dict[str, Any]:
         "engines": "2 x `slorouter sim` (vLLM chat wire format), step = c0 only (batch-independent)",
         "proxies": {
             "nginx": "1 worker, proxy_buffering off, proxy_http_version 1.1, upstream keepalive 256",
-            "aiohttp-min": "scripts/_overhead_passthrough.py: aiohttp + uvloop, copy reads, no parsing",
+            "aiohttp-min": "benchmarks/overhead/passthrough.py: aiohttp + uvloop, copy reads, no parsing",
             "vllm-router": "vllm-router (Rust, PyPI), --policy round_robin, --log-level warning",
             "slorouter": "slorouter serve, policy round-robin, one best_effort tier",
             "slorouter-polyserve": "slorouter serve, policy polyserve, latency tier TTFT 2 s, TPOT 100 ms",

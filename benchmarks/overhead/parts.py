@@ -11,7 +11,7 @@ lifecycle (arrival, dispatch, tokens, usage, finish) without and with each outco
 listener (latency model, length model, request metrics, SLO/gain metrics), for a
 non-streaming request (16 tokens in one call) and a 64-token stream.
 
-Usage: ``scripts/_overhead_parts.py [--tier best_effort|latency]``
+Usage: ``python -m benchmarks.overhead.parts [--tier best_effort|latency]``
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A minimal aiohttp + uvloop pass-through proxy: the floor for an aiohttp-based router.
 
-``_overhead_passthrough.py --port P --upstream URL [--upstream URL ...]`` forwards every
+``python -m benchmarks.overhead.passthrough --port P --upstream URL [--upstream URL ...]`` forwards every
 POST to the next upstream (round-robin) with one pooled ClientSession and copies the
 response body to the client read by read (``iter_any``), no parsing, no accounting. Used
 by ``scripts/bench_overhead.py`` as the ``aiohttp-min`` target (the reference

@@ -2,7 +2,7 @@
 """Where a proxy's CPU goes: folded py-spy stacks (``bench_overhead.py --py-spy DIR``,
 ``--format raw``) summed into the parts of the per-token / per-request path.
 
-``_overhead_profile.py FILE [FILE ...] [--per-unit US]``: each sample is given to the part
+``python -m benchmarks.overhead.profile FILE [FILE ...] [--per-unit US]``: each sample is given to the part
 of its innermost frame that matches a rule below (C frames of the system calls first,
 with ``--py-spy-native``); ``--per-unit`` turns shares into µs per token (or request)
 using a CPU figure measured without the profiler (py-spy slows the process it samples).
