@@ -105,108 +105,123 @@ class Client:
         return h
 
     async def send(self, rec: CallRecord) -> None:
-        """Run one call, filling ``rec``. Never raises except CancelledError."""
-        body = self.body(rec)
-        headers = self.headers(rec)
-        clock = time.perf_counter
-        t0 = self.t0
-        rec.sent = clock() - t0
-        try:
-            async with self.session.post(self.url, data=body, headers=headers, timeout=self.timeout) as resp:
-                rec.http_status = resp.status
-                if resp.status != 200:
-                    text = await resp.read()
-                    rec.status = "rejected" if resp.status == 429 else "error"
-                    rec.error = f"HTTP {resp.status}: {text[:200].decode('utf-8', 'replace')}"
-                elif rec.stream and resp.content_type != "application/json":
-                    await self._read_stream(resp, rec)
-                else:  # not streaming (or a server that answered a stream request with JSON)
-                    data = await resp.read()
-                    now = clock() - t0
-                    rec.chunks.append(now)
-                    self._read_json(data, rec)
-        except TimeoutError:
-            rec.status = "timeout"
-            rec.error = f"no complete response within {self.w.request_timeout_s:g} s"
-        except asyncio.CancelledError:
-            rec.status = "cancelled"
-            rec.error = rec.error or "the run ended before the response did"
-            raise
-        except (aiohttp.ClientError, OSError, ValueError) as exc:
-            rec.status = "error"
-            rec.error = f"{type(exc).__name__}: {exc}"[:300]
-        finally:
-            now = clock() - t0
-            rec.done = now
-            rec.end = rec.chunks[-1] if rec.chunks else now
-            if rec.status == "pending":
-                rec.status = "error"
-                rec.error = rec.error or "response ended before any token"
+        """Run one call of the workload, filling ``rec``. Never raises except CancelledError."""
+        await send_call(self.session, self.url, self.body(rec), self.headers(rec), rec, self.t0, self.timeout)
 
-    async def _read_stream(self, resp: aiohttp.ClientResponse, rec: CallRecord) -> None:
-        clock = time.perf_counter
-        t0 = self.t0
-        add = rec.chunks.append
-        buf = b""
-        got_tokens = False
-        read = resp.content.readany  # one call per socket read; b"" at the end
-        while data := await read():
-            now = clock() - t0
-            if buf:
-                data = buf + data
-            if b"\r" in data:
-                data = data.replace(b"\r\n", b"\n")
-            pos = 0
-            while (cut := data.find(b"\n\n", pos)) >= 0:
-                ev = data[pos:cut]
-                pos = cut + 2
-                if b'"choices":[{' in ev or b'"choices": [{' in ev:
-                    if not rec.chunks and b'"role"' in ev and any(m in ev for m in _ROLE_ONLY):
-                        rec.lead = 1
-                    else:
-                        got_tokens = True
-                    add(now)
-                    if b'usage"' in ev and (_USAGE[0] in ev or _USAGE[1] in ev):
-                        self._read_event(ev, rec)
-                elif b"[DONE]" in ev:
-                    continue
-                elif b"usage" in ev or b'"error"' in ev:
-                    self._read_event(ev, rec)
-            buf = data[pos:]
+
+async def send_call(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    rec: CallRecord,
+    t0: float,
+    client_timeout: aiohttp.ClientTimeout,
+) -> None:
+    """POST a prepared ``body`` to ``url`` and fill ``rec`` as the load generator does (times
+    in seconds from ``t0`` on ``time.perf_counter``; ``rec.stream`` says whether to read an
+    SSE stream; ``client_timeout`` bounds the whole call). The project's one streaming
+    client: :class:`Client` sends its workload's calls through it, and the benchmarks that
+    build their own bodies (``benchmarks.real``) do too. Never raises except CancelledError."""
+    clock = time.perf_counter
+    rec.sent = clock() - t0
+    try:
+        async with session.post(url, data=body, headers=headers, timeout=client_timeout) as resp:
+            rec.http_status = resp.status
+            if resp.status != 200:
+                text = await resp.read()
+                rec.status = "rejected" if resp.status == 429 else "error"
+                rec.error = f"HTTP {resp.status}: {text[:200].decode('utf-8', 'replace')}"
+            elif rec.stream and resp.content_type != "application/json":
+                await _read_stream(resp, rec, t0)
+            else:  # not streaming (or a server that answered a stream request with JSON)
+                data = await resp.read()
+                now = clock() - t0
+                rec.chunks.append(now)
+                _read_json(data, rec)
+    except TimeoutError:
+        rec.status = "timeout"
+        rec.error = f"no complete response within {client_timeout.total or 0:g} s"
+    except asyncio.CancelledError:
+        rec.status = "cancelled"
+        rec.error = rec.error or "the run ended before the response did"
+        raise
+    except (aiohttp.ClientError, OSError, ValueError) as exc:
+        rec.status = "error"
+        rec.error = f"{type(exc).__name__}: {exc}"[:300]
+    finally:
+        now = clock() - t0
+        rec.done = now
+        rec.end = rec.chunks[-1] if rec.chunks else now
         if rec.status == "pending":
-            if got_tokens:
-                rec.status = "ok"
-            else:
-                rec.error = "the stream ended without a token"
-
-    def _read_event(self, ev: bytes, rec: CallRecord) -> None:
-        start = ev.find(b"data:")
-        if start < 0:
-            return
-        self._read_json(ev[start + 5 :], rec, streaming=True)
-
-    @staticmethod
-    def _read_json(data: bytes, rec: CallRecord, streaming: bool = False) -> None:
-        try:
-            obj = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            if not streaming:
-                rec.status, rec.error = "error", f"response is not JSON: {data[:120]!r}"
-            return
-        if not isinstance(obj, dict):
-            return
-        usage = obj.get("usage")
-        if isinstance(usage, dict):
-            if isinstance(usage.get("prompt_tokens"), int):
-                rec.usage_prompt = usage["prompt_tokens"]
-            if isinstance(usage.get("completion_tokens"), int):
-                rec.usage_completion = usage["completion_tokens"]
-        err = obj.get("error")
-        if err or obj.get("object") == "error":
             rec.status = "error"
-            msg = err.get("message") if isinstance(err, dict) else (err or obj.get("message"))
-            rec.error = f"error event: {msg}"[:300]
-        elif not streaming:
-            rec.status = "ok" if obj.get("choices") else "error"
-            if rec.status == "error":
-                rec.error = "response has no choices"
+            rec.error = rec.error or "response ended before any token"
+
+
+async def _read_stream(resp: aiohttp.ClientResponse, rec: CallRecord, t0: float) -> None:
+    clock = time.perf_counter
+    add = rec.chunks.append
+    buf = b""
+    got_tokens = False
+    read = resp.content.readany  # one call per socket read; b"" at the end
+    while data := await read():
+        now = clock() - t0
+        if buf:
+            data = buf + data
+        if b"\r" in data:
+            data = data.replace(b"\r\n", b"\n")
+        pos = 0
+        while (cut := data.find(b"\n\n", pos)) >= 0:
+            ev = data[pos:cut]
+            pos = cut + 2
+            if b'"choices":[{' in ev or b'"choices": [{' in ev:
+                if not rec.chunks and b'"role"' in ev and any(m in ev for m in _ROLE_ONLY):
+                    rec.lead = 1
+                else:
+                    got_tokens = True
+                add(now)
+                if b'usage"' in ev and (_USAGE[0] in ev or _USAGE[1] in ev):
+                    _read_event(ev, rec)
+            elif b"[DONE]" in ev:
+                continue
+            elif b"usage" in ev or b'"error"' in ev:
+                _read_event(ev, rec)
+        buf = data[pos:]
+    if rec.status == "pending":
+        if got_tokens:
+            rec.status = "ok"
+        else:
+            rec.error = "the stream ended without a token"
+
+
+def _read_event(ev: bytes, rec: CallRecord) -> None:
+    start = ev.find(b"data:")
+    if start < 0:
+        return
+    _read_json(ev[start + 5 :], rec, streaming=True)
+
+
+def _read_json(data: bytes, rec: CallRecord, streaming: bool = False) -> None:
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        if not streaming:
+            rec.status, rec.error = "error", f"response is not JSON: {data[:120]!r}"
+        return
+    if not isinstance(obj, dict):
+        return
+    usage = obj.get("usage")
+    if isinstance(usage, dict):
+        if isinstance(usage.get("prompt_tokens"), int):
+            rec.usage_prompt = usage["prompt_tokens"]
+        if isinstance(usage.get("completion_tokens"), int):
+            rec.usage_completion = usage["completion_tokens"]
+    err = obj.get("error")
+    if err or obj.get("object") == "error":
+        rec.status = "error"
+        msg = err.get("message") if isinstance(err, dict) else (err or obj.get("message"))
+        rec.error = f"error event: {msg}"[:300]
+    elif not streaming:
+        rec.status = "ok" if obj.get("choices") else "error"
+        if rec.status == "error":
+            rec.error = "response has no choices"

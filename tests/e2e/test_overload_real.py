@@ -48,7 +48,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.e2e.conftest import RealVllm, script_module
+from benchmarks import real as real_bench
+from tests.e2e.conftest import RealVllm
 
 pytestmark = [pytest.mark.real_engine, pytest.mark.timeout(900)]
 
@@ -62,7 +63,7 @@ POLICIES = ("polyserve", "round-robin")
 
 
 def bench_module() -> ModuleType:
-    return script_module("bench_real_policies.py")
+    return real_bench
 
 
 @dataclass

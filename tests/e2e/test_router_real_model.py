@@ -25,13 +25,14 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import RealVllm, script_module
+from benchmarks import real as real_bench
+from tests.e2e.conftest import RealVllm
 
 pytestmark = [pytest.mark.real_engine, pytest.mark.timeout(900)]  # includes install + start on a clean CI
 
 
 def bench_module() -> ModuleType:
-    return script_module("bench_real_policies.py")
+    return real_bench
 
 
 ATTEMPTS = 3  # level runs until vLLM's own ITL is a steady curve (see bench.unsteady)

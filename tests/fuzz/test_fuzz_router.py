@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from tests.fuzz.stack import Stack, fuzz_stack
-from tests.fuzz.strategies import FuzzRequest, fuzz_requests, send
+from benchmarks.fuzz.stack import Stack, fuzz_stack
+from benchmarks.fuzz.strategies import FuzzRequest, fuzz_requests, send
 from tests.promtext import values
 
 SAMPLE = 300

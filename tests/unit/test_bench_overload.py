@@ -1,35 +1,22 @@
-"""``scripts/bench_overload.py`` end to end at a tiny scale: the JSON has the shape the
-issue asks for, and the measurement window counts what it says it counts."""
+"""``benchmarks.overload`` (``scripts/bench_overload.py``) end to end at a tiny scale: the
+JSON has the shape the issue asks for, and the measurement window counts what it says it counts."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 
+from benchmarks import overload as bench
 from slorouter.fleetsim.fleet import FleetSim
 from slorouter.fleetsim.scenario import load_scenario
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_overload.py"
 
-
-def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_overload", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_the_json_has_every_scenario_policy_and_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_json_has_every_scenario_policy_and_load(tmp_path: Path) -> None:
     out = tmp_path / "o.json"
     argv = [
-        "bench_overload.py",
         "--json",
         str(out),
         "--scenarios",
@@ -45,8 +32,7 @@ def test_the_json_has_every_scenario_policy_and_load(tmp_path: Path, monkeypatch
         "--base",
         "polyserve-code=300",
     ]
-    monkeypatch.setattr(sys, "argv", argv)
-    assert _bench().main() == 0
+    assert bench.main(argv) == 0
     data = json.loads(out.read_text())
     entry = data["scenarios"]["polyserve-code"]
     assert entry["base_rps"] == 300 and entry["servers"] == 20
@@ -66,7 +52,6 @@ def test_the_json_has_every_scenario_policy_and_load(tmp_path: Path, monkeypatch
 
 
 def test_the_window_counts_good_requests_that_arrived_in_it() -> None:
-    bench = _bench()
     scn = load_scenario("polyserve-code")
     sim = FleetSim(scn, "polyserve", rate=200.0, requests=800)
     sim.run()

@@ -4,16 +4,15 @@ scenario, every policy's short sweep against it."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import random
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from benchmarks import policies as policies_bench
 from slorouter.engine.model import EngineModel, Finished, token_times
 from slorouter.fleetsim.bound import fluid_reference
 from slorouter.fleetsim.fleet import FleetSim, SimOptions, SimResult
@@ -260,18 +259,8 @@ def test_no_policy_beats_the_bound(name: str) -> None:
                 assert finite_ok(rw, g, SERVERS, target, DRAIN_S), (kind, target, g / SERVERS, fin)
 
 
-def _bench() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "bench_policies", Path(__file__).resolve().parents[2] / "scripts" / "bench_policies.py"
-    )
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_bench_policies_json_compares_polyserve_with_what_users_run() -> None:
-    bench = _bench()
+    bench = policies_bench
     # every shipped scenario at a constant rate (one with an arrival envelope is for a fleet
     # that scales: scripts/bench_autoscale.py)
     # that scales: scripts/bench_autoscale.py); one with multi-call workflows is compared by

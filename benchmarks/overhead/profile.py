@@ -2,7 +2,7 @@
 """Where a proxy's CPU goes: folded py-spy stacks (``bench_overhead.py --py-spy DIR``,
 ``--format raw``) summed into the parts of the per-token / per-request path.
 
-``_overhead_profile.py FILE [FILE ...] [--per-unit US]``: each sample is given to the part
+``python -m benchmarks.overhead.profile FILE [FILE ...] [--per-unit US]``: each sample is given to the part
 of its innermost frame that matches a rule below (C frames of the system calls first,
 with ``--py-spy-native``); ``--per-unit`` turns shares into µs per token (or request)
 using a CPU figure measured without the profiler (py-spy slows the process it samples).
@@ -98,11 +98,11 @@ def breakdown(paths: list[Path]) -> tuple[int, collections.Counter[str]]:
     return total, parts
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("files", nargs="+", type=Path)
     ap.add_argument("--per-unit", type=float, help="CPU µs per token/request measured without the profiler")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     total, parts = breakdown(a.files)
     print(f"{total} samples")
     for part, k in parts.most_common():

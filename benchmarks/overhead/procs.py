@@ -1,4 +1,4 @@
-"""Processes for ``scripts/bench_overhead.py``: simulated engines, nginx and slorouter as
+"""Processes for :mod:`benchmarks.overhead.bench`: simulated engines, nginx and slorouter as
 subprocesses (optionally pinned to a core with ``taskset``), their CPU time and RSS from
 ``/proc``, and a clean stop (SIGTERM, then SIGKILL after a grace period) of every process
 started here — and only those.
@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,36 +18,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from benchmarks.ports import free_port, free_port_range
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 VENV_BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def free_ports(n: int) -> int:
-    """A base port with ``n`` consecutive free ports after it (checked by binding them)."""
-    for _ in range(200):
-        base = free_port()
-        if base + n > 65535:
-            continue
-        socks: list[socket.socket] = []
-        try:
-            for p in range(base, base + n):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError(f"no {n} consecutive free ports on 127.0.0.1")
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
@@ -179,7 +153,7 @@ def profile_json(c0_s: float) -> str:
 def start_sim(tmp: Path, tag: str, c0_s: float, engines: int, core: int | None) -> tuple[Proc, list[int]]:
     prof = tmp / f"profile-{tag}.json"
     prof.write_text(profile_json(c0_s))
-    base = free_ports(engines)
+    base = free_port_range(engines)
     argv = [str(VENV_BIN / "slorouter"), "sim", "--engines", str(engines), "--base-port", str(base)]
     argv += ["--profile", str(prof)]
     p = Proc(f"sim-{tag}", argv, tmp, core)
@@ -304,9 +278,9 @@ def start_vllm_router(tmp: Path, engine_ports: list[int], core: int | None) -> t
 
 
 def start_passthrough(tmp: Path, engine_ports: list[int], core: int | None) -> tuple[Proc, int]:
-    """The minimal aiohttp + uvloop pass-through (``scripts/_overhead_passthrough.py``)."""
+    """The minimal aiohttp + uvloop pass-through (:mod:`benchmarks.overhead.passthrough`)."""
     port = free_port()
-    argv = [sys.executable, str(Path(__file__).with_name("_overhead_passthrough.py")), "--port", str(port)]
+    argv = [sys.executable, "-m", "benchmarks.overhead.passthrough", "--port", str(port)]
     for ep in engine_ports:
         argv += ["--upstream", f"http://127.0.0.1:{ep}"]
     p = Proc(f"aiohttp-min-{port}", argv, tmp, core)

@@ -13,7 +13,7 @@ import statistics
 import sys
 from typing import Any
 
-from _overhead_client import LoadResult
+from benchmarks.overhead.client import LoadResult
 
 
 def pct(xs: list[float], q: float) -> float | None:

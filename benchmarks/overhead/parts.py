@@ -11,21 +11,17 @@ lifecycle (arrival, dispatch, tokens, usage, finish) without and with each outco
 listener (latency model, length model, request metrics, SLO/gain metrics), for a
 non-streaming request (16 tokens in one call) and a 64-token stream.
 
-Usage: ``scripts/_overhead_parts.py [--tier best_effort|latency]``
+Usage: ``python -m benchmarks.overhead.parts [--tier best_effort|latency]``
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import sys
 import time
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from slorouter.app.parts import build_models, configured_backends
 from slorouter.clock import RealClock
@@ -45,7 +41,7 @@ EVENT = (
 )
 
 
-def best_us(fn: Callable[[], None], n: int, repeats: int = 5) -> float:
+def best_us(fn: Callable[[], object], n: int, repeats: int = 5) -> float:
     for _ in range(max(1, n // 10)):
         fn()
     best = float("inf")
@@ -93,7 +89,7 @@ def per_token(tier_class: str) -> dict[str, float]:
     out["SSE observer"] = best_us(lambda: obs.feed(EVENT), 20000)
     out["tracker on_tokens"] = best_us(lambda: tracker.on_tokens(1, 1), 20000)
     obs2 = SseObserver(Flavor.OPENAI, partial(tracker.on_tokens, 1), lambda _p, _c: None, True)
-    out["both, one read"] = best_us(lambda: obs2.feed(EVENT) and None, 20000)
+    out["both, one read"] = best_us(lambda: obs2.feed(EVENT), 20000)
     return out
 
 
@@ -127,15 +123,15 @@ def per_request(tier_class: str) -> dict[str, tuple[float, float]]:
                 tracker.on_usage(rid, 20, 16)
             tracker.on_finish(rid, Status.OK)
 
-        out[name] = (best_us(lambda one=one: one(1), 2000), best_us(lambda one=one: one(64), 500))
+        out[name] = (best_us(partial(one, 1), 2000), best_us(partial(one, 64), 500))
     base = out["tracker alone"]
     return {k: (v if k == "tracker alone" else (v[0] - base[0], v[1] - base[1])) for k, v in out.items()}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--tier", choices=("best_effort", "latency"), default="best_effort")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     print(f"per token ({a.tier} tier), µs CPU:")
     for k, v in per_token(a.tier).items():
         print(f"  {v:6.2f}  {k}")

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import yaml
 
+from benchmarks.ports import free_port
 from slorouter.models.profile import StepProfile
 from slorouter.models.static import LinearStep
-from tests.faults.kit import free_port
 
 ADMIN_ENV = "FUZZ_SLOROUTER_ADMIN"
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A minimal aiohttp + uvloop pass-through proxy: the floor for an aiohttp-based router.
 
-``_overhead_passthrough.py --port P --upstream URL [--upstream URL ...]`` forwards every
+``python -m benchmarks.overhead.passthrough --port P --upstream URL [--upstream URL ...]`` forwards every
 POST to the next upstream (round-robin) with one pooled ClientSession and copies the
 response body to the client read by read (``iter_any``), no parsing, no accounting. Used
 by ``scripts/bench_overhead.py`` as the ``aiohttp-min`` target (the reference
@@ -70,11 +70,11 @@ async def serve(port: int, upstreams: list[str]) -> None:
         await runner.cleanup()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--upstream", action="append", required=True)
-    a = p.parse_args()
+    a = p.parse_args(argv)
     import uvloop
 
     uvloop.run(serve(a.port, [u.rstrip("/") for u in a.upstream]))

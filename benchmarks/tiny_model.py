@@ -2,7 +2,7 @@
 
 Runs inside the vLLM environment (it needs torch, transformers, tokenizers):
 
-    ENV/bin/python scripts/build_tiny_model.py --out ~/.cache/slorouter/tiny-llama
+    ENV/bin/python benchmarks/tiny_model.py --out ~/.cache/slorouter/tiny-llama
 
 - weights: ``transformers.LlamaConfig`` (hidden 512, 8 layers, 8 heads, 4 KV heads, MLP 2048,
   vocab 4096 → ≈35.7M parameters), random (seed 0), float32 safetensors;
@@ -142,11 +142,11 @@ def is_built(out: Path) -> bool:
         return False
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, type=Path, help="model directory to create")
     ap.add_argument("--force", action="store_true", help="rebuild even if a matching build exists")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     out: Path = args.out.expanduser().resolve()
     if is_built(out) and not args.force:
         print(json.dumps({"model_dir": str(out), "cached": True}))

@@ -5,7 +5,8 @@ names, values, framing and bodies can be anything a client could send — not on
 an HTTP library would let through. Bodies range from almost-valid OpenAI/TGI requests
 with one field wrong, through arbitrary JSON, to raw bytes; headers mix the ones the
 router reads (tier header, keys, workflow id, content and hop-by-hop headers) with
-random ones. Shared by ``tests/fuzz`` (a fast sample) and ``scripts/fuzz.py`` (≥ 10,000).
+random ones. Shared by ``tests/fuzz`` (a fast sample) and :mod:`benchmarks.fuzz.main`
+(``scripts/fuzz.py``, ≥ 10,000).
 """
 
 from __future__ import annotations
