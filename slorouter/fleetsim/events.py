@@ -34,7 +34,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 from slorouter.autoscale.baselines import EngineGauges
-from slorouter.engine.model import EngineModel, RequestTooLarge, StepResult
+from slorouter.engine.model import EngineModel
+from slorouter.engine.results import RequestTooLarge, StepResult
 from slorouter.fleetsim.metrics import ERROR, REJECTED
 from slorouter.values import Dispatch, Reject, RequestInfo, SloClass, Status
 

@@ -13,7 +13,7 @@ import math
 from typing import Any
 
 import slojudge
-from slorouter.engine.model import Segment
+from slorouter.engine.results import Segment
 from slorouter.fleetsim.metrics import OK, Records, on_time_tokens
 from slorouter.fleetsim.workload import Workload
 from slorouter.values import SloClass
