@@ -25,7 +25,7 @@ from slorouter.actuation.webhook import WebhookSender
 from slorouter.admission.queue import priority
 from slorouter.autoscale.scaler import ScaleDecision, Scaler, TickResult
 from slorouter.clock import Clock
-from slorouter.config.model import AutoscaleConfig, ScaleMode
+from slorouter.config.autoscale import AutoscaleConfig, ScaleMode
 from slorouter.policy.base import Policy
 from slorouter.state.snapshot import Snapshot
 from slorouter.state.tracker import Tracker

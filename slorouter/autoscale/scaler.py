@@ -48,7 +48,7 @@ from typing import Any, Final
 
 from slorouter.autoscale.plan import ScalePlan, TierTarget, plan, servers_needed
 from slorouter.autoscale.signal import Attainment, LengthStats, RateForecast
-from slorouter.config.model import AutoscaleConfig
+from slorouter.config.autoscale import AutoscaleConfig
 from slorouter.models.fluid import Lengths, tier_cost
 from slorouter.state.snapshot import Snapshot
 from slorouter.values import Outcome, SloClass, Status, Tier

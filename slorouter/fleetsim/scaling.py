@@ -29,7 +29,7 @@ from typing import Any
 
 from slorouter.autoscale.baselines import BASELINES, EngineGauges, PoolLimits, PoolScaler
 from slorouter.autoscale.scaler import Scaler, TickResult
-from slorouter.config.model import AutoscaleConfig
+from slorouter.config.autoscale import AutoscaleConfig
 from slorouter.fleetsim.envelope import Envelope
 from slorouter.state.backends import Backend, BackendSet
 from slorouter.state.snapshot import Snapshot

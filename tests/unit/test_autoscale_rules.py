@@ -14,7 +14,7 @@ import pytest
 from slorouter.autoscale.scaler import ScaleDecision, Scaler, TickResult
 from slorouter.autoscale.signal import Attainment, LengthStats, RateForecast
 from slorouter.clock import ManualClock
-from slorouter.config.model import AutoscaleConfig, TierScaleConfig
+from slorouter.config.autoscale import AutoscaleConfig, TierScaleConfig
 from slorouter.models.fluid import Lengths, tier_cost
 from slorouter.models.static import EngineLimits, LinearStep, StaticLatency, StaticLengths
 from slorouter.state.backends import Backend, BackendSet, Health
