@@ -23,7 +23,8 @@ from typing import Any
 from slorouter.actuation.fleet import FleetManager
 from slorouter.actuation.webhook import WebhookSender
 from slorouter.admission.queue import priority
-from slorouter.autoscale.scaler import ScaleDecision, Scaler, TickResult
+from slorouter.autoscale.decision import ScaleDecision, TickResult
+from slorouter.autoscale.scaler import Scaler
 from slorouter.clock import Clock
 from slorouter.config.autoscale import AutoscaleConfig, ScaleMode
 from slorouter.policy.base import Policy

@@ -35,8 +35,8 @@ from collections import deque
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
+from slorouter.autoscale.decision import ScaleDecision, TickResult
 from slorouter.autoscale.plan import ScalePlan
-from slorouter.autoscale.scaler import ScaleDecision, TickResult
 from slorouter.state.snapshot import Snapshot
 
 

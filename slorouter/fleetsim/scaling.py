@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from slorouter.autoscale.baselines import BASELINES, EngineGauges, PoolLimits, PoolScaler
-from slorouter.autoscale.scaler import Scaler, TickResult
+from slorouter.autoscale.decision import TickResult
+from slorouter.autoscale.scaler import Scaler
 from slorouter.config.autoscale import AutoscaleConfig
 from slorouter.fleetsim.envelope import Envelope
 from slorouter.state.backends import Backend, BackendSet

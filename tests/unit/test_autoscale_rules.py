@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from slorouter.autoscale.scaler import ScaleDecision, Scaler, TickResult
+from slorouter.autoscale.decision import ScaleDecision, TickResult
+from slorouter.autoscale.scaler import Scaler
 from slorouter.autoscale.signal import Attainment, LengthStats, RateForecast
 from slorouter.clock import ManualClock
 from slorouter.config.autoscale import AutoscaleConfig, TierScaleConfig
