@@ -22,7 +22,7 @@ from typing import Any
 
 from slorouter.actuation.fleet import FleetManager
 from slorouter.actuation.webhook import WebhookSender
-from slorouter.admission.queue import priority
+from slorouter.admission.priority import priority
 from slorouter.autoscale.decision import ScaleDecision, TickResult
 from slorouter.autoscale.scaler import Scaler
 from slorouter.clock import Clock

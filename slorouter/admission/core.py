@@ -71,7 +71,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 from slorouter.admission.overload import cost, default_max_wait, density_bucket
-from slorouter.admission.queue import LATE, WAIT_LIMIT, AdmissionQueue, priority
+from slorouter.admission.priority import priority
+from slorouter.admission.queue import LATE, WAIT_LIMIT, AdmissionQueue
 from slorouter.state.snapshot import Snapshot
 from slorouter.state.tracker import Tracker
 from slorouter.values import Decision, Defer, Dispatch, Outcome, Reject, RequestInfo, Scope, Status
