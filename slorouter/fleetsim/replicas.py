@@ -28,7 +28,8 @@ from slorouter.models.workflows import WorkflowBook
 from slorouter.policy import registry
 from slorouter.policy.base import Policy, PolicyContext
 from slorouter.state.backends import BackendSet, Health
-from slorouter.state.sync import LoadSync, MemoryStore
+from slorouter.state.store import MemoryStore
+from slorouter.state.sync import LoadSync
 from slorouter.state.tracker import Tracker
 
 
