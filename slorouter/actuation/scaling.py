@@ -37,7 +37,7 @@ log = logging.getLogger("slorouter.autoscale")
 
 class DeferWatch:
     """A policy as it is, plus: an on-time request it defers (its latest useful start,
-    :func:`~slorouter.admission.queue.priority`, is still ahead) is reported to the
+    :func:`~slorouter.admission.priority.priority`, is still ahead) is reported to the
     scaler's fast trigger."""
 
     def __init__(self, inner: Policy, scaler: Scaler) -> None:

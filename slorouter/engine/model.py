@@ -2,7 +2,7 @@
 
 No asyncio, no wall clock: times are floats passed in by the driver. Two drivers use it:
 the real-time HTTP server (``slorouter.simengine.server``) and the offline fleet simulator
-(``slorouter.fleetsim.fleet``, manual clock jumping from event to event).
+(``slorouter.fleetsim.events``, manual clock jumping from event to event).
 
 Model (vLLM V1-like, token granularity instead of 16-token blocks)
 -------------------------------------------------------------------

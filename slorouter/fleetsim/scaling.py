@@ -3,7 +3,7 @@
 A scaler — the router's own per-tier :class:`~slorouter.autoscale.scaler.Scaler`, or one of
 the pool baselines of :mod:`slorouter.autoscale.baselines` — is ticked every
 ``interval_s`` on the simulator's clock with the first router's snapshot, and its
-:class:`~slorouter.autoscale.scaler.TickResult` is acted on as an actuator that reconciles
+:class:`~slorouter.autoscale.decision.TickResult` is acted on as an actuator that reconciles
 levels would (docs/autoscaling.md, "Webhooks"):
 
 * **moves** — the servers' tiers change (``BackendSet.with_tiers``);
