@@ -48,7 +48,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from slorouter.config.model import AutoscaleConfig
+from slorouter.config.autoscale import AutoscaleConfig
 from slorouter.fleetsim.bound import fluid_reference
 from slorouter.fleetsim.fleet import SimOptions, run_once
 from slorouter.fleetsim.scaling import ScalingOptions, oracle_server_seconds

@@ -22,10 +22,11 @@ from typing import Any
 
 from slorouter.actuation.fleet import FleetManager
 from slorouter.actuation.webhook import WebhookSender
-from slorouter.admission.queue import priority
-from slorouter.autoscale.scaler import ScaleDecision, Scaler, TickResult
+from slorouter.admission.priority import priority
+from slorouter.autoscale.decision import ScaleDecision, TickResult
+from slorouter.autoscale.scaler import Scaler
 from slorouter.clock import Clock
-from slorouter.config.model import AutoscaleConfig, ScaleMode
+from slorouter.config.autoscale import AutoscaleConfig, ScaleMode
 from slorouter.policy.base import Policy
 from slorouter.state.snapshot import Snapshot
 from slorouter.state.tracker import Tracker
@@ -36,7 +37,7 @@ log = logging.getLogger("slorouter.autoscale")
 
 class DeferWatch:
     """A policy as it is, plus: an on-time request it defers (its latest useful start,
-    :func:`~slorouter.admission.queue.priority`, is still ahead) is reported to the
+    :func:`~slorouter.admission.priority.priority`, is still ahead) is reported to the
     scaler's fast trigger."""
 
     def __init__(self, inner: Policy, scaler: Scaler) -> None:

@@ -29,7 +29,7 @@ from typing import Any, Final
 import aiohttp
 import orjson
 
-from slorouter.config.model import WebhookConfig
+from slorouter.config.autoscale import WebhookConfig
 
 log = logging.getLogger("slorouter.webhook")
 

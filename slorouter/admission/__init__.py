@@ -3,6 +3,7 @@ and the fleet simulator both drive, and its queue of deferred requests (:mod:`.q
 Pure, no I/O."""
 
 from slorouter.admission.core import AdmissionCore, DecisionLog
-from slorouter.admission.queue import AdmissionQueue, priority
+from slorouter.admission.priority import priority
+from slorouter.admission.queue import AdmissionQueue
 
 __all__ = ["AdmissionCore", "AdmissionQueue", "DecisionLog", "priority"]

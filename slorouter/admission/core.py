@@ -31,7 +31,7 @@ Each request has a :class:`~slorouter.values.Scope` from the policy (``scope(req
 snapshot)``): its *home* (the servers where it comes first: the fleet for most
 policies, its tier's bin for ``polyserve``) and the homes it may *reach*. A new arrival
 is decided at once unless requests of its home that can still meet their SLO are
-waiting: then it joins the queue (by its :func:`~slorouter.admission.queue.priority`
+waiting: then it joins the queue (by its :func:`~slorouter.admission.priority.priority`
 key) and the queue is drained in its order, so it never overtakes a more urgent waiter
 that competes for the same room. Waiters of other homes do not hold it back — they
 cannot use its servers before it (polyserve lets no overflow into a bin while its own
@@ -71,7 +71,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 from slorouter.admission.overload import cost, default_max_wait, density_bucket
-from slorouter.admission.queue import LATE, WAIT_LIMIT, AdmissionQueue, priority
+from slorouter.admission.priority import priority
+from slorouter.admission.queue import LATE, WAIT_LIMIT, AdmissionQueue
 from slorouter.state.snapshot import Snapshot
 from slorouter.state.tracker import Tracker
 from slorouter.values import Decision, Defer, Dispatch, Outcome, Reject, RequestInfo, Scope, Status

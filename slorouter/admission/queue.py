@@ -5,15 +5,8 @@ fleet simulator drive the same code, through :class:`~slorouter.admission.core.A
 
 Ordering
 --------
-:func:`priority` gives a request's **latest useful start**: the time by which it must
-be dispatched to still meet its SLO, i.e. its slack is ``priority - now``.
-
-* ``latency``: ``ttft_deadline - prefill estimate`` (estimated on the fleet's first
-  eligible backend, or 0 without one);
-* ``deadline`` / ``workflow``: ``deadline_at - (prefill + output_bound · step estimate)``
-  (the service-gain density idea of Tempo: work that must start soonest first; between
-  equal keys the heavier tier, then the earlier arrival);
-* ``best_effort``: ``+inf`` (after every SLO request, FIFO among themselves).
+:func:`~slorouter.admission.priority.priority` gives a request's **latest useful
+start** (:mod:`slorouter.admission.priority`): its slack is ``priority - now``.
 
 Because the key does not depend on ``now``, ordering by key is ordering by slack at
 every moment, and a heap suffices. Two lanes: **on time** (key ≥ now) and **late**
@@ -73,8 +66,7 @@ from collections.abc import Callable, Hashable, Iterator
 from typing import Any, Final
 
 from slorouter.admission.ledger import Ledger
-from slorouter.state.snapshot import Snapshot
-from slorouter.values import Decision, Defer, RequestInfo, SloClass
+from slorouter.values import Decision, Defer, RequestInfo
 
 _HeapEntry = tuple[float, float, float, int, int]  # (key, -weight, arrival, seq, rid)
 _DenseEntry = tuple[int, float, int, int]  # (-density bucket, -key, seq, rid)
@@ -82,36 +74,6 @@ _LateEntry = tuple[float, int, int]  # (arrival, seq, rid)
 _Lane = tuple[str, Hashable]  # (tier, home): one on-time lane
 LATE, WAIT_LIMIT = "late", "wait_limit"  # why a request left the queue as due
 ANY_HOME: Final = object()  # waiting_on_time: of any home
-
-
-def priority(request: RequestInfo, snapshot: Snapshot | None = None, backend_id: str | None = None) -> float:
-    """Latest useful start time of ``request`` (lower = more urgent); see module docs.
-
-    ``snapshot`` (a :class:`~slorouter.state.snapshot.Snapshot`) refines the estimate
-    with the latency model of ``backend_id`` (default: the first eligible backend)."""
-    slo = request.tier.slo
-    cls = slo.slo_class
-    if cls is SloClass.BEST_EFFORT:
-        return math.inf
-    prefill = 0.0
-    step = slo.tpot_s or 0.0
-    if snapshot is not None:
-        lat = snapshot.latency
-        bid = backend_id
-        if bid is None:
-            pool = snapshot.eligible(None)
-            bid = pool[0].id if pool else None
-        if bid is not None:
-            prefill = lat.prefill_time(bid, request.prompt_tokens)
-            if not step:
-                step = lat.step_time(bid, 1, request.prompt_tokens)
-    if cls is SloClass.LATENCY:
-        return request.ttft_deadline - prefill
-    if request.deadline_at is not None:
-        return request.deadline_at - prefill - request.output_bound * step
-    if slo.deadline_s is not None:
-        return request.arrival + slo.deadline_s - prefill - request.output_bound * step
-    return request.ttft_deadline - prefill
 
 
 class AdmissionQueue:
@@ -163,10 +125,10 @@ class AdmissionQueue:
         expires_at: float = math.inf,
         home: Hashable = None,
     ) -> None:
-        """Queue a request with its :func:`priority` key (and the ``retry_at`` of the
-        ``Defer`` that queued it, if any), its predicted ``cost`` (server-seconds) and
-        density ``bucket`` (:mod:`slorouter.admission.overload`), the time its wait
-        limit ends (``expires_at``) and its ``home`` (:class:`~slorouter.values.Scope`)."""
+        """Queue a request with its :func:`~slorouter.admission.priority.priority` key
+        (and the ``retry_at`` of the ``Defer`` that queued it, if any), its predicted
+        ``cost`` (server-seconds) and density ``bucket`` (:mod:`slorouter.admission.overload`),
+        the time its wait limit ends (``expires_at``) and its ``home`` (:class:`~slorouter.values.Scope`)."""
         rid = request.rid
         if rid in self._reqs:
             raise ValueError(f"request {rid} is already queued")

@@ -13,7 +13,8 @@ from slorouter.actuation.webhook import WebhookSender
 from slorouter.autoscale.scaler import Scaler
 from slorouter.clock import Clock
 from slorouter.config import ConfigError
-from slorouter.config.model import RouterConfig, ScaleMode
+from slorouter.config.autoscale import ScaleMode
+from slorouter.config.model import RouterConfig
 from slorouter.policy.base import Policy
 from slorouter.state.tracker import Tracker
 

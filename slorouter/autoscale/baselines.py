@@ -1,7 +1,7 @@
 """The autoscalers users run today, as pure rules over one pool of servers — the baselines
 the fleet simulator compares the per-tier scaler with (``scripts/bench_autoscale.py``).
 None of them knows tiers: they read engine gauges (what vLLM exports to Prometheus) and
-size one pool. Each returns the scaler's :class:`~slorouter.autoscale.scaler.TickResult`
+size one pool. Each returns a :class:`~slorouter.autoscale.decision.TickResult`
 (one decision for the pool), so a driver acts on all of them the same way.
 
 * :class:`KedaQueue` — KEDA's Prometheus trigger on ``vllm:num_requests_waiting`` with
@@ -35,8 +35,8 @@ from collections import deque
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
+from slorouter.autoscale.decision import ScaleDecision, TickResult
 from slorouter.autoscale.plan import ScalePlan
-from slorouter.autoscale.scaler import ScaleDecision, TickResult
 from slorouter.state.snapshot import Snapshot
 
 

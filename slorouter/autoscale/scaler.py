@@ -9,7 +9,7 @@ Feed it three things:
 * ``on_defer(tier, now)`` — the router's policy deferred an **on-time** request of
   ``tier``: it fits on no server of its tier or a tighter one (the fast trigger);
 * ``tick(snapshot)`` every ``interval_s`` — returns the moves, releases and per-tier
-  decisions (:class:`TickResult`).
+  decisions (:class:`~slorouter.autoscale.decision.TickResult`).
 
 Per tier, at each tick (docs/autoscaling.md has the reasoning and the defaults):
 
@@ -44,51 +44,17 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Final
+from typing import Final
 
+from slorouter.autoscale.decision import ScaleDecision, TickResult
 from slorouter.autoscale.plan import ScalePlan, TierTarget, plan, servers_needed
 from slorouter.autoscale.signal import Attainment, LengthStats, RateForecast
-from slorouter.config.model import AutoscaleConfig
+from slorouter.config.autoscale import AutoscaleConfig
 from slorouter.models.fluid import Lengths, tier_cost
 from slorouter.state.snapshot import Snapshot
 from slorouter.values import Outcome, SloClass, Status, Tier
 
 PRIOR_PROMPT_TOKENS: Final = 1024  # mean prompt assumed before any request was seen
-
-
-@dataclass(frozen=True, slots=True)
-class ScaleDecision:
-    """One tier's decision: the webhook body (docs/autoscaling.md)."""
-
-    tier: str
-    current: int  # servers of the tier now (moves and releases of this tick applied)
-    desired: int  # servers the tier should have
-    add: int  # new servers this decision asks for (beyond those asked for before)
-    remove: tuple[str, ...]  # servers given back (drained and removed from the router)
-    reason: str
-    decision_id: str
-    at: float  # the scaler's clock
-
-    def body(self, wall_at: float) -> dict[str, Any]:
-        """The JSON object sent; ``wall_at`` = ``at`` as Unix time."""
-        return {
-            "tier": self.tier,
-            "current": self.current,
-            "desired": self.desired,
-            "add": self.add,
-            "remove": list(self.remove),
-            "reason": self.reason,
-            "decision_id": self.decision_id,
-            "at": round(wall_at, 3),
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class TickResult:
-    plan: ScalePlan
-    move: Mapping[str, str]  # server id -> new tier (apply: BackendSet.with_tiers)
-    release: tuple[str, ...]  # servers to drain and remove (they are empty)
-    decisions: tuple[ScaleDecision, ...]
 
 
 @dataclass(slots=True)

@@ -9,11 +9,11 @@ Policy ``kind``/``params`` are only type-checked here; the policy registry (a hi
 layer) validates them (``slorouter.tools.config_cmd.check_file`` does both).
 """
 
+from slorouter.config.autoscale import AutoscaleConfig
 from slorouter.config.loader import ConfigError, format_error, load_config, parse_config, read_file
 from slorouter.config.model import (
     AdminConfig,
     AliasConfig,
-    AutoscaleConfig,
     BackendConfig,
     HealthConfig,
     KeyConfig,

@@ -32,6 +32,11 @@ from typing import Any
 
 Errors = list[tuple[str, str]]
 
+# patterns (F(pattern=...)) of the names the config declares
+NAME = r"[A-Za-z0-9][A-Za-z0-9_.:-]*"  # tier, backend and key names
+HEADER = r"[A-Za-z0-9!#$%&'*+.^_`|~-]+"  # an HTTP header field name (RFC 9110 token)
+ENV = r"[A-Za-z_][A-Za-z0-9_]*"  # an environment variable name
+
 
 @dataclass(frozen=True, slots=True)
 class F:

@@ -2,7 +2,7 @@
 
 No asyncio, no wall clock: times are floats passed in by the driver. Two drivers use it:
 the real-time HTTP server (``slorouter.simengine.server``) and the offline fleet simulator
-(``slorouter.fleetsim.fleet``, manual clock jumping from event to event).
+(``slorouter.fleetsim.events``, manual clock jumping from event to event).
 
 Model (vLLM V1-like, token granularity instead of 16-token blocks)
 -------------------------------------------------------------------
@@ -44,25 +44,10 @@ count then; finishes are kept in buckets keyed by the step index they will happe
 :attr:`EngineModel.work_units` counts requests touched, for a count-based cost test.
 
 Token arrival times (for per-token deadlines): with ``keep_history=True`` the engine
-records every step's end time in :attr:`EngineModel.step_ends` (``step_ends[k]`` is the
-end of step ``k``) and each request's :class:`Segment` list: token ``first_token + j``
-of a segment arrived at ``step_ends[start_step + j]`` for ``0 <= j < n_tokens``.
-Segments only change at preemption, so a request has ``1 + preemptions`` of them
-(at most). :func:`token_times` expands them.
+records every step's end time and each request's token segments
+(:mod:`slorouter.engine.results`).
 
-Driving it::
-
-    eng = EngineModel(profile, seed=0, keep_history=True)
-    eng.submit("a", prompt_tokens=100, output_tokens=20, now=0.0)
-    while (end := eng.plan(now)) is not None:   # end of the next step
-        now = end                               # (a real-time driver sleeps until then)
-        res = eng.step()                        # res.first_token, res.finished, ...
-        # tokens of this step went to: every rid in eng.decoding_rids() (read right
-        # after step()) plus every rid in res.finished.
-
-``plan`` is idempotent until ``step`` is called; ``submit``/``abort`` are allowed at any
-time (a request submitted while a step is planned joins the next one; an abort frees its
-KV at once and the request does not appear in that step's results).
+How a driver uses it: :mod:`slorouter.engine`.
 """
 
 from __future__ import annotations
@@ -71,54 +56,13 @@ import math
 import random
 from array import array
 from collections import deque
-from collections.abc import Hashable, Iterable, KeysView
-from dataclasses import dataclass
+from collections.abc import KeysView
 from typing import NamedTuple
 
+from slorouter.engine.results import Finished, RequestTooLarge, Rid, Segment, StepResult
 from slorouter.models.profile import StepProfile
 
-Rid = Hashable
-
 WAITING, PREFILL, DECODE, DONE = 0, 1, 2, 3
-
-
-class Segment(NamedTuple):
-    """Tokens ``first_token .. first_token+n_tokens-1`` arrived at the ends of steps
-    ``start_step .. start_step+n_tokens-1`` (one token per step)."""
-
-    start_step: int
-    first_token: int
-    n_tokens: int
-
-
-class Finished(NamedTuple):
-    """A request that produced its last token in this step."""
-
-    rid: Rid
-    prompt_tokens: int
-    output_tokens: int
-    submitted: float
-    first_token_step: int
-    preemptions: int
-    segments: tuple[Segment, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class StepResult:
-    index: int
-    start: float
-    end: float
-    batch: int  # sequences in the step (decodes + prefill chunks)
-    num_decodes: int
-    prefill_tokens: int
-    kv_tokens: int  # KV held during the step (after its allocation)
-    first_token: tuple[Rid, ...]  # rids that got their first token at `end`
-    finished: tuple[Finished, ...]  # requests that got their last token at `end`
-    preempted: tuple[Rid, ...]  # rids preempted when this step was planned
-
-
-class RequestTooLarge(ValueError):
-    """prompt + output tokens exceed the engine's KV capacity: it could never finish."""
 
 
 class _Req:
@@ -462,12 +406,3 @@ class EngineModel:
         self._waiting.appendleft(r)
         self._n_waiting += 1
         return rid
-
-
-def token_times(step_ends: Iterable[float] | array[float], segments: Iterable[Segment]) -> list[float]:
-    """Arrival time of each output token, in token order, from a request's segments."""
-    ends = step_ends if isinstance(step_ends, array | list) else list(step_ends)
-    out: list[float] = []
-    for s in segments:
-        out.extend(ends[s.start_step : s.start_step + s.n_tokens])
-    return out

@@ -5,7 +5,7 @@ length models (learning from what *it* observes), policy, admission core and, wi
 replicas, its :class:`~slorouter.state.sync.LoadSync` — built exactly as
 :func:`slorouter.app.build_app` builds them. With ``replicas > 1`` the simulator spreads
 arrivals over them at random (as a TCP load balancer would), and every ``sync_ms`` each
-replica publishes its row to an in-process :class:`~slorouter.state.sync.MemoryStore`
+replica publishes its row to an in-process :class:`~slorouter.state.store.MemoryStore`
 and absorbs the others' (ticks staggered evenly across replicas) — the same sync code the
 live router runs over shared memory or Redis. ``sync: false`` is the control (replicas
 never see each other's load); ``quota: false`` turns the herding guard off.
@@ -28,7 +28,8 @@ from slorouter.models.workflows import WorkflowBook
 from slorouter.policy import registry
 from slorouter.policy.base import Policy, PolicyContext
 from slorouter.state.backends import BackendSet, Health
-from slorouter.state.sync import LoadSync, MemoryStore
+from slorouter.state.store import MemoryStore
+from slorouter.state.sync import LoadSync
 from slorouter.state.tracker import Tracker
 
 

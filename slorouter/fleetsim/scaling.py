@@ -3,7 +3,7 @@
 A scaler — the router's own per-tier :class:`~slorouter.autoscale.scaler.Scaler`, or one of
 the pool baselines of :mod:`slorouter.autoscale.baselines` — is ticked every
 ``interval_s`` on the simulator's clock with the first router's snapshot, and its
-:class:`~slorouter.autoscale.scaler.TickResult` is acted on as an actuator that reconciles
+:class:`~slorouter.autoscale.decision.TickResult` is acted on as an actuator that reconciles
 levels would (docs/autoscaling.md, "Webhooks"):
 
 * **moves** — the servers' tiers change (``BackendSet.with_tiers``);
@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from slorouter.autoscale.baselines import BASELINES, EngineGauges, PoolLimits, PoolScaler
-from slorouter.autoscale.scaler import Scaler, TickResult
-from slorouter.config.model import AutoscaleConfig
+from slorouter.autoscale.decision import TickResult
+from slorouter.autoscale.scaler import Scaler
+from slorouter.config.autoscale import AutoscaleConfig
 from slorouter.fleetsim.envelope import Envelope
 from slorouter.state.backends import Backend, BackendSet
 from slorouter.state.snapshot import Snapshot

@@ -56,6 +56,7 @@ from typing import Any
 import yaml
 
 from slorouter.engine.profiles import load_profile
+from slorouter.fleetsim.reader import Reader
 from slorouter.fleetsim.workflows import WorkflowShape, parse_shape
 from slorouter.models.profile import ProfileError, StepProfile
 from slorouter.values import SloClass, WhenLate
@@ -138,68 +139,8 @@ class Scenario:
         return replace(self, servers=n, bins=None if self.bins is None else self.bins)
 
 
-class _R:
-    """Reads one mapping, collecting (path, message) errors."""
-
-    def __init__(self, raw: Any, path: str, errs: list[tuple[str, str]]) -> None:
-        self.path, self.errs = path, errs
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, Mapping):
-            errs.append((path, "must be a mapping"))
-            raw = {}
-        self.raw: Mapping[str, Any] = raw
-        self.seen: set[str] = set()
-
-    def at(self, k: str) -> str:
-        return f"{self.path}.{k}" if self.path else k
-
-    def get(self, k: str) -> Any:
-        self.seen.add(k)
-        return self.raw.get(k)
-
-    def num(self, k: str, default: float | None, gt: float | None = None, ge: float | None = None) -> Any:
-        v = self.get(k)
-        if v is None:
-            return default
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            self.errs.append((self.at(k), f"must be a number, got {v!r}"))
-            return default
-        if gt is not None and not v > gt:
-            self.errs.append((self.at(k), f"must be > {gt:g}"))
-        if ge is not None and not v >= ge:
-            self.errs.append((self.at(k), f"must be >= {ge:g}"))
-        return v
-
-    def int_(self, k: str, default: int | None, ge: int = 0) -> Any:
-        v = self.get(k)
-        if v is None:
-            return default
-        if isinstance(v, bool) or not isinstance(v, int):
-            self.errs.append((self.at(k), f"must be an integer, got {v!r}"))
-            return default
-        if v < ge:
-            self.errs.append((self.at(k), f"must be >= {ge}"))
-        return v
-
-    def str_(self, k: str, default: str, choices: tuple[str, ...] | None = None) -> str:
-        v = self.get(k)
-        if v is None:
-            return default
-        if not isinstance(v, str) or (choices is not None and v not in choices):
-            want = f"one of {', '.join(choices)}" if choices else "a string"
-            self.errs.append((self.at(k), f"must be {want}, got {v!r}"))
-            return default
-        return v
-
-    def done(self) -> None:
-        for k in self.raw:
-            if k not in self.seen:
-                self.errs.append((self.at(str(k)), "unknown key"))
-
-
 def _tier(raw: Any, path: str, errs: list[tuple[str, str]]) -> TierSpec | None:
-    r = _R(raw, path, errs)
+    r = Reader(raw, path, errs)
     name = r.str_("name", "")
     if not name:
         errs.append((r.at("name"), "required"))
@@ -243,7 +184,7 @@ def _tier(raw: Any, path: str, errs: list[tuple[str, str]]) -> TierSpec | None:
 
 
 def _dist(raw: Any, path: str, errs: list[tuple[str, str]], dflt: LengthDist) -> LengthDist:
-    r = _R(raw, path, errs)
+    r = Reader(raw, path, errs)
     d = LengthDist(
         float(r.num("mean", dflt.mean, gt=0)),
         float(r.num("sigma", dflt.sigma, ge=0)),
@@ -256,7 +197,7 @@ def _dist(raw: Any, path: str, errs: list[tuple[str, str]], dflt: LengthDist) ->
 def _envelope(raw: Any, path: str, errs: list[tuple[str, str]], arrivals: str) -> EnvelopeSpec | None:
     if raw is None:
         return None
-    r = _R(raw, path, errs)
+    r = Reader(raw, path, errs)
     kind = r.str_("kind", "", ("diurnal", "steps"))
     if not kind and "kind" not in r.raw:
         errs.append((r.at("kind"), "required: diurnal or steps"))
@@ -297,10 +238,10 @@ def _envelope(raw: Any, path: str, errs: list[tuple[str, str]], arrivals: str) -
 
 def parse_scenario(raw: Any, source: str = "<scenario>", base_dir: Path | None = None) -> Scenario:
     errs: list[tuple[str, str]] = []
-    top = _R(raw, "", errs)
+    top = Reader(raw, "", errs)
     name = top.str_("name", Path(source).stem)
     seed = top.int_("seed", 0)
-    eng = _R(top.get("engine"), "engine", errs)
+    eng = Reader(top.get("engine"), "engine", errs)
     prof_name = eng.str_("profile", "h100-8b")
     overrides = {
         k: eng.int_(k, None, 1) for k in ("max_batched_tokens", "max_num_seqs", "kv_capacity_tokens")
@@ -316,7 +257,7 @@ def parse_scenario(raw: Any, source: str = "<scenario>", base_dir: Path | None =
         profile = replace(profile, **{k: v for k, v in overrides.items() if v is not None})
     except ProfileError as e:
         errs.append(("engine.profile", str(e)))
-    fleet = _R(top.get("fleet"), "fleet", errs)
+    fleet = Reader(top.get("fleet"), "fleet", errs)
     servers = fleet.int_("servers", 20, 1)
     bins_raw = fleet.get("bins")
     bins: dict[str, int] | None = None
@@ -351,7 +292,7 @@ def parse_scenario(raw: Any, source: str = "<scenario>", base_dir: Path | None =
                 errs.append((f"fleet.bins.{k}", f"unknown tier (tiers: {', '.join(names)})"))
         if sum(bins.values()) != servers:
             errs.append(("fleet.bins", f"counts add up to {sum(bins.values())}, fleet.servers is {servers}"))
-    wl = _R(top.get("workload"), "workload", errs)
+    wl = Reader(top.get("workload"), "workload", errs)
     arrivals = wl.str_("arrivals", "poisson", ("poisson", "gamma", "trace"))
     w = WorkloadSpec(
         lengths=wl.str_("lengths", "splitwise_conv"),

@@ -20,7 +20,8 @@ import asyncio
 import contextlib
 from dataclasses import dataclass, field
 
-from slorouter.engine.model import EngineModel, RequestTooLarge, Rid
+from slorouter.engine.model import EngineModel
+from slorouter.engine.results import RequestTooLarge, Rid
 from slorouter.models.profile import StepProfile
 from slorouter.simengine.requests import ApiError, GenSpec, Limits
 from slorouter.simengine.text import TOKEN_BYTES, VOCAB_B

@@ -19,7 +19,7 @@ request's pool of eligible backends changes (never reused, unlike ``id()``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from slorouter.models.base import LatencyView, LengthView
@@ -46,3 +46,23 @@ class Snapshot:
     def tpot_of(self, tier: str) -> float | None:
         t = self.backends.tier_by_name.get(tier)
         return None if t is None else t.slo.tpot_s
+
+
+class QueuedSum(Mapping[str, int]):
+    """Two count mappings read as their sum (queued requests here and elsewhere)."""
+
+    __slots__ = ("a", "b")
+
+    def __init__(self, a: Mapping[str, int], b: Mapping[str, int]) -> None:
+        self.a, self.b = a, b
+
+    def __getitem__(self, k: str) -> int:
+        if k not in self.a and k not in self.b:
+            raise KeyError(k)
+        return self.a.get(k, 0) + self.b.get(k, 0)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(set(self.a) | set(self.b))
+
+    def __len__(self) -> int:
+        return len(set(self.a) | set(self.b))

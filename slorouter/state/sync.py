@@ -23,7 +23,7 @@ others are expected to place meanwhile, removed at the next absorb, when their r
 placements are visible). ``s`` is the holder's recent share of all arrivals (decayed
 counts published in the rows).
 
-Stores (:class:`Store`): :class:`MemoryStore` (in-process; the simulator, with a
+Stores (:mod:`slorouter.state.store`): the in-process one (the simulator, with a
 visibility delay), :mod:`slorouter.proxy.shmstore` (workers on one host) and
 :mod:`slorouter.proxy.redisstore` (replicas across hosts). A row older than the store's
 TTL is dropped: a dead holder's share vanishes.
@@ -34,57 +34,18 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from slorouter.state.load import SLACK_WINDOW, BackendLoad, SlackEntry, banked
 from slorouter.state.rows import F64, I64, SLACK_PER_ROW, Row
 
-__all__ = ["LoadSync", "MemoryStore", "Row", "Store"]
+__all__ = ["LoadSync", "Row"]
 
 # other holders' slack entries kept per backend (the least banked): the interference check
 # looks for the smallest slack on a server; the own newest residents add up to 8 more
 REMOTE_SLACK = SLACK_WINDOW // 2
-
-
-class Store(Protocol):
-    """Where rows meet. ``publish`` replaces this holder's row; ``rows`` returns every
-    live row (its own included) — both synchronous views of what the store last held
-    (networked stores do their I/O in a background task)."""
-
-    def publish(self, row: Row) -> None: ...
-
-    def rows(self) -> Mapping[str, Row]: ...
-
-
-class MemoryStore:
-    """In-process store. ``delay_s``: a published row becomes visible to readers only
-    that much later (a model of the store's latency); ``ttl_s``: rows older than that
-    vanish. Time is whatever clock value the callers pass (``now``)."""
-
-    def __init__(self, delay_s: float = 0.0, ttl_s: float = math.inf) -> None:
-        self.delay_s = delay_s
-        self.ttl_s = ttl_s
-        self._pending: dict[str, list[tuple[float, Row]]] = {}
-        self._visible: dict[str, Row] = {}
-        self.now = 0.0
-
-    def publish(self, row: Row) -> None:
-        if self.delay_s <= 0:
-            self._visible[row.holder] = row
-        else:
-            self._pending.setdefault(row.holder, []).append((row.at + self.delay_s, row))
-
-    def rows(self) -> Mapping[str, Row]:
-        now = self.now
-        for holder, q in self._pending.items():
-            while q and q[0][0] <= now:
-                self._visible[holder] = q.pop(0)[1]
-        if self.ttl_s < math.inf:
-            for h in [h for h, r in self._visible.items() if now - r.at > self.ttl_s]:
-                del self._visible[h]
-        return self._visible
 
 
 class LoadSync:

@@ -13,15 +13,15 @@ After any mix of these, once every request is finished, every counter is exactly
 (see tests/property/test_tracker_property.py). Finished requests are reported to the
 registered listeners (latency model, length model, metrics) as an :class:`Outcome`.
 
-The per-request records (:class:`Resident`) stay private to the tracker: what policies
-see of a backend is its :class:`~slorouter.state.load.BackendLoad`, aggregates only.
+The per-request records (:class:`~slorouter.state.resident.Resident`) stay private to
+the tracker: what policies see of a backend is its
+:class:`~slorouter.state.load.BackendLoad`, aggregates only.
 """
 
 from __future__ import annotations
 
-import math
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Final
 
 from slojudge import on_time_in_chunk
@@ -30,7 +30,8 @@ from slorouter.models.base import LatencyView, LengthView
 from slorouter.state.backends import Backend, BackendSet, Health
 from slorouter.state.eligibility import Eligibility
 from slorouter.state.load import SLACK_WINDOW, BackendLoad, SlackEntry
-from slorouter.state.snapshot import Snapshot
+from slorouter.state.resident import Resident
+from slorouter.state.snapshot import QueuedSum, Snapshot
 from slorouter.values import Outcome, RequestInfo, Status
 
 if TYPE_CHECKING:
@@ -39,60 +40,7 @@ if TYPE_CHECKING:
 OutcomeListener = Callable[[Outcome], None]
 
 
-class _Sum(Mapping[str, int]):
-    """Two count mappings read as their sum (queued requests here and elsewhere)."""
-
-    __slots__ = ("a", "b")
-
-    def __init__(self, a: Mapping[str, int], b: Mapping[str, int]) -> None:
-        self.a, self.b = a, b
-
-    def __getitem__(self, k: str) -> int:
-        if k not in self.a and k not in self.b:
-            raise KeyError(k)
-        return self.a.get(k, 0) + self.b.get(k, 0)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(set(self.a) | set(self.b))
-
-    def __len__(self) -> int:
-        return len(set(self.a) | set(self.b))
-
-
 _MAX_SAMPLES: Final = 4096  # step samples kept per request (bounded memory)
-
-
-class Resident:
-    """One request known to the router (queued, or resident on ``backend``)."""
-
-    __slots__ = (
-        "at_dispatch",
-        "backend",
-        "bound",
-        "dispatched_at",
-        "first_token_at",
-        "last_token_at",
-        "max_lateness",
-        "on_time",
-        "output_tokens",
-        "prompt_tokens",
-        "req",
-        "samples",
-    )
-
-    def __init__(self, req: RequestInfo) -> None:
-        self.req = req
-        self.backend: str | None = None
-        self.prompt_tokens = req.prompt_tokens
-        self.output_tokens = 0
-        self.bound = max(1, req.output_bound)
-        self.dispatched_at: float | None = None
-        self.at_dispatch: tuple[int, int, int] | None = None
-        self.first_token_at: float | None = None
-        self.last_token_at: float | None = None
-        self.max_lateness = -math.inf
-        self.on_time = 0  # output tokens on schedule (slojudge.tokens)
-        self.samples: list[tuple[float, int, int]] = []
 
 
 class Tracker:
@@ -203,7 +151,7 @@ class Tracker:
             healthy=view.healthy,
             latency=self.latency,
             lengths=self.lengths,
-            queued=self.queued if not self.remote_queued else _Sum(self.queued, self.remote_queued),
+            queued=self.queued if not self.remote_queued else QueuedSum(self.queued, self.remote_queued),
             eligible=view.eligible,
             watch=self.watch,
             fleet=view.fleet,

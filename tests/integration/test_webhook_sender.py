@@ -16,7 +16,7 @@ import orjson
 from aiohttp import web
 
 from slorouter.actuation.webhook import DECISION_HEADER, SIGNATURE_HEADER, WebhookSender, sign, verify
-from slorouter.config.model import WebhookConfig
+from slorouter.config.autoscale import WebhookConfig
 from tests.faults.test_faults import poll
 
 SECRET = b"webhook-test-secret"

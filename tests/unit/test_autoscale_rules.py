@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
-from slorouter.autoscale.scaler import ScaleDecision, Scaler, TickResult
+from slorouter.autoscale.decision import ScaleDecision, TickResult
+from slorouter.autoscale.scaler import Scaler
 from slorouter.autoscale.signal import Attainment, LengthStats, RateForecast
 from slorouter.clock import ManualClock
-from slorouter.config.model import AutoscaleConfig, TierScaleConfig
+from slorouter.config.autoscale import AutoscaleConfig, TierScaleConfig
 from slorouter.models.fluid import Lengths, tier_cost
 from slorouter.models.static import EngineLimits, LinearStep, StaticLatency, StaticLengths
 from slorouter.state.backends import Backend, BackendSet, Health

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from slorouter.engine.model import Segment
+from slorouter.engine.results import Segment
 from slorouter.fleetsim import cli as fleet_cli
 from slorouter.fleetsim.bound import auto_bins, fluid_reference, steady_step
 from slorouter.fleetsim.fleet import FleetSim, SimOptions, SimResult, run_once

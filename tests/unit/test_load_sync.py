@@ -7,7 +7,8 @@ from slorouter.clock import ManualClock
 from slorouter.models.static import StaticLatency, StaticLengths
 from slorouter.state.backends import Backend, BackendSet, Health
 from slorouter.state.load import BackendLoad
-from slorouter.state.sync import LoadSync, MemoryStore, Row
+from slorouter.state.store import MemoryStore
+from slorouter.state.sync import LoadSync, Row
 from slorouter.state.tracker import Tracker
 from slorouter.values import RequestInfo, Slo, SloClass, Status, Tier
 

@@ -8,7 +8,8 @@ import random
 
 import pytest
 
-from slorouter.engine.model import EngineModel, token_times
+from slorouter.engine.model import EngineModel
+from slorouter.engine.results import token_times
 from slorouter.models.profile import StepProfile
 from slorouter.models.static import LinearStep
 from slorouter.tools.profile_fit import (

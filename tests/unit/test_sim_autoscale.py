@@ -23,7 +23,7 @@ from slorouter.autoscale.baselines import (
     WvaSpare,
 )
 from slorouter.clock import ManualClock
-from slorouter.config.model import AutoscaleConfig
+from slorouter.config.autoscale import AutoscaleConfig
 from slorouter.fleetsim import cli as fleet_cli
 from slorouter.fleetsim.envelope import Envelope, diurnal
 from slorouter.fleetsim.fleet import FleetSim, SimOptions

@@ -6,8 +6,9 @@ import math
 
 import pytest
 
-from slorouter.engine.model import EngineModel, RequestTooLarge, StepResult, token_times
+from slorouter.engine.model import EngineModel
 from slorouter.engine.profiles import BUILTIN_PROFILES, load_profile
+from slorouter.engine.results import RequestTooLarge, StepResult, token_times
 from slorouter.models.profile import ProfileError, StepProfile
 from slorouter.models.static import LinearStep
 

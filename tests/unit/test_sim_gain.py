@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 import slojudge
-from slorouter.engine.model import EngineModel, Finished, token_times
+from slorouter.engine.model import EngineModel
+from slorouter.engine.results import Finished, token_times
 from slorouter.fleetsim.fleet import FleetSim, SimOptions
 from slorouter.fleetsim.metrics import OK, on_time_tokens, request_verdicts
 from slorouter.fleetsim.scenario import parse_scenario

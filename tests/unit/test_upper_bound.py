@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from benchmarks import policies as policies_bench
-from slorouter.engine.model import EngineModel, Finished, token_times
+from slorouter.engine.model import EngineModel
+from slorouter.engine.results import Finished, token_times
 from slorouter.fleetsim.bound import fluid_reference
 from slorouter.fleetsim.fleet import FleetSim, SimOptions, SimResult
 from slorouter.fleetsim.scenario import SCENARIO_DIR, load_scenario
