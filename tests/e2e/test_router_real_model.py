@@ -8,10 +8,10 @@
   as one server per tier can serve, from vLLM's measured ITL curve: see
   ``choose_users``) through ``round-robin`` and ``polyserve`` (both starting from
   the model state the levels left): polyserve gives the tight tier a higher DSLO attainment
-  (the router's own measurement, ``max_lateness_s <= 0``).
+  (the router's own verdict, :func:`slorouter.judge.verdict`).
 
-The work is done by ``scripts/bench_real_policies.py`` (the same functions produce the
-tables in docs/real-vllm.md); this module loads it by path.
+The work is done by :mod:`benchmarks.real` (the same functions produce the tables in
+docs/real-vllm.md; ``scripts/bench_real_policies.py`` is its entry point).
 """
 
 from __future__ import annotations
