@@ -47,6 +47,7 @@ from loadgen.tiers import TierSpec, load_router_tiers, parse_tiers
 from loadgen.traces import load as load_trace
 from loadgen.traces import resolve as resolve_trace
 from loadgen.yamlcheck import Node
+from slojudge.shapes import CHAIN, FANOUT, Deps, chain_deps, fanout_deps
 
 TOP_KEYS = {
     "name", "description", "tiers_from", "tiers", "tier_by", "tier_header", "api_keys", "workflow_header",
@@ -66,23 +67,16 @@ class WorkflowSpec:
     root: bool = True
     join: bool = True
 
-    def deps(self) -> tuple[tuple[int, ...], ...]:
+    def deps(self) -> Deps:
         """For each call (in send order), the indices of the calls it waits for."""
-        if self.shape == "chain":
-            return tuple(((i - 1,) if i else ()) for i in range(self.calls))
-        out: list[tuple[int, ...]] = []
-        if self.root:
-            out.append(())
-        first = len(out)
-        out.extend(((0,) if self.root else ()) for _ in range(self.width))
-        if self.join:
-            out.append(tuple(range(first, first + self.width)))
-        return tuple(out)
+        if self.shape == CHAIN:
+            return chain_deps(self.calls)
+        return fanout_deps(self.width, self.root, self.join)
 
     def to_json(self) -> dict[str, object]:
-        if self.shape == "chain":
-            return {"shape": "chain", "calls": self.calls}
-        return {"shape": "fanout", "width": self.width, "root": self.root, "join": self.join}
+        if self.shape == CHAIN:
+            return {"shape": CHAIN, "calls": self.calls}
+        return {"shape": FANOUT, "width": self.width, "root": self.root, "join": self.join}
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,10 +270,10 @@ def _with_trace_values(spec: LengthSpec, n: Node, key: str, base_dir: Path, prom
 
 def _workflow(node: Node | None) -> WorkflowSpec:
     if node is None:
-        return WorkflowSpec("chain", calls=3)
+        return WorkflowSpec(CHAIN, calls=3)
     node.check_keys({"shape", "calls", "width", "root", "join"})
-    shape = node.str_("shape", choices=("chain", "fanout"))
-    if shape == "chain":
+    shape = node.str_("shape", choices=(CHAIN, FANOUT))
+    if shape == CHAIN:
         return WorkflowSpec(shape, calls=node.int_("calls", 3, ge=1))
     return WorkflowSpec(
         shape, width=node.int_("width", 3, ge=1), root=node.bool_("root", True), join=node.bool_("join", True)
