@@ -81,7 +81,33 @@ class _Base:
         return self.spec.key.text(k)
 
 
-class VllmChat(_Base):
+class _Vllm(_Base):
+    """What vLLM's chat and completions streams share: the last chunk's trailers."""
+
+    head: bytes
+    pre: bytes
+    cu: bool
+
+    def _usage(self, c: int) -> bytes:
+        raise NotImplementedError
+
+    def _last(self, n: int, mid: bytes, end: bytes) -> bytes:
+        """The last token's chunk (``mid`` between its text and ``finish_reason``'s value,
+        ``end`` after it), its usage or fingerprint, the usage chunk, and ``[DONE]``."""
+        s = self.spec
+        b = self.pre + self.last_text(n) + mid + (b'"stop"' if s.eos else b'"length"') + end
+        if self.cu:
+            b += self._usage(n)
+        elif s.include_usage:
+            b += b"}\n\n"
+        else:
+            b += b',"system_fingerprint":"' + VLLM_FINGERPRINT.encode() + b'"}\n\n'
+        if s.include_usage:
+            b += self.head + _usage_chunk(self.P, n)
+        return b + b"data: [DONE]\n\n"
+
+
+class VllmChat(_Vllm):
     def __init__(self, spec: GenSpec) -> None:
         super().__init__(spec)
         k = spec.key
@@ -119,19 +145,7 @@ class VllmChat(_Base):
         return self.role() + b if i == 0 else b
 
     def final(self, n: int) -> bytes:
-        s = self.spec
-        fr = b'"stop"' if s.eos else b'"length"'
-        b = self.pre + self.last_text(n) + b'"},"logprobs":null,"finish_reason":' + fr
-        b += b',"stop_reason":null,"token_ids":null}]'
-        if self.cu:
-            b += self._usage(n)
-        elif s.include_usage:
-            b += b"}\n\n"
-        else:
-            b += b',"system_fingerprint":"' + VLLM_FINGERPRINT.encode() + b'"}\n\n'
-        if s.include_usage:
-            b += self.head + _usage_chunk(self.P, n)
-        b += b"data: [DONE]\n\n"
+        b = self._last(n, b'"},"logprobs":null,"finish_reason":', b',"stop_reason":null,"token_ids":null}]')
         return self.role() + b if n == 1 else b
 
     def body(self, n: int) -> bytes:
@@ -180,7 +194,7 @@ def _usage_full(p: int, n: int) -> dict[str, object]:
     }
 
 
-class VllmCompletion(_Base):
+class VllmCompletion(_Vllm):
     def __init__(self, spec: GenSpec) -> None:
         super().__init__(spec)
         k = spec.key
@@ -204,19 +218,11 @@ class VllmCompletion(_Base):
         return b + self._usage(i + 1) if self.cu else b
 
     def final(self, n: int) -> bytes:
-        s = self.spec
-        fr = b'"stop"' if s.eos else b'"length"'
-        b = self.pre + self.last_text(n) + b'","logprobs":null,"finish_reason":' + fr
-        b += b',"stop_reason":null,"prompt_token_ids":null,"token_ids":null}]'
-        if self.cu:
-            b += self._usage(n)
-        elif s.include_usage:
-            b += b"}\n\n"
-        else:
-            b += b',"system_fingerprint":"' + VLLM_FINGERPRINT.encode() + b'"}\n\n'
-        if s.include_usage:
-            b += self.head + _usage_chunk(self.P, n)
-        return b + b"data: [DONE]\n\n"
+        return self._last(
+            n,
+            b'","logprobs":null,"finish_reason":',
+            b',"stop_reason":null,"prompt_token_ids":null,"token_ids":null}]',
+        )
 
     def body(self, n: int) -> bytes:
         s, k = self.spec, self.spec.key
