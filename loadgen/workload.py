@@ -38,15 +38,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from loadgen.arrivals import ArrivalSpec, parse_arrival
 from loadgen.errors import WorkloadError
 from loadgen.lengths import LengthSpec, parse_length
 from loadgen.tiers import TierSpec, load_router_tiers, parse_tiers
 from loadgen.traces import load as load_trace
 from loadgen.traces import resolve as resolve_trace
-from loadgen.yamlcheck import Node
+from loadgen.yamlcheck import Node, read_yaml
 from slojudge.shapes import CHAIN, FANOUT, Deps, chain_deps, fanout_deps
 
 TOP_KEYS = {
@@ -154,16 +152,8 @@ class Workload:
 
 def load_workload(path: str | Path) -> Workload:
     p = Path(path)
-    file = str(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise WorkloadError(file, "", f"cannot read the workload: {exc.strerror or exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise WorkloadError(file, "", f"not valid YAML: {exc}") from None
-    return parse_workload(data, file, p.resolve().parent)
+    data = read_yaml(p, "the workload")
+    return parse_workload(data, str(path), p.resolve().parent)
 
 
 def parse_workload(data: object, file: str, base_dir: Path) -> Workload:
