@@ -82,11 +82,19 @@ class _Base:
 
 
 class _Vllm(_Base):
-    """What vLLM's chat and completions streams share: the last chunk's trailers."""
+    """What vLLM's chat and completions streams share: a token chunk is ``head`` (id,
+    object, created, model) + the choice's opening + the text + ``post``; the last chunk's
+    trailers."""
 
-    head: bytes
-    pre: bytes
-    cu: bool
+    def __init__(self, spec: GenSpec, id_object: bytes, opening: bytes, post: bytes) -> None:
+        super().__init__(spec)
+        k = spec.key
+        self.head = b'data: {"id":' + id_object % k.hex16.encode()
+        self.head += b',"created":%d,"model":%s,' % (k.created, _J(spec.model))
+        self.pre = self.head + b'"choices":[' + opening
+        self.cu = spec.continuous_usage
+        self.post = post + (b"" if self.cu else b"}\n\n")
+        self.parts = None if self.cu else (self.pre, self.post)
 
     def _usage(self, c: int) -> bytes:
         raise NotImplementedError
@@ -109,19 +117,12 @@ class _Vllm(_Base):
 
 class VllmChat(_Vllm):
     def __init__(self, spec: GenSpec) -> None:
-        super().__init__(spec)
-        k = spec.key
-        self.head = b'data: {"id":"chatcmpl-%s","object":"chat.completion.chunk","created":%d,"model":%s,' % (
-            k.hex16.encode(),
-            k.created,
-            _J(spec.model),
+        super().__init__(
+            spec,
+            b'"chatcmpl-%s","object":"chat.completion.chunk"',
+            b'{"index":0,"delta":{"content":"',
+            b'"},"logprobs":null,"finish_reason":null,"token_ids":null}]',
         )
-        self.pre = self.head + b'"choices":[{"index":0,"delta":{"content":"'
-        self.cu = spec.continuous_usage
-        self.post = b'"},"logprobs":null,"finish_reason":null,"token_ids":null}]' + (
-            b"" if self.cu else b"}\n\n"
-        )
-        self.parts = None if self.cu else (self.pre, self.post)
 
     def _usage(self, c: int) -> bytes:
         P = self.P
@@ -196,18 +197,13 @@ def _usage_full(p: int, n: int) -> dict[str, object]:
 
 class VllmCompletion(_Vllm):
     def __init__(self, spec: GenSpec) -> None:
-        super().__init__(spec)
-        k = spec.key
-        self.head = b'data: {"id":"cmpl-%s","object":"text_completion","created":%d,"model":%s,' % (
-            k.hex16.encode(),
-            k.created,
-            _J(spec.model),
+        super().__init__(
+            spec,
+            b'"cmpl-%s","object":"text_completion"',
+            b'{"index":0,"text":"',
+            b'","logprobs":null,"finish_reason":null,"stop_reason":null,"prompt_token_ids":null,'
+            b'"token_ids":null}]',
         )
-        self.pre = self.head + b'"choices":[{"index":0,"text":"'
-        self.cu = spec.continuous_usage
-        self.post = b'","logprobs":null,"finish_reason":null,"stop_reason":null,"prompt_token_ids":null,'
-        self.post += b'"token_ids":null}]' + (b"" if self.cu else b"}\n\n")
-        self.parts = None if self.cu else (self.pre, self.post)
 
     def _usage(self, c: int) -> bytes:
         P = self.P
