@@ -104,16 +104,21 @@ def _no_params(params: Mapping[str, Any]) -> None:
     Params(params).done()
 
 
+def _seed_only(params: Mapping[str, Any], ctx: PolicyContext) -> int:
+    """The one param of the random baselines: ``seed`` (default: the context's)."""
+    p = Params(params)
+    seed = p.integer("seed", ctx.seed)
+    p.done()
+    return seed
+
+
 def make_round_robin(params: Mapping[str, Any], ctx: PolicyContext) -> RoundRobin:
     _no_params(params)
     return RoundRobin()
 
 
 def make_random(params: Mapping[str, Any], ctx: PolicyContext) -> Random:
-    p = Params(params)
-    seed = p.integer("seed", ctx.seed)
-    p.done()
-    return Random(seed)
+    return Random(_seed_only(params, ctx))
 
 
 def make_least_request(params: Mapping[str, Any], ctx: PolicyContext) -> LeastRequest:
@@ -127,7 +132,4 @@ def make_least_tokens(params: Mapping[str, Any], ctx: PolicyContext) -> LeastTok
 
 
 def make_power_of_two(params: Mapping[str, Any], ctx: PolicyContext) -> PowerOfTwo:
-    p = Params(params)
-    seed = p.integer("seed", ctx.seed)
-    p.done()
-    return PowerOfTwo(seed)
+    return PowerOfTwo(_seed_only(params, ctx))
