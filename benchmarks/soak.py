@@ -22,7 +22,6 @@ import json
 import os
 import random
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,9 +32,9 @@ from typing import Any
 
 import aiohttp
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
+from benchmarks.children import busy_series, router_port, start_router, stop_all, wait_listening
 from benchmarks.ports import free_port_range
 
 MSG = [{"role": "user", "content": "write a short note about reliable request routing"}]
@@ -90,16 +89,6 @@ async def load(url: str, concurrency: int, until: float, stats: Counter[str], se
                 await one(s, url, rng, stats)
 
     await asyncio.gather(*(worker(w) for w in range(concurrency)))
-
-
-def busy_series(metrics_text: str) -> list[str]:
-    """The in-flight and queued series of a router's /metrics that are not zero."""
-    return [
-        f"{s.name}{s.labels} {s.value}"
-        for family in text_string_to_metric_families(metrics_text)
-        for s in family.samples
-        if s.name in ("slorouter_backend_inflight_requests", "slorouter_queue_waiting_requests") and s.value
-    ]
 
 
 async def metrics_inflight(url: str) -> list[str]:
@@ -217,40 +206,18 @@ def main(argv: list[str] | None = None) -> int:
                 "policy": {"kind": "least-request"},
             }
             (Path(d) / "router.yaml").write_text(yaml.safe_dump(cfg))
-            cmd = [sys.executable, "-m", "slorouter.cli", "serve", "--config", str(Path(d) / "router.yaml")]
-            cmd += ["--port", "0", "--log-level", "warning"]
-            router = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            router = start_router(Path(d) / "router.yaml", log_level="warning", stderr=subprocess.DEVNULL)
             procs.append(router)
-            assert router.stdout is not None
-            m = re.search(rb":(\d+)\s*$", router.stdout.readline())
-            if not m:
-                console.print("slorouter serve did not start")
+            try:
+                url = f"http://127.0.0.1:{router_port(router)}"
+                for port in range(base, base + args.engines):  # wait for the engines
+                    wait_listening(port, procs[0])
+            except (RuntimeError, TimeoutError) as e:
+                console.print(str(e))
                 return 2
-            url = f"http://127.0.0.1:{int(m.group(1))}"
-            for port in range(base, base + args.engines):  # wait for the engines
-                for _ in range(400):
-                    if procs[0].poll() is not None:
-                        console.print(
-                            f"the simulated engines exited ({procs[0].returncode}); ports {base}+ busy?"
-                        )
-                        return 2
-                    with socket.socket() as s:
-                        if s.connect_ex(("127.0.0.1", port)) == 0:
-                            break
-                    time.sleep(0.05)
-                else:
-                    console.print(f"engine port {port} never answered")
-                    return 2
             report = asyncio.run(soak(args, router.pid, url, console))
         finally:
-            for p in reversed(procs):
-                if p.poll() is None:
-                    p.terminate()
-            for p in procs:
-                try:
-                    p.wait(15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            stop_all(procs, grace_s=15.0)
     print(json.dumps(report, indent=2))
     return 0 if report["pass"] else 1
 

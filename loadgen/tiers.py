@@ -21,10 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from loadgen.errors import WorkloadError
-from loadgen.yamlcheck import Node
+from loadgen.yamlcheck import Node, read_yaml
 
 CLASSES = ("latency", "deadline", "workflow", "best_effort")
 
@@ -102,13 +99,5 @@ def parse_tiers(nodes: list[Node], *, strict: bool) -> dict[str, TierSpec]:
 
 def load_router_tiers(path: Path) -> dict[str, TierSpec]:
     """The ``tiers:`` list of a router YAML file (everything else is ignored)."""
-    file = str(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise WorkloadError(file, "", f"cannot read the router config: {exc.strerror or exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise WorkloadError(file, "", f"not valid YAML: {exc}") from None
-    return parse_tiers(Node(file, "", data).nodes("tiers"), strict=False)
+    data = read_yaml(path, "the router config")
+    return parse_tiers(Node(str(path), "", data).nodes("tiers"), strict=False)

@@ -38,15 +38,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from loadgen.arrivals import ArrivalSpec, parse_arrival
 from loadgen.errors import WorkloadError
 from loadgen.lengths import LengthSpec, parse_length
 from loadgen.tiers import TierSpec, load_router_tiers, parse_tiers
 from loadgen.traces import load as load_trace
 from loadgen.traces import resolve as resolve_trace
-from loadgen.yamlcheck import Node
+from loadgen.yamlcheck import Node, read_yaml
+from slojudge.shapes import CHAIN, FANOUT, Deps, chain_deps, fanout_deps
 
 TOP_KEYS = {
     "name", "description", "tiers_from", "tiers", "tier_by", "tier_header", "api_keys", "workflow_header",
@@ -66,23 +65,16 @@ class WorkflowSpec:
     root: bool = True
     join: bool = True
 
-    def deps(self) -> tuple[tuple[int, ...], ...]:
+    def deps(self) -> Deps:
         """For each call (in send order), the indices of the calls it waits for."""
-        if self.shape == "chain":
-            return tuple(((i - 1,) if i else ()) for i in range(self.calls))
-        out: list[tuple[int, ...]] = []
-        if self.root:
-            out.append(())
-        first = len(out)
-        out.extend(((0,) if self.root else ()) for _ in range(self.width))
-        if self.join:
-            out.append(tuple(range(first, first + self.width)))
-        return tuple(out)
+        if self.shape == CHAIN:
+            return chain_deps(self.calls)
+        return fanout_deps(self.width, self.root, self.join)
 
     def to_json(self) -> dict[str, object]:
-        if self.shape == "chain":
-            return {"shape": "chain", "calls": self.calls}
-        return {"shape": "fanout", "width": self.width, "root": self.root, "join": self.join}
+        if self.shape == CHAIN:
+            return {"shape": CHAIN, "calls": self.calls}
+        return {"shape": FANOUT, "width": self.width, "root": self.root, "join": self.join}
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,16 +152,8 @@ class Workload:
 
 def load_workload(path: str | Path) -> Workload:
     p = Path(path)
-    file = str(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise WorkloadError(file, "", f"cannot read the workload: {exc.strerror or exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise WorkloadError(file, "", f"not valid YAML: {exc}") from None
-    return parse_workload(data, file, p.resolve().parent)
+    data = read_yaml(p, "the workload")
+    return parse_workload(data, str(path), p.resolve().parent)
 
 
 def parse_workload(data: object, file: str, base_dir: Path) -> Workload:
@@ -276,10 +260,10 @@ def _with_trace_values(spec: LengthSpec, n: Node, key: str, base_dir: Path, prom
 
 def _workflow(node: Node | None) -> WorkflowSpec:
     if node is None:
-        return WorkflowSpec("chain", calls=3)
+        return WorkflowSpec(CHAIN, calls=3)
     node.check_keys({"shape", "calls", "width", "root", "join"})
-    shape = node.str_("shape", choices=("chain", "fanout"))
-    if shape == "chain":
+    shape = node.str_("shape", choices=(CHAIN, FANOUT))
+    if shape == CHAIN:
         return WorkflowSpec(shape, calls=node.int_("calls", 3, ge=1))
     return WorkflowSpec(
         shape, width=node.int_("width", 3, ge=1), root=node.bool_("root", True), join=node.bool_("join", True)

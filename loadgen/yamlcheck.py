@@ -1,11 +1,28 @@
-"""Small typed accessors over parsed YAML that raise path-qualified :class:`WorkloadError`."""
+"""Reading YAML files, and small typed accessors over parsed YAML, that raise
+path-qualified :class:`WorkloadError`."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
+import yaml
+
 from loadgen.errors import WorkloadError
+
+
+def read_yaml(path: Path, what: str) -> object:
+    """The parsed contents of a YAML file (``what`` names it in the error: "the workload")."""
+    file = str(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise WorkloadError(file, "", f"cannot read {what}: {exc.strerror or exc}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise WorkloadError(file, "", f"not valid YAML: {exc}") from None
 
 
 class Node:

@@ -9,7 +9,8 @@ the standard library (import-linter contracts in ``pyproject.toml``).
 
 * :mod:`slojudge.tokens` — per-token deadlines: which output tokens arrived on schedule;
 * :mod:`slojudge.gain` — token value, the verdict and service gain of a request or workflow;
-* :mod:`slojudge.workflows` — a workflow's gain when its calls are seen one at a time.
+* :mod:`slojudge.workflows` — a workflow's gain when its calls are seen one at a time;
+* :mod:`slojudge.shapes` — a workflow's call graph (chain, fan-out): which call waits for which.
 """
 
 from slojudge.gain import CLASSES, DECODE_WEIGHT, PREFILL_WEIGHT, Call, Verdict, in_time, judge, value

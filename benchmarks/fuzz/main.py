@@ -19,21 +19,11 @@ import urllib.request
 from collections import Counter
 
 from hypothesis import HealthCheck, given, seed, settings
-from prometheus_client.parser import text_string_to_metric_families
 from rich.progress import Progress
 
+from benchmarks.children import busy_series
 from benchmarks.fuzz.stack import fuzz_stack
 from benchmarks.fuzz.strategies import FuzzRequest, fuzz_requests, send
-
-
-def busy_series(metrics_text: str) -> list[str]:
-    """The in-flight and queued series of a router's /metrics that are not zero."""
-    return [
-        f"{s.name}{s.labels} {s.value}"
-        for family in text_string_to_metric_families(metrics_text)
-        for s in family.samples
-        if s.name in ("slorouter_backend_inflight_requests", "slorouter_queue_waiting_requests") and s.value
-    ]
 
 
 def inflight(port: int) -> list[str]:

@@ -5,11 +5,9 @@ them with API keys, aliases, admin token and tight client limits."""
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from benchmarks.children import router_port, start_router, stop_all, wait_listening
 from benchmarks.ports import free_port
 from slorouter.models.profile import StepProfile
 from slorouter.models.static import LinearStep
@@ -34,21 +33,6 @@ class Stack:
 
     def router_log(self) -> str:
         return self.log.read_text(errors="replace")
-
-
-def _wait_http(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process on {port} exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {port}")
 
 
 @contextmanager
@@ -83,7 +67,7 @@ def fuzz_stack() -> Iterator[Stack]:
                 cmd += ["--eos-mean", "16"]
                 procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             for port, p in zip(ports, procs, strict=True):
-                _wait_http(port, p)
+                wait_listening(port, p)
             cfg = {
                 "server": {"host": "127.0.0.1", "client_read_timeout_s": 1.0, "max_body_bytes": 65536},
                 "tiers": [
@@ -120,28 +104,10 @@ def fuzz_stack() -> Iterator[Stack]:
             }
             (tmp / "router.yaml").write_text(yaml.safe_dump(cfg))
             env = {**os.environ, ADMIN_ENV: "fuzz-admin-token"}
-            cmd = [sys.executable, "-m", "slorouter.cli", "serve", "--config", str(tmp / "router.yaml")]
-            cmd += ["--port", "0", "--log-level", "error"]
             log = tmp / "router.log"
             with log.open("wb") as err:
-                router = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=env)
+                router = start_router(tmp / "router.yaml", log_level="error", stderr=err, env=env)
             procs.append(router)
-            assert router.stdout is not None
-            line = router.stdout.readline()
-            m = re.search(rb":(\d+)\s*$", line)
-            if not m:
-                raise RuntimeError(f"slorouter serve did not start: {line!r}")
-            yield Stack(int(m.group(1)), router, procs[:2], ports, log)
+            yield Stack(router_port(router), router, procs[:2], ports, log)
         finally:
-            for p in reversed(procs):
-                if p.poll() is None:
-                    p.terminate()
-            for p in procs:
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait(5)
-            for p in procs:
-                if p.stdout is not None:
-                    p.stdout.close()
+            stop_all(procs)

@@ -356,13 +356,9 @@ class AdmissionQueue:
             if req is None or not self._on_time(rid):
                 continue
             tries += 1
-            d = decide(req)
-            if not isinstance(d, Defer):
-                self._take(rid)
-                out.append((req, d))
+            if self._decided(req, rid, decide, out):
                 continue
             blocked.add(best[0])
-            self._set_retry(rid, d.retry_at)
             heapq.heappush(h, entry)
         while tries < self.max_tries:  # the late lane
             tier: str | None = None
@@ -379,13 +375,25 @@ class AdmissionQueue:
             if req is None or rid not in self._late_rids:
                 continue
             tries += 1
-            d = decide(req)
-            if not isinstance(d, Defer):
-                self._take(rid)
-                out.append((req, d))
+            if self._decided(req, rid, decide, out):
                 continue
             blocked.add(tier)
-            self._set_retry(rid, d.retry_at)
             heapq.heappush(lh, late_head)
         self.next_retry(now)  # this was the wake-up for every retry time up to now: drop them
         return out
+
+    def _decided(
+        self,
+        req: RequestInfo,
+        rid: int,
+        decide: Callable[[RequestInfo], Decision],
+        out: list[tuple[RequestInfo, Decision]],
+    ) -> bool:
+        """A dispatch or reject takes the head out into ``out`` (True); a defer keeps it (False)."""
+        d = decide(req)
+        if not isinstance(d, Defer):
+            self._take(rid)
+            out.append((req, d))
+            return True
+        self._set_retry(rid, d.retry_at)
+        return False

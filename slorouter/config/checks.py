@@ -55,15 +55,21 @@ def _ref(tier: str | None, known: list[str], path: str, errs: Errors) -> None:
         errs.append((path, f"unknown tier {tier!r}{suggest(tier, known)} (tiers: {listed})"))
 
 
+def _unique(seen: dict[str, int], name: str, i: int, what: str, section: str, errs: Errors) -> None:
+    """Report ``section[i]``'s name if an earlier entry has it; remember the first entry."""
+    if name in seen:
+        also = f"{section}[{seen[name]}]"
+        errs.append((f"{section}[{i}].name", f"duplicate {what} name {name!r} (also {also})"))
+    seen.setdefault(name, i)
+
+
 def _check_tiers(raw: Mapping[str, Any], errs: Errors) -> None:
     seen: dict[str, int] = {}
     for i, t in _items(raw, "tiers"):
         path = f"tiers[{i}]"
         name = _str(t, "name")
         if name is not None:
-            if name in seen:
-                errs.append((join(path, "name"), f"duplicate tier name {name!r} (also tiers[{seen[name]}])"))
-            seen.setdefault(name, i)
+            _unique(seen, name, i, "tier", "tiers", errs)
         cls = _str(t, "class")
         if cls is None or cls not in _NEEDS:
             continue
@@ -113,11 +119,7 @@ def _check_backends(
     for i, b in _items(raw, "backends"):
         path = f"backends[{i}]"
         name = _str(b, "name") or f"b{i}"
-        if name in names:
-            errs.append(
-                (join(path, "name"), f"duplicate backend name {name!r} (also backends[{names[name]}])")
-            )
-        names.setdefault(name, i)
+        _unique(names, name, i, "backend", "backends", errs)
         url = _str(b, "url")
         norm = _check_url(url, join(path, "url"), errs) if url is not None else None
         if norm is not None:
@@ -171,11 +173,7 @@ def _check_routing(
         path = f"routing.keys[{i}]"
         name = _str(k, "name")
         if name is not None:
-            if name in names:
-                errs.append(
-                    (join(path, "name"), f"duplicate key name {name!r} (also routing.keys[{names[name]}])")
-                )
-            names.setdefault(name, i)
+            _unique(names, name, i, "key", "routing.keys", errs)
         allowed = k.get("tiers")
         allowed_names = [t for t in allowed if isinstance(t, str)] if isinstance(allowed, list) else []
         for j, t in enumerate(allowed if isinstance(allowed, list) else []):

@@ -24,7 +24,7 @@ import math
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from types import MappingProxyType
@@ -61,6 +61,13 @@ class F:
 
 
 _BAD: Any = object()  # sentinel: this subtree had errors
+
+# YAML scalars taken as they are: the test a value passes, and what the error says is wanted
+_SCALARS: Mapping[type, tuple[Callable[[Any], bool], str]] = {
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    str: (lambda v: isinstance(v, str), "a string"),
+}
 
 
 def join(path: str, key: str | int) -> str:
@@ -190,15 +197,12 @@ def _convert_plain(tp: Any, raw: Any, path: str, errs: Errors) -> Any:
         hint = suggest(raw, options) if isinstance(raw, str) else ""
         errs.append((path, f"must be one of {', '.join(options)}, got {raw!r}{hint}"))
         return _BAD
-    if tp is bool:
-        if isinstance(raw, bool):
+    scalar = _SCALARS.get(tp) if isinstance(tp, type) else None
+    if scalar is not None:
+        fits, wanted = scalar
+        if fits(raw):
             return raw
-        errs.append((path, f"must be true or false, got {type_name(raw)} {raw!r}"))
-        return _BAD
-    if tp is int:
-        if isinstance(raw, int) and not isinstance(raw, bool):
-            return raw
-        errs.append((path, f"must be an integer, got {type_name(raw)} {raw!r}"))
+        errs.append((path, f"must be {wanted}, got {type_name(raw)} {raw!r}"))
         return _BAD
     if tp is float:
         if isinstance(raw, int | float) and not isinstance(raw, bool):
@@ -207,11 +211,6 @@ def _convert_plain(tp: Any, raw: Any, path: str, errs: Errors) -> Any:
             errs.append((path, f"must be a finite number, got {raw!r}"))
             return _BAD
         errs.append((path, f"must be a number, got {type_name(raw)} {raw!r}"))
-        return _BAD
-    if tp is str:
-        if isinstance(raw, str):
-            return raw
-        errs.append((path, f"must be a string, got {type_name(raw)} {raw!r}"))
         return _BAD
     if origin is tuple:
         (item_tp, _ellipsis) = typing.get_args(tp)

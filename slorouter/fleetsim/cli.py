@@ -25,6 +25,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from slorouter.fleetsim.bound import auto_bins, fluid_reference
+from slorouter.fleetsim.events import ProgressFn
 from slorouter.fleetsim.fleet import SimOptions, SimResult, run_once
 from slorouter.fleetsim.replicas import ReplicaOptions
 from slorouter.fleetsim.scaling import SCALERS, ScalingOptions
@@ -286,18 +287,22 @@ def run(args: argparse.Namespace) -> int:
     show = not args.no_progress and sys.stderr.isatty()
 
     def one(rate: float) -> SimResult:
+        def go(progress: ProgressFn | None = None) -> SimResult:
+            return run_once(
+                scn,
+                args.policy,
+                rate,
+                servers=servers,
+                requests=n_req,
+                params=params,
+                seed=args.seed,
+                options=opts,
+                progress=progress,
+            )
+
         try:
             if not show:
-                return run_once(
-                    scn,
-                    args.policy,
-                    rate,
-                    servers=servers,
-                    requests=n_req,
-                    params=params,
-                    seed=args.seed,
-                    options=opts,
-                )
+                return go()
             with Progress(
                 TextColumn(f"rate {rate:.1f} req/s"),
                 BarColumn(),
@@ -307,17 +312,7 @@ def run(args: argparse.Namespace) -> int:
                 transient=True,
             ) as prog:
                 task = prog.add_task("sim", total=n_req)
-                return run_once(
-                    scn,
-                    args.policy,
-                    rate,
-                    servers=servers,
-                    requests=n_req,
-                    params=params,
-                    seed=args.seed,
-                    options=opts,
-                    progress=lambda i, n: prog.update(task, completed=i),
-                )
+                return go(lambda i, n: prog.update(task, completed=i))
         except ParamError as e:
             raise SystemExit(f"error: policy params: {e}") from None
 

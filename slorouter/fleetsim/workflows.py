@@ -21,7 +21,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-CHAIN, FANOUT = "chain", "fanout"
+from slojudge.shapes import CHAIN, FANOUT, Deps, chain_deps, fanout_deps
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,20 +32,13 @@ class WorkflowShape:
     root: bool = True  # fanout: a call before them
     join: bool = True  # fanout: a call after all of them
 
-    def draw(self, rng: random.Random) -> tuple[tuple[int, ...], ...]:
+    def draw(self, rng: random.Random) -> Deps:
         """For each call of one workflow (in send order), the indices of the calls it waits for."""
         if self.shape == CHAIN:
             lo, hi = self.calls
             n = lo if lo == hi else rng.randint(lo, hi)
-            return tuple(((i - 1,) if i else ()) for i in range(n))
-        out: list[tuple[int, ...]] = []
-        if self.root:
-            out.append(())
-        first = len(out)
-        out.extend(((0,) if self.root else ()) for _ in range(self.width))
-        if self.join:
-            out.append(tuple(range(first, first + self.width)))
-        return tuple(out)
+            return chain_deps(n)
+        return fanout_deps(self.width, self.root, self.join)
 
     def mean_calls(self) -> float:
         if self.shape == CHAIN:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from slorouter.policy.base import BasePolicy, Params, PolicyContext, ranked
 from slorouter.state.backends import Backend
@@ -49,30 +49,32 @@ class Random(BasePolicy):
         return ranked(pool)
 
 
-class LeastRequest(BasePolicy):
-    """Fewest in-flight requests first (ties: config order)."""
+class _FewestFirst(BasePolicy):
+    """Every eligible backend, in rising order of one figure of its load (``figure``, a
+    :class:`~slorouter.state.load.BackendLoad` attribute); ties: config order."""
 
-    kind = "least-request"
+    figure: ClassVar[str]
 
     def select(self, request: RequestInfo, snapshot: Snapshot) -> Decision:
         pool = snapshot.eligible(None)
         if not pool:
             return self.no_backend(snapshot)
-        loads = snapshot.loads
-        return ranked(sorted(pool, key=lambda b: loads[b.id].running))
+        loads, figure = snapshot.loads, self.figure
+        return ranked(sorted(pool, key=lambda b: getattr(loads[b.id], figure)))
 
 
-class LeastTokens(BasePolicy):
+class LeastRequest(_FewestFirst):
+    """Fewest in-flight requests first."""
+
+    kind = "least-request"
+    figure = "running"
+
+
+class LeastTokens(_FewestFirst):
     """Fewest in-flight tokens (prompt + generated so far) first."""
 
     kind = "least-tokens"
-
-    def select(self, request: RequestInfo, snapshot: Snapshot) -> Decision:
-        pool = snapshot.eligible(None)
-        if not pool:
-            return self.no_backend(snapshot)
-        loads = snapshot.loads
-        return ranked(sorted(pool, key=lambda b: loads[b.id].kv_tokens))
+    figure = "kv_tokens"
 
 
 class PowerOfTwo(BasePolicy):
@@ -102,16 +104,21 @@ def _no_params(params: Mapping[str, Any]) -> None:
     Params(params).done()
 
 
+def _seed_only(params: Mapping[str, Any], ctx: PolicyContext) -> int:
+    """The one param of the random baselines: ``seed`` (default: the context's)."""
+    p = Params(params)
+    seed = p.integer("seed", ctx.seed)
+    p.done()
+    return seed
+
+
 def make_round_robin(params: Mapping[str, Any], ctx: PolicyContext) -> RoundRobin:
     _no_params(params)
     return RoundRobin()
 
 
 def make_random(params: Mapping[str, Any], ctx: PolicyContext) -> Random:
-    p = Params(params)
-    seed = p.integer("seed", ctx.seed)
-    p.done()
-    return Random(seed)
+    return Random(_seed_only(params, ctx))
 
 
 def make_least_request(params: Mapping[str, Any], ctx: PolicyContext) -> LeastRequest:
@@ -125,7 +132,4 @@ def make_least_tokens(params: Mapping[str, Any], ctx: PolicyContext) -> LeastTok
 
 
 def make_power_of_two(params: Mapping[str, Any], ctx: PolicyContext) -> PowerOfTwo:
-    p = Params(params)
-    seed = p.integer("seed", ctx.seed)
-    p.done()
-    return PowerOfTwo(seed)
+    return PowerOfTwo(_seed_only(params, ctx))

@@ -308,6 +308,13 @@ class ServedEngine:
         await self.runner.cleanup()
 
 
+def _check_engine(engine: str, api_key: str | None) -> None:
+    if engine not in ("vllm", "tgi"):
+        raise ValueError(f"engine must be 'vllm' or 'tgi', got {engine!r}")
+    if api_key is not None and (engine != "vllm" or not api_key):
+        raise ValueError("api_key: a non-empty key, with engine 'vllm' only")
+
+
 async def start_engine(
     profile: str | StepProfile = DEFAULT_PROFILE,
     *,
@@ -323,10 +330,7 @@ async def start_engine(
     api_key: str | None = None,
 ) -> ServedEngine:
     """Start one simulated engine (``port`` 0: an ephemeral port); ``stop()`` it when done."""
-    if engine not in ("vllm", "tgi"):
-        raise ValueError(f"engine must be 'vllm' or 'tgi', got {engine!r}")
-    if api_key is not None and (engine != "vllm" or not api_key):
-        raise ValueError("api_key: a non-empty key, with engine 'vllm' only")
+    _check_engine(engine, api_key)
     prof = load_profile(profile) if isinstance(profile, str) else profile
     eng = SimEngine(
         prof,
@@ -369,10 +373,7 @@ async def serve_engines(
     api_key: str | None = None,
 ) -> AsyncIterator[SimFleet]:
     """Start ``count`` simulated engines (see the module docstring); stop them on exit."""
-    if engine not in ("vllm", "tgi"):
-        raise ValueError(f"engine must be 'vllm' or 'tgi', got {engine!r}")
-    if api_key is not None and (engine != "vllm" or not api_key):
-        raise ValueError("api_key: a non-empty key, with engine 'vllm' only")
+    _check_engine(engine, api_key)
     prof = load_profile(profile) if isinstance(profile, str) else profile
     served: list[ServedEngine] = []
     try:

@@ -81,21 +81,48 @@ class _Base:
         return self.spec.key.text(k)
 
 
-class VllmChat(_Base):
-    def __init__(self, spec: GenSpec) -> None:
+class _Vllm(_Base):
+    """What vLLM's chat and completions streams share: a token chunk is ``head`` (id,
+    object, created, model) + the choice's opening + the text + ``post``; the last chunk's
+    trailers."""
+
+    def __init__(self, spec: GenSpec, id_object: bytes, opening: bytes, post: bytes) -> None:
         super().__init__(spec)
         k = spec.key
-        self.head = b'data: {"id":"chatcmpl-%s","object":"chat.completion.chunk","created":%d,"model":%s,' % (
-            k.hex16.encode(),
-            k.created,
-            _J(spec.model),
-        )
-        self.pre = self.head + b'"choices":[{"index":0,"delta":{"content":"'
+        self.head = b'data: {"id":' + id_object % k.hex16.encode()
+        self.head += b',"created":%d,"model":%s,' % (k.created, _J(spec.model))
+        self.pre = self.head + b'"choices":[' + opening
         self.cu = spec.continuous_usage
-        self.post = b'"},"logprobs":null,"finish_reason":null,"token_ids":null}]' + (
-            b"" if self.cu else b"}\n\n"
-        )
+        self.post = post + (b"" if self.cu else b"}\n\n")
         self.parts = None if self.cu else (self.pre, self.post)
+
+    def _usage(self, c: int) -> bytes:
+        raise NotImplementedError
+
+    def _last(self, n: int, mid: bytes, end: bytes) -> bytes:
+        """The last token's chunk (``mid`` between its text and ``finish_reason``'s value,
+        ``end`` after it), its usage or fingerprint, the usage chunk, and ``[DONE]``."""
+        s = self.spec
+        b = self.pre + self.last_text(n) + mid + (b'"stop"' if s.eos else b'"length"') + end
+        if self.cu:
+            b += self._usage(n)
+        elif s.include_usage:
+            b += b"}\n\n"
+        else:
+            b += b',"system_fingerprint":"' + VLLM_FINGERPRINT.encode() + b'"}\n\n'
+        if s.include_usage:
+            b += self.head + _usage_chunk(self.P, n)
+        return b + b"data: [DONE]\n\n"
+
+
+class VllmChat(_Vllm):
+    def __init__(self, spec: GenSpec) -> None:
+        super().__init__(
+            spec,
+            b'"chatcmpl-%s","object":"chat.completion.chunk"',
+            b'{"index":0,"delta":{"content":"',
+            b'"},"logprobs":null,"finish_reason":null,"token_ids":null}]',
+        )
 
     def _usage(self, c: int) -> bytes:
         P = self.P
@@ -119,19 +146,7 @@ class VllmChat(_Base):
         return self.role() + b if i == 0 else b
 
     def final(self, n: int) -> bytes:
-        s = self.spec
-        fr = b'"stop"' if s.eos else b'"length"'
-        b = self.pre + self.last_text(n) + b'"},"logprobs":null,"finish_reason":' + fr
-        b += b',"stop_reason":null,"token_ids":null}]'
-        if self.cu:
-            b += self._usage(n)
-        elif s.include_usage:
-            b += b"}\n\n"
-        else:
-            b += b',"system_fingerprint":"' + VLLM_FINGERPRINT.encode() + b'"}\n\n'
-        if s.include_usage:
-            b += self.head + _usage_chunk(self.P, n)
-        b += b"data: [DONE]\n\n"
+        b = self._last(n, b'"},"logprobs":null,"finish_reason":', b',"stop_reason":null,"token_ids":null}]')
         return self.role() + b if n == 1 else b
 
     def body(self, n: int) -> bytes:
@@ -180,20 +195,15 @@ def _usage_full(p: int, n: int) -> dict[str, object]:
     }
 
 
-class VllmCompletion(_Base):
+class VllmCompletion(_Vllm):
     def __init__(self, spec: GenSpec) -> None:
-        super().__init__(spec)
-        k = spec.key
-        self.head = b'data: {"id":"cmpl-%s","object":"text_completion","created":%d,"model":%s,' % (
-            k.hex16.encode(),
-            k.created,
-            _J(spec.model),
+        super().__init__(
+            spec,
+            b'"cmpl-%s","object":"text_completion"',
+            b'{"index":0,"text":"',
+            b'","logprobs":null,"finish_reason":null,"stop_reason":null,"prompt_token_ids":null,'
+            b'"token_ids":null}]',
         )
-        self.pre = self.head + b'"choices":[{"index":0,"text":"'
-        self.cu = spec.continuous_usage
-        self.post = b'","logprobs":null,"finish_reason":null,"stop_reason":null,"prompt_token_ids":null,'
-        self.post += b'"token_ids":null}]' + (b"" if self.cu else b"}\n\n")
-        self.parts = None if self.cu else (self.pre, self.post)
 
     def _usage(self, c: int) -> bytes:
         P = self.P
@@ -204,19 +214,11 @@ class VllmCompletion(_Base):
         return b + self._usage(i + 1) if self.cu else b
 
     def final(self, n: int) -> bytes:
-        s = self.spec
-        fr = b'"stop"' if s.eos else b'"length"'
-        b = self.pre + self.last_text(n) + b'","logprobs":null,"finish_reason":' + fr
-        b += b',"stop_reason":null,"prompt_token_ids":null,"token_ids":null}]'
-        if self.cu:
-            b += self._usage(n)
-        elif s.include_usage:
-            b += b"}\n\n"
-        else:
-            b += b',"system_fingerprint":"' + VLLM_FINGERPRINT.encode() + b'"}\n\n'
-        if s.include_usage:
-            b += self.head + _usage_chunk(self.P, n)
-        return b + b"data: [DONE]\n\n"
+        return self._last(
+            n,
+            b'","logprobs":null,"finish_reason":',
+            b',"stop_reason":null,"prompt_token_ids":null,"token_ids":null}]',
+        )
 
     def body(self, n: int) -> bytes:
         s, k = self.spec, self.spec.key

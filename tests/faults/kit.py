@@ -26,6 +26,8 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from tests.servekit import serve_app
+
 
 def free_port() -> int:
     """A free port for a child process to bind, below Linux's ephemeral range (32768+), so
@@ -150,12 +152,5 @@ async def status_server(status: int) -> AsyncIterator[tuple[str, list[int]]]:
     app = web.Application()
     app.router.add_get("/health", ok)
     app.router.add_post("/{tail:.*}", gen)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://127.0.0.1:{port}", seen
-    finally:
-        await runner.cleanup()
+    async with serve_app(app) as base:
+        yield base, seen

@@ -17,6 +17,7 @@ from slorouter.values import Outcome, Status
 from tests.faults.test_faults import poll
 from tests.faults.test_timeouts import CHAT, QUIET_HEALTH
 from tests.routerkit import router_config, run_router
+from tests.servekit import serve_app
 
 DONE = b"data: [DONE]\n\n"
 
@@ -55,14 +56,8 @@ async def engine(
 
     app = web.Application()
     app.router.add_post("/{tail:.*}", gen)
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    async with serve_app(app, handler_cancellation=True) as base:
+        yield base
 
 
 async def test_an_engine_that_keeps_talking_below_idle_s_is_not_cut_however_long_the_stream() -> None:

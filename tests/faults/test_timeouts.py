@@ -19,6 +19,7 @@ from slorouter.values import Outcome, Status
 from tests.faults.kit import hang_server
 from tests.faults.test_faults import poll
 from tests.routerkit import router_config, run_router
+from tests.servekit import serve_app
 
 QUIET_HEALTH = {"interval_s": 60.0, "failures": 100}  # no ejection during these tests
 CHAT = {"model": "sim-llama", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
@@ -38,14 +39,8 @@ async def stall_server() -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_post("/{tail:.*}", gen)
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    async with serve_app(app, handler_cancellation=True) as base:
+        yield base
 
 
 async def post(url: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> tuple[int, bytes]:

@@ -22,6 +22,7 @@ from aiohttp import web
 from slorouter.proxy.upstream import arm_idle_timeout
 from slorouter.simengine.server import serve_engines
 from tests.routerkit import router_config, run_router
+from tests.servekit import serve_app
 
 
 async def raw_request(port: int, head: bytes) -> bytes:
@@ -74,14 +75,8 @@ async def silent_after_first_chunk() -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_get("/", handler)
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/"
-    finally:
-        await runner.cleanup()
+    async with serve_app(app, handler_cancellation=True) as base:
+        yield base + "/"
 
 
 async def test_arm_idle_timeout_fails_a_read_after_the_silence() -> None:

@@ -21,6 +21,7 @@ from slorouter.config import ConfigError, load_config
 from slorouter.simengine.server import serve_engines
 from tests.faults.test_faults import poll
 from tests.routerkit import run_router
+from tests.servekit import serve_app
 
 KEY = "sim-engine-secret-1"
 VAR = "SIM_ENGINE_KEY"
@@ -105,14 +106,8 @@ async def keyed_health(key: str) -> AsyncIterator[tuple[str, dict[str, int]]]:
 
     app = web.Application()
     app.router.add_get("/health", health)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}", seen
-    finally:
-        await runner.cleanup()
+    async with serve_app(app) as base:
+        yield base, seen
 
 
 async def test_health_probes_carry_the_key(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from slorouter.simengine.server import SimFleet, serve_engines
 from tests.routerkit import RouterHandle, router_config, run_router
+from tests.servekit import serve_app
 
 KEY_BATCH = "sk-batch-0123456789abcdef"
 KEY_ALL = "sk-all-fedcba9876543210"
@@ -54,14 +55,8 @@ async def capture_server() -> AsyncIterator[tuple[str, list[dict[str, str]]]]:
     app.router.add_get("/v1/models", models)
     app.router.add_get("/health", models)
     app.router.add_post("/{tail:.*}", gen)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}", seen
-    finally:
-        await runner.cleanup()
+    async with serve_app(app) as base:
+        yield base, seen
 
 
 def keyed_config(urls: list[str], **extra: Any) -> Any:

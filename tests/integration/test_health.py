@@ -16,6 +16,7 @@ from slorouter.simengine.server import serve_engines
 from tests.faults.test_faults import poll
 from tests.promtext import value
 from tests.routerkit import router_config, run_router
+from tests.servekit import serve_app
 
 HEALTH = {"interval_s": 0.1, "timeout_s": 0.2, "failures": 3, "successes": 2, "cooldown_s": 0.5}
 
@@ -35,14 +36,8 @@ async def flaky_health() -> AsyncIterator[tuple[str, dict[str, int]]]:
 
     app = web.Application()
     app.router.add_get("/health", health)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}", state
-    finally:
-        await runner.cleanup()
+    async with serve_app(app) as base:
+        yield base, state
 
 
 async def get(url: str) -> tuple[int, str]:

@@ -18,6 +18,7 @@ from aiohttp import web
 from slorouter.actuation.webhook import DECISION_HEADER, SIGNATURE_HEADER, WebhookSender, sign, verify
 from slorouter.config.autoscale import WebhookConfig
 from tests.faults.test_faults import poll
+from tests.servekit import serve_app
 
 SECRET = b"webhook-test-secret"
 
@@ -44,15 +45,9 @@ async def receiver(answers: list[int] | None = None, delay_s: float = 0.0) -> As
 
     app = web.Application()
     app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    rec.url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
-    try:
+    async with serve_app(app) as base:
+        rec.url = base + "/hook"
         yield rec
-    finally:
-        await runner.cleanup()
 
 
 def body(i: int, tier: str = "t20") -> dict[str, Any]:
