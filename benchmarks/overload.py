@@ -146,7 +146,8 @@ def plot(path: str, results: dict[str, Any]) -> None:
             g_ax.axhline(TARGET_GOODPUT * cap, color="grey", ls=":", label="90 % of polyserve at 1×")
         t_ax.axhline(TARGET_TTFT, color="grey", ls=":", label="1.5× objective")
         t_ax.set_yscale("log")
-        g_ax.set_title(f"{name}: goodput (1× = {entry['base_rps'] / entry['servers']:.2f} req/s/server)")
+        offered = entry["base_rps"] / entry["servers"]
+        g_ax.set_title(f"{name}: goodput (1× offered = {offered:.2f} req/s/server)")
         g_ax.set_ylabel("good requests / s / server")
         t_ax.set_title(f"{name}: p99 TTFT of served requests (worst tier)")
         t_ax.set_ylabel("p99 TTFT / TTFT objective")
