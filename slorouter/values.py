@@ -141,6 +141,9 @@ class RequestInfo:
     # a workflow call's own deadline (its stage budget, slorouter.models.workflows): what
     # the router schedules it for; the workflow is still judged by ``deadline_at``
     target_at: float | None = None
+    # stages left on the workflow's longest path, this call's included (1: not a workflow
+    # call, or no basis): the admission queue's gain density (slorouter.admission.gain)
+    path_stages: int = 1
 
     @property
     def due_at(self) -> float | None:

@@ -70,6 +70,7 @@ import math
 from collections.abc import Callable
 from typing import Protocol
 
+from slorouter.admission import gain
 from slorouter.admission.overload import cost, default_max_wait, density_bucket
 from slorouter.admission.priority import priority
 from slorouter.admission.queue import LATE, WAIT_LIMIT, AdmissionQueue
@@ -106,6 +107,13 @@ _MESSAGES = {
 }
 
 
+def queue_order(policy: object) -> str:
+    """The queue order a policy asks for (``queue_order``: ``slack``, the default, or
+    ``gain``, :mod:`slorouter.admission.gain`)."""
+    order = getattr(policy, "queue_order", "slack")
+    return order if isinstance(order, str) else "slack"
+
+
 class AdmissionCore:
     def __init__(
         self,
@@ -128,7 +136,7 @@ class AdmissionCore:
         self.tracker = tracker
         self.max_queue = max_queue
         self.max_wait_s = max_wait_s
-        self.queue = AdmissionQueue(max_tries)
+        self.queue = AdmissionQueue(max_tries, queue_order(policy))
         self.log = log
         self.decisions = 0
         self.observe = observe
@@ -140,6 +148,7 @@ class AdmissionCore:
 
     def set_policy(self, policy: Policy) -> None:
         self.policy = policy
+        self.queue.set_order(queue_order(policy))
 
     def close(self) -> None:
         """Stop hearing of finished requests (a core replaced by another on the same
@@ -230,7 +239,9 @@ class AdmissionCore:
             return self._shed(req, QUEUE_FULL, sc=sc)
         c = cost(req, snap)
         limit = req.arrival + self.wait_limit(req)
-        q.push(req, key, retry_at, cost=c, bucket=density_bucket(req, c), expires_at=limit, home=sc.home)
+        # the gain order sheds by gain density too (what the work is worth per second of it)
+        k = gain.density_bucket(req, snap) if q.order == "gain" else density_bucket(req, c)
+        q.push(req, key, retry_at, cost=c, bucket=k, expires_at=limit, home=sc.home, servers=sc.servers)
         return None
 
     def _outlasted(self, req: RequestInfo, key: float, sc: Scope, now: float) -> Reject | None:
@@ -302,6 +313,8 @@ class AdmissionCore:
 
     def _on_outcome(self, out: Outcome) -> None:
         self.policy.on_finish(out)
+        if out.backend is not None:
+            self.queue.gap.on_completion(out.finished_at, len(self.tracker.loads))
         # a request that never reached a backend (rejected, cancelled in the queue) frees nothing
         if self._wake_hint is not None and out.backend is not None and len(self.queue):
             self._wake_hint()

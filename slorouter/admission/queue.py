@@ -1,45 +1,26 @@
 """The router's admission queue: requests a policy deferred, in the order to retry them.
 
 Pure and synchronous (no I/O, no clock of its own); the live dispatcher and the offline
-fleet simulator drive the same code, through :class:`~slorouter.admission.core.AdmissionCore`.
+fleet simulator drive the same code, through :class:`~slorouter.admission.core.AdmissionCore`
+(docs/policies.md §7 and §9 have the full rules and why).
 
-Ordering
---------
-:func:`~slorouter.admission.priority.priority` gives a request's **latest useful
-start** (:mod:`slorouter.admission.priority`): its slack is ``priority - now``.
-
-Because the key does not depend on ``now``, ordering by key is ordering by slack at
-every moment, and a heap suffices. Two lanes: **on time** (key ≥ now) and **late**
-(key < now: its SLO can no longer be met). A late request of a tier that rejects late
-requests (``Tier.when_late: reject``, the default) leaves the queue then — it is handed
-to the core as *due* (:meth:`AdmissionQueue.expire`), which answers it 429; one of a
-``best_effort`` tier, or one that was late on arrival (key < arrival: its prompt cannot
-meet its TTFT even on an idle server, so retrying would not help), moves to the late
-lane, where it is served after the on-time lane, oldest first (best-effort requests
-share it) — so a hopeless request never blocks the others. Each lane is kept **per
-tier** (one heap each): a wake-up takes the best head among the tiers not yet blocked,
-so a tier whose head cannot go (e.g. late requests a policy holds for spare room) never
-hides another tier's requests behind it.
-
-**Overload order.** Overload is judged per *home* (the group of servers where a
-request comes first, :class:`~slorouter.values.Scope`: the fleet for most policies, the
-tier's bin for ``polyserve``); each on-time lane is kept per tier *and* home. While no
-on-time request of a home has expired, its lanes are served earliest latest-start first
-(EDF: every request that can be served in time is). Once one expires, the home is
-*overloaded* (:mod:`slorouter.admission.ledger`: until its on-time lane next runs
-empty, or one wait limit passes without another expiry) and its lanes are served
-**densest first** (weight per predicted server-second,
-:mod:`slorouter.admission.overload`; 10 % buckets), and within a density bucket **most
-slack first**. EDF under overload serves every request at the last moment: the one with
-the least slack goes first, starts at the edge of its TTFT, misses on the first slow
-step, and blocks its tier's fresher requests that would still fit — while the work of
-lowest value per unit of capacity should be what is shed. Expiry sheds the rest: what is
-least dense and waited longest. One home's overload never reorders another's: a tight
-bin whose requests all start in time is served EDF while the loose bin next to it sheds.
-
-**Wait limits.** A request pushed with ``expires_at`` is handed to the core as due
-(``"wait_limit"``) at that time if still queued (the tier's wait limit, derived or
-``policy.max_queue_wait_s``).
+* **Keys.** :func:`~slorouter.admission.priority.priority` is a request's latest useful
+  start (its slack is ``key - now``); it does not depend on ``now``, so heaps suffice.
+* **Lanes.** On time (key ≥ now), per tier *and* home (:class:`~slorouter.values.Scope`);
+  late (and best effort), per tier, oldest first, after every on-time lane. A late
+  request of a tier that rejects late requests is handed to the core as due (``late``);
+  one past its wait limit too (``wait_limit``).
+* **On-time order.** ``slack`` (default): least slack first (EDF; ties: heavier tier,
+  earlier arrival). ``gain`` (``tempo``, :mod:`slorouter.admission.gain`): densest first
+  (expected gain per predicted second of service, 10 % buckets), least slack within a
+  bucket — except that a lane's least-slack request goes first once its slack is within
+  the **guard**, the expected wait for the next completion on the servers it may use: at
+  the last wake-up before it would turn late. **Overload** (a home where an on-time
+  request expired lately, :mod:`slorouter.admission.ledger`): densest first, most slack
+  within a bucket, whatever the order — shed what is least dense and waited longest.
+* **Draining.** :meth:`AdmissionQueue.drain` repeatedly takes the best head among the
+  lanes of tiers not blocked in this wake-up; a ``Defer`` blocks its tier until the next
+  wake-up; at most ``max_tries`` decisions per wake-up.
 
 Driving it::
 
@@ -47,14 +28,9 @@ Driving it::
     q.push(req, priority(req, snapshot), cost=c, bucket=k, expires_at=t, home=h)  # after a Defer
     due = q.expire(now)                                     # [(req, "late" | "wait_limit")]
     results = q.drain(lambda r: policy.select(r, tracker.snapshot()), now)   # on wake-up
-    for req, decision in results: ...                       # Dispatch / Reject (removed)
     wake = q.next_timer(now)                                # the next retry or expiry
 
 Wake the drain on arrivals, completions, fleet changes and at ``next_timer()``.
-:meth:`AdmissionQueue.drain` tries requests in order and stops a tier after its first
-``Defer`` in that wake-up (the rest of the tier would most likely defer too), so a
-wake-up costs at most ``max_tries`` decisions however long the queue is (plus
-O(tiers) to find the heads).
 """
 
 from __future__ import annotations
@@ -65,11 +41,13 @@ import math
 from collections.abc import Callable, Hashable, Iterator
 from typing import Any, Final
 
+from slorouter.admission.gain import CompletionGap
 from slorouter.admission.ledger import Ledger
 from slorouter.values import Decision, Defer, RequestInfo
 
 _HeapEntry = tuple[float, float, float, int, int]  # (key, -weight, arrival, seq, rid)
 _DenseEntry = tuple[int, float, int, int]  # (-density bucket, -key, seq, rid)
+_GainEntry = tuple[int, float, int, int]  # (-density bucket, key, seq, rid)
 _LateEntry = tuple[float, int, int]  # (arrival, seq, rid)
 _Lane = tuple[str, Hashable]  # (tier, home): one on-time lane
 LATE, WAIT_LIMIT = "late", "wait_limit"  # why a request left the queue as due
@@ -81,8 +59,12 @@ class AdmissionQueue:
     module docs). O(log n) push/pop, O(1) remove (lazy deletion, heaps compacted when
     mostly stale)."""
 
-    def __init__(self, max_tries: int = 16) -> None:
+    def __init__(self, max_tries: int = 16, order: str = "slack") -> None:
         self.max_tries = max_tries
+        self.order = "slack"  # or "gain" (set_order): the on-time order outside overload
+        self._gain: dict[_Lane, list[_GainEntry]] = {}  # on time, gain order, per lane
+        self._servers: dict[_Lane, int] = {}  # servers a lane's requests may use
+        self.gap = CompletionGap()  # the gain order's starvation guard
         self._seq = itertools.count()
         self._on: dict[_Lane, list[_HeapEntry]] = {}  # on time, EDF, per lane
         self._dense: dict[_Lane, list[_DenseEntry]] = {}  # on time, overload order, per lane
@@ -97,6 +79,22 @@ class AdmissionQueue:
         self._expiry: dict[int, float] = {}
         self._expiry_heap: list[tuple[float, int]] = []
         self._due: list[tuple[RequestInfo, str]] = []
+        self.set_order(order)
+
+    def set_order(self, order: str) -> None:
+        """``slack`` (least slack first) or ``gain`` (densest first, least slack within a
+        bucket, with the starvation guard): the on-time order of homes not overloaded."""
+        if order not in ("slack", "gain"):
+            raise ValueError(f"queue order: {order!r} is not slack or gain")
+        if order == "gain" and self.order != "gain":
+            self._gain = {lane: [(b, -k, q, r) for b, k, q, r in d] for lane, d in self._dense.items()}
+            for g in self._gain.values():
+                heapq.heapify(g)
+        self.order = order
+
+    def guard(self, lane: _Lane) -> float:
+        """The gain order's guard for ``lane`` (:class:`~slorouter.admission.gain.CompletionGap`)."""
+        return self.gap.guard(self._servers.get(lane, 1))
 
     def __len__(self) -> int:
         return len(self._reqs) + len(self._due)
@@ -124,11 +122,13 @@ class AdmissionQueue:
         bucket: int = 0,
         expires_at: float = math.inf,
         home: Hashable = None,
+        servers: int = 1,
     ) -> None:
         """Queue a request with its :func:`~slorouter.admission.priority.priority` key
         (and the ``retry_at`` of the ``Defer`` that queued it, if any), its predicted
         ``cost`` (server-seconds) and density ``bucket`` (:mod:`slorouter.admission.overload`),
-        the time its wait limit ends (``expires_at``) and its ``home`` (:class:`~slorouter.values.Scope`)."""
+        the time its wait limit ends (``expires_at``) and its ``home`` (:class:`~slorouter.values.Scope`),
+        with the number of ``servers`` it may use."""
         rid = request.rid
         if rid in self._reqs:
             raise ValueError(f"request {rid} is already queued")
@@ -146,6 +146,9 @@ class AdmissionQueue:
         lane = (tier, home)
         heapq.heappush(self._on.setdefault(lane, []), (key, -request.tier.weight, request.arrival, seq, rid))
         heapq.heappush(self._dense.setdefault(lane, []), (-bucket, -key, seq, rid))
+        if self.order == "gain":
+            heapq.heappush(self._gain.setdefault(lane, []), (-bucket, key, seq, rid))
+            self._servers[lane] = max(1, servers)
         self._n_on[lane] = self._n_on.get(lane, 0) + 1
         self._lane[rid] = lane
         self.books.add(rid, home, cost, bucket)
@@ -216,8 +219,9 @@ class AdmissionQueue:
             if len(h) > 2 * live + 32:
                 h[:] = [e for e in h if self._on_time(e[4])]
                 heapq.heapify(h)
-            d = self._dense.get(lane)
-            if d is not None:
+            for d in (self._dense.get(lane), self._gain.get(lane)):
+                if d is None:
+                    continue
                 if len(d) > 2 * live + 32:
                     d[:] = [e for e in d if self._on_time(e[3])]
                     heapq.heapify(d)
@@ -251,14 +255,28 @@ class AdmissionQueue:
             return bool(self.books)
         return self.books.waiting(home)
 
-    def _head(self, lane: _Lane, hot: frozenset[Hashable]) -> tuple[int, Any] | None:
+    def _head(self, lane: _Lane, hot: frozenset[Hashable], now: float) -> tuple[int, Any] | None:
         """A lane's head as a comparable ``(order, entry)``: overloaded homes' lanes in
-        overload order (0), the others in EDF order (1)."""
+        overload order (0), the others in EDF order (1) — or, in the gain order, densest
+        first (1) unless the lane's least-slack request is within its guard (-1, EDF)."""
         if lane[1] in hot:
             d = self._dense.get(lane)
             return (0, d[0]) if d else None
         h = self._on[lane]
+        if self.order == "gain":
+            if h and h[0][0] - now <= self.guard(lane):
+                return (-1, h[0])
+            g = self._gain.get(lane)
+            return (1, g[0]) if g else None
         return (1, h[0]) if h else None
+
+    def _heap(self, lane: _Lane, order: int) -> tuple[list[Any], int]:
+        """The heap a head of ``order`` came from, and where its entries hold the rid."""
+        if order == 0:
+            return self._dense[lane], 3
+        if order == 1 and self.order == "gain":
+            return self._gain[lane], 3
+        return self._on[lane], 4
 
     def ordered(self, now: float) -> Iterator[RequestInfo]:
         """Queued requests in service order: the on-time lane (EDF, or the overload order
@@ -267,12 +285,15 @@ class AdmissionQueue:
         self._clean(now)
         hot = self.books.hot_homes()
         entries: list[tuple[int, Any]] = []
+        gain = self.order == "gain"
         for lane in self._on:
             if lane[1] in hot:
                 entries += [(0, e) for e in self._dense.get(lane, ()) if self._on_time(e[3])]
+            elif gain:  # (a snapshot: the guard is applied at each wake-up)
+                entries += [(1, e) for e in self._gain.get(lane, ()) if self._on_time(e[3])]
             else:
-                entries += [(1, e) for e in self._on[lane] if self._on_time(e[4])]
-        on = [e[3] if o == 0 else e[4] for o, e in sorted(entries)]
+                entries += [(2, e) for e in self._on[lane] if self._on_time(e[4])]
+        on = [e[4] if o == 2 else e[3] for o, e in sorted(entries)]
         late = sorted(e for h in self._late.values() for e in h if e[2] in self._reqs)
         seen: set[int] = set()
         for rid in [*on, *(le[2] for le in late)]:
@@ -343,15 +364,15 @@ class AdmissionQueue:
             for lane in self._on:
                 if lane[0] in blocked:
                     continue
-                head = self._head(lane, hot)
+                head = self._head(lane, hot, now)
                 if head is not None and (best_head is None or head < best_head):
                     best, best_head = lane, head
             if best is None or best_head is None:
                 break
             order, entry = best_head
-            h: list[Any] = self._dense[best] if order == 0 else self._on[best]
+            h, at = self._heap(best, order)
             heapq.heappop(h)
-            rid = entry[3] if order == 0 else entry[4]
+            rid = entry[at]
             req = reqs.get(rid)
             if req is None or not self._on_time(rid):
                 continue

@@ -170,9 +170,10 @@ class Run:
         dl = v.slo.deadline_s
         deadline_at = None if dl is None else t + dl
         target_at = None
+        path_stages = 1
         if self.has_wf and v.slo.slo_class is SloClass.WORKFLOW:
             b = rt.workflows.call(f"w{wl.unit[rid]}", v.name, t, wl.deadline_s[rid] or 0.0)
-            deadline_at, target_at = b.deadline_at, b.target_at
+            deadline_at, target_at, path_stages = b.deadline_at, b.target_at, b.path_stages
         req = RequestInfo(
             rid=rid,
             tier=v,
@@ -183,6 +184,7 @@ class Run:
             deadline_at=deadline_at,
             workflow_id=None if target_at is None else f"w{wl.unit[rid]}",
             target_at=target_at,
+            path_stages=path_stages,
         )
         if self.ev is not None:
             self.ev.append(("arrive", t, req))

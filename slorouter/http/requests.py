@@ -164,7 +164,7 @@ def classify(
     got = _deadline(svc, request, tier, arrival)
     if isinstance(got, Refusal):
         return got
-    deadline_at, target_at = got
+    deadline_at, target_at, path_stages = got
     bound = svc.lengths.bound(tier.name, 0, max_tokens)
     info = RequestInfo(
         rid=svc.next_rid(),
@@ -179,6 +179,7 @@ def classify(
         deadline_at=deadline_at,
         key_id=res.key_id,
         target_at=target_at,
+        path_stages=path_stages,
     )
     return info, res.model
 
@@ -202,12 +203,13 @@ def _stage_header(request: web.Request, name: str) -> int | Refusal | None:
 
 def _deadline(
     svc: Services, request: web.Request, tier: Tier, arrival: float
-) -> tuple[float | None, float | None] | Refusal:
-    """(the request's deadline, its own stage budget) — a workflow call's from the
-    workflow book (slorouter.models.workflows), with the optional stage headers."""
+) -> tuple[float | None, float | None, int] | Refusal:
+    """(the request's deadline, its own stage budget, the stages left on its workflow's
+    path) — a workflow call's from the workflow book (slorouter.models.workflows), with
+    the optional stage headers."""
     slo = tier.slo
     if slo.deadline_s is None:
-        return None, None
+        return None, None, 1
     if slo.slo_class is SloClass.WORKFLOW:
         wid = request.headers.get(WORKFLOW_HEADER)
         if wid:
@@ -236,8 +238,8 @@ def _deadline(
                 stage=None if stage is None else stage - 1,
                 stages=stages,
             )
-            return b.deadline_at, b.target_at
-    return arrival + slo.deadline_s, None
+            return b.deadline_at, b.target_at, b.path_stages
+    return arrival + slo.deadline_s, None, 1
 
 
 async def serve_generation(

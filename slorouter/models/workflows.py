@@ -55,6 +55,11 @@ class Budget:
     stage: int  # 0-based stage of the call
     stages: int | None  # the stages the budget assumed (None: unsplit, no basis)
 
+    @property
+    def path_stages(self) -> int:
+        """Stages left on the workflow's longest path, this call's included (1: no basis)."""
+        return max(1, self.stages - self.stage) if self.stages is not None else 1
+
 
 @dataclass(slots=True)
 class _Live:

@@ -71,6 +71,7 @@ from slorouter.values import Decision, Defer, Dispatch, Outcome, RequestInfo, Sl
 
 class Tempo(PolyServe):
     kind = "tempo"
+    queue_order = "slack"  # or "gain" (param queue_order; admission/gain.py, docs §5b)
 
     def __init__(
         self,
@@ -81,9 +82,11 @@ class Tempo(PolyServe):
         deadline_margin: float = 0.15,
         deadline_placement: str = "pack",
         best_effort_fill: float = 0.25,
+        queue_order: str = "slack",
         **polyserve: Any,
     ) -> None:
         super().__init__(placement, fp, **polyserve)
+        self.queue_order = queue_order
         self.clock = clock
         self.margin = deadline_margin
         self.deadline_pack = deadline_placement == "pack"
@@ -259,6 +262,7 @@ def make_tempo(params: Mapping[str, Any], ctx: PolicyContext) -> Tempo:
     margin = p.number("deadline_margin", 0.15, lo=0.0, hi=0.9)
     dplace = p.choice("deadline_placement", "pack", ("pack", "spread"))
     fill = p.number("best_effort_fill", 0.25, lo=0.0, hi=1.0)
+    order = p.choice("queue_order", "slack", ("slack", "gain"))
     p.done()
     return Tempo(
         placement,
@@ -267,5 +271,6 @@ def make_tempo(params: Mapping[str, Any], ctx: PolicyContext) -> Tempo:
         deadline_margin=margin,
         deadline_placement=dplace,
         best_effort_fill=fill,
+        queue_order=order,
         **kw,
     )
