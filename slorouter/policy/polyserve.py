@@ -16,48 +16,27 @@
   No overflow into a bin while requests of its own tiers wait in the queue: the room
   is theirs (without this, on two real vLLM servers, a tight request deferred for its
   TTFT waited ~6 s while loose overflow refilled its server at every completion).
-* **Nothing feasible** → first, for a request with an SLO, the same scan with every
-  threshold × ``relax`` (default 1.15: the predictions are a conservative quantile, and
-  waiting in the queue costs TTFT — a nearly-feasible server now beats a feasible one
-  too late; on a tighter bin that is 0.95 × 1.15 of the host's TPOT, which the fleet
-  simulator needs: without it the loosest tier's attainment on polyserve-conv at 271
-  req/s fell from 0.999 to 0.79); if its TPOT is below every candidate server's predicted step *alone* (×
-  ``relax``), waiting cannot help: it is served best effort at once, as a late
-  request is; else :class:`Defer` (the router queue orders by slack and retries on
-  completions), with ``retry_at`` = the moment its TTFT can no longer be met even on an
-  idle server. Once that moment has passed the request is *late*: ``Reject(429,
-  Retry-After)`` if its tier says ``when_late: reject`` (the default), else it is served best effort —
-  TTFT checks dropped, but only on **spare room**: where its pace still meets everyone's
-  TPOT *and* the server stays within ``late_fill`` (default 0.25) of its step range
-  (``c0 + late_fill·(τ − c0)``), or on any idle server (so a late request is never
-  stranded, whatever the model predicts). A request that has already missed must not
-  take the room an on-time one needs: under overload, serving late requests first
-  turns every next arrival late too (measured on polyserve-code at 275 req/s: the
-  loosest tier 0.56 → 0.96 attainment with ``late_fill`` 0.25; §5 of docs/policies.md).
+* **Nothing feasible** → for a request with an SLO, the same scan with every threshold ×
+  ``relax`` (the predictions are a conservative quantile; a nearly-feasible server now
+  beats a feasible one too late); if its TPOT is below every candidate's predicted step
+  *alone*, waiting cannot help: best effort at once; else :class:`Defer`, with
+  ``retry_at`` = the moment its TTFT can no longer be met even on an idle server. After
+  that the request is *late*: ``Reject(429, Retry-After)`` (``when_late: reject``, the
+  default) or best effort on **spare room** only — its pace meets everyone's TPOT and the
+  server stays within ``late_fill`` of its step range (``c0 + late_fill·(τ − c0)``), or
+  any idle server: a request that has already missed must not take the room an on-time
+  one needs (docs/policies.md §5 has the measurements behind each rule).
 
-Params: ``placement`` (pack|spread|auto), ``kv_estimate`` (peak|current), ``headroom``
-(usable fraction of TPOT, default 1.0), ``interference_checks`` (default 4; 0 = off),
-``catchup_tokens`` (default 64), ``late_fill`` (default 0.25; 1 = a late request may fill a
-server like an on-time one), ``late_hold_s`` (default: no limit; a latency request late by
-more than this is placed like an on-time one: bounds its wait, costs goodput under
-sustained overload), ``overflow`` (default true), ``overflow_headroom``
-(share of a tighter host's TPOT budget that overflow may use, default 0.95 — the rest
-stays for the host bin's own tier), ``overflow_reserve`` (default 1: after an overflow
-placement the host must still hold this many more requests of its size within that
-budget — so the last place goes to the host's own tier, whatever the share one sequence
-takes of the TPOT: 5 % of it on an H100 at 20 ms, 11 % on the CPU servers of the e2e tests,
-where the 0.95 alone let loose overflow push every tight request past its TTFT),
-``relax`` (default 1.15), ``fallbacks`` (extra ranked
-servers for failover, default 2), ``rebalance`` (default true: servers move between bins
-as load shifts, :mod:`slorouter.policy.rebalance`), ``rebalance_hold_s`` (default 10: a moved
-server stays this long), ``rebalance_receive_s`` (default 2: a bin receives at most one
-server per this long).
+Params (docs/policies.md §1 and §5 say what each does and why its default):
+``placement`` (auto), ``kv_estimate`` (peak), ``headroom`` (1.0), ``interference_checks``
+(4), ``catchup_tokens`` (64), ``late_fill`` (0.25), ``late_hold_s`` (none), ``overflow``
+(true), ``overflow_headroom`` (0.95), ``overflow_reserve`` (1), ``relax`` (1.15),
+``fallbacks`` (2), ``rebalance`` (true), ``rebalance_hold_s`` (10), ``rebalance_receive_s`` (2).
 """
 
 from __future__ import annotations
 
 import bisect
-import math
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any, Final
@@ -66,12 +45,12 @@ from slorouter.models.base import LatencyView
 from slorouter.models.static import LinearStep
 from slorouter.policy.base import BasePolicy, Params, PolicyContext
 from slorouter.policy.binindex import TOP, BinIndex
+from slorouter.policy.bins import Bins, late_at, tier_tightness, waiting
 from slorouter.policy.feasibility import (
     INF,
     FeasibilityParams,
     Need,
     assess,
-    earliest_first_token,
     hopeless,
     idle_server,
     prefer_fitting,
@@ -79,11 +58,9 @@ from slorouter.policy.feasibility import (
     tightest_tpot,
 )
 from slorouter.policy.rebalance import BinMoves, RebalanceParams
-from slorouter.state.backends import BackendSet
 from slorouter.state.load import BackendLoad
 from slorouter.state.snapshot import Snapshot
 from slorouter.values import (
-    LOOSEST,
     Decision,
     Defer,
     Dispatch,
@@ -91,7 +68,6 @@ from slorouter.values import (
     RequestInfo,
     Scope,
     SloClass,
-    Tier,
     Tightness,
 )
 
@@ -102,37 +78,6 @@ LATE_FILL: Final = 0.25  # a late request fills at most this share of a server's
 
 class _Stale(Exception):
     """An examined server's coefficients changed without the change feed saying so."""
-
-
-def tier_tightness(t: Tier | None) -> Tightness:
-    """The bin of a tier (a server of no known tier: the loosest)."""
-    return LOOSEST if t is None else t.slo.tightness
-
-
-class _Bins:
-    """Healthy backends grouped by the tightness of their tier, tight first."""
-
-    __slots__ = ("bins", "taus", "tiers_of", "tpot_by_tier")
-
-    def __init__(
-        self, backends: BackendSet, healthy: frozenset[str], moved: Mapping[str, Tightness] | None = None
-    ) -> None:
-        groups: dict[Tightness, list[str]] = {}
-        moved = moved or {}
-        for b in backends.backends:
-            if b.id in healthy:
-                tau = moved.get(b.id)
-                if tau is None:
-                    tau = tier_tightness(backends.tier_by_name.get(b.tier))
-                groups.setdefault(tau, []).append(b.id)
-        self.tiers_of: dict[Tightness, list[str]] = {}
-        for t in backends.tiers:
-            self.tiers_of.setdefault(tier_tightness(t), []).append(t.name)
-        self.taus = sorted(groups)
-        self.bins = [tuple(groups[t]) for t in self.taus]
-        self.tpot_by_tier = {
-            t.name: (t.slo.tpot_s if t.slo.tpot_s is not None else INF) for t in backends.tiers
-        }
 
 
 class PolyServe(BasePolicy):
@@ -163,7 +108,7 @@ class PolyServe(BasePolicy):
         # the ranked list depends on the top `_top` feasible servers of a bin only
         self._top = max(1 + fallbacks, self.fp.interference_checks)
         self._index_min = index_min  # bins with more servers are indexed (inf: never)
-        self._bins: _Bins | None = None
+        self._bins: Bins | None = None
         self._bins_key: tuple[tuple[int, int, int], int] = ((0, 0, 0), 0)
         rb = rebalance or RebalanceParams()
         self.moves: BinMoves | None = BinMoves(rb) if rb.enabled else None
@@ -177,11 +122,11 @@ class PolyServe(BasePolicy):
 
     # -- private state ---------------------------------------------------------------
 
-    def _get_bins(self, snap: Snapshot) -> _Bins:
+    def _get_bins(self, snap: Snapshot) -> Bins:
         mv = self.moves
         key = (snap.fleet, mv.moves if mv else 0)  # generation numbers, never reused
         if self._bins is None or key != self._bins_key:
-            self._bins = _Bins(snap.backends, snap.healthy, mv.override(snap.backends) if mv else None)
+            self._bins = Bins(snap.backends, snap.healthy, mv.override(snap.backends) if mv else None)
             self._bins_key = key
             self._order_cache = {}
             self._scope_cache = {}
@@ -228,7 +173,7 @@ class PolyServe(BasePolicy):
         if s is not None and (lin := lat.linear(s[0])) is not s[1] and lin != s[1]:
             self._build_index(snap)
 
-    def _candidate_bins(self, req: RequestInfo, bins: _Bins) -> list[int]:
+    def _candidate_bins(self, req: RequestInfo, bins: Bins) -> list[int]:
         own = tier_tightness(req.tier)
         got = self._order_cache.get(own)
         if got is not None:
@@ -241,7 +186,7 @@ class PolyServe(BasePolicy):
         return allowed
 
     def _scan(
-        self, need: Need, bins: _Bins, order: list[int], snap: Snapshot, relax: bool = False
+        self, need: Need, bins: Bins, order: list[int], snap: Snapshot, relax: bool = False
     ) -> list[str]:
         loads = snap.loads
         lat = snap.latency
@@ -249,7 +194,7 @@ class PolyServe(BasePolicy):
         index = self._index
         queued = snap.queued
         for i in order:
-            if bins.taus[i] < own and queued and _waiting(queued, bins.tiers_of.get(bins.taus[i], ())):
+            if bins.taus[i] < own and queued and waiting(queued, bins.tiers_of.get(bins.taus[i], ())):
                 continue  # the bin's own tiers are waiting for it: no overflow into it
             fp = self.fp if bins.taus[i] >= own else self.fp_overflow
             if relax:
@@ -274,7 +219,7 @@ class PolyServe(BasePolicy):
         ids: tuple[str, ...],
         need: Need,
         host: float,
-        bins: _Bins,
+        bins: Bins,
         fp: FeasibilityParams,
         loads: Mapping[str, BackendLoad],
         lat: LatencyView,
@@ -420,7 +365,7 @@ class PolyServe(BasePolicy):
             return Defer("late: waiting for a server it does not slow down")
         return Defer("no feasible server", retry_at=self._late_at(request, snapshot, bins, order))
 
-    def _scan_moving(self, need: Need, bins: _Bins, order: list[int], snap: Snapshot) -> list[str]:
+    def _scan_moving(self, need: Need, bins: Bins, order: list[int], snap: Snapshot) -> list[str]:
         """:meth:`_scan` with dynamic bins (:mod:`slorouter.policy.rebalance`): own bin,
         else a server lent by a tighter bin with room, else overflow, else a server
         borrowed from a looser bin."""
@@ -448,34 +393,9 @@ class PolyServe(BasePolicy):
         self._get_bins(snap)
         return [bid]
 
-    def _late_at(self, req: RequestInfo, snap: Snapshot, bins: _Bins, order: list[int]) -> float | None:
+    def _late_at(self, req: RequestInfo, snap: Snapshot, bins: Bins, order: list[int]) -> float | None:
         """When the request's SLO stops being attainable even on an idle server."""
         return late_at(req, snap, bins.bins[order[-1]][0])
-
-
-def _waiting(queued: Mapping[str, int], tiers: list[str] | tuple[str, ...]) -> bool:
-    return any(queued.get(t, 0) > 0 for t in tiers)
-
-
-def late_at(req: RequestInfo, snap: Snapshot, bid: str) -> float | None:
-    """The time after which ``req`` cannot meet its SLO even alone on backend ``bid``
-    (None: never, e.g. best effort)."""
-    slo = req.tier.slo
-    if slo.slo_class is SloClass.BEST_EFFORT:
-        return None
-    lat = snap.latency
-    lin = lat.linear(bid)
-    first = earliest_first_token(req.prompt_tokens, lin, lat.limits(bid))
-    if slo.slo_class is SloClass.LATENCY:
-        dl = req.ttft_deadline
-        return None if math.isinf(dl) else dl - first
-    dl_abs = req.deadline_at
-    if dl_abs is None and slo.deadline_s is not None:
-        dl_abs = req.arrival + slo.deadline_s
-    if dl_abs is None:
-        return None
-    idle = lin.at(1, req.prompt_tokens + req.output_bound)
-    return dl_abs - first - max(0, req.output_bound - 1) * idle
 
 
 def make_polyserve(params: Mapping[str, Any], ctx: PolicyContext) -> PolyServe:

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from slorouter.policy.base import BasePolicy, Params, PolicyContext
+from slorouter.policy.bins import late_at
 from slorouter.policy.feasibility import (
     INF,
     FeasibilityParams,
@@ -30,7 +31,6 @@ from slorouter.policy.feasibility import (
     read_params,
     tightest_tpot,
 )
-from slorouter.policy.polyserve import late_at
 from slorouter.state.backends import Backend
 from slorouter.state.snapshot import Snapshot
 from slorouter.values import Decision, Defer, Dispatch, Reject, RequestInfo

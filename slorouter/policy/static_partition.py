@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from slorouter.policy.base import BasePolicy, Params, PolicyContext
-from slorouter.policy.polyserve import tier_tightness
+from slorouter.policy.bins import tier_tightness
 from slorouter.state.backends import Backend
 from slorouter.state.snapshot import Snapshot
 from slorouter.values import Decision, Dispatch, Reject, RequestInfo, Tightness

@@ -54,6 +54,7 @@ from typing import Any
 
 from slorouter.clock import Clock
 from slorouter.policy.base import Params, PolicyContext
+from slorouter.policy.bins import Bins, late_at
 from slorouter.policy.feasibility import (
     INF,
     FeasibilityParams,
@@ -63,7 +64,7 @@ from slorouter.policy.feasibility import (
     read_params,
     tightest_tpot,
 )
-from slorouter.policy.polyserve import LATE_FILL, PolyServe, _Bins, late_at
+from slorouter.policy.polyserve import LATE_FILL, PolyServe
 from slorouter.policy.rebalance import RebalanceParams
 from slorouter.state.snapshot import Snapshot
 from slorouter.values import Decision, Defer, Dispatch, Outcome, RequestInfo, SloClass
@@ -173,7 +174,7 @@ class Tempo(PolyServe):
         return Defer("no server meets its deadline", retry_at=at)
 
     def _place_deadline(
-        self, req: RequestInfo, due: float, margin: float, bins: _Bins, order: list[int], snap: Snapshot
+        self, req: RequestInfo, due: float, margin: float, bins: Bins, order: list[int], snap: Snapshot
     ) -> list[str]:
         now = snap.now
         budget = (1.0 - margin) * (due - now)
@@ -214,7 +215,7 @@ class Tempo(PolyServe):
         first = first_token_time(req.prompt_tokens, snap.loads[bid], lat.linear(bid), lat.limits(bid))
         return (budget - first) / max(1, req.output_bound)
 
-    def _best_effort(self, req: RequestInfo, bins: _Bins, order: list[int], snap: Snapshot) -> Decision:
+    def _best_effort(self, req: RequestInfo, bins: Bins, order: list[int], snap: Snapshot) -> Decision:
         queued = snap.queued
         tiers = snap.backends.tier_by_name
         waiting = [tiers[t] for t, n in queued.items() if n > 0 and t in tiers]

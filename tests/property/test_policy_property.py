@@ -13,8 +13,9 @@ from slorouter.clock import ManualClock
 from slorouter.models.static import LinearStep
 from slorouter.policy import registry
 from slorouter.policy.base import PolicyContext
+from slorouter.policy.bins import late_at, tier_tightness
 from slorouter.policy.feasibility import INF, FeasibilityParams, Need, assess, hopeless, tightest_tpot
-from slorouter.policy.polyserve import LATE_FILL, late_at, tier_tightness
+from slorouter.policy.polyserve import LATE_FILL
 from slorouter.values import Defer, Dispatch, Reject, RequestInfo
 from tests.unit.test_policy_table import BE, T20, T30, T50, Fleet, tier
 
