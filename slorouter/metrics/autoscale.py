@@ -141,4 +141,6 @@ class AutoscaleMetrics:
         return [to_metric(Family(f.name, f.kind, f.help, f.labels, ())) for f in self._families(0.0)]
 
     def collect(self) -> list[Metric]:
+        if not self.runner.leading:  # several router processes: the leader's scaler speaks for all
+            return []
         return [to_metric(f) for f in self._families(self.runner.clock.now())]
