@@ -108,6 +108,18 @@ class SharedScaling:
             rebase(scaler, snap, fresh=True)
             log.info("autoscaling: leader now; no earlier scaler state seen, starting afresh")
 
+    def finished_by_process(self) -> dict[str, dict[str, int]]:
+        """Per process (holder) and tier: requests finished there (its published counters;
+        this process's live ones) — what the leader sums."""
+        docs = dict(self._docs)
+        docs[self.holder] = self.feed.document(self.clock.now(), self.wall())
+        out: dict[str, dict[str, int]] = {}
+        for holder, doc in docs.items():
+            tiers = doc.get("t") if isinstance(doc, dict) else None
+            if isinstance(tiers, dict):
+                out[holder] = {t: int(v[0]) for t, v in tiers.items() if isinstance(v, list) and v}
+        return out
+
     def published(self, scaler: Scaler, now: float) -> None:
         """After a tick: the state the others resume from."""
         self.mine = export_state(scaler, now, self.wall())

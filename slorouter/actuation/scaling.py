@@ -177,6 +177,7 @@ class ScaleRunner:
                 "attainment": st.attainment.value(now),
                 "deferrals": st.deferrals,
                 "trigger": st.trigger,
+                "finished": st.finished,
             }
         out: dict[str, Any] = {
             "mode": self.cfg.mode.value,
@@ -189,6 +190,7 @@ class ScaleRunner:
         if self.shared is not None:
             out["leader"] = True
             out["takeovers"] = self.shared.takeovers
+            out["finished_by_process"] = self.shared.finished_by_process()
         return out
 
     def _describe_follower(self) -> dict[str, Any]:
