@@ -190,15 +190,22 @@ async def test_a_backend_registered_at_one_worker_gets_traffic_from_both(tmp_pat
                 return len(placed) == 2 and all(placed.values())
 
             await until(from_both, 30, "both workers to place requests on the registered backend")
-            assert await asyncio.wait_for(asyncio.gather(*streams), 60) == [120] * 18
 
-            # removed at one worker: drained and gone from both
-            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
-                async with s.delete(
-                    url + "/admin/backends/new?wait_s=20", headers={"Authorization": f"Bearer {ADMIN}"}
-                ) as r:
-                    assert r.status == 200, await r.text()
-                    assert (await r.json())["state"] == "removed"
+            # removed at one worker while both have streams on it: it drains everywhere (every
+            # stream completes), then leaves the set
+            async def remove() -> tuple[int, Any]:
+                conn = aiohttp.TCPConnector(force_close=True)
+                hdr = {"Authorization": f"Bearer {ADMIN}"}
+                async with (
+                    aiohttp.ClientSession(connector=conn) as s,
+                    s.delete(url + "/admin/backends/new?wait_s=60", headers=hdr) as r,
+                ):
+                    return r.status, await r.json()
+
+            removal = asyncio.create_task(remove())
+            assert await asyncio.wait_for(asyncio.gather(*streams), 60) == [120] * 18
+            status, body = await asyncio.wait_for(removal, 60)
+            assert status == 200 and body["state"] == "removed", body
             gone: dict[int, bool] = {}
 
             async def gone_everywhere() -> bool:
