@@ -20,7 +20,8 @@ Per tier (label ``tier``), what an HPA/KEDA setup reads directly:
 ==========================================  ====================================================
 
 and ``slorouter_autoscale_advisory`` (1 in advisory mode), ``slorouter_autoscale_webhook_total``
-by ``result`` (delivered / retried / failed / dropped).
+by ``result`` (delivered / retried / failed / dropped). With several router processes only the
+leader (the one whose scaler runs) exports them.
 """
 
 from __future__ import annotations
