@@ -52,6 +52,10 @@ async def serve_workers(
         str(cfg),
         "--workers",
         str(workers),
+        # any free port: with SO_REUSEPORT a fixed one would be shared, silently, with any
+        # other router of this user listening there (another test run's, a leftover)
+        "--port",
+        "0",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         env=env,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from slorouter.clock import Clock
@@ -44,6 +44,11 @@ class FleetManager:
         self.clock = clock
         self._waiters: dict[str, list[asyncio.Future[Removed]]] = {}
         self._check_scheduled = False
+        self.key_envs: dict[str, str] = {}  # registered id -> the environment variable of its API key
+        # several router processes (slorouter.actuation.fleetshare): told of every change
+        # made here; asked before a drained backend leaves the set (the others drained too)
+        self.on_change: Callable[[Iterable[str]], None] | None = None
+        self.can_finish: Callable[[str], bool] | None = None
         tracker.add_listener(self._on_outcome)
 
     # -- the one swap path ----------------------------------------------------------------
@@ -65,12 +70,18 @@ class FleetManager:
 
     # -- operations -----------------------------------------------------------------------
 
-    def register(self, b: Backend) -> str:
-        """``"created"`` or ``"unchanged"``; :class:`ValueError` when refused."""
+    def register(self, b: Backend, key_env: str | None = None) -> str:
+        """``"created"`` or ``"unchanged"``; :class:`ValueError` when refused. ``key_env``:
+        the environment variable its API key came from (other router processes read their own)."""
         got = self.membership.register(b)
         if got == "created":
+            if key_env is not None:
+                self.key_envs[b.id] = key_env
+            else:
+                self.key_envs.pop(b.id, None)
             self.swap()
             log.info("backend %s registered (%s, tier %s)", b.id, b.url, b.tier)
+            self._changed([b.id])
         return got
 
     def remove(self, backend_id: str, by: str) -> str | None:
@@ -79,6 +90,7 @@ class FleetManager:
         if not self.membership.begin_remove(backend_id, by):
             return None
         self.monitor.drain(backend_id, True)
+        self._changed([backend_id])
         if self._finish_if_empty(backend_id):
             return "removed"
         log.info("backend %s draining for removal (%s)", backend_id, by)
@@ -90,6 +102,33 @@ class FleetManager:
         self.swap()
         for bid, tier in assignment.items():
             log.info("backend %s moved to tier %s", bid, tier)
+        self._changed(assignment)
+
+    def adopt(self, entries: Mapping[str, tuple[str, Backend | None, str | None, str]]) -> None:
+        """Other router processes' changes (id -> state, backend, moved tier, by), applied
+        to the membership and swapped in at once (:mod:`slorouter.actuation.fleetshare`)."""
+        now = self.clock.now()
+        gone: list[Removed] = []
+        for bid, (state, backend, tier, by) in entries.items():
+            was_removing = bid in self.membership.removing
+            r = self.membership.adopt(bid, state, backend, tier, by, now)
+            if r is not None:
+                gone.append(r)
+            elif was_removing and bid not in self.membership.removing:
+                self.monitor.drain(bid, False)
+        self.swap()
+        for r in gone:
+            log.info("backend %s removed (%s, by another router process): removable", r.backend.id, r.by)
+            self._resolve(r)
+
+    def check_drained(self) -> None:
+        """Take out every removed backend that is drained (here and, shared, everywhere)."""
+        for bid in list(self.membership.removing):
+            self._finish_if_empty(bid)
+
+    def _changed(self, ids: Iterable[str]) -> None:
+        if self.on_change is not None:
+            self.on_change(list(ids))
 
     def leaving(self) -> frozenset[str]:
         return frozenset(self.membership.removing)
@@ -123,15 +162,21 @@ class FleetManager:
         load = self.tracker.loads.get(backend_id)
         if load is not None and load.running:
             return False
+        if self.can_finish is not None and not self.can_finish(backend_id):
+            return False
         r = self.membership.finish_remove(backend_id, self.clock.now())
         if r is None:
             return False
         self.swap()
         log.info("backend %s removed (%s): removable", backend_id, r.by)
-        for fut in self._waiters.pop(backend_id, []):
+        self._resolve(r)
+        self._changed([backend_id])
+        return True
+
+    def _resolve(self, r: Removed) -> None:
+        for fut in self._waiters.pop(r.backend.id, []):
             if not fut.done():
                 fut.set_result(r)
-        return True
 
     def _on_outcome(self, o: Outcome) -> None:
         if o.backend is not None and o.backend in self.membership.removing and not self._check_scheduled:
@@ -140,5 +185,4 @@ class FleetManager:
 
     def _check_drained(self) -> None:
         self._check_scheduled = False
-        for bid in list(self.membership.removing):
-            self._finish_if_empty(bid)
+        self.check_drained()

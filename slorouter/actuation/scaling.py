@@ -18,9 +18,10 @@ import contextlib
 import logging
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Protocol
 
 from slorouter.actuation.fleet import FleetManager
+from slorouter.actuation.leadscale import SharedScaling
 from slorouter.actuation.webhook import WebhookSender
 from slorouter.admission.priority import priority
 from slorouter.autoscale.decision import ScaleDecision, TickResult
@@ -35,12 +36,17 @@ from slorouter.values import Decision, Defer, Outcome, RequestInfo, Scope
 log = logging.getLogger("slorouter.autoscale")
 
 
+class DeferSink(Protocol):
+    def on_defer(self, tier: str, now: float) -> None: ...
+
+
 class DeferWatch:
     """A policy as it is, plus: an on-time request it defers (its latest useful start,
     :func:`~slorouter.admission.priority.priority`, is still ahead) is reported to the
-    scaler's fast trigger."""
+    scaler's fast trigger (with several router processes: to this process's
+    :class:`~slorouter.autoscale.feed.LocalFeed`, which the leader's scaler sums)."""
 
-    def __init__(self, inner: Policy, scaler: Scaler) -> None:
+    def __init__(self, inner: Policy, scaler: DeferSink) -> None:
         self.inner = inner
         self.scaler = scaler
         self.kind = inner.kind
@@ -77,7 +83,10 @@ class ScaleRunner:
         clock: Clock,
         sender: WebhookSender | None = None,
         keep: int = 200,
+        shared: SharedScaling | None = None,
     ) -> None:
+        """``shared``: this process is one of several router processes; it ticks the
+        scaler only while it leads (:mod:`slorouter.actuation.leadscale`)."""
         self.scaler = scaler
         self.cfg = cfg
         self.fleet = fleet
@@ -86,14 +95,26 @@ class ScaleRunner:
         self.sender = sender
         self.acting = cfg.mode is ScaleMode.WEBHOOK
         self.recent: deque[dict[str, Any]] = deque(maxlen=keep)  # the last decisions' bodies
+        self.shared = shared
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def leading(self) -> bool:
+        """This process's scaler decides (always, when it routes alone)."""
+        return self.shared is None or self.shared.leading
 
     def wall(self, at: float) -> float:
         """A clock time as Unix time."""
         return time.time() - (self.clock.now() - at)
 
-    def tick(self) -> TickResult:
-        result = self.scaler.tick(self.tracker.snapshot(), self.fleet.leaving())
+    def tick(self) -> TickResult | None:
+        """One scaling tick (None: another router process leads)."""
+        snap = self.tracker.snapshot()
+        if self.shared is not None and not self.shared.prepare(self.scaler, snap):
+            return None
+        result = self.scaler.tick(snap, self.fleet.leaving())
+        if self.shared is not None:
+            self.shared.published(self.scaler, snap.now)
         if self.acting:
             if result.move:
                 self.fleet.move(result.move)
@@ -137,6 +158,8 @@ class ScaleRunner:
                 log.exception("autoscale tick failed")
 
     def describe(self) -> dict[str, Any]:
+        if not self.leading:
+            return self._describe_follower()
         now = self.clock.now()
         tiers = {}
         for name, st in self.scaler.tiers.items():
@@ -154,6 +177,7 @@ class ScaleRunner:
                 "attainment": st.attainment.value(now),
                 "deferrals": st.deferrals,
                 "trigger": st.trigger,
+                "finished": st.finished,
             }
         out: dict[str, Any] = {
             "mode": self.cfg.mode.value,
@@ -163,4 +187,27 @@ class ScaleRunner:
         }
         if self.sender is not None:
             out["webhook"] = {**self.sender.stats, "waiting": self.sender.waiting()}
+        if self.shared is not None:
+            out["leader"] = True
+            out["takeovers"] = self.shared.takeovers
+            out["finished_by_process"] = self.shared.finished_by_process()
         return out
+
+    def _describe_follower(self) -> dict[str, Any]:
+        """Another process leads: what it last published (its scaler's state)."""
+        assert self.shared is not None
+        st = self.shared.lead_state or {}
+        tiers = {}
+        for name, d in (st.get("tiers") or {}).items():
+            tiers[name] = {
+                k: d.get(k) for k in ("current", "desired", "need", "keep", "sizing_rate", "cost_s", "queued")
+            } | {"rate_rps": d.get("level"), "deferrals": d.get("deferrals")}
+        return {
+            "mode": self.cfg.mode.value,
+            "interval_s": self.cfg.interval_s,
+            "leader": False,
+            "leader_holder": self.shared.lead_holder,
+            "leader_state_at": st.get("at"),
+            "tiers": tiers,
+            "decisions": list(self.recent),
+        }

@@ -21,6 +21,7 @@ import aiohttp
 from aiohttp import web
 
 from slorouter.actuation.fleet import FleetManager
+from slorouter.actuation.fleetshare import FleetShare
 from slorouter.app.parts import build_models, build_policy, configured_backends, upstream_settings
 from slorouter.app.reload import reload_config
 from slorouter.app.scaling import build_scaling, watched
@@ -123,7 +124,14 @@ def build_app(
     monitor = HealthMonitor(health, clock, cfg.health, on_change=health_changed, seed=cfg.policy.seed)
     monitor.set_backends(backends.backends)
     fleet = FleetManager(membership, monitor, tracker, dispatcher, clock)
-    scaling = build_scaling(cfg, fleet, tracker, clock, shared=shared is not None)
+    scaling = build_scaling(cfg, fleet, tracker, clock, holder=shared.holder if shared is not None else None)
+    if syncer is not None and shared is not None:  # admin changes and the scaler reach every process
+        share = FleetShare(fleet, shared.holder)
+        syncer.extras.append(share.extras)
+        syncer.observers.append(share.observe)
+        if scaling is not None and scaling.shared is not None:
+            syncer.extras.append(scaling.shared.extras)
+            syncer.observers.append(scaling.shared.observe)
     dispatcher.set_policy(watched(policy, scaling))
     control = Control(monitor, fleet=fleet, scaling=scaling)
     requests = RequestMetrics(tracker)

@@ -8,8 +8,10 @@ import os
 import uuid
 
 from slorouter.actuation.fleet import FleetManager
+from slorouter.actuation.leadscale import SharedScaling
 from slorouter.actuation.scaling import DeferWatch, ScaleRunner
 from slorouter.actuation.webhook import WebhookSender
+from slorouter.autoscale.feed import LocalFeed
 from slorouter.autoscale.scaler import Scaler
 from slorouter.clock import Clock
 from slorouter.config import ConfigError
@@ -20,17 +22,15 @@ from slorouter.state.tracker import Tracker
 
 
 def build_scaling(
-    cfg: RouterConfig, fleet: FleetManager, tracker: Tracker, clock: Clock, *, shared: bool = False
+    cfg: RouterConfig, fleet: FleetManager, tracker: Tracker, clock: Clock, *, holder: str | None = None
 ) -> ScaleRunner | None:
-    """The scaler and its runner when ``autoscale.enabled`` (None otherwise). ``shared``:
-    this process shares its load picture with others (workers, replicas), which the
-    scaler does not support yet: a :class:`ConfigError`."""
+    """The scaler and its runner when ``autoscale.enabled`` (None otherwise). ``holder``:
+    this process's name in the shared load picture (workers, replicas): then only the
+    leader ticks the scaler, on every process's counts (:mod:`slorouter.actuation.leadscale`;
+    the caller connects :attr:`ScaleRunner.shared` to the sync loop)."""
     auto = cfg.autoscale
     if not auto.enabled:
         return None
-    if shared:
-        msg = "autoscaling runs in one router process for now: not with --workers > 1 or state.sync"
-        raise ConfigError(cfg.source, [("autoscale.enabled", msg)])
     scaler = Scaler(
         auto,
         cfg.tier_values,
@@ -38,7 +38,13 @@ def build_scaling(
         id_prefix=uuid.uuid4().hex[:12],
         start=clock.now(),
     )
-    tracker.add_listener(scaler.observe_outcome)
+    shared = None
+    if holder is None:
+        tracker.add_listener(scaler.observe_outcome)
+    else:
+        feed = LocalFeed(cfg.tier_values, boot=uuid.uuid4().hex[:12])
+        tracker.add_listener(feed.observe_outcome)
+        shared = SharedScaling(holder, feed, clock)
     sender = None
     if auto.mode is ScaleMode.WEBHOOK:
         secret = os.environ.get(auto.webhook.secret_env, "")
@@ -46,9 +52,12 @@ def build_scaling(
             msg = f"environment variable {auto.webhook.secret_env} is not set"
             raise ConfigError(cfg.source, [("autoscale.webhook.secret_env", msg)])
         sender = WebhookSender(auto.webhook, secret.encode(), seed=cfg.policy.seed)
-    return ScaleRunner(scaler, auto, fleet, tracker, clock, sender)
+    return ScaleRunner(scaler, auto, fleet, tracker, clock, sender, shared=shared)
 
 
 def watched(policy: Policy, scaling: ScaleRunner | None) -> Policy:
-    """The policy, reporting on-time deferrals to the scaler when one runs."""
-    return policy if scaling is None else DeferWatch(policy, scaling.scaler)
+    """The policy, reporting on-time deferrals to the scaler when one runs (to this
+    process's feed when several processes share the scaler)."""
+    if scaling is None:
+        return policy
+    return DeferWatch(policy, scaling.scaler if scaling.shared is None else scaling.shared.feed)

@@ -129,7 +129,7 @@ class Scaler:
         st.finished += 1
         if o.status is Status.OK:
             st.lengths.observe(o.prompt_tokens, o.output_tokens, o.finished_at)
-        st.attainment.observe(_met(st.tier, o), o.finished_at)
+        st.attainment.observe(met_slo(st.tier, o), o.finished_at)
 
     def on_defer(self, tier: str, now: float) -> None:
         """An on-time request of ``tier`` fits on no server of its tier or a tighter one."""
@@ -373,7 +373,7 @@ def _pace(tier: Tier, ln: Lengths) -> float | None:
     return None
 
 
-def _met(tier: Tier, o: Outcome) -> bool:
+def met_slo(tier: Tier, o: Outcome) -> bool:
     """Whether a finished request met its tier's SLO: every per-token deadline (latency),
     the whole response in time (deadline, workflow), or finished at all (best effort)."""
     if o.status is not Status.OK:

@@ -81,6 +81,23 @@ class RateForecast:
         self.trend = keep_t * self.trend + (1.0 - keep_t) * (level - self.level) / dt
         self.level = max(0.0, level)
 
+    def resume(self, level: float, trend: float, age_s: float, now: float) -> None:
+        """Continue from another process's rate (a new leader taking over the scaler):
+        its level and trend, learned for ``age_s``; arrivals count from ``now``."""
+        self.level, self.trend = max(0.0, level), trend
+        self._started = now - max(0.0, age_s)
+        self._last = now
+        self._seen = round(self.level * max(0.0, age_s))
+
+    def skip(self, now: float) -> None:
+        """Arrivals before ``now`` are not counted: the next interval starts here."""
+        if self._last is not None:
+            self._last = max(self._last, now)
+
+    def age(self, now: float) -> float:
+        """Seconds since the rate's clock started (0: not started)."""
+        return 0.0 if self._started is None else now - self._started
+
     def forecast(self, horizon_s: float, now: float) -> float:
         """The rate expected ``horizon_s`` from now (never below 0); the level alone
         while the trend is not learned yet."""
@@ -126,6 +143,17 @@ class LengthStats:
         self._n += output
         self._ctx += output * (prompt + output / 2.0)
 
+    def observe_sums(self, count: float, prompt: float, output: float, context: float, now: float) -> None:
+        """``count`` requests at once, by their sums: Σprompt, Σoutput and Σ n·(p + n/2)
+        (what another router process observed, :mod:`slorouter.autoscale.feed`)."""
+        if count <= 0:
+            return
+        self._age(now)
+        self._w += count
+        self._p += prompt
+        self._n += output
+        self._ctx += context
+
     @property
     def support(self) -> float:
         return self._w
@@ -159,12 +187,18 @@ class Attainment:
             self._buckets.popleft()
 
     def observe(self, met: bool, now: float) -> None:
+        self.observe_many(1.0 if met else 0.0, 1.0, now)
+
+    def observe_many(self, met: float, finished: float, now: float) -> None:
+        """``finished`` requests at ``now``, ``met`` of them in their SLO."""
+        if finished <= 0:
+            return
         start = math.floor(now / self._span) * self._span
         if not self._buckets or start > self._buckets[-1][0]:
             self._buckets.append([start, 0.0, 0.0])
         b = self._buckets[-1]
-        b[1] += 1.0 if met else 0.0
-        b[2] += 1.0
+        b[1] += met
+        b[2] += finished
         self._trim(now)
 
     def value(self, now: float) -> float | None:

@@ -267,10 +267,6 @@ def _check_autoscale(raw: Mapping[str, Any], tiers: list[str], env: Mapping[str,
     b, bmax = _num(hook, "backoff_s"), _num(hook, "backoff_max_s")
     if b is not None and bmax is not None and bmax < b:
         errs.append(("autoscale.webhook.backoff_max_s", f"must be >= backoff_s ({b:g})"))
-    sync = _section(_section(raw, "state"), "sync")
-    if auto.get("enabled") is True and sync.get("kind", "none") != "none":
-        msg = "autoscaling runs in one router process for now: not with state.sync (set kind: none)"
-        errs.append(("autoscale.enabled", msg))
     if auto.get("enabled") is not True or auto.get("mode") != "webhook":
         return
     if not urls:

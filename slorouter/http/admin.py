@@ -162,7 +162,7 @@ async def register_backend(request: web.Request) -> web.Response:
         api_key=key,
     )
     try:
-        got = ctl.fleet.register(b)
+        got = ctl.fleet.register(b, spec.api_key_env)
     except ValueError as e:
         status = 400 if str(e).startswith("unknown tier") else 409
         return error_response(status, str(e), "invalid_backend" if status == 400 else "backend_conflict")

@@ -20,7 +20,8 @@ Per tier (label ``tier``), what an HPA/KEDA setup reads directly:
 ==========================================  ====================================================
 
 and ``slorouter_autoscale_advisory`` (1 in advisory mode), ``slorouter_autoscale_webhook_total``
-by ``result`` (delivered / retried / failed / dropped).
+by ``result`` (delivered / retried / failed / dropped). With several router processes only the
+leader (the one whose scaler runs) exports them.
 """
 
 from __future__ import annotations
@@ -141,4 +142,6 @@ class AutoscaleMetrics:
         return [to_metric(Family(f.name, f.kind, f.help, f.labels, ())) for f in self._families(0.0)]
 
     def collect(self) -> list[Metric]:
+        if not self.runner.leading:  # several router processes: the leader's scaler speaks for all
+            return []
         return [to_metric(f) for f in self._families(self.runner.clock.now())]

@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from slorouter.state.sync import LoadSync, Row
 
@@ -97,6 +98,16 @@ class SyncLoop:
         self._due = asyncio.Event()  # own row changed since the last row was built
         if event_s > 0:
             sync.on_due = self._due.set
+        # riders: documents other parts publish with the row (Row field -> value; the
+        # autoscaler's inputs, the run-time backend list), and what they do with every
+        # exchange's rows (rows, this process leads) — see slorouter.actuation.fleetsync
+        self.extras: list[Callable[[], Mapping[str, Any]]] = []
+        self.observers: list[Callable[[Mapping[str, Row], bool], None]] = []
+
+    @property
+    def rows(self) -> Mapping[str, Row]:
+        """The live rows of the last exchange (this process's own included)."""
+        return self._rows
 
     @property
     def age_s(self) -> float:
@@ -114,6 +125,8 @@ class SyncLoop:
         cpu = time.thread_time()
         self._due.clear()  # row() resets the count of unpublished changes
         row = self.sync.row(now)
+        for extra in self.extras:
+            row = dataclasses.replace(row, **extra())
         self.cost_s = time.thread_time() - cpu
         wall = self.wall()
         try:
@@ -143,6 +156,8 @@ class SyncLoop:
         cpu = time.thread_time()
         before = {b: ld.running for b, ld in tracker.loads.items()}
         self.sync.absorb(self._rows, tracker.clock.now())
+        for observe in self.observers:
+            observe(self._rows, self.leader)
         self.cost_s += time.thread_time() - cpu
         self.ticks += 1
         if self.on_freed is not None and any(

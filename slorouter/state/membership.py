@@ -127,3 +127,33 @@ class Membership:
         r = Removed(b, now, by)
         self.removed.append(r)
         return r
+
+    def adopt(
+        self, backend_id: str, state: str, backend: Backend | None, tier: str | None, by: str, now: float
+    ) -> Removed | None:
+        """Agree with another router process's word on a backend (``state``: ``active``,
+        ``removing`` or ``removed``; ``backend``: its description while it is in the set;
+        ``tier``: the bin the scaler moved it to). Returns the removal record when it
+        leaves the set here."""
+        if state == "removed":
+            if self.get(backend_id) is None:
+                return None
+            self.removing.setdefault(backend_id, by)
+            return self.finish_remove(backend_id, now)
+        if backend is not None:
+            if backend_id in self.configured:
+                self.configured[backend_id] = backend
+            else:
+                self.registered[backend_id] = backend
+            self._gone.discard(backend_id)
+        if self.get(backend_id) is None:
+            return None
+        if tier is not None and tier in {t.name for t in self.tiers}:
+            self.tier_of[backend_id] = tier
+        else:
+            self.tier_of.pop(backend_id, None)
+        if state == "removing":
+            self.removing.setdefault(backend_id, by)
+        else:
+            self.removing.pop(backend_id, None)
+        return None

@@ -5,7 +5,9 @@ A :class:`Row` holds, for the backends its holder has load on, the
 order), residents per tier (``int32 [n, T]``), and up to :data:`SLACK_PER_ROW` slack
 entries per backend (the least banked; ``float64 [m, 4]`` with their backend index). On
 the wire (Redis, shared memory): one JSON header line (holder, time, decayed arrivals,
-queued per tier, backend ids, tier names, shapes) and the raw little-endian arrays —
+queued per tier, backend ids, tier names, shapes, and the small JSON documents: the
+policy's control-plane state, the autoscaler's inputs, the run-time backend list) and the
+raw little-endian arrays —
 parsing costs one small JSON document and four array views, whatever the fleet size.
 """
 
@@ -45,6 +47,10 @@ class Row:
     slack: F64 = field(default_factory=lambda: np.zeros((0, 4), dtype="<f8"))
     queued: Mapping[str, int] = field(default_factory=dict)
     control: Any = None  # the policy's shared control-plane state (JSON types), e.g. bin moves
+    scale: Any = (
+        None  # the autoscaler's fleet-wide inputs and hand-over state (slorouter.actuation.fleetsync)
+    )
+    fleet: Any = None  # the run-time backend list (registrations, removals, moves; JSON types)
 
     # -- reading (inspection, tests) -------------------------------------------------
 
@@ -59,7 +65,17 @@ class Row:
     def same(self, other: Row) -> bool:
         """Equal content (arrays compared by value)."""
         return (
-            (self.holder, self.at, self.arrivals, self.ids, self.tier_names, dict(self.queued), self.control)
+            (
+                self.holder,
+                self.at,
+                self.arrivals,
+                self.ids,
+                self.tier_names,
+                dict(self.queued),
+                self.control,
+                self.scale,
+                self.fleet,
+            )
             == (
                 other.holder,
                 other.at,
@@ -68,6 +84,8 @@ class Row:
                 other.tier_names,
                 dict(other.queued),
                 other.control,
+                other.scale,
+                other.fleet,
             )
             and np.array_equal(self.counters, other.counters)
             and np.array_equal(self.tiers, other.tiers)
@@ -78,18 +96,21 @@ class Row:
     # -- the wire --------------------------------------------------------------------
 
     def to_bytes(self) -> bytes:
-        head = orjson.dumps(
-            {
-                "v": ROW_VERSION,
-                "holder": self.holder,
-                "at": self.at,
-                "arrivals": self.arrivals,
-                "queued": self.queued,
-                "ids": self.ids,
-                "tiers": self.tier_names,
-                "m": len(self.slack_idx),
-            }
-        )
+        d: dict[str, Any] = {
+            "v": ROW_VERSION,
+            "holder": self.holder,
+            "at": self.at,
+            "arrivals": self.arrivals,
+            "queued": self.queued,
+            "ids": self.ids,
+            "tiers": self.tier_names,
+            "m": len(self.slack_idx),
+        }
+        for key in ("control", "scale", "fleet"):  # JSON documents, only when there is one
+            value = getattr(self, key)
+            if value is not None:
+                d[key] = value
+        head = orjson.dumps(d)
         parts = (
             np.ascontiguousarray(self.counters, dtype="<i8").tobytes(),
             np.ascontiguousarray(self.tiers, dtype="<i4").tobytes(),
@@ -134,6 +155,8 @@ class Row:
                 slack=arrs[3].reshape(m, 4),
                 queued={str(k): int(v) for k, v in d["queued"].items()},
                 control=d.get("control"),
+                scale=d.get("scale"),
+                fleet=d.get("fleet"),
             )
         except (KeyError, TypeError, AttributeError, orjson.JSONDecodeError) as e:
             raise ValueError(f"malformed row: {e}") from e

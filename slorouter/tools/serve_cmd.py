@@ -127,13 +127,6 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"slorouter: {e}", file=sys.stderr)
         return 2
-    if workers > 1 and cfg.autoscale.enabled:
-        print(
-            f"slorouter: --workers {args.workers}: autoscaling runs in one router process for now; "
-            "use --workers 1 or set autoscale.enabled: false",
-            file=sys.stderr,
-        )
-        return 2
     cfg = adjust(cfg)
 
     def serve_one(

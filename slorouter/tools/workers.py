@@ -41,6 +41,7 @@ _MAX_RESTARTS = 5  # per worker and minute
 WORKER_TICK_S = 0.02  # workers of one host exchange rows every 20 ms (a memory copy)
 WORKER_EVENT_S = 0.005  # and 5 ms after the last exchange when their own row changed
 WORKER_TTL_S = 0.5  # a worker silent this long is dead: its share vanishes
+FLEET_LIST_BYTES = 512 * 1024  # the run-time backend list in a row: ~250 bytes a backend, 512 tombstones
 
 
 def workers_of(arg: str) -> int:
@@ -80,7 +81,10 @@ def run_workers(
     cfg = replace(cfg, server=replace(cfg.server, port=port))
     seg: ShmSegment | None = None
     if cfg.state.sync.kind is SyncKind.NONE:
-        seg = ShmSegment(n, slot_size_for(len(cfg.backends), len(cfg.tiers)))
+        # room for backends registered at run time (the autoscaler's ceiling, else 64 more)
+        # and the run-time backend list published while it spreads (slorouter.actuation.fleetshare)
+        room = max(len(cfg.backends) + 64, cfg.autoscale.max_backends or 0)
+        seg = ShmSegment(n, slot_size_for(room, len(cfg.tiers)) + FLEET_LIST_BYTES)
     # the host's /metrics: snapshot files (on tmpfs where there is one) and a pipe per worker
     snapshots = tempfile.mkdtemp(
         prefix="slorouter-metrics-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None

@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 import yaml
 
-from slorouter.cli import main
 from slorouter.config import ConfigError, RouterConfig, json_schema, load_config, parse_config
 from slorouter.config.fields import fields_of, restart_changes
 from slorouter.values import SloClass, WhenLate
@@ -388,18 +387,13 @@ def test_autoscale_limits_are_validated(tmp_path: Path) -> None:
     assert not any("not implemented" in line for line in lines)
 
 
-def test_autoscaling_runs_in_one_router_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_autoscaling_is_accepted_with_state_sync(tmp_path: Path) -> None:
+    """Several router processes share the scaler (the leader runs it): no refusal."""
     raw = base()
     raw["autoscale"] = {"enabled": True}
     raw["state"] = {"sync": {"kind": "redis", "url": "redis://127.0.0.1:6379/0"}}
-    line = one_error(write(tmp_path, raw))
-    assert line.endswith(
-        "autoscale.enabled: autoscaling runs in one router process for now: not with "
-        "state.sync (set kind: none)"
-    )
-    del raw["state"]
-    assert main(["serve", "--config", str(write(tmp_path, raw)), "--workers", "2"]) == 2
-    assert "--workers 2: autoscaling runs in one router process for now" in capsys.readouterr().err
+    cfg = load_config(write(tmp_path, raw), env={})
+    assert cfg.autoscale.enabled and cfg.state.sync.kind.value == "redis"
 
 
 def test_autoscale_enabled_is_accepted_and_webhook_mode_needs_urls_and_a_secret(tmp_path: Path) -> None:
