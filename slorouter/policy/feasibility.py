@@ -15,12 +15,15 @@ with the backend's :meth:`~slorouter.models.base.LatencyView.linear` coefficient
    burst of long prompts stalls every resident, and per-token deadlines forgive a stall
    only as far as later steps catch up — is at most ``headroom × τ_host``, where
    ``τ_host`` is the tightest TPOT on the server (its bin's TPOT, its residents', this
-   request's); for a request already **late** (its TTFT can no longer be met: served
-   best effort) the limit is ``c0 + late_fill · (headroom × τ − c0)`` — a late request
-   takes only spare room (``late_fill`` 1 = no difference; polyserve uses 0.25); with
-   ``reserve`` ``r`` (polyserve's overflow: 1), the server must still meet this limit — and
-   have the seats and KV — with ``r`` more sequences of this request's size, so overflow
-   never takes the last place a request of the host's own tier would need;
+   request's) — with several router processes, after the requests the others may place
+   there before this one's next update (``BackendLoad.ahead``, the herding guard of
+   :mod:`slorouter.state.sync`; only in this check, not in the rank); for a request
+   already **late** (its TTFT can no longer be met: served best effort) the limit is
+   ``c0 + late_fill · (headroom × τ − c0)`` — a late request takes only spare room
+   (``late_fill`` 1 = no difference; polyserve uses 0.25); with ``reserve`` ``r``
+   (polyserve's overflow: 1), the server must still meet this limit — and have the seats
+   and KV — with ``r`` more sequences of this request's size, so overflow never takes the
+   last place a request of the host's own tier would need;
 3. **TTFT** (unless the request is already late): time left until the TTFT deadline ≥
    the current step + the prefill backlog ahead of it and its own prompt, chunked by the
    engine's ``max_batched_tokens`` (``chunks · step(batch) + c_prefill · tokens``), plus
@@ -120,7 +123,14 @@ def assess(
     if need.late and fp.late_fill < 1.0 and limit < INF and -need.ttft_left < fp.late_hold_s:
         # a late request takes only spare room: what an on-time one would not need
         limit = lin.c0_s + fp.late_fill * (limit - lin.c0_s)
-    if step + (r * (lin.c_batch_s + lin.c_kv_s * (need.p + need.b)) if r else 0.0) > limit:
+    check = step
+    ahead = load.ahead
+    if ahead[0]:  # other router processes may place here first (slorouter.state.sync)
+        kv_ahead = ahead[2] if fp.kv_estimate == "peak" else ahead[1]
+        check += (
+            lin.c_batch_s * ahead[0] + lin.c_kv_s * kv_ahead + lin.c_prefill_s * ahead[1] / fp.catchup_tokens
+        )
+    if check + (r * (lin.c_batch_s + lin.c_kv_s * (need.p + need.b)) if r else 0.0) > limit:
         return -1.0
     if not need.late and (need.ttft_left < INF or need.deadline_left < INF):
         first = first_token_time(need.p, load, lin, lim)

@@ -54,6 +54,7 @@ class BackendLoad:
     __slots__ = (
         "_slack",
         "_slack_fn",
+        "ahead",
         "backend_id",
         "output_tokens",
         "peak_kv",
@@ -79,6 +80,10 @@ class BackendLoad:
         self._slack_fn: Callable[[], tuple[SlackEntry, ...]] | None = None
         # other router processes' summaries of this backend (slorouter.state.sync)
         self.remote_slack: tuple[SlackEntry, ...] = ()
+        # the herding guard (slorouter.state.sync): what the other router processes may
+        # place here before this one's next update, ahead of its own next placement —
+        # (requests, their prompt tokens, their peak KV); zero when alone or quota off
+        self.ahead: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     @property
     def kv_tokens(self) -> int:

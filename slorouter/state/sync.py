@@ -17,11 +17,21 @@ others' rows and the sum it added last time, and :meth:`LoadSync.row` publishes
 Staleness and herding. Another holder's placements are seen one tick late at most (plus
 the store's latency). Within a tick several holders could all pick the same "fullest
 feasible" server. The **quota** prevents that: until its next update a holder may use
-only its share ``s`` of a server's remaining room — each request it places there is
-counted ``1/s`` times (the extra ``1/s − 1`` is a *phantom* load standing for what the
-others are expected to place meanwhile, removed at the next absorb, when their real
-placements are visible). ``s`` is the holder's recent share of all arrivals (decayed
-counts published in the rows).
+only its share ``s`` of a server's remaining room (``s``: its recent share of all
+arrivals, from decayed counts published in the rows). Two parts:
+
+* each request it places there is counted ``1/s`` times (the extra ``1/s − 1``, of the
+  typical size it places, is a *phantom* load standing for what the others are expected
+  to place meanwhile, removed once every other row is newer than it: their real
+  placements are then visible);
+* its *first* placement is not free either: the room the synced view leaves on a server
+  is shared out along a line on which every holder has a stretch as long as its share
+  (holders ordered by name, the line's origin shifted per server by a hash of its id,
+  so each holder is early on some servers and late on others). A holder whose stretch
+  starts at ``u`` (0 ≤ u < 1) judges TPOT as if ``u/s − 1`` requests of the typical
+  size were placed ahead of its own (:attr:`BackendLoad.ahead`). With equal shares,
+  of R holders that all see a server with room for ``x`` requests as the best, at most
+  ``⌈x⌉`` and at least ``min(R, ⌊x⌋)`` judge it feasible — without this every one did.
 
 Stores (:mod:`slorouter.state.store`): the in-process one (the simulator, with a
 visibility delay), :mod:`slorouter.proxy.shmstore` (workers on one host) and
@@ -32,6 +42,7 @@ TTL is dropped: a dead holder's share vanishes.
 from __future__ import annotations
 
 import math
+import zlib
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -89,6 +100,8 @@ class LoadSync:
         self._ph_frac: dict[str, list[float]] = {}
         self._ph_log: deque[tuple[float, str, list[int]]] = deque()
         self._layouts: dict[tuple[str, ...], Any] = {}  # a row's ids -> positions here
+        self._phase: list[float] = []  # per backend: where its share line starts (crc32)
+        self._phase_of: object = None
         self._slacked: set[int] = set()  # positions given remote slack at the last absorb
         self._arrivals = 0.0
         self._arrivals_at = 0.0
@@ -292,11 +305,14 @@ class LoadSync:
         others = [r for h, r in rows.items() if h != self.holder]
         arrivals = self._arrivals
         oldest = 0.0
+        before = 0.0  # arrivals of the holders whose names sort before this one's
         for r in others:
             age = max(0.0, wall - r.at)
             oldest = max(oldest, age)
             arrivals_r = r.arrivals * 0.5 ** (age / self.half_life_s)
             arrivals += arrivals_r
+            if r.holder < self.holder:
+                before += arrivals_r
             for k, v in r.queued.items():
                 queued[k] = queued.get(k, 0) + v
             if not r.ids:
@@ -318,6 +334,7 @@ class LoadSync:
         self.peers = len(others)
         self.age_s = oldest
         self.share = 1.0 if not others or arrivals <= 0 else max(self._arrivals / arrivals, 0.0)
+        self._set_quota(before / arrivals if arrivals > 0 else 0.0)
         self.absorbed_at = now
         # what changes: the others' sums, minus what was added last time, minus the
         # phantom of own placements the others' rows are newer than (theirs are now seen)
@@ -381,6 +398,30 @@ class LoadSync:
         self._slacked = set(slack_by)
         self._remote, self._remote_tiers = total, ttot
         t.remote_queued = queued
+
+    def _set_quota(self, start: float) -> None:
+        """The herding guard's reservations (module docs): ``start`` is where this
+        holder's share begins on the line of all holders' shares (ordered by name)."""
+        loads = self.tracker.loads
+        s = self.share
+        zero = (0.0, 0.0, 0.0)
+        if not self.quota or s >= 1.0:
+            for bid in self._ids:
+                ld = loads.get(bid)
+                if ld is not None and ld.ahead[0]:
+                    ld.ahead = zero
+            return
+        s = max(s, 0.05)
+        if self._phase_of is not self._of:
+            self._phase = [zlib.crc32(b.encode()) / 2.0**32 for b in self._ids]
+            self._phase_of = self._of
+        mp, mk = self._mean_prompt, self._mean_peak
+        for bid, ph in zip(self._ids, self._phase, strict=True):
+            ld = loads.get(bid)
+            if ld is None:
+                continue
+            k = (start + ph) % 1.0 / s - 1.0
+            ld.ahead = (k, k * mp, k * mk) if k > 0 else zero
 
 
 def _set(load: BackendLoad, c: list[int]) -> None:

@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 from slorouter.clock import ManualClock
-from slorouter.models.static import StaticLatency, StaticLengths
+from slorouter.models.static import LinearStep, StaticLatency, StaticLengths
+from slorouter.policy.feasibility import FeasibilityParams, Need, assess
 from slorouter.state.backends import Backend, BackendSet, Health
 from slorouter.state.load import BackendLoad
 from slorouter.state.store import MemoryStore
@@ -164,3 +165,37 @@ def test_own_changes_since_the_last_row_call_on_due_once() -> None:
     assert due == [0.0, 0.01] and s.unpublished == 1
     t.on_finish(2, Status.OK)
     assert due == [0.0, 0.01] and s.unpublished == 2
+
+
+def test_quota_shares_a_servers_room_among_the_holders_between_ticks() -> None:
+    """The herding guard: until their next update, R holders (equal shares) may together
+    place on a server only what its room at the synced load holds — never more than one
+    request beyond it (rounding), never less than its whole requests — however many
+    of them see it as the best; without the quota each would judge it feasible."""
+
+    lin = LinearStep(c0_s=0.01, c_batch_s=0.001, c_kv_s=0.0, c_prefill_s=0.0)
+    tau = 0.0505  # the TPOT budget holds 40.5 requests: room = 40.5 - running
+    lim = StaticLatency().limits("b0")
+    fp = FeasibilityParams()
+    names = ("r0", "r1", "r2", "r3", "r4", "r5", "r6", "r7")
+    for quota in (True, False):
+        for running in range(28, 42):
+            clock = ManualClock()
+            store = MemoryStore()
+            hs = [holder(clock, n, quota=quota) for n in names]
+            for rid in range(running):  # the load before the tick, placed by r0
+                place(hs[0][0], rid, "b0")
+            for k, (t, _) in enumerate(hs[1:]):  # equal arrivals: every share is 1/8
+                for j in range(running):
+                    t.on_arrival(RequestInfo(1000 + 100 * k + j, FAST, 0.0, 10, None, 20))
+            tick(store, *hs)
+            assert all(abs(sy.share - 1 / len(hs)) < 1e-9 for _, sy in hs)
+            need = Need(RequestInfo(999, FAST, 0.0, 10, None, 20), 0.0, False)
+            fits = sum(assess(need, t.loads["b0"], lin, lim, tau, fp) >= 0 for t, _ in hs)
+            room = 40.5 - running
+            if not quota:
+                assert fits == (len(hs) if room >= 1 else 0)
+            elif room < 1:
+                assert fits == 0
+            else:
+                assert min(len(hs), int(room)) <= fits <= min(len(hs), int(room) + 1), (running, fits)
