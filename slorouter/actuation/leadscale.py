@@ -10,6 +10,14 @@ After each tick it publishes its scaler's state (``Row.scale["lead"]``,
 :func:`~slorouter.autoscale.handover.export_state`); every other process keeps the newest
 it saw, and resumes from it when it becomes the leader (cooldowns, desired counts, the
 rates: no flapping across a hand-over).
+
+The exported counters carry on across a hand-over too: the decision and deferral counts
+are part of the scaler's state; the webhook delivery counts (each process's own sender)
+are published as the leader's running totals (``hooks``), and a new leader continues
+from the totals it resumed from, adding its own deliveries since the take-over. Not
+counted: what the old leader delivered after its last published tick (the totals can
+step back by that much at a hand-over) and what a process delivered while it did not
+lead (a former leader still emptying its queue).
 """
 
 from __future__ import annotations
@@ -45,6 +53,11 @@ class SharedScaling:
         self.mine: dict[str, Any] | None = None  # what this process published as the leader
         self._docs: dict[str, Any] = {}  # holder -> its feed document, from the last exchange
         self.takeovers = 0
+        # webhook deliveries: this process's sender's counts (set when it has one); the
+        # totals resumed at the take-over, and this process's counts at that moment
+        self.hook_stats: Callable[[], Mapping[str, int]] = dict
+        self._hooks_base: dict[str, int] = {}
+        self._hooks_mark: dict[str, int] = {}
 
     # -- the sync loop's riders -------------------------------------------------------
 
@@ -94,6 +107,10 @@ class SharedScaling:
         docs[self.holder] = self.feed.document(self.clock.now(), wall)
         self.merge.collect(docs, wall)  # the baseline: counts from here on
         other = self.lead_state if _newer(self.lead_state, self.mine) else None
+        prior = other if other is not None else self.mine
+        hooks = prior.get("hooks") if prior is not None else None
+        self._hooks_base = _counts(hooks)
+        self._hooks_mark = dict(self.hook_stats()) if isinstance(hooks, dict) else {}
         if other is not None and resume(scaler, other, now, wall):
             rebase(scaler, snap, fresh=False)
             log.info(
@@ -123,6 +140,23 @@ class SharedScaling:
     def published(self, scaler: Scaler, now: float) -> None:
         """After a tick: the state the others resume from."""
         self.mine = export_state(scaler, now, self.wall())
+        self.mine["hooks"] = self.webhook_totals()
+
+    def webhook_totals(self) -> dict[str, int]:
+        """Webhook deliveries by result, counted across leaders: the totals resumed at
+        the take-over plus this process's deliveries since."""
+        own = self.hook_stats()
+        keys = set(own) | set(self._hooks_base)
+        return {
+            k: self._hooks_base.get(k, 0) + max(0, own.get(k, 0) - self._hooks_mark.get(k, 0))
+            for k in sorted(keys)
+        }
+
+
+def _counts(d: Any) -> dict[str, int]:
+    if not isinstance(d, dict):
+        return {}
+    return {str(k): int(v) for k, v in d.items() if isinstance(v, int) and v >= 0}
 
 
 def _newer(a: Any, b: Any) -> bool:
