@@ -129,6 +129,13 @@ class ScaleRunner:
         self._flush(snap.now)
         if self.shared is not None and not self.shared.prepare(self.scaler, snap):
             return None
+        if self.shared is not None and self.shared.inherited:  # the last leader's, not delivered
+            if self.acting and self.sender is not None:
+                self._held.extend((snap.now, body) for body in self.shared.inherited)
+                log.info(
+                    "autoscaling: sending %d decision(s) of the last leader again", len(self.shared.inherited)
+                )
+            self.shared.inherited = []
         result = self.scaler.tick(snap, self.fleet.leaving())
         if self.shared is not None:
             self.shared.published(self.scaler, snap.now)
@@ -145,6 +152,12 @@ class ScaleRunner:
                 self._held.append((snap.now, body))
         self._flush(snap.now)
         return result
+
+    def unsent(self) -> list[dict[str, Any]]:
+        """Decisions not delivered to every webhook yet, oldest first (what a next leader
+        sends again: :mod:`slorouter.actuation.leadscale`)."""
+        queued = self.sender.undelivered() if self.sender is not None else []
+        return queued + [body for _, body in self._held]
 
     def _flush(self, now: float) -> None:
         """Send the held decisions, in order, up to the first whose released servers are

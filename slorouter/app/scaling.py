@@ -54,7 +54,10 @@ def build_scaling(
         sender = made = WebhookSender(auto.webhook, secret.encode(), seed=cfg.policy.seed)
         if shared is not None:  # the exported delivery counts carry on across leaders
             shared.hook_stats = lambda: made.stats
-    return ScaleRunner(scaler, auto, fleet, tracker, clock, sender, shared=shared)
+    runner = ScaleRunner(scaler, auto, fleet, tracker, clock, sender, shared=shared)
+    if shared is not None:  # a next leader sends again what this one had not delivered
+        shared.unsent = runner.unsent
+    return runner
 
 
 def watched(policy: Policy, scaling: ScaleRunner | None) -> Policy:

@@ -54,6 +54,7 @@ from tests.redisserver import RedisServer, free_port
 from tests.replicakit import Subprocess, scrape, serve_subprocess, sync_section, until
 from tests.routerkit import raw_router_config
 
+HOOKS = autoscale([])["webhook"]
 TTL_MS = 1500.0  # the lease: long enough that a busy host's stalls do not move it
 
 
@@ -97,14 +98,21 @@ def prefix(decision_id: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def rig(redis: RedisServer, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Rig]:
+async def rig(
+    redis: RedisServer, tmp: Path, monkeypatch: pytest.MonkeyPatch, *, refuse: bool = False
+) -> AsyncIterator[Rig]:
+    """``refuse``: the recorder answers 503 until the test clears ``rec.answers`` (the
+    replicas retry it for minutes: every decision stays undelivered there meanwhile)."""
     monkeypatch.setenv(ADMIN_ENV, ADMIN)  # the replicas inherit the environment
     monkeypatch.setenv(SECRET_ENV, SECRET)
     prof = tmp / "cpu-tiny.json"
     BUILTIN_PROFILES["cpu-tiny"].save(prof)
     port_a, port_b = free_port(), free_port()
     urls = [f"http://127.0.0.1:{p}" for p in (port_a, port_b)]
-    async with serve_engines(1, profile="cpu-tiny") as fleet, receiver() as rec:
+    async with (
+        serve_engines(1, profile="cpu-tiny") as fleet,
+        receiver([503] * 100_000 if refuse else None) as rec,
+    ):
         # registrations go to the first replica that answers (b, once it is up; a after b)
         sim = ScalerSim(urls[1], ADMIN, SECRET.encode(), profile="cpu-tiny", fallback_routers=(urls[0],))
         hook = await sim.start()
@@ -118,7 +126,8 @@ async def rig(redis: RedisServer, tmp: Path, monkeypatch: pytest.MonkeyPatch) ->
                     "routing": {"default_tier": "fast"},
                     "admin": {"token_env": ADMIN_ENV},
                     "models": {"profile": str(prof)},
-                    "autoscale": autoscale([hook, rec.url]),
+                    "autoscale": autoscale([hook, rec.url])
+                    | {"webhook": HOOKS | {"urls": [hook, rec.url], "max_attempts": 10_000}},
                     "state": {"sync": sync_section(redis.url, ttl_ms=TTL_MS)},
                 },
             )
@@ -242,7 +251,9 @@ async def test_only_the_leader_scales_a_step_offered_through_both_replicas(
 async def test_the_leader_killed_mid_run_the_other_replica_scales_on(
     redis_srv: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with rig(redis_srv, tmp_path, monkeypatch) as r:
+    # the recorder refuses (503) until after the kill: a delivers none of its decisions
+    # there, so any that reaches it later was sent again by b, from a's published state
+    async with rig(redis_srv, tmp_path, monkeypatch, refuse=True) as r:
         old = await admin(r.a.url, "/admin/autoscale")
         old_prefix = prefix(old["decisions"][0]["decision_id"])
         (floor_server,) = await fast_servers(r.a.url)
@@ -267,6 +278,8 @@ async def test_the_leader_killed_mid_run_the_other_replica_scales_on(
         # the lease expires TTL after a's last renewal (< 50 ms before the kill); b takes it at
         # its next exchange (50 ms); the rest is slack for a busy host (measured 1.53-1.80 s)
         assert took < TTL_MS / 1000 + 1.0, took
+        mark = len(r.rec.got)
+        r.rec.answers.clear()  # the recorder accepts from here on (each request once: no delay)
 
         # nothing through the surviving replica fails or hangs; a's own streams broke off
         got_b = await served(via_b)
@@ -307,19 +320,30 @@ async def test_the_leader_killed_mid_run_the_other_replica_scales_on(
         grown = [d for d in r.sim.decisions[asked_before:] if d["add"] > 0]
         assert grown and {d["tier"] for d in grown} == {"fast"}, r.sim.decisions
 
-        # the decisions: a's until it died, b's after, never the same id
+        # the decisions: a's until it died, b's after, never the same id; a's, which the
+        # recorder had refused, were sent to it again by b
         new = await admin(r.b.url, "/admin/autoscale")
         new_prefix = prefix(new["decisions"][-1]["decision_id"])
         assert new_prefix != old_prefix
+        made = {d["decision_id"] for d in r.sim.decisions}  # every decision, as the receiver took it
 
-        def recorded() -> bool:  # b's decisions (a may have died between the two receivers)
-            mine = {d["decision_id"] for d in r.sim.decisions if prefix(d["decision_id"]) == new_prefix}
-            return mine <= {orjson.loads(raw)["decision_id"] for _, raw in r.rec.got}
+        def accepted() -> list[dict[str, Any]]:
+            return [orjson.loads(raw) for _, raw in r.rec.got[mark:]]
 
-        await until(recorded, 5, "every decision of b at the recorder")
-        bodies = check_bodies(r.rec, r.sim)
-        by = {prefix(b["decision_id"]) for b in bodies}
+        await until(
+            lambda: made <= {b["decision_id"] for b in accepted()}, 5, "every decision at the recorder"
+        )
+        for headers, raw in r.rec.got[mark:]:
+            assert verify(SECRET.encode(), raw, headers[SIGNATURE_HEADER])
+        ids = [b["decision_id"] for b in accepted()]
+        assert len(ids) == len(set(ids)), ids  # each accepted once
+        by = {prefix(i) for i in ids}
         assert by == {old_prefix, new_prefix}, by
+        bodies = accepted()
         assert all(b["at"] <= killed_wall for b in bodies if prefix(b["decision_id"]) == old_prefix)
         assert all(b["at"] > killed_wall for b in bodies if prefix(b["decision_id"]) == new_prefix)
         assert all(prefix(d["decision_id"]) == new_prefix for d in grown)
+        # the receiver had a's decisions from a (all but any a died before sending): b's
+        # copies were dropped there by id
+        assert 0 < r.sim.duplicates <= len([i for i in ids if prefix(i) == old_prefix])
+        assert r.sim.bad_signatures == 0 and not r.sim.errors, r.sim.errors

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from types import SimpleNamespace
+from typing import Any
 
 from slorouter.actuation.leadscale import SharedScaling
 from slorouter.autoscale.feed import FINISHED, MET, FeedMerge, LocalFeed, absorb
@@ -151,3 +152,33 @@ def test_webhook_counts_carry_on_across_hand_overs() -> None:
     assert a.webhook_totals() == {"delivered": 7, "failed": 1}
     stats["a"]["delivered"] += 1
     assert a.webhook_totals() == {"delivered": 8, "failed": 1}
+
+
+def test_a_new_leader_sends_again_what_the_last_one_had_not_delivered() -> None:
+    """The leader's undelivered decisions travel with its state at every exchange (the
+    latest exchange's list wins within one tick); the next leader inherits them."""
+    snap = SimpleNamespace(now=10.0, backends=BackendSet([], [TIER]), loads={}, queued={})
+    cfg = AutoscaleConfig(enabled=True)
+    wall = [1000.0]
+    a = SharedScaling("a", LocalFeed([TIER], boot="a"), ManualClock(10.0), wall=lambda: wall[0])
+    b = SharedScaling("b", LocalFeed([TIER], boot="b"), ManualClock(10.0), wall=lambda: wall[0])
+    sa, sb = Scaler(cfg, [TIER], start=0.0), Scaler(cfg, [TIER], start=0.0)
+    unsent: list[dict[str, Any]] = []
+    a.unsent = lambda: list(unsent)
+    a.observe({}, leader=True)
+    assert a.prepare(sa, snap)  # type: ignore[arg-type]
+    a.published(sa, 10.0)
+
+    def exchange() -> None:
+        wall[0] += 0.05
+        row = Row(holder="a", at=wall[0], arrivals=0.0, scale=a.extras()["scale"])
+        b.observe({"a": Row.from_bytes(row.to_bytes())}, leader=False)
+
+    exchange()
+    assert b.lead_state is not None and "unsent" not in b.lead_state  # nothing pending: nothing sent
+    release = {"tier": "chat", "decision_id": "a-7", "remove": ["s1"], "add": 0}
+    unsent.append(release)  # made at the same tick: seen at the next exchange
+    exchange()
+    assert b.lead_state["unsent"] == [release]
+    b.observe({}, leader=True)  # a is gone
+    assert b.prepare(sb, snap) and b.inherited == [release]  # type: ignore[arg-type]
