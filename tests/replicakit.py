@@ -118,13 +118,14 @@ class Subprocess:
 
 
 @contextlib.asynccontextmanager
-async def serve_subprocess(cfg: dict[str, Any], tmp: Path) -> AsyncIterator[Subprocess]:
-    """``slorouter serve --config <cfg as YAML> --port 0`` in a child process; its URL read
-    from the line it prints when listening. Killed (by PID) on exit if still running."""
+async def serve_subprocess(cfg: dict[str, Any], tmp: Path, port: int = 0) -> AsyncIterator[Subprocess]:
+    """``slorouter serve --config <cfg as YAML> --port PORT`` (0: any free one) in a child
+    process; its URL read from the line it prints when listening. Killed (by PID) on exit
+    if still running."""
     path = tmp / f"replica-{os.getpid()}-{id(cfg)}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "slorouter.cli", "serve", "--config", str(path), "--port", "0",
+        sys.executable, "-m", "slorouter.cli", "serve", "--config", str(path), "--port", str(port),
         "--log-level", "warning",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, preexec_fn=die_with_parent,
     )  # fmt: skip

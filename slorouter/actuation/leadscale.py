@@ -10,6 +10,21 @@ After each tick it publishes its scaler's state (``Row.scale["lead"]``,
 :func:`~slorouter.autoscale.handover.export_state`); every other process keeps the newest
 it saw, and resumes from it when it becomes the leader (cooldowns, desired counts, the
 rates: no flapping across a hand-over).
+
+The exported counters carry on across a hand-over too: the decision and deferral counts
+are part of the scaler's state; the webhook delivery counts (each process's own sender)
+are published as the leader's running totals (``hooks``), and a new leader continues
+from the totals it resumed from, adding its own deliveries since the take-over. Not
+counted: what the old leader delivered after its last published tick (the totals can
+step back by that much at a hand-over) and what a process delivered while it did not
+lead (a former leader still emptying its queue).
+
+Decisions the leader made but has not delivered to every webhook yet (held until their
+released servers are out of the set, queued, in flight) travel with its state at every
+exchange (``unsent``, the newest ``UNSENT_MAX``); a new leader sends them again, under
+their own ids — a receiver drops an id it has seen — so a decision made just before the
+leader died (a release above all: the others complete the removal, only the decision
+tells the receiver to stop the server) is not lost.
 """
 
 from __future__ import annotations
@@ -28,6 +43,8 @@ from slorouter.state.snapshot import Snapshot
 
 log = logging.getLogger("slorouter.autoscale")
 
+UNSENT_MAX = 16  # undelivered decisions published with the leader's state (the newest)
+
 
 class SharedScaling:
     def __init__(
@@ -45,13 +62,27 @@ class SharedScaling:
         self.mine: dict[str, Any] | None = None  # what this process published as the leader
         self._docs: dict[str, Any] = {}  # holder -> its feed document, from the last exchange
         self.takeovers = 0
+        # webhook deliveries: this process's sender's counts (set when it has one); the
+        # totals resumed at the take-over, and this process's counts at that moment
+        self.hook_stats: Callable[[], Mapping[str, int]] = dict
+        self._hooks_base: dict[str, int] = {}
+        self._hooks_mark: dict[str, int] = {}
+        # decisions not delivered everywhere yet (set by the runner); those of the last
+        # leader, to send again after a take-over
+        self.unsent: Callable[[], list[dict[str, Any]]] = list
+        self.inherited: list[dict[str, Any]] = []
 
     # -- the sync loop's riders -------------------------------------------------------
 
     def extras(self) -> Mapping[str, Any]:
-        doc: dict[str, Any] = {"feed": self.feed.document(self.clock.now(), self.wall())}
+        wall = self.wall()
+        doc: dict[str, Any] = {"feed": self.feed.document(self.clock.now(), wall)}
         if self.leading and self.mine is not None:
-            doc["lead"] = self.mine
+            lead = {**self.mine, "ex": wall}  # ex: this exchange (the unsent list is its)
+            unsent = self.unsent()[-UNSENT_MAX:]
+            if unsent:
+                lead["unsent"] = unsent
+            doc["lead"] = lead
         return {"scale": doc}
 
     def observe(self, rows: Mapping[str, Row], leader: bool) -> None:
@@ -94,6 +125,12 @@ class SharedScaling:
         docs[self.holder] = self.feed.document(self.clock.now(), wall)
         self.merge.collect(docs, wall)  # the baseline: counts from here on
         other = self.lead_state if _newer(self.lead_state, self.mine) else None
+        prior = other if other is not None else self.mine
+        hooks = prior.get("hooks") if prior is not None else None
+        self._hooks_base = _counts(hooks)
+        self._hooks_mark = dict(self.hook_stats()) if isinstance(hooks, dict) else {}
+        unsent = other.get("unsent") if other is not None else None
+        self.inherited = [d for d in unsent if _decision(d)] if isinstance(unsent, list) else []
         if other is not None and resume(scaler, other, now, wall):
             rebase(scaler, snap, fresh=False)
             log.info(
@@ -123,6 +160,28 @@ class SharedScaling:
     def published(self, scaler: Scaler, now: float) -> None:
         """After a tick: the state the others resume from."""
         self.mine = export_state(scaler, now, self.wall())
+        self.mine["hooks"] = self.webhook_totals()
+
+    def webhook_totals(self) -> dict[str, int]:
+        """Webhook deliveries by result, counted across leaders: the totals resumed at
+        the take-over plus this process's deliveries since."""
+        own = self.hook_stats()
+        keys = set(own) | set(self._hooks_base)
+        return {
+            k: self._hooks_base.get(k, 0) + max(0, own.get(k, 0) - self._hooks_mark.get(k, 0))
+            for k in sorted(keys)
+        }
+
+
+def _decision(d: Any) -> bool:
+    """A decision body as :meth:`ScaleDecision.body` makes it (enough to send it again)."""
+    return isinstance(d, dict) and isinstance(d.get("decision_id"), str) and isinstance(d.get("remove"), list)
+
+
+def _counts(d: Any) -> dict[str, int]:
+    if not isinstance(d, dict):
+        return {}
+    return {str(k): int(v) for k, v in d.items() if isinstance(v, int) and v >= 0}
 
 
 def _newer(a: Any, b: Any) -> bool:
@@ -131,4 +190,8 @@ def _newer(a: Any, b: Any) -> bool:
     if not isinstance(b, dict):
         return True
     at, bt = a.get("at"), b.get("at")
-    return isinstance(at, int | float) and (not isinstance(bt, int | float) or at > bt)
+    if not isinstance(at, int | float):
+        return False
+    if not isinstance(bt, int | float) or at != bt:
+        return not isinstance(bt, int | float) or at > bt
+    return float(a.get("ex") or 0.0) > float(b.get("ex") or 0.0)  # the same tick, a later exchange

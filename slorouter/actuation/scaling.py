@@ -4,7 +4,11 @@ its output; a thin policy wrapper tells it when an on-time request fit nowhere.
 
 ``mode: webhook`` — moves are applied (:meth:`FleetManager.move`), released servers are
 drained and removed (they are empty: at once), and every decision goes to the webhooks
-(:class:`~slorouter.actuation.webhook.WebhookSender`, in the background).
+(:class:`~slorouter.actuation.webhook.WebhookSender`, in the background). A decision
+that gives servers back is sent once they are out of the set: with several router
+processes that takes every process adopting the removal (one or two exchanges), so it
+waits — and the decisions after it wait behind it, in order — until a tick finds them
+removed (at most ``HOLD_MAX_S``: a removal that cannot finish does not stop scaling).
 ``mode: advisory`` — nothing changes in the fleet and nothing is sent: decisions are
 logged (``would ...``), kept for ``GET /admin/autoscale`` and exported as gauges.
 
@@ -34,6 +38,8 @@ from slorouter.state.tracker import Tracker
 from slorouter.values import Decision, Defer, Outcome, RequestInfo, Scope
 
 log = logging.getLogger("slorouter.autoscale")
+
+HOLD_MAX_S = 60.0  # longest a decision waits for the servers it gives back to be out of the set
 
 
 class DeferSink(Protocol):
@@ -97,11 +103,21 @@ class ScaleRunner:
         self.recent: deque[dict[str, Any]] = deque(maxlen=keep)  # the last decisions' bodies
         self.shared = shared
         self._task: asyncio.Task[None] | None = None
+        # decisions not sent yet (with when they were made): one that gives back servers
+        # still leaving the set, and those after it
+        self._held: deque[tuple[float, dict[str, Any]]] = deque()
 
     @property
     def leading(self) -> bool:
         """This process's scaler decides (always, when it routes alone)."""
         return self.shared is None or self.shared.leading
+
+    def webhook_stats(self) -> dict[str, int] | None:
+        """Webhook deliveries by result (None: no sender); with several router processes,
+        counted across leaders (:meth:`SharedScaling.webhook_totals`)."""
+        if self.sender is None:
+            return None
+        return self.shared.webhook_totals() if self.shared is not None else dict(self.sender.stats)
 
     def wall(self, at: float) -> float:
         """A clock time as Unix time."""
@@ -110,8 +126,16 @@ class ScaleRunner:
     def tick(self) -> TickResult | None:
         """One scaling tick (None: another router process leads)."""
         snap = self.tracker.snapshot()
+        self._flush(snap.now)
         if self.shared is not None and not self.shared.prepare(self.scaler, snap):
             return None
+        if self.shared is not None and self.shared.inherited:  # the last leader's, not delivered
+            if self.acting and self.sender is not None:
+                self._held.extend((snap.now, body) for body in self.shared.inherited)
+                log.info(
+                    "autoscaling: sending %d decision(s) of the last leader again", len(self.shared.inherited)
+                )
+            self.shared.inherited = []
         result = self.scaler.tick(snap, self.fleet.leaving())
         if self.shared is not None:
             self.shared.published(self.scaler, snap.now)
@@ -125,8 +149,36 @@ class ScaleRunner:
             self.recent.append(body)
             self._log(d)
             if self.acting and self.sender is not None:
-                self.sender.submit(body)
+                self._held.append((snap.now, body))
+        self._flush(snap.now)
         return result
+
+    def unsent(self) -> list[dict[str, Any]]:
+        """Decisions not delivered to every webhook yet, oldest first (what a next leader
+        sends again: :mod:`slorouter.actuation.leadscale`)."""
+        queued = self.sender.undelivered() if self.sender is not None else []
+        return queued + [body for _, body in self._held]
+
+    def _flush(self, now: float) -> None:
+        """Send the held decisions, in order, up to the first whose released servers are
+        still leaving the set (another router process has not adopted the removal yet)."""
+        if self.sender is None:
+            return
+        leaving = self.fleet.leaving()
+        while self._held:
+            at, body = self._held[0]
+            waiting = [b for b in body["remove"] if b in leaving]
+            if waiting and now - at < HOLD_MAX_S:
+                return
+            if waiting:
+                log.warning(
+                    "decision %s sent with %s still leaving the set after %.0f s",
+                    body["decision_id"],
+                    ", ".join(waiting),
+                    now - at,
+                )
+            self._held.popleft()
+            self.sender.submit(body)
 
     def _log(self, d: ScaleDecision) -> None:
         what = f"tier {d.tier}: {d.current} -> {d.desired} servers"

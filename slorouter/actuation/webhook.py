@@ -61,6 +61,8 @@ class WebhookSender:
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
         self._seen: OrderedDict[str, None] = OrderedDict()
+        # decisions some URL has not had its answer for yet: id -> (body, those URLs)
+        self._open: OrderedDict[str, tuple[dict[str, Any], set[str]]] = OrderedDict()
         self.stats: dict[str, int] = {"delivered": 0, "retried": 0, "failed": 0, "dropped": 0}
         self.in_flight = 0
 
@@ -73,9 +75,12 @@ class WebhookSender:
         if len(self._seen) > _SEEN:
             self._seen.popitem(last=False)
         data = orjson.dumps(body)
+        if self._queues:
+            self._open[did] = (body, set(self._queues))
         for url, q in self._queues.items():
             if len(q) >= self.cfg.queue_size:
                 old_id, _ = q.popleft()
+                self._settled(old_id, url)
                 self.stats["dropped"] += 1
                 log.warning("webhook %s: queue full, decision %s dropped (a newer one follows)", url, old_id)
             q.append((did, data))
@@ -83,6 +88,17 @@ class WebhookSender:
             if ev is not None:
                 ev.set()
         return True
+
+    def undelivered(self) -> list[dict[str, Any]]:
+        """The decisions not yet delivered to (nor given up on by) every URL, oldest first."""
+        return [body for body, _ in self._open.values()]
+
+    def _settled(self, did: str, url: str) -> None:
+        entry = self._open.get(did)
+        if entry is not None:
+            entry[1].discard(url)
+            if not entry[1]:
+                del self._open[did]
 
     def waiting(self) -> int:
         return sum(len(q) for q in self._queues.values()) + self.in_flight
@@ -121,6 +137,7 @@ class WebhookSender:
                 await self._deliver(url, did, data)
             finally:
                 self.in_flight -= 1
+                self._settled(did, url)
 
     def _pause(self, attempt: int) -> float:
         c = self.cfg

@@ -51,8 +51,13 @@ def build_scaling(
         if not secret:  # the config check says so first; the environment may have changed since
             msg = f"environment variable {auto.webhook.secret_env} is not set"
             raise ConfigError(cfg.source, [("autoscale.webhook.secret_env", msg)])
-        sender = WebhookSender(auto.webhook, secret.encode(), seed=cfg.policy.seed)
-    return ScaleRunner(scaler, auto, fleet, tracker, clock, sender, shared=shared)
+        sender = made = WebhookSender(auto.webhook, secret.encode(), seed=cfg.policy.seed)
+        if shared is not None:  # the exported delivery counts carry on across leaders
+            shared.hook_stats = lambda: made.stats
+    runner = ScaleRunner(scaler, auto, fleet, tracker, clock, sender, shared=shared)
+    if shared is not None:  # a next leader sends again what this one had not delivered
+        shared.unsent = runner.unsent
+    return runner
 
 
 def watched(policy: Policy, scaling: ScaleRunner | None) -> Policy:

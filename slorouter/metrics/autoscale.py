@@ -135,8 +135,7 @@ class AutoscaleMetrics:
 
     def _families(self, now: float) -> list[Family]:
         r = self.runner
-        stats = r.sender.stats if r.sender is not None else None
-        return autoscale_families(r.scaler, now, advisory=not r.acting, webhook=stats)
+        return autoscale_families(r.scaler, now, advisory=not r.acting, webhook=r.webhook_stats())
 
     def describe(self) -> list[Metric]:
         return [to_metric(Family(f.name, f.kind, f.help, f.labels, ())) for f in self._families(0.0)]

@@ -18,7 +18,8 @@ Staleness and herding. Another holder's placements are seen one tick late at mos
 the store's latency). Within a tick several holders could all pick the same "fullest
 feasible" server. The **quota** prevents that: until its next update a holder may use
 only its share ``s`` of a server's remaining room (``s``: its recent share of all
-arrivals, from decayed counts published in the rows). Two parts:
+arrivals, from decayed counts published in the rows; equal shares while no holder has
+had a request — a burst at a cold start is split, not placed in full by each). Two parts:
 
 * each request it places there is counted ``1/s`` times (the extra ``1/s − 1``, of the
   typical size it places, is a *phantom* load standing for what the others are expected
@@ -333,8 +334,12 @@ class LoadSync:
             self.adopt([r.control for r in others if r.control is not None])
         self.peers = len(others)
         self.age_s = oldest
-        self.share = 1.0 if not others or arrivals <= 0 else max(self._arrivals / arrivals, 0.0)
-        self._set_quota(before / arrivals if arrivals > 0 else 0.0)
+        if arrivals > 0:
+            self.share = 1.0 if not others else max(self._arrivals / arrivals, 0.0)
+            self._set_quota(before / arrivals)
+        else:  # no holder has had a request yet (a cold start): equal shares, by name
+            self.share = 1.0 / (len(others) + 1)
+            self._set_quota(sum(r.holder < self.holder for r in others) * self.share)
         self.absorbed_at = now
         # what changes: the others' sums, minus what was added last time, minus the
         # phantom of own placements the others' rows are newer than (theirs are now seen)

@@ -13,6 +13,11 @@ with the secret in ``--secret-env``):
   (``DELETE /admin/backends/{id}?wait_s=...``: the router drains it first; already removed
   is fine) and stops the engine.
 
+A router made of several replicas (``state.sync``) is one router: give every replica
+(``--router`` repeated) and each call goes to the first that answers without a server
+error — a registration or removal at any replica reaches the others, and a replica that
+died (its successor leads the scaling) is skipped.
+
 It answers at once (202) and acts in the background, so a slow start never holds the
 router's webhook sender; a decision id seen before is answered 200 and not acted on
 again (idempotent); a bad signature gets 401. Stop with Ctrl-C: every engine it started
@@ -63,6 +68,7 @@ class ScalerSim:
     seed: int = 0
     max_engines: int = 32
     name_prefix: str = "sim"
+    fallback_routers: tuple[str, ...] = ()  # other replicas of the router, asked when one does not answer
     host: str = "127.0.0.1"
     port: int = 0
     drain_wait_s: float = 120.0
@@ -107,6 +113,11 @@ class ScalerSim:
         if self._session is not None:
             await self._session.close()
 
+    @property
+    def acting(self) -> int:
+        """Decisions' starts, registrations and removals under way."""
+        return len(self._tasks)
+
     # -- HTTP ------------------------------------------------------------------------------
 
     async def _hook(self, request: web.Request) -> web.Response:
@@ -141,6 +152,7 @@ class ScalerSim:
             {
                 "engines": {b: {"url": o.served.url, "tier": o.tier} for b, o in self.engines.items()},
                 "starting": self._starting,
+                "acting": self.acting,
                 "started": self.started,
                 "decisions": len(self.decisions),
                 "duplicates": self.duplicates,
@@ -170,21 +182,17 @@ class ScalerSim:
             self.started.append(bid)
         finally:
             self._starting -= 1
-        assert self._session is not None
         body = {"name": bid, "url": served.url, "tier": tier, "engine": self.engine}
         for attempt in range(5):
-            try:
-                async with self._session.post(f"{self.router}/admin/backends", json=body) as r:
-                    text = await r.text()
-                    if r.status in (200, 201):
-                        log.info("started %s at %s (tier %s), registered", bid, served.url, tier)
-                        return
-                    if r.status < 500:
-                        break
-            except (aiohttp.ClientError, TimeoutError, OSError) as e:
-                text = type(e).__name__
+            status, text = await self._ask("POST", "/admin/backends", body)
+            if status in (200, 201):
+                log.info("started %s at %s (tier %s), registered", bid, served.url, tier)
+                return
+            if 0 < status < 500:
+                break
             await asyncio.sleep(0.2 * 2**attempt)
-        self.errors.append(f"{bid}: registration failed ({text})")
+        why = f"HTTP {status}: {text[:200]}" if status else text
+        self.errors.append(f"{bid}: registration failed ({why})")
         await self.engines.pop(bid).served.stop()
 
     async def _release(self, bid: str) -> None:
@@ -192,27 +200,46 @@ class ScalerSim:
         if owned is None:
             log.info("remove %s: not one of mine, left alone", bid)
             return
-        assert self._session is not None
-        url = f"{self.router}/admin/backends/{bid}?wait_s={self.drain_wait_s:g}"
-        try:
-            async with self._session.delete(url) as r:
-                await r.read()
-                if r.status not in (200, 202, 404):
-                    self.errors.append(f"{bid}: remove answered HTTP {r.status}")
-                    return
-        except (aiohttp.ClientError, TimeoutError, OSError) as e:
-            self.errors.append(f"{bid}: remove failed ({type(e).__name__})")
+        status, text = await self._ask("DELETE", f"/admin/backends/{bid}?wait_s={self.drain_wait_s:g}")
+        if status == 0:
+            self.errors.append(f"{bid}: remove failed ({text})")
+            return
+        if status not in (200, 202, 404):
+            self.errors.append(f"{bid}: remove answered HTTP {status}")
             return
         self.engines.pop(bid, None)
         await owned.served.stop()
         log.info("stopped %s", bid)
+
+    async def _ask(self, method: str, path: str, body: Any = None) -> tuple[int, str]:
+        """One call to the router: ``router`` first, then each of ``fallback_routers``
+        until one answers below 500. (status, body text) of the last answer; (0, the
+        error's name) when none answered at all."""
+        assert self._session is not None
+        got = (0, "no router")
+        for base in (self.router, *self.fallback_routers):
+            try:
+                async with self._session.request(method, base + path, json=body) as r:
+                    got = (r.status, await r.text())
+            except (aiohttp.ClientError, TimeoutError, OSError) as e:
+                got = (0, type(e).__name__)
+                continue
+            if got[0] < 500:
+                break
+        return got
 
 
 # -- CLI -------------------------------------------------------------------------------------
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--router", required=True, help="the router's base URL, e.g. http://127.0.0.1:8080")
+    p.add_argument(
+        "--router",
+        required=True,
+        action="append",
+        help="the router's base URL, e.g. http://127.0.0.1:8080; repeat it for each replica of a "
+        "router of several (state.sync): the first that answers is used",
+    )
     p.add_argument("--listen", default="127.0.0.1:8090", help="HOST:PORT to receive webhooks on")
     p.add_argument(
         "--provisioning-delay", type=float, default=0.0, help="seconds before a started engine is up"
@@ -240,8 +267,9 @@ def _check(args: argparse.Namespace) -> ScalerSim | str:
     host, _, port = args.listen.rpartition(":")
     if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         return f"--listen: give HOST:PORT, e.g. 127.0.0.1:8090, got {args.listen!r}"
-    if not args.router.startswith(("http://", "https://")):
-        return f"--router: give the router's base URL, e.g. http://127.0.0.1:8080, got {args.router!r}"
+    for url in args.router:
+        if not url.startswith(("http://", "https://")):
+            return f"--router: give the router's base URL, e.g. http://127.0.0.1:8080, got {url!r}"
     if args.provisioning_delay < 0 or args.max_engines < 1:
         return "--provisioning-delay must be >= 0 and --max-engines >= 1"
     try:
@@ -249,7 +277,7 @@ def _check(args: argparse.Namespace) -> ScalerSim | str:
     except ProfileError as e:
         return f"--profile: {e}"
     return ScalerSim(
-        args.router.rstrip("/"),
+        args.router[0].rstrip("/"),
         token,
         secret.encode(),
         provisioning_delay_s=args.provisioning_delay,
@@ -259,6 +287,7 @@ def _check(args: argparse.Namespace) -> ScalerSim | str:
         max_engines=args.max_engines,
         host=host,
         port=int(port),
+        fallback_routers=tuple(u.rstrip("/") for u in args.router[1:]),
     )
 
 
@@ -269,7 +298,8 @@ async def _serve(sim: ScalerSim) -> None:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     url = await sim.start()
-    print(f"scaler-sim: webhooks at {url}, registering engines with {sim.router}", flush=True)
+    routers = ", ".join((sim.router, *sim.fallback_routers))
+    print(f"scaler-sim: webhooks at {url}, registering engines with {routers}", flush=True)
     try:
         await stop.wait()
     finally:

@@ -118,7 +118,9 @@ async def test_a_receiver_that_is_down_gives_up_after_max_attempts_without_block
         for i in range(10):
             s.submit(body(i))
         assert time.perf_counter() - t0 < 0.05  # submit returns at once
+        assert len(s.undelivered()) <= 3  # the dropped ones are not waiting any more
         await poll(lambda: s.waiting() == 0, 5.0)
+        assert s.undelivered() == []
         # ten submitted in one go, two kept (the newest), each tried three times
         assert s.stats["dropped"] == 8 and s.stats["failed"] == 2 and s.stats["retried"] == 4
 
@@ -130,3 +132,17 @@ async def test_a_slow_receiver_holds_only_its_own_queue() -> None:
         await poll(lambda: len(fast.got) == 3, 1.0)  # before the slow one answered twice
         assert len(slow.got) < 3
         await poll(lambda: s.stats["delivered"] == 6, 5.0)
+
+
+async def test_undelivered_lists_a_decision_until_every_url_answered_or_gave_up() -> None:
+    """What a next leader would send again (docs/autoscaling.md): a decision stays listed
+    while some URL has not had it; dropped or given up on, it is settled too."""
+    async with receiver() as rec:
+        down = rec.url
+    async with receiver(delay_s=0.3) as slow, sender([slow.url, down], max_attempts=2) as s:
+        s.submit(body(1))
+        assert [b["decision_id"] for b in s.undelivered()] == ["x-1"]
+        await poll(lambda: s.stats["failed"] == 1, 5.0)  # the down URL gave up ...
+        assert [b["decision_id"] for b in s.undelivered()] == ["x-1"]  # ... the slow one not yet
+        await poll(lambda: s.stats["delivered"] == 1, 5.0)
+        assert s.undelivered() == []

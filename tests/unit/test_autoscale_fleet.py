@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import math
 from types import SimpleNamespace
+from typing import Any
 
+from slorouter.actuation.leadscale import SharedScaling
 from slorouter.autoscale.feed import FINISHED, MET, FeedMerge, LocalFeed, absorb
 from slorouter.autoscale.handover import export_state, rebase, resume
 from slorouter.autoscale.scaler import Scaler
+from slorouter.clock import ManualClock
 from slorouter.config.autoscale import AutoscaleConfig
+from slorouter.state.backends import BackendSet
 from slorouter.state.rows import Row
 from slorouter.values import Outcome, Slo, SloClass, Status, Tier
 
@@ -97,8 +101,6 @@ def test_a_new_leader_resumes_the_cooldowns_and_the_rate() -> None:
 
 
 def test_rebase_counts_arrivals_from_the_take_over() -> None:
-    from slorouter.state.backends import BackendSet
-
     snap = SimpleNamespace(now=10.0, backends=BackendSet([], [TIER]), loads={}, queued={"chat": 5})
     cfg = AutoscaleConfig(enabled=True)
     sc = Scaler(cfg, [TIER], start=0.0)
@@ -106,3 +108,77 @@ def test_rebase_counts_arrivals_from_the_take_over() -> None:
     st = sc.tiers["chat"]
     assert st.counted == 5  # the five queued arrived before the take-over
     assert st.rate.age(10.0) == 0.0
+
+
+def test_webhook_counts_carry_on_across_hand_overs() -> None:
+    """The exported delivery counts continue from the previous leader's published totals
+    (not from the new leader's own sender alone, not adding a returning leader's twice)."""
+    snap = SimpleNamespace(now=10.0, backends=BackendSet([], [TIER]), loads={}, queued={})
+    cfg = AutoscaleConfig(enabled=True)
+    stats = {"a": {"delivered": 0, "failed": 0}, "b": {"delivered": 3, "failed": 0}}  # b: its own before
+    procs = {}
+    wall = [1000.0]
+    for name in ("a", "b"):
+        p = SharedScaling(name, LocalFeed([TIER], boot=name), ManualClock(10.0), wall=lambda: wall[0])
+        p.hook_stats = lambda name=name: stats[name]  # type: ignore[misc]
+        procs[name] = (p, Scaler(cfg, [TIER], start=0.0))
+
+    def lead(name: str, other: str) -> SharedScaling:
+        wall[0] += 1.0
+        p, sc = procs[name]
+        q = procs[other][0]
+        row = Row(holder=other, at=1000.0, arrivals=0.0, scale={"lead": q.mine} if q.mine else None)
+        p.observe({other: Row.from_bytes(row.to_bytes())}, leader=True)
+        assert p.prepare(sc, snap)  # type: ignore[arg-type]
+        q.observe({name: row}, leader=False)
+        assert not q.prepare(procs[other][1], snap)  # type: ignore[arg-type]
+        return p
+
+    a = lead("a", "b")  # the first leader: nothing to resume
+    stats["a"]["delivered"] += 5
+    a.published(procs["a"][1], 10.0)
+    assert a.webhook_totals() == {"delivered": 5, "failed": 0} and a.mine is not None
+    assert a.mine["hooks"] == {"delivered": 5, "failed": 0}
+
+    b = lead("b", "a")  # continues from a's 5, not from its own 3
+    assert b.webhook_totals()["delivered"] == 5
+    stats["b"]["delivered"] += 2
+    stats["b"]["failed"] += 1
+    b.published(procs["b"][1], 11.0)
+    assert b.webhook_totals() == {"delivered": 7, "failed": 1}
+
+    stats["a"]["delivered"] += 4  # a, no longer leading, empties its queue: not counted
+    a = lead("a", "b")  # a leads again: from b's totals, its own earlier 5 not twice
+    assert a.webhook_totals() == {"delivered": 7, "failed": 1}
+    stats["a"]["delivered"] += 1
+    assert a.webhook_totals() == {"delivered": 8, "failed": 1}
+
+
+def test_a_new_leader_sends_again_what_the_last_one_had_not_delivered() -> None:
+    """The leader's undelivered decisions travel with its state at every exchange (the
+    latest exchange's list wins within one tick); the next leader inherits them."""
+    snap = SimpleNamespace(now=10.0, backends=BackendSet([], [TIER]), loads={}, queued={})
+    cfg = AutoscaleConfig(enabled=True)
+    wall = [1000.0]
+    a = SharedScaling("a", LocalFeed([TIER], boot="a"), ManualClock(10.0), wall=lambda: wall[0])
+    b = SharedScaling("b", LocalFeed([TIER], boot="b"), ManualClock(10.0), wall=lambda: wall[0])
+    sa, sb = Scaler(cfg, [TIER], start=0.0), Scaler(cfg, [TIER], start=0.0)
+    unsent: list[dict[str, Any]] = []
+    a.unsent = lambda: list(unsent)
+    a.observe({}, leader=True)
+    assert a.prepare(sa, snap)  # type: ignore[arg-type]
+    a.published(sa, 10.0)
+
+    def exchange() -> None:
+        wall[0] += 0.05
+        row = Row(holder="a", at=wall[0], arrivals=0.0, scale=a.extras()["scale"])
+        b.observe({"a": Row.from_bytes(row.to_bytes())}, leader=False)
+
+    exchange()
+    assert b.lead_state is not None and "unsent" not in b.lead_state  # nothing pending: nothing sent
+    release = {"tier": "chat", "decision_id": "a-7", "remove": ["s1"], "add": 0}
+    unsent.append(release)  # made at the same tick: seen at the next exchange
+    exchange()
+    assert b.lead_state["unsent"] == [release]
+    b.observe({}, leader=True)  # a is gone
+    assert b.prepare(sb, snap) and b.inherited == [release]  # type: ignore[arg-type]

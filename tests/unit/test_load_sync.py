@@ -84,6 +84,23 @@ def test_views_are_the_sum_of_the_holders_rows() -> None:
         assert all(not ld.slack for ld in t.loads.values())
 
 
+def test_at_a_cold_start_the_holders_share_equally() -> None:
+    """No holder has had a request yet: each takes an equal share (not the whole room),
+    so a first burst reaching every holder at once is split between them."""
+    clock = ManualClock()
+    store = MemoryStore()
+    a, b = holder(clock, "a", quota=True), holder(clock, "b", quota=True)
+    tick(store, a, b)
+    assert a[1].share == b[1].share == 0.5
+    place(a[0], 1, "b1", prompt=100)
+    assert a[0].loads["b1"].running == 2  # itself + the phantom of b's turn
+    # ... and on the line of turns one of the two stands second on each server
+    assert sorted(bool(a[0].loads[x].ahead[0]) + bool(b[0].loads[x].ahead[0]) for x in ("b0", "b1")) == [1, 1]
+    alone = holder(clock, "c", quota=True)
+    tick(MemoryStore(), alone)
+    assert alone[1].share == 1.0
+
+
 def test_quota_counts_own_placements_by_the_inverse_share_until_the_next_tick() -> None:
     clock = ManualClock()
     store = MemoryStore()

@@ -27,6 +27,11 @@ from slorouter.cli import main
             ["--admin-token-env", "A", "--max-engines", "0"],
             "--max-engines >= 1",
         ),
+        (  # a second replica of the router, given without its scheme
+            {"SLOROUTER_ADMIN_TOKEN": "t", "SLOROUTER_WEBHOOK_SECRET": "s"},
+            ["--router", "127.0.0.1:8081"],
+            "--router: give the router's base URL",
+        ),
     ],
 )
 def test_bad_setup_is_a_clear_error(
