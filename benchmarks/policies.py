@@ -33,7 +33,8 @@ Scenarios with multi-call workflows (``mixed``) are compared by **service gain**
 polyserve, slo-pack, least-request (which never holds a request back: FCFS at the
 engines) and ``least-request+edf`` (the same balancer, every engine scheduling by
 priority — vLLM's ``--scheduling-policy priority`` — with each request's due time as its
-priority: an EDF queue at each engine), with ``tempo_vs_least_request``,
+priority: an EDF queue at each engine; ``tempo+edf`` and ``polyserve+edf``, the router
+policies on the same engines, when named in ``--policies``), with ``tempo_vs_least_request``,
 ``tempo_vs_polyserve`` and ``tempo_vs_least_request_edf``; and the ceiling:
 ``ceiling_vs_least_request`` (``ceiling_vs_polyserve``) = 1 / that policy's
 ``service_gain_ratio``, the most any policy could have over it at this load (every request
@@ -107,11 +108,16 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # least-request with an EDF queue at every engine (ENGINE_SCHEDULING): what a user
     # gets from vLLM's priority scheduling with each request's due time as its priority
     "least-request+edf": ("least-request", {}),
+    # the router policies on the same EDF engines (service gain, when named)
+    "tempo+edf": ("tempo", {}),
+    "polyserve+edf": ("polyserve", {}),
 }
 # variants whose engines schedule other than fcfs (the scenario's engine.scheduling)
-ENGINE_SCHEDULING = {"least-request+edf": "priority"}
+ENGINE_SCHEDULING = dict.fromkeys(("least-request+edf", "tempo+edf", "polyserve+edf"), "priority")
+# service-gain variants run only when named in --policies
+GAIN_EXTRA = ("tempo+edf", "polyserve+edf")
 # variants compared by service gain only (not in the default goodput comparison)
-GAIN_ONLY = {"least-request+edf"}
+GAIN_ONLY = {"least-request+edf", *GAIN_EXTRA}
 BY_SHARE = {"static-partition:by-share"}
 ABLATIONS = {"slo-pack+late-fill"}
 
@@ -466,10 +472,11 @@ def main(argv: list[str] | None = None) -> int:
         out["scenarios"][s] = entry
         report(console, s, entry)
     for s in gain_scns:
-        gp = [p for p in pols if p in GAIN_POLICIES] or list(GAIN_POLICIES)
+        gp = [p for p in pols if p in GAIN_POLICIES or (given and p in GAIN_EXTRA)] or list(GAIN_POLICIES)
         entry = gain_entry(s, gp, args.requests, console)
         out["scenarios"][s] = entry
         report_gain(console, s, entry)
+    out["wall_s"] = time.time() - t0  # every comparison, the service-gain ones included
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
         console.print(f"wrote {args.json}")

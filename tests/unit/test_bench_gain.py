@@ -18,6 +18,10 @@ def test_the_edf_baseline_is_least_request_on_priority_engines() -> None:
     edf = bench.variant_scenario(scn, "least-request+edf")
     assert edf.scheduling == "priority" and edf.tiers == scn.tiers and edf.bins == scn.bins
     assert bench.variant_scenario(scn, "least-request") == scn
+    for name, kind in (("tempo+edf", "tempo"), ("polyserve+edf", "polyserve")):
+        assert bench.VARIANTS[name] == (kind, {})
+        assert bench.variant_scenario(scn, name).scheduling == "priority"
+        assert name not in bench.GAIN_POLICIES  # run when named
 
 
 def test_gain_ratios_and_ceilings() -> None:
