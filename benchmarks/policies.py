@@ -30,8 +30,15 @@ against which ``polyserve_vs_slo_pack_late_fill`` is reported separately;
 Scenarios with multi-call workflows (``mixed``) are compared by **service gain** instead
 (:func:`gain_entry`): at the rate where least-request attains 50 % of all units of work,
 ``scenarios.<name>.policies.<kind>.service_gain`` (and per-class attainment) for tempo,
-polyserve, slo-pack and least-request (which never holds a request back: FCFS at the
-engines), with ``tempo_vs_least_request`` and ``tempo_vs_polyserve``.
+polyserve, slo-pack, least-request (which never holds a request back: FCFS at the
+engines) and ``least-request+edf`` (the same balancer, every engine scheduling by
+priority — vLLM's ``--scheduling-policy priority`` — with each request's due time as its
+priority: an EDF queue at each engine; ``tempo+edf`` and ``polyserve+edf``, the router
+policies on the same engines, when named in ``--policies``), with ``tempo_vs_least_request``,
+``tempo_vs_polyserve`` and ``tempo_vs_least_request_edf``; and the ceiling:
+``ceiling_vs_least_request`` (``ceiling_vs_polyserve``) = 1 / that policy's
+``service_gain_ratio``, the most any policy could have over it at this load (every request
+meeting its objective).
 """
 
 from __future__ import annotations
@@ -81,7 +88,7 @@ SCENARIOS = (
 GAIN_SCENARIOS = tuple(
     sorted(p.stem for p in SCENARIO_DIR.glob("*.yaml") if _has_workflows(load_scenario(str(p))))
 )
-GAIN_POLICIES = ("tempo", "polyserve", "slo-pack", "least-request")
+GAIN_POLICIES = ("tempo", "polyserve", "slo-pack", "least-request", "least-request+edf")
 GAIN_TARGET = 0.5  # least-request's overall attainment at the compared load
 GAIN_WINDOW_S = 30.0  # seconds of arrivals per probe (--requests overrides)
 SLO_BLIND = ("round-robin", "least-request", "least-tokens", "power-of-two")
@@ -98,7 +105,19 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # the "best baseline"; it says how much of polyserve's lead is the bins
     "polyserve:late-fill-1": ("polyserve", {"late_fill": 1.0}),
     "slo-pack+late-fill": ("slo-pack", {"late_fill": 0.25}),
+    # least-request with an EDF queue at every engine (ENGINE_SCHEDULING): what a user
+    # gets from vLLM's priority scheduling with each request's due time as its priority
+    "least-request+edf": ("least-request", {}),
+    # the router policies on the same EDF engines (service gain, when named)
+    "tempo+edf": ("tempo", {}),
+    "polyserve+edf": ("polyserve", {}),
 }
+# variants whose engines schedule other than fcfs (the scenario's engine.scheduling)
+ENGINE_SCHEDULING = dict.fromkeys(("least-request+edf", "tempo+edf", "polyserve+edf"), "priority")
+# service-gain variants run only when named in --policies
+GAIN_EXTRA = ("tempo+edf", "polyserve+edf")
+# variants compared by service gain only (not in the default goodput comparison)
+GAIN_ONLY = {"least-request+edf", *GAIN_EXTRA}
 BY_SHARE = {"static-partition:by-share"}
 ABLATIONS = {"slo-pack+late-fill"}
 
@@ -121,10 +140,17 @@ def policies() -> list[str]:
     return [*registry.kinds(), *VARIANTS]
 
 
-def one(scenario: str, name: str, requests: int | None) -> dict[str, Any]:
-    scn = load_scenario(scenario)
+def variant_scenario(scn: Scenario, name: str) -> Scenario:
+    """The scenario as variant ``name`` runs it (servers split by share, engine scheduling)."""
     if name in BY_SHARE:
         scn = by_share(scn)
+    if name in ENGINE_SCHEDULING:
+        scn = replace(scn, scheduling=ENGINE_SCHEDULING[name])
+    return scn
+
+
+def one(scenario: str, name: str, requests: int | None) -> dict[str, Any]:
+    scn = variant_scenario(load_scenario(scenario), name)
     kind, params = VARIANTS.get(name, (name, {}))
     fb = fluid_reference(scn)
     n = scn.servers
@@ -162,6 +188,7 @@ def one(scenario: str, name: str, requests: int | None) -> dict[str, Any]:
         "kind": kind,
         "params": params,
         "bins": dict(scn.bins) if scn.bins is not None else "auto",
+        "engine_scheduling": scn.scheduling,
     }
 
 
@@ -325,9 +352,12 @@ def gain_entry(s: str, pols: list[str], requests: int | None, console: Console) 
     out: dict[str, Any] = {}
     for p in pols:
         kind, params = VARIANTS.get(p, (p, {}))
-        r = run_once(scn, kind, rate, requests=n_at(rate), params=params)
+        scn_p = variant_scenario(scn, p)
+        r = run_once(scn_p, kind, rate, requests=n_at(rate), params=params)
         o = r.summary["overall"]
         out[p] = {
+            "kind": kind,
+            "engine_scheduling": scn_p.scheduling,
             "service_gain": o["service_gain"],
             "service_gain_ratio": o["service_gain_ratio"],
             "dslo_attainment": o["dslo_attainment"],
@@ -343,15 +373,32 @@ def gain_entry(s: str, pols: list[str], requests: int | None, console: Console) 
             },
             "wall_s": r.wall_s,
         }
-    g = {p: v["service_gain"] for p, v in out.items()}
     return {
         "rate_rps": rate,
         "servers": scn.servers,
         "load": f"least-request attains {GAIN_TARGET:.0%} of units (bisection)",
         "policies": out,
+        **gain_ratios(out),
+        "targets": {"tempo_vs_least_request": 2.0, "tempo_vs_polyserve": 1.2},
+    }
+
+
+def gain_ratios(out: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    """Tempo's service gain over the others, and the ceiling over least-request and
+    polyserve: 1 / their share of the maximum gain (every request meeting its objective),
+    the most any policy could have over them at this load."""
+    g = {p: v["service_gain"] for p, v in out.items()}
+
+    def ceiling(p: str) -> float | None:
+        ratio = out.get(p, {}).get("service_gain_ratio")
+        return 1.0 / ratio if ratio else None
+
+    return {
         "tempo_vs_least_request": _div(g.get("tempo"), g.get("least-request")),
         "tempo_vs_polyserve": _div(g.get("tempo"), g.get("polyserve")),
-        "targets": {"tempo_vs_least_request": 2.0, "tempo_vs_polyserve": 1.2},
+        "tempo_vs_least_request_edf": _div(g.get("tempo"), g.get("least-request+edf")),
+        "ceiling_vs_least_request": ceiling("least-request"),
+        "ceiling_vs_polyserve": ceiling("polyserve"),
     }
 
 
@@ -372,7 +419,12 @@ def report_gain(console: Console, s: str, e: dict[str, Any]) -> None:
     console.print(t)
     console.print(
         f"tempo vs least-request: {_x(e['tempo_vs_least_request'])} (target 2x) · "
-        f"vs polyserve: {_x(e['tempo_vs_polyserve'])} (target 1.2x)"
+        f"vs polyserve: {_x(e['tempo_vs_polyserve'])} (target 1.2x) · "
+        f"vs least-request+edf: {_x(e['tempo_vs_least_request_edf'])}"
+    )
+    console.print(
+        f"ceiling (every request meets its objective): {_x(e['ceiling_vs_least_request'])} "
+        f"least-request's gain, {_x(e['ceiling_vs_polyserve'])} polyserve's"
     )
 
 
@@ -380,20 +432,26 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", metavar="OUT", help="write the results here")
     ap.add_argument("--scenarios", default=",".join((*SCENARIOS, *GAIN_SCENARIOS)))
-    ap.add_argument("--policies", default=",".join(policies()))
+    ap.add_argument(
+        "--policies",
+        help="policies to compare (default: every kind and variant; the service-gain "
+        f"scenarios take theirs from {', '.join(GAIN_POLICIES)})",
+    )
     ap.add_argument("--requests", type=int, help="requests per probe (default: each scenario's)")
     ap.add_argument("--jobs", type=int, default=1, help="parallel processes")
     args = ap.parse_args(argv)
     console = Console()
     scns = [s for s in args.scenarios.split(",") if s]
-    pols = [p for p in args.policies.split(",") if p]
+    given = args.policies is not None
+    pols = [p for p in (args.policies or ",".join(policies())).split(",") if p]
     unknown = [p for p in pols if p not in policies()]
     if unknown:
         console.print(f"[red]unknown policies {unknown}; known: {policies()}[/red]")
         return 2
     gain_scns = [s for s in scns if s in GAIN_SCENARIOS]
     scns = [s for s in scns if s not in GAIN_SCENARIOS]
-    jobs = [(s, p) for s in scns for p in pols]
+    gpols = pols if given else [p for p in pols if p not in GAIN_ONLY]  # the goodput comparison's
+    jobs = [(s, p) for s in scns for p in gpols]
     results: dict[tuple[str, str], dict[str, Any]] = {}
     t0 = time.time()
     if args.jobs > 1:
@@ -410,14 +468,15 @@ def main(argv: list[str] | None = None) -> int:
             )
     out: dict[str, Any] = {"scenarios": {}, "requests_per_probe": args.requests, "wall_s": time.time() - t0}
     for s in scns:
-        entry = summarize(s, {p: results[(s, p)] for p in pols}, args.requests)
+        entry = summarize(s, {p: results[(s, p)] for p in gpols}, args.requests)
         out["scenarios"][s] = entry
         report(console, s, entry)
     for s in gain_scns:
-        gp = [p for p in pols if p in GAIN_POLICIES] or list(GAIN_POLICIES)
+        gp = [p for p in pols if p in GAIN_POLICIES or (given and p in GAIN_EXTRA)] or list(GAIN_POLICIES)
         entry = gain_entry(s, gp, args.requests, console)
         out["scenarios"][s] = entry
         report_gain(console, s, entry)
+    out["wall_s"] = time.time() - t0  # every comparison, the service-gain ones included
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
         console.print(f"wrote {args.json}")

@@ -22,6 +22,7 @@ import orjson
 
 from loadgen.prompts import PromptMaker
 from loadgen.records import CallRecord
+from loadgen.tiers import TierSpec
 from loadgen.workload import Workload
 
 _USAGE = (b'"usage":{', b'"usage": {')
@@ -82,8 +83,10 @@ class Client:
                 h[workload.tier_header] = name
             self._headers[name] = h
 
-    def body(self, rec: CallRecord) -> bytes:
+    def body(self, rec: CallRecord, priority: int | None = None) -> bytes:
         payload: dict[str, Any] = {"model": self.model, "max_tokens": rec.max_tokens, "stream": rec.stream}
+        if priority is not None:
+            payload["priority"] = priority
         prompt = self.prompts.make(rec.prompt_tokens - self.w.prompt_overhead_tokens)
         if self.w.chat:
             payload["messages"] = [{"role": "user", "content": prompt}]
@@ -104,9 +107,31 @@ class Client:
             h[self.w.workflow_header] = rec.workflow_id
         return h
 
-    async def send(self, rec: CallRecord) -> None:
-        """Run one call of the workload, filling ``rec``. Never raises except CancelledError."""
-        await send_call(self.session, self.url, self.body(rec), self.headers(rec), rec, self.t0, self.timeout)
+    async def send(self, rec: CallRecord, unit_start: float | None = None) -> None:
+        """Run one call of the workload, filling ``rec`` (``unit_start``: its workflow's first
+        send, for ``priority: due``). Never raises except CancelledError."""
+        prio = None
+        if self.w.priority == "due":
+            prio = due_priority(self.w.tiers[rec.tier], time.perf_counter() - self.t0, unit_start)
+        body = self.body(rec, prio)
+        await send_call(self.session, self.url, body, self.headers(rec), rec, self.t0, self.timeout)
+
+
+BEST_EFFORT_PRIORITY = 10**12  # after every due time (ms): about 30 years into a run
+
+
+def due_priority(tier: TierSpec, now: float, unit_start: float | None = None) -> int:
+    """vLLM's ``priority`` (lower first) for an earliest-deadline-first queue at the engines
+    (``--scheduling-policy priority``): the call's due time in milliseconds from the run's
+    start — its first-token deadline (latency: ``now + TTFT``), its deadline (deadline:
+    ``now + deadline``; a workflow call: its workflow's, ``first send + deadline``), or
+    last (best effort). ``now``: the send time, in seconds from the run's start."""
+    if tier.slo_class == "latency" and tier.ttft_ms is not None:
+        return round(now * 1000 + tier.ttft_ms)
+    if tier.deadline_ms is not None:
+        start = unit_start if tier.slo_class == "workflow" and unit_start is not None else now
+        return round(start * 1000 + tier.deadline_ms)
+    return BEST_EFFORT_PRIORITY
 
 
 async def send_call(

@@ -224,7 +224,7 @@ async def _run_unit(client: Client, unit: Unit, st: RunState) -> None:
                 return
             if unit.deps[i]:
                 calls[i].sched = max(calls[d].done or 0.0 for d in unit.deps[i])
-            await _send(client, calls[i], st)
+            await _send(client, calls[i], st, unit.start)
         finally:
             if calls[i].status == "pending":
                 calls[i].status = "cancelled"
@@ -234,10 +234,10 @@ async def _run_unit(client: Client, unit: Unit, st: RunState) -> None:
     await asyncio.gather(*(one(i) for i in range(len(calls))))
 
 
-async def _send(client: Client, rec: CallRecord, st: RunState) -> None:
+async def _send(client: Client, rec: CallRecord, st: RunState, unit_start: float | None = None) -> None:
     st.sent += 1
     try:
-        await client.send(rec)
+        await client.send(rec, unit_start)
     finally:
         st.finished += 1
         if rec.sent is not None and rec.call == 0:

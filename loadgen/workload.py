@@ -11,6 +11,8 @@ A workload is a YAML mapping::
     model: auto                    # or a served model name; auto = first entry of GET /v1/models
     endpoint: /v1/chat/completions # or /v1/completions
     ignore_eos: true               # send ignore_eos so outputs are exactly max_tokens long
+    priority: none                 # due: send vLLM's `priority` = the call's due time (EDF at
+                                   # engines run with --scheduling-policy priority; loadgen/client.py)
     prompt_overhead_tokens: 7      # tokens the server adds around the prompt text (chat template,
                                    # BOS); subtracted from each target. Default: the simulated
                                    # engine's 7 for chat (3 + 4 per message), 1 for completions (BOS)
@@ -50,7 +52,7 @@ from slojudge.shapes import CHAIN, FANOUT, Deps, chain_deps, fanout_deps
 TOP_KEYS = {
     "name", "description", "tiers_from", "tiers", "tier_by", "tier_header", "api_keys", "workflow_header",
     "model", "endpoint", "ignore_eos", "extra_body", "headers", "seed", "duration_s", "requests",
-    "arrival", "mix", "request_timeout_s", "drain_s", "prompt_overhead_tokens",
+    "arrival", "mix", "request_timeout_s", "drain_s", "prompt_overhead_tokens", "priority",
 }  # fmt: skip
 
 
@@ -100,6 +102,7 @@ class Workload:
     model: str = "auto"
     endpoint: str = "/v1/chat/completions"
     ignore_eos: bool = True
+    priority: str = "none"  # none | due (client.due_priority)
     tier_by: str = "header"
     tier_header: str = "x-slo-tier"
     workflow_header: str = "x-slo-workflow-id"
@@ -197,6 +200,7 @@ def parse_workload(data: object, file: str, base_dir: Path) -> Workload:
         model=top.str_("model", "auto"),
         endpoint=endpoint,
         ignore_eos=top.bool_("ignore_eos", True),
+        priority=top.str_("priority", "none", ("none", "due")),
         tier_by=tier_by,
         tier_header=top.str_("tier_header", "x-slo-tier"),
         workflow_header=top.str_("workflow_header", "x-slo-workflow-id"),

@@ -7,7 +7,9 @@ the real-time HTTP server (``slorouter.simengine.server``) and the offline fleet
 Model (vLLM V1-like, token granularity instead of 16-token blocks)
 -------------------------------------------------------------------
 * A request needs ``prompt_tokens`` of prefill, then produces ``output_tokens`` tokens.
-  ``submit`` puts it at the tail of a FIFO *waiting* queue.
+  ``submit`` puts it in the *waiting* queue: at the tail (``scheduling="fcfs"``, vLLM's
+  default), or at its place by ``(priority, arrival)`` (``scheduling="priority"``, vLLM's
+  ``--scheduling-policy priority``; lower ``priority`` first) — :mod:`slorouter.engine.waiting`.
 * Each step is planned by :meth:`EngineModel.plan` and applied by :meth:`EngineModel.step`.
   Planning (the scheduler) runs in this order, under a token budget of
   ``max_batched_tokens`` per step:
@@ -15,15 +17,22 @@ Model (vLLM V1-like, token granularity instead of 16-token blocks)
   1. **decodes**: every running request that finished its prefill decodes one token
      (one token of budget and one new KV slot each);
   2. **running prefills** (oldest first): the next chunk, ``min(remaining, budget)``;
-  3. **admission** from the head of the waiting queue (FIFO, no skipping), while budget
+  3. **admission** from the head of the waiting queue (no skipping), while budget
      remains, ``running < max_num_seqs`` and the first chunk fits in the free KV — but
      not in a step that preempted (as vLLM V1).
 
-  KV is allocated at planning time. When a decode or a prefill chunk does not fit,
-  the **newest** running request is **preempted** (recompute, as vLLM V1): its KV is
-  freed, it goes back to the *front* of the waiting queue and, when readmitted,
-  recomputes ``prompt + generated`` tokens before producing its next token. Tokens it
-  already produced are kept (they were streamed).
+  KV is allocated at planning time. When a decode or a prefill chunk does not fit, a
+  running request is **preempted** (recompute, as vLLM V1) — the newest (fcfs), or the
+  last by ``(priority, arrival)`` (priority): its KV is freed, it goes back to the
+  waiting queue (fcfs: at the *front*) and, when readmitted, recomputes
+  ``prompt + generated`` tokens before producing its next token. Tokens it already
+  produced are kept (they were streamed). A chunk that does not finish a prompt takes the
+  rest of the budget, so at most one request is part-way through its prefill and a
+  victim never had a chunk planned earlier in the step. Decodes are allocated together,
+  so a running request that is not preempted always gets its token (vLLM may instead
+  skip the rest of its running list for one step when the request it is serving is
+  itself the lowest priority). With equal priorities, priority scheduling is exactly
+  fcfs (the fcfs queue is always in arrival order, its newest running request the last).
 * A request's KV = tokens computed for it: prompt (+ generated − 1 once decoding).
 * Step duration (seconds), from the profile's :class:`~slorouter.models.static.LinearStep`::
 
@@ -55,11 +64,11 @@ from __future__ import annotations
 import math
 import random
 from array import array
-from collections import deque
 from collections.abc import KeysView
 from typing import NamedTuple
 
 from slorouter.engine.results import Finished, RequestTooLarge, Rid, Segment, StepResult
+from slorouter.engine.waiting import FcfsQueue, PriorityQueue, make_queue
 from slorouter.models.profile import StepProfile
 
 WAITING, PREFILL, DECODE, DONE = 0, 1, 2, 3
@@ -74,21 +83,25 @@ class _Req:
         "gen",
         "need",
         "preemptions",
+        "priority",
         "prompt",
         "rid",
         "seg_start",
         "seg_tok",
         "segments",
+        "seq",
         "state",
         "submitted",
         "target",
     )
 
-    def __init__(self, rid: Rid, prompt: int, target: int, now: float) -> None:
+    def __init__(self, rid: Rid, prompt: int, target: int, now: float, priority: float, seq: int) -> None:
         self.rid = rid
         self.prompt = prompt
         self.target = target
         self.submitted = now
+        self.priority = priority
+        self.seq = seq
         self.state = WAITING
         self.need = prompt  # tokens to compute before the next token (prompt + generated)
         self.done_pf = 0  # prefill tokens allocated so far
@@ -116,7 +129,13 @@ class _Plan(NamedTuple):
 
 class EngineModel:
     def __init__(
-        self, profile: StepProfile, seed: int = 0, *, noise: float = 0.0, keep_history: bool = False
+        self,
+        profile: StepProfile,
+        seed: int = 0,
+        *,
+        noise: float = 0.0,
+        keep_history: bool = False,
+        scheduling: str = "fcfs",
     ) -> None:
         if profile.max_batched_tokens < profile.max_num_seqs:
             raise ValueError(
@@ -135,7 +154,11 @@ class EngineModel:
         self._keep = keep_history
         self.step_ends: array[float] = array("d")
         self._reqs: dict[Rid, _Req] = {}
-        self._waiting: deque[_Req] = deque()  # may hold aborted entries (state DONE), skipped
+        self.scheduling = scheduling
+        # may hold aborted entries (state DONE), skipped
+        self._waiting: FcfsQueue[_Req] | PriorityQueue[_Req] = make_queue(scheduling, DONE)
+        self._reorders = self._waiting.reorders
+        self._seq = 0
         self._n_waiting = 0
         self._running: dict[Rid, _Req] = {}  # admission order: last = newest
         self._decoding: dict[Rid, _Req] = {}
@@ -204,19 +227,28 @@ class EngineModel:
         return tuple(r.segments) + ((self._open_segment(r),) if r.state == DECODE else ())
 
     # ---- requests --------------------------------------------------------------------
-    def submit(self, rid: Rid, prompt_tokens: int, output_tokens: int, now: float) -> None:
+    def submit(
+        self, rid: Rid, prompt_tokens: int, output_tokens: int, now: float, priority: float = 0.0
+    ) -> None:
+        """Queue a request. ``priority`` (lower first) needs ``scheduling="priority"``,
+        as vLLM refuses a non-zero priority without ``--scheduling-policy priority``."""
         if rid in self._reqs:
             raise ValueError(f"request {rid!r} is already in the engine")
         if prompt_tokens < 1 or output_tokens < 1:
             raise ValueError("prompt_tokens and output_tokens must be >= 1")
+        if math.isnan(priority):
+            raise ValueError("priority must be a number, got NaN")
+        if priority != 0 and not self._reorders:
+            raise ValueError(f"Got priority {priority} but Priority scheduling is not enabled.")
         if prompt_tokens + output_tokens > self._cap:
             raise RequestTooLarge(
                 f"prompt ({prompt_tokens}) + output ({output_tokens}) tokens exceed the KV capacity "
                 f"({self._cap} tokens)"
             )
-        r = _Req(rid, prompt_tokens, output_tokens, now)
+        r = _Req(rid, prompt_tokens, output_tokens, now, priority, self._seq)
+        self._seq += 1
         self._reqs[rid] = r
-        self._waiting.append(r)
+        self._waiting.add(r)
         self._n_waiting += 1
 
     def abort(self, rid: Rid) -> bool:
@@ -225,7 +257,7 @@ class EngineModel:
         if r is None:
             return False
         if r.state == WAITING:
-            self._n_waiting -= 1  # left in the deque, skipped when reached
+            self._n_waiting -= 1  # left in the queue, skipped when reached
         else:
             self._kv -= self._req_kv(r)
             self._running.pop(rid, None)
@@ -246,7 +278,7 @@ class EngineModel:
         preempted: list[Rid] = []
         # 1. decodes
         while self._kv + len(self._decoding) > self._cap and self._running:
-            preempted.append(self._preempt_newest())
+            preempted.append(self._preempt(self._waiting.victim(self._running)).rid)
         n_dec = len(self._decoding)
         self._kv += n_dec
         self._dec_alloc = 1
@@ -268,9 +300,9 @@ class EngineModel:
                     continue
                 chunk = min(r.need - r.done_pf, budget)
                 while self._kv + chunk > self._cap and r.state == PREFILL:
-                    preempted.append(self._preempt_newest())
+                    preempted.append(self._preempt(self._waiting.victim(self._running)).rid)
                 if r.state != PREFILL:
-                    break  # preempted itself: nothing newer is left
+                    break  # preempted itself: the last (fcfs: newest; priority: lowest)
                 r.done_pf += chunk
                 self._kv += chunk
                 budget -= chunk
@@ -280,14 +312,11 @@ class EngineModel:
         if not preempted:
             waiting = self._waiting
             while budget > 0 and self._n_waiting and len(self._running) < self._max_seqs:
-                r = waiting[0]
-                if r.state == DONE:  # aborted while waiting
-                    waiting.popleft()
-                    continue
+                r = waiting.head()  # drops entries aborted while waiting
                 chunk = min(r.need, budget)
                 if self._kv + chunk > self._cap:
                     break
-                waiting.popleft()
+                waiting.pop()
                 self._n_waiting -= 1
                 self.work_units += 1
                 r.state = PREFILL
@@ -387,8 +416,9 @@ class EngineModel:
             r.rid, r.prompt, r.target, r.submitted, r.first_token_step, r.preemptions, tuple(r.segments)
         )
 
-    def _preempt_newest(self) -> Rid:
-        rid, r = self._running.popitem()
+    def _preempt(self, rid: Rid) -> _Req:
+        """Preempt running request ``rid`` (the scheduling's victim: fcfs, the newest)."""
+        r = self._running.pop(rid)
         self.work_units += 1
         self._kv -= self._req_kv(r)
         if r.state == DECODE:
@@ -403,6 +433,6 @@ class EngineModel:
         r.epoch += 1
         r.preemptions += 1
         self._preemptions += 1
-        self._waiting.appendleft(r)
+        self._waiting.requeue(r)
         self._n_waiting += 1
-        return rid
+        return r

@@ -17,6 +17,7 @@ import argparse
 import json
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from slorouter.engine.waiting import SCHEDULING
 from slorouter.fleetsim.bound import auto_bins, fluid_reference
 from slorouter.fleetsim.events import ProgressFn
 from slorouter.fleetsim.fleet import SimOptions, SimResult, run_once
@@ -48,6 +50,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sweep", action="store_true", help="find the goodput at 90 %% and 99 %% attainment")
     p.add_argument("--requests", type=int, help="requests per run (default: the scenario's)")
     p.add_argument("--seed", type=int, help="seed (default: the scenario's)")
+    p.add_argument(
+        "--engine-scheduling",
+        choices=SCHEDULING,
+        help="the engines' waiting queue, as vLLM's --scheduling-policy (default: the scenario's "
+        "engine.scheduling, fcfs): priority orders it by each request's due time (EDF)",
+    )
     p.add_argument("--param", action="append", default=[], metavar="K=V", help="policy param (repeatable)")
     p.add_argument("--no-learn", action="store_true", help="freeze the latency/length models at their priors")
     p.add_argument("--sync-tokens", type=int, default=64, help="tracker token updates every N tokens")
@@ -211,6 +219,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         scn: Scenario = load_scenario(args.scenario)
         check_slos(scn)
+        if args.engine_scheduling is not None:
+            scn = replace(scn, scheduling=args.engine_scheduling)
     except ScenarioError as e:
         err.print(f"[red]error:[/red] {e}")
         return 2
@@ -280,7 +290,8 @@ def run(args: argparse.Namespace) -> int:
     bins = scn.bins if scn.bins is not None and servers == scn.servers else auto_bins(scn, servers, fb)
     console.print(
         f"[bold]{scn.name}[/bold] · policy [bold]{args.policy}[/bold] · {servers} servers "
-        f"({', '.join(f'{k}:{v}' for k, v in bins.items())}) · {scn.profile.name} · {n_req} requests · "
+        f"({', '.join(f'{k}:{v}' for k, v in bins.items())}) · {scn.profile.name}"
+        f"{'' if scn.scheduling == 'fcfs' else f' ({scn.scheduling} scheduling)'} · {n_req} requests · "
         f"upper bound {ub[0.9].rps_per_server:.2f} (≥ 90 %) / {ub[0.99].rps_per_server:.2f} (≥ 99 %), "
         f"fluid reference {fb.rps_per_server:.2f} req/s per server"
     )
@@ -325,6 +336,8 @@ def run(args: argparse.Namespace) -> int:
         "fluid_reference": fb.to_json(),
         "params": params,
     }
+    if scn.scheduling != "fcfs":  # (fcfs, the default, leaves the JSON as it was)
+        out["engine_scheduling"] = scn.scheduling
     try:
         if args.sweep:
             guess = 0.8 * fb.rps_per_server * servers

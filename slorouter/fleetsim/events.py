@@ -90,6 +90,7 @@ class Run:
         self.stop_at = (arrivals[-1] if n else 0.0) + sim.opt.drain_s
         self.ev = sim.events_log if self.n_rt == 1 else None
         self.pick = random.Random(sim.seed * 7919 + 17)
+        self.by_due = sim.scn.scheduling == "priority"  # engines ordered by each request's due time
         syncer = self.syncer
         self.every_decision = syncer is not None and syncer.interval <= 0
         if syncer is not None and not self.every_decision:
@@ -194,6 +195,22 @@ class Run:
             self.syncer.sync_all(kr, t)
         self.settle(kr, rt.core.arrive(req))
 
+    def due(self, rid: int) -> float:
+        """The priority a client gives request ``rid`` for engines that schedule by priority
+        (earliest due first: an EDF queue at each engine): its first-token deadline
+        (latency), its deadline (deadline), its workflow's deadline (a workflow call: the
+        first call's send + D), last (best effort)."""
+        wl = self.wl
+        slo = wl.variant[rid].slo
+        at = self.call_arrival[rid]
+        if slo.slo_class is SloClass.LATENCY and slo.ttft_s is not None:
+            return at + slo.ttft_s
+        if slo.slo_class is SloClass.WORKFLOW and self.has_wf and wl.deadline_s[rid] is not None:
+            return self.call_arrival[wl.unit[rid]] + cast(float, wl.deadline_s[rid])
+        if slo.deadline_s is not None:
+            return at + slo.deadline_s
+        return math.inf
+
     def retry_timer(self, kr: int, t: float) -> None:
         rt = self.routers[kr]
         if t >= rt.timer_at:
@@ -228,7 +245,10 @@ class Run:
             i = self.index[bid]
             eng = self.engines[i]
             try:
-                eng.submit(rid, wl.prompt[rid], wl.output[rid], now)
+                if self.by_due:
+                    eng.submit(rid, wl.prompt[rid], wl.output[rid], now, self.due(rid))
+                else:
+                    eng.submit(rid, wl.prompt[rid], wl.output[rid], now)
             except RequestTooLarge:
                 if self.ev is not None:
                     self.ev.append(("finish", now, rid, Status.ERROR))
@@ -371,7 +391,13 @@ class Run:
             self.ids.append(sid)
             seed = sim.seed * 1000 + int(sid[1:])
             self.engines.append(
-                EngineModel(sim.scn.profile, seed=seed, noise=sim.scn.noise, keep_history=True)
+                EngineModel(
+                    sim.scn.profile,
+                    seed=seed,
+                    noise=sim.scn.noise,
+                    keep_history=True,
+                    scheduling=sim.scn.scheduling,
+                )
             )
             self.milestones.append({})
             self.pending.append(False)

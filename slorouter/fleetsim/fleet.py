@@ -147,7 +147,13 @@ class FleetSim:
         self.tracker, self.core = first.tracker, first.core
         self.latency, self.lengths = first.latency, first.lengths
         self.engines = [
-            EngineModel(scn.profile, seed=self.seed * 1000 + i, noise=scn.noise, keep_history=True)
+            EngineModel(
+                scn.profile,
+                seed=self.seed * 1000 + i,
+                noise=scn.noise,
+                keep_history=True,
+                scheduling=scn.scheduling,
+            )
             for i in range(len(backends))
         ]
         self.index = {b.id: i for i, b in enumerate(backends)}

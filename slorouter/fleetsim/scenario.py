@@ -10,6 +10,9 @@ Format (every key but ``tiers`` optional)::
       max_batched_tokens: 2048    # overrides of the profile
       max_num_seqs: 256
       noise: 0.0                  # log-normal step-time noise (sigma)
+      scheduling: fcfs            # the engines' waiting queue: fcfs | priority (vLLM's
+                                  # --scheduling-policy; each request's priority = its due
+                                  # time, as fleetsim/events.py sets it)
     fleet:
       servers: 20
       bins: auto                  # auto (servers per tier ∝ share × fluid cost) | {tier: count}
@@ -56,6 +59,7 @@ from typing import Any
 import yaml
 
 from slorouter.engine.profiles import load_profile
+from slorouter.engine.waiting import SCHEDULING
 from slorouter.fleetsim.reader import Reader
 from slorouter.fleetsim.workflows import WorkflowShape, parse_shape
 from slorouter.models.profile import ProfileError, StepProfile
@@ -132,6 +136,7 @@ class Scenario:
     workload: WorkloadSpec = WorkloadSpec()
     seed: int = 0
     noise: float = 0.0
+    scheduling: str = "fcfs"  # the engines' (engine/waiting.py): fcfs | priority
     policies: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     source: str = "<scenario>"
 
@@ -247,6 +252,7 @@ def parse_scenario(raw: Any, source: str = "<scenario>", base_dir: Path | None =
         k: eng.int_(k, None, 1) for k in ("max_batched_tokens", "max_num_seqs", "kv_capacity_tokens")
     }
     noise = float(eng.num("noise", 0.0, ge=0))
+    scheduling = eng.str_("scheduling", "fcfs", SCHEDULING)
     eng.done()
     profile: StepProfile | None = None
     try:
@@ -329,6 +335,7 @@ def parse_scenario(raw: Any, source: str = "<scenario>", base_dir: Path | None =
         workload=w,
         seed=seed,
         noise=noise,
+        scheduling=scheduling,
         policies=policies,
         source=source,
     )

@@ -15,6 +15,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from slorouter.engine.profiles import BUILTIN_PROFILES, DEFAULT_PROFILE, load_profile
+from slorouter.engine.waiting import SCHEDULING
 from slorouter.models.profile import ProfileError, StepProfile
 from slorouter.simengine.server import serve_engines
 
@@ -41,6 +42,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-model-len", type=int, default=8192, help="context length [tokens] (default 8192)")
     p.add_argument(
         "--noise", type=float, default=0.0, help="log-normal sigma of step-time noise (default 0: exact)"
+    )
+    p.add_argument(
+        "--scheduling-policy",
+        choices=SCHEDULING,
+        default="fcfs",
+        help="the waiting queue, as vLLM's flag: fcfs (default) or priority (each request's "
+        "`priority` field, lower first; the lowest-priority running request is preempted first)",
     )
     p.add_argument(
         "--api-key",
@@ -87,6 +95,7 @@ async def _serve(args: argparse.Namespace, profile: StepProfile) -> int:
         max_model_len=args.max_model_len,
         noise=args.noise,
         api_key=args.api_key,
+        scheduling=args.scheduling_policy,
     ) as fleet:
         _print_table(args, profile, fleet.urls)
         await stop.wait()
@@ -111,7 +120,8 @@ def _print_table(args: argparse.Namespace, profile: StepProfile, urls: list[str]
     con.print(
         f"step = {s.c0_s * 1e3:.2f} ms + {s.c_batch_s * 1e3:.3f} ms/seq + {s.c_kv_s * 1e9:.1f} ns/KV token "
         f"+ {s.c_prefill_s * 1e6:.1f} µs/prefill token; max_num_seqs {profile.max_num_seqs}, "
-        f"KV {profile.kv_capacity_tokens} tokens, {profile.max_batched_tokens} tokens/step. Ctrl-C stops."
+        f"KV {profile.kv_capacity_tokens} tokens, {profile.max_batched_tokens} tokens/step, "
+        f"{args.scheduling_policy} scheduling. Ctrl-C stops."
     )
 
 

@@ -57,6 +57,7 @@ class GenSpec:
     include_usage: bool = False
     continuous_usage: bool = False
     details: bool = False  # TGI: include `details` in the final event / response
+    priority: int = 0  # vLLM: lower is served first (needs --scheduling-policy priority)
 
 
 def _bad(msg: str, param: str | None = None) -> ApiError:
@@ -80,6 +81,19 @@ def _opt_bool(body: dict[str, Any], name: str) -> bool:
         return False
     if not isinstance(v, bool):
         raise _bad(f"{name} must be a boolean, got {v!r}. (parameter={name}, value={v!r})", name)
+    return v
+
+
+def _priority(body: dict[str, Any]) -> int:
+    """vLLM's ``priority`` (an integer, default 0; an integral float is taken as vLLM's
+    validator takes it)."""
+    if "priority" not in body:
+        return 0
+    v = body["priority"]
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise _bad(f"priority must be an integer, got {v!r}. (parameter=priority, value={v!r})", "priority")
     return v
 
 
@@ -131,7 +145,9 @@ def parse_vllm(kind: Kind, body: Any, lim: Limits) -> GenSpec:
         raise _bad(f"min_tokens must be less than or equal to max_tokens={max_tokens}, got {min_tokens}.")
     key = RequestKey.of(lim.seed, body)
     out, eos = _length(key, limit, min_tokens, _opt_bool(body, "ignore_eos"), lim.eos_mean)
-    return GenSpec(kind, stream, prompt, out, eos, key, lim.model, include_usage, continuous)
+    return GenSpec(
+        kind, stream, prompt, out, eos, key, lim.model, include_usage, continuous, priority=_priority(body)
+    )
 
 
 def _chat_prompt_tokens(body: dict[str, Any]) -> int:

@@ -94,10 +94,11 @@ class SimEngine:
         max_model_len: int = 8192,
         noise: float = 0.0,
         record_drift: bool = False,
+        scheduling: str = "fcfs",
     ) -> None:
         self.profile = profile
         self.engine = engine
-        self.model = EngineModel(profile, seed, noise=noise)
+        self.model = EngineModel(profile, seed, noise=noise, scheduling=scheduling)
         self.limits = Limits(model_name, min(max_model_len, profile.kv_capacity_tokens), eos_mean, seed)
         self.counters = Counters()
         self.resyncs = 0
@@ -128,9 +129,11 @@ class SimEngine:
         self._next_rid += 1
         loop = asyncio.get_running_loop()
         try:
-            self.model.submit(rid, spec.prompt_tokens, spec.output_tokens, loop.time())
+            self.model.submit(rid, spec.prompt_tokens, spec.output_tokens, loop.time(), spec.priority)
         except RequestTooLarge as e:
             raise ApiError(400, str(e), "BadRequestError", "max_tokens") from None
+        except ValueError as e:  # a priority without --scheduling-policy priority, as vLLM
+            raise ApiError(400, str(e), "BadRequestError", "priority") from None
         g = Gen(rid, spec, transport, loop.create_future())
         self._gens[rid] = g
         self.counters.requests += 1

@@ -15,7 +15,11 @@ start_engine(profile, ...)`` (same options, ``port=0``), ``e.url``, ``await e.st
 ``serve_engines(count, *, profile=DEFAULT_PROFILE (name, file or StepProfile), engine="vllm"|"tgi",
 seed=0, model="sim-llama", host="127.0.0.1", base_port=0 (0 = ephemeral ports, else
 consecutive ports from base_port), eos_mean=256, max_model_len=8192, noise=0.0,
-record_drift=False, api_key=None)``. Every engine has the same seed, so a request gets the
+record_drift=False, api_key=None, scheduling="fcfs")``. ``scheduling="priority"`` is vLLM's
+``--scheduling-policy priority``: a request's ``priority`` field (an integer, lower first;
+a non-integer is a 400) orders the waiting queue and picks preemption victims
+(:mod:`slorouter.engine.waiting`); with ``fcfs`` a non-zero ``priority`` is refused with a
+400, as vLLM refuses it. Every engine has the same seed, so a request gets the
 same answer from any of them. With ``api_key`` (vLLM only), every route under ``/v1``
 requires ``Authorization: Bearer <api_key>`` and answers ``401 {"error": "Unauthorized"}``
 without it, as vLLM's ``--api-key`` does (``/health``, ``/metrics``, ``/version``,
@@ -328,6 +332,7 @@ async def start_engine(
     noise: float = 0.0,
     record_drift: bool = False,
     api_key: str | None = None,
+    scheduling: str = "fcfs",
 ) -> ServedEngine:
     """Start one simulated engine (``port`` 0: an ephemeral port); ``stop()`` it when done."""
     _check_engine(engine, api_key)
@@ -341,6 +346,7 @@ async def start_engine(
         max_model_len=max_model_len,
         noise=noise,
         record_drift=record_drift,
+        scheduling=scheduling,
     )
     runner = web.AppRunner(build_app(eng, api_key), handler_cancellation=True, access_log=None)
     await runner.setup()
@@ -371,6 +377,7 @@ async def serve_engines(
     noise: float = 0.0,
     record_drift: bool = False,
     api_key: str | None = None,
+    scheduling: str = "fcfs",
 ) -> AsyncIterator[SimFleet]:
     """Start ``count`` simulated engines (see the module docstring); stop them on exit."""
     _check_engine(engine, api_key)
@@ -391,6 +398,7 @@ async def serve_engines(
                     noise=noise,
                     record_drift=record_drift,
                     api_key=api_key,
+                    scheduling=scheduling,
                 )
             )
         yield SimFleet([e.url for e in served], [e.engine for e in served], [e.port for e in served])

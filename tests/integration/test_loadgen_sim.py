@@ -173,3 +173,36 @@ async def test_cli_sweep_writes_goodput_and_a_plot(tmp_path: Path) -> None:
     assert g["per_tier"]["loose"] == 8 and g["per_tier"]["impossible"] is None and g["all_tiers"] is None
     assert (tmp_path / "attainment_vs_rate.png").stat().st_size > 0
     assert "every tier (decides)" in stdout.decode()
+
+
+async def test_priority_due_sends_each_calls_due_time() -> None:
+    """``priority: due``: vLLM's priority field carries the due time — engines with priority
+    scheduling serve it, fcfs engines refuse the non-zero priority (as vLLM does)."""
+    from loadgen.client import BEST_EFFORT_PRIORITY, due_priority
+    from loadgen.tiers import TierSpec
+
+    lat = TierSpec("chat", "latency", ttft_ms=2000, tpot_ms=100)
+    assert due_priority(lat, 1.5) == 3500
+    assert due_priority(TierSpec("tools", "deadline", deadline_ms=20000), 1.5, 0.2) == 21500
+    assert due_priority(TierSpec("agents", "workflow", deadline_ms=60000), 9.0, 1.25) == 61250
+    assert due_priority(TierSpec("agents", "workflow", deadline_ms=60000), 9.0) == 69000
+    assert due_priority(TierSpec("bulk", "best_effort"), 9.0) == BEST_EFFORT_PRIORITY
+
+    def w() -> Any:
+        return parse_workload(
+            {
+                "tiers": [{"name": "t", "class": "latency", "ttft_ms": 1000, "tpot_ms": 100}],
+                "mix": [{"tier": "t", "share": 1, "prompt_tokens": 32, "output_tokens": 8}],
+                "arrival": {"process": "constant", "rate": 20},
+                "requests": 6,
+                "priority": "due",
+            },
+            "sim-test",
+            REPO,
+        )
+
+    for scheduling, ok in (("priority", 6), ("fcfs", 0)):
+        async with serve_engines(1, profile="h100-8b", scheduling=scheduling) as fleet:
+            res = await run_workload(w(), fleet.urls[0])
+        status = results.from_run(res)["tiers"]["t"]["status"]
+        assert status.get("ok", 0) == ok, (scheduling, status)

@@ -200,6 +200,11 @@ async def test_errors_are_openai_shaped(fleet: SimFleet) -> None:
         ("/v1/completions", {**CMPL, "stream_options": {"include_usage": True}}, 400, "stream_options"),
         ("/v1/completions", {"prompt": [1] * 9000}, 400, "input_tokens"),
         ("/v1/completions", {**CMPL, "n": 2}, 400, "n"),
+        ("/v1/completions", {**CMPL, "priority": "1"}, 400, "priority"),
+        ("/v1/completions", {**CMPL, "priority": 1.5}, 400, "priority"),
+        ("/v1/completions", {**CMPL, "priority": None}, 400, "priority"),
+        # a priority without --scheduling-policy priority (as vLLM)
+        ("/v1/completions", {**CMPL, "priority": 3}, 400, "priority"),
     ]
     for path, body, status, param in cases:
         st, raw, _ = await post_raw(url, path, body)
