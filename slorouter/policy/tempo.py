@@ -73,6 +73,9 @@ from slorouter.values import Decision, Defer, Dispatch, Outcome, RequestInfo, Sl
 class Tempo(PolyServe):
     kind = "tempo"
     queue_order = "slack"  # or "gain" (param queue_order; admission/gain.py, docs §5b)
+    # a workflow call may wait in the router queue until its workflow's deadline, not only
+    # its tier's per-call deadline (param workflow_wait; admission/overload.py, docs §5b)
+    wait_to_workflow_deadline = True
 
     def __init__(
         self,
@@ -84,10 +87,12 @@ class Tempo(PolyServe):
         deadline_placement: str = "pack",
         best_effort_fill: float = 0.25,
         queue_order: str = "slack",
+        workflow_wait: str = "workflow",
         **polyserve: Any,
     ) -> None:
         super().__init__(placement, fp, **polyserve)
         self.queue_order = queue_order
+        self.wait_to_workflow_deadline = workflow_wait == "workflow"
         self.clock = clock
         self.margin = deadline_margin
         self.deadline_pack = deadline_placement == "pack"
@@ -264,6 +269,7 @@ def make_tempo(params: Mapping[str, Any], ctx: PolicyContext) -> Tempo:
     dplace = p.choice("deadline_placement", "pack", ("pack", "spread"))
     fill = p.number("best_effort_fill", 0.25, lo=0.0, hi=1.0)
     order = p.choice("queue_order", "slack", ("slack", "gain"))
+    wf_wait = p.choice("workflow_wait", "workflow", ("workflow", "call"))
     p.done()
     return Tempo(
         placement,
@@ -273,5 +279,6 @@ def make_tempo(params: Mapping[str, Any], ctx: PolicyContext) -> Tempo:
         deadline_placement=dplace,
         best_effort_fill=fill,
         queue_order=order,
+        workflow_wait=wf_wait,
         **kw,
     )
