@@ -20,11 +20,12 @@ its host TPOT, both clipped at the step of a full server — is nearest (log rat
 steps) to the request's own cap, the most loaded among equals: tight work joins tight
 servers and loose work loose ones, so one tight resident does not hold a server full of
 loose work to its pace (measured: docs/policies.md §5b). ``pack`` takes the most loaded
-such server — the least capacity that still does — and ``spread`` the least loaded. On a server of a **latency bin** the request rides on the room its
-tighter residents leave: the step there may grow up to the bin's TPOT, so the request
-must meet its deadline at that pace (``bound × TPOT``), its placement must keep the
-host's TPOT with polyserve's overflow headroom and reserve, and never while requests of
-the bin's own tiers wait in the router queue (the room is theirs).
+such server — the least capacity that still does — and ``spread`` the least loaded. On a
+server of a **latency bin** the request rides on the room its tighter residents leave: the
+step there may grow up to the bin's TPOT, so the request must meet its deadline at that
+pace (``bound × TPOT``), its placement must keep the host's TPOT with polyserve's overflow
+headroom and reserve, and never while requests of the bin's own tiers wait in the router
+queue (the room is theirs).
 
 **Residents' deadlines.** A deadline request placed on a server tolerates a step up to
 ``cap = ((1 − margin)(due − now) − first) / bound`` (computed at placement); a later
@@ -84,7 +85,6 @@ from slorouter.policy.polyserve import LATE_FILL, PolyServe
 from slorouter.policy.rebalance import RebalanceParams
 from slorouter.state.snapshot import Snapshot
 from slorouter.values import Decision, Defer, Dispatch, Outcome, RequestInfo, SloClass
-
 
 _MATCH = math.log(1.1)  # deadline_placement match: ceilings within 10 % match equally
 
@@ -178,12 +178,12 @@ class Tempo(PolyServe):
     def _select(self, request: RequestInfo, snapshot: Snapshot) -> Decision:
         cls = request.tier.slo.slo_class
         if cls is SloClass.LATENCY and self.latency_anywhere and snapshot.healthy:
-            d = super()._select(request, snapshot)
-            if isinstance(d, Defer):
+            dec = super()._select(request, snapshot)
+            if isinstance(dec, Defer):
                 chosen = self._place_latency_looser(request, snapshot)
                 if chosen:
                     return Dispatch(tuple(chosen), "on a looser server that keeps its TPOT")
-            return d
+            return dec
         if cls is SloClass.LATENCY or not snapshot.healthy:
             return super()._select(request, snapshot)
         bins = self._get_bins(snapshot)
