@@ -71,7 +71,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from slorouter.admission import gain
-from slorouter.admission.overload import cost, default_max_wait, density_bucket
+from slorouter.admission.overload import cost, default_max_wait, density_bucket, workflow_max_wait
 from slorouter.admission.priority import priority
 from slorouter.admission.queue import LATE, WAIT_LIMIT, AdmissionQueue
 from slorouter.state.snapshot import Snapshot
@@ -114,6 +114,12 @@ def queue_order(policy: object) -> str:
     return order if isinstance(order, str) else "slack"
 
 
+def wait_to_workflow_deadline(policy: object) -> bool:
+    """Whether a policy lets a workflow call wait until its workflow's deadline rather than
+    its tier's per-call limit (``wait_to_workflow_deadline``; :func:`workflow_max_wait`)."""
+    return getattr(policy, "wait_to_workflow_deadline", False) is True
+
+
 class AdmissionCore:
     def __init__(
         self,
@@ -137,6 +143,7 @@ class AdmissionCore:
         self.max_queue = max_queue
         self.max_wait_s = max_wait_s
         self.queue = AdmissionQueue(max_tries, queue_order(policy))
+        self._wf_wait = wait_to_workflow_deadline(policy)
         self.log = log
         self.decisions = 0
         self.observe = observe
@@ -149,6 +156,7 @@ class AdmissionCore:
     def set_policy(self, policy: Policy) -> None:
         self.policy = policy
         self.queue.set_order(queue_order(policy))
+        self._wf_wait = wait_to_workflow_deadline(policy)
 
     def close(self) -> None:
         """Stop hearing of finished requests (a core replaced by another on the same
@@ -162,7 +170,9 @@ class AdmissionCore:
 
     def wait_limit(self, req: RequestInfo) -> float:
         """How long ``req`` may wait in the router queue."""
-        return self.max_wait_s if self.max_wait_s is not None else default_max_wait(req.tier)
+        if self.max_wait_s is not None:
+            return self.max_wait_s
+        return workflow_max_wait(req) if self._wf_wait else default_max_wait(req.tier)
 
     # -- the entry points ------------------------------------------------------------
 

@@ -9,6 +9,11 @@ and offline alike.
   set): how long a request may stay in the router queue before it is answered 429 —
   ``TTFT + 1 s`` for latency tiers, the deadline for deadline and workflow tiers,
   :data:`BEST_EFFORT_WAIT_S` for best-effort tiers (no objective to derive it from).
+  A policy that asks for it (``wait_to_workflow_deadline``, ``tempo``) lets a request
+  with a later own deadline — a workflow call, whose objective is its workflow's deadline
+  (``deadline_at``), while the tier's ``deadline_ms`` is per call — wait until that
+  deadline (:func:`workflow_max_wait`); its late rule still sheds it the moment it could
+  not make it even on an idle server.
 * **Cost** (:func:`cost`): the server-seconds one request takes, the fluid model of
   ``slorouter.fleetsim.bound`` applied to the request itself: on a server that runs at its
   tier's TPOT ``τ``, a step of ``B`` sequences takes ``c0 + B·(c_batch + c_kv·ctx)``
@@ -49,6 +54,16 @@ def default_max_wait(tier: Tier) -> float:
     if slo.ttft_s is not None:
         return slo.ttft_s + TTFT_MARGIN_S
     return BEST_EFFORT_WAIT_S
+
+
+def workflow_max_wait(request: RequestInfo) -> float:
+    """:func:`default_max_wait` of the request's tier, or the time from its arrival to its
+    own deadline (``deadline_at``: a workflow call's is its workflow's) if that is longer."""
+    w = default_max_wait(request.tier)
+    dl = request.deadline_at
+    if dl is not None and request.tier.slo.slo_class is not SloClass.BEST_EFFORT:
+        w = max(w, dl - request.arrival)
+    return w
 
 
 def cost(request: RequestInfo, snapshot: Snapshot) -> float:

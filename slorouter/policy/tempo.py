@@ -14,13 +14,18 @@ TPOT); the first bin with a server that meets the deadline *with a margin* wins:
     first token (wait behind its prefill backlog + its own prefill)
         + bound × step (the server's step with the request placed)  ≤  (1 − margin) · (due − now)
 
-(``deadline_margin``, default 0.15). Within the bin, ``deadline_placement: pack`` (default)
-takes the most loaded such server — the least capacity that still does — and ``spread``
-the least loaded. On a server of a **latency bin** the request rides on the room its
-tighter residents leave: the step there may grow up to the bin's TPOT, so the request
-must meet its deadline at that pace (``bound × TPOT``), its placement must keep the
-host's TPOT with polyserve's overflow headroom and reserve, and never while requests of
-the bin's own tiers wait in the router queue (the room is theirs).
+(``deadline_margin``, default 0.15). Within the bin, ``deadline_placement: match``
+(default) takes the server whose ceiling — its deadline residents' smallest cap (below),
+its host TPOT, both clipped at the step of a full server — is nearest (log ratio, 10 %
+steps) to the request's own cap, the most loaded among equals: tight work joins tight
+servers and loose work loose ones, so one tight resident does not hold a server full of
+loose work to its pace (measured: docs/policies.md §5b). ``pack`` takes the most loaded
+such server — the least capacity that still does — and ``spread`` the least loaded. On a
+server of a **latency bin** the request rides on the room its tighter residents leave: the
+step there may grow up to the bin's TPOT, so the request must meet its deadline at that
+pace (``bound × TPOT``), its placement must keep the host's TPOT with polyserve's overflow
+headroom and reserve, and never while requests of the bin's own tiers wait in the router
+queue (the room is theirs).
 
 **Residents' deadlines.** A deadline request placed on a server tolerates a step up to
 ``cap = ((1 − margin)(due − now) − first) / bound`` (computed at placement); a later
@@ -41,13 +46,25 @@ bin only while no latency tier that could be placed there waits, and only its sp
 reserve); on the other servers only where the step stays within every deadline
 resident's cap. Loosest bin first.
 
+**Latency work on looser servers** (``latency_anywhere``, default false): a latency
+request that polyserve's rules defer may go to a server of a looser bin whose step with it
+placed keeps its TPOT (overflow headroom and reserve) and every deadline resident's cap —
+servers already pacing latency residents first, the most loaded. On a looser bin every
+placement keeps the residents' caps, so a deadline request there need not survive the host
+TPOT (on a latency bin it must).
+
+The router queue lets a workflow call wait until its workflow's deadline
+(``workflow_wait: workflow``, default; ``call``: the tier's per-call limit, as polyserve).
+
 Params: every ``polyserve`` param, plus ``deadline_margin`` (0..0.9, default 0.15),
-``deadline_placement`` (pack|spread, default pack) and ``best_effort_fill`` (0..1,
-default 0.25).
+``deadline_placement`` (match|pack|spread, default match), ``best_effort_fill`` (0..1,
+default 0.25), ``queue_order`` (slack|gain), ``workflow_wait`` (workflow|call) and
+``latency_anywhere`` (default false).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -69,10 +86,15 @@ from slorouter.policy.rebalance import RebalanceParams
 from slorouter.state.snapshot import Snapshot
 from slorouter.values import Decision, Defer, Dispatch, Outcome, RequestInfo, SloClass
 
+_MATCH = math.log(1.1)  # deadline_placement match: ceilings within 10 % match equally
+
 
 class Tempo(PolyServe):
     kind = "tempo"
     queue_order = "slack"  # or "gain" (param queue_order; admission/gain.py, docs §5b)
+    # a workflow call may wait in the router queue until its workflow's deadline, not only
+    # its tier's per-call deadline (param workflow_wait; admission/overload.py, docs §5b)
+    wait_to_workflow_deadline = True
 
     def __init__(
         self,
@@ -81,16 +103,21 @@ class Tempo(PolyServe):
         *,
         clock: Clock | None = None,
         deadline_margin: float = 0.15,
-        deadline_placement: str = "pack",
+        deadline_placement: str = "match",
         best_effort_fill: float = 0.25,
         queue_order: str = "slack",
+        workflow_wait: str = "workflow",
+        latency_anywhere: bool = False,
         **polyserve: Any,
     ) -> None:
         super().__init__(placement, fp, **polyserve)
         self.queue_order = queue_order
+        self.wait_to_workflow_deadline = workflow_wait == "workflow"
+        self.latency_anywhere = latency_anywhere
         self.clock = clock
         self.margin = deadline_margin
         self.deadline_pack = deadline_placement == "pack"
+        self.deadline_match = deadline_placement == "match"
         self.fp_be = replace(self.fp_overflow, late_fill=best_effort_fill, late_hold_s=INF)
         self._caps: dict[str, dict[int, float]] = {}  # backend -> rid -> tolerable step
         self._home: dict[int, str] = {}
@@ -150,6 +177,13 @@ class Tempo(PolyServe):
 
     def _select(self, request: RequestInfo, snapshot: Snapshot) -> Decision:
         cls = request.tier.slo.slo_class
+        if cls is SloClass.LATENCY and self.latency_anywhere and snapshot.healthy:
+            dec = super()._select(request, snapshot)
+            if isinstance(dec, Defer):
+                chosen = self._place_latency_looser(request, snapshot)
+                if chosen:
+                    return Dispatch(tuple(chosen), "on a looser server that keeps its TPOT")
+            return dec
         if cls is SloClass.LATENCY or not snapshot.healthy:
             return super()._select(request, snapshot)
         bins = self._get_bins(snapshot)
@@ -189,7 +223,7 @@ class Tempo(PolyServe):
             if paced and queued and any(queued.get(t, 0) > 0 for t in bins.tiers_of.get(tau_bin, ())):
                 continue  # the bin's own tiers are waiting for it
             fp = self.fp_overflow if paced else self.fp
-            found: list[tuple[float, str]] = []
+            found: list[tuple[float, float, str]] = []
             for bid in bins.bins[i]:
                 load = loads[bid]
                 lin, lim = lat.linear(bid), lat.limits(bid)
@@ -199,15 +233,53 @@ class Tempo(PolyServe):
                     continue
                 first = first_token_time(need.p, load, lin, lim)
                 cap = (budget - first) / need.b
-                if tau < INF and cap < fp.headroom * tau:
-                    continue  # the host's pace may rise to its TPOT: the deadline must survive it
-                found.append((-s if self.deadline_pack else s, bid))
+                if paced and cap < fp.headroom * tau:
+                    # the host's pace may rise to its TPOT (placements there by polyserve's
+                    # rules do not see the caps): the deadline must survive it; elsewhere
+                    # every placement keeps the step within the residents' caps
+                    continue
+                if self.deadline_match:
+                    # the server's ceiling (its residents' smallest cap, its host TPOT) next
+                    # to this request's own: tight work joins tight servers, loose work loose
+                    # ones, so one tight resident does not hold a server of loose work to
+                    # its pace; both clipped at the step of a full server (no pace above
+                    # it is ever reached). Most loaded within 10 % of the best match.
+                    full = lin.at(lim.max_num_seqs, lim.kv_capacity_tokens)
+                    ceil = min(self.min_cap(bid), tau, full)
+                    found.append((round(abs(math.log(ceil / min(cap, full))) / _MATCH), -s, bid))
+                    continue
+                found.append((-s if self.deadline_pack else s, 0.0, bid))
             if found:
                 found.sort()
-                ranked = [b for _, b in found[: 1 + self.fallbacks]]
+                ranked = [b for _, _, b in found[: 1 + self.fallbacks]]
                 self._pending[req.rid] = (ranked[0], self._cap_on(req, ranked[0], budget, snap))
                 return ranked
         return []
+
+    def _place_latency_looser(self, req: RequestInfo, snap: Snapshot) -> list[str]:
+        """A latency request its own and tighter bins cannot take, on a server of a looser
+        bin whose step with it placed stays within its TPOT (the overflow headroom and
+        reserve) and every deadline resident's cap: the engine's step depends on the batch,
+        not on the bin, so a looser server running below the request's TPOT keeps it."""
+        bins = self._get_bins(snap)
+        own = req.tier.slo.tightness
+        need = Need(req, snap.now, False, self.fp.kv_estimate)
+        loads, lat = snap.loads, snap.latency
+        found: list[tuple[float, float, str]] = []
+        for i, tau_bin in enumerate(bins.taus):
+            if tau_bin <= own:
+                continue
+            for bid in bins.bins[i]:
+                load = loads[bid]
+                tau = tightest_tpot(load, bins.tpot_by_tier)
+                s = assess(need, load, lat.linear(bid), lat.limits(bid), tau, self.fp_overflow)
+                if s < 0 or s > self.min_cap(bid):
+                    continue
+                # servers already pacing latency residents first (no deadline request loses
+                # room it could have used: its placement checks the host's TPOT), most loaded
+                found.append((0.0 if tau < INF else 1.0, -s / need.tpot, bid))
+        found.sort()
+        return [b for _, _, b in found[: 1 + self.fallbacks]]
 
     @staticmethod
     def _cap_on(req: RequestInfo, bid: str, budget: float, snap: Snapshot) -> float:
@@ -261,9 +333,11 @@ def make_tempo(params: Mapping[str, Any], ctx: PolicyContext) -> Tempo:
         ),
     }
     margin = p.number("deadline_margin", 0.15, lo=0.0, hi=0.9)
-    dplace = p.choice("deadline_placement", "pack", ("pack", "spread"))
+    dplace = p.choice("deadline_placement", "match", ("match", "pack", "spread"))
     fill = p.number("best_effort_fill", 0.25, lo=0.0, hi=1.0)
     order = p.choice("queue_order", "slack", ("slack", "gain"))
+    wf_wait = p.choice("workflow_wait", "workflow", ("workflow", "call"))
+    anywhere = p.boolean("latency_anywhere", False)
     p.done()
     return Tempo(
         placement,
@@ -273,5 +347,7 @@ def make_tempo(params: Mapping[str, Any], ctx: PolicyContext) -> Tempo:
         deadline_placement=dplace,
         best_effort_fill=fill,
         queue_order=order,
+        workflow_wait=wf_wait,
+        latency_anywhere=anywhere,
         **kw,
     )

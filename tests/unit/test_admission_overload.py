@@ -12,7 +12,7 @@ import math
 import pytest
 
 from slorouter.admission import AdmissionCore, AdmissionQueue, priority
-from slorouter.admission.overload import BEST_EFFORT_WAIT_S, default_max_wait
+from slorouter.admission.overload import BEST_EFFORT_WAIT_S, default_max_wait, workflow_max_wait
 from slorouter.clock import ManualClock
 from slorouter.models.static import EngineLimits, LinearStep, StaticLatency, StaticLengths
 from slorouter.policy import registry
@@ -27,6 +27,7 @@ CHAT = Tier("chat", Slo(SloClass.LATENCY, ttft_s=1.0, tpot_s=0.05), rank=0)  # w
 LAX = Tier("lax", Slo(SloClass.LATENCY, ttft_s=2.0, tpot_s=0.05), rank=1, when_late=WhenLate.BEST_EFFORT)
 BULK = Tier("bulk", Slo(SloClass.BEST_EFFORT), rank=2)
 TOOL = Tier("tool", Slo(SloClass.DEADLINE, deadline_s=20.0), rank=1)
+AGENT = Tier("agent", Slo(SloClass.WORKFLOW, deadline_s=20.0), rank=1)  # 20 s per call
 
 
 class Seen:
@@ -39,22 +40,29 @@ class Seen:
         self.rows.append((tier, wait, outcome, reason))
 
 
-def setup(max_wait_s: float | None = None, max_queue: int | None = None) -> tuple[AdmissionCore, Seen]:
+def setup(
+    max_wait_s: float | None = None,
+    max_queue: int | None = None,
+    policy: str = "slo-pack",
+    resident_tier: Tier = BULK,
+) -> tuple[AdmissionCore, Seen]:
     clock = ManualClock()
-    tiers = (CHAT, LAX, BULK, TOOL)
-    backends = BackendSet([Backend("s0", "http://s0", tier="chat")], tiers)
+    tiers = (CHAT, LAX, BULK, TOOL, AGENT)
+    server_tier = "chat" if resident_tier is BULK else resident_tier.name
+    backends = BackendSet([Backend("s0", "http://s0", tier=server_tier)], tiers)
     tracker = Tracker(
         clock, backends, Health(["s0"]), StaticLatency(STEP, limits=ONE_SEQ), StaticLengths(1000)
     )
     seen = Seen()
     core = AdmissionCore(
-        registry.build("slo-pack", {}, PolicyContext(clock)),
+        registry.build(policy, {}, PolicyContext(clock)),
         tracker,
         max_wait_s=max_wait_s,
         max_queue=max_queue,
         observe=seen,
     )
-    resident = RequestInfo(0, BULK, 0.0, 10, None, 1000)
+    due = None if resident_tier is BULK else 1e9
+    resident = RequestInfo(0, resident_tier, 0.0, 10, None, 1000, deadline_at=due)
     tracker.on_arrival(resident)
     assert isinstance(core.arrive(resident)[0][1], Dispatch)  # the server is full from now on
     return core, seen
@@ -120,6 +128,35 @@ def test_default_wait_limits_follow_from_the_objectives() -> None:
     assert default_max_wait(CHAT) == pytest.approx(2.0)  # TTFT + 1 s
     assert default_max_wait(TOOL) == pytest.approx(20.0)  # the deadline
     assert default_max_wait(BULK) == BEST_EFFORT_WAIT_S
+
+
+@pytest.mark.parametrize("policy", ["slo-pack", "polyserve", "tempo"])
+def test_a_workflow_call_waits_for_its_workflows_deadline_only_under_tempo(policy: str) -> None:
+    # a call of a workflow due 80 s after it was sent; its tier's deadline is 20 s per call
+    core, seen = setup(policy=policy, resident_tier=AGENT)  # a resident call that never ends
+    call = RequestInfo(1, AGENT, 0.0, 10, None, 1000, workflow_id="w", deadline_at=80.0)
+    core.tracker.on_arrival(call)
+    assert core.arrive(call) == []  # the one server is full: it waits
+    got = run_timers(core, until=100.0)
+    assert len(got) == 1
+    at, rid, d = got[0]
+    assert rid == 1 and isinstance(d, Reject) and d.status == 429
+    if policy == "tempo":
+        # held while its workflow could still make it: shed only when it could not even on an
+        # idle server (80 s - 1000 steps of ~10.1 ms - its first token), as late
+        assert 69.0 < at < 70.0
+        assert seen.rows[-1][2:] == ("rejected", "late")
+    else:  # the tier's per-call limit (the behaviour polyserve and slo-pack keep)
+        assert at == pytest.approx(20.0)
+        assert seen.rows[-1][2:] == ("rejected", "wait_limit")
+
+
+def test_workflow_wait_limit_is_the_longer_of_the_tiers_and_its_deadline() -> None:
+    call = RequestInfo(1, AGENT, 5.0, 10, None, 100, deadline_at=85.0)
+    assert workflow_max_wait(call) == pytest.approx(80.0)
+    early = RequestInfo(2, AGENT, 5.0, 10, None, 100, deadline_at=10.0)
+    assert workflow_max_wait(early) == pytest.approx(20.0)  # never shorter than the tier's
+    assert workflow_max_wait(RequestInfo(3, BULK, 0.0, 10, None, 100)) == BEST_EFFORT_WAIT_S
 
 
 def test_a_configured_queue_count_refuses_at_once() -> None:

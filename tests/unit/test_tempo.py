@@ -288,3 +288,44 @@ def test_params_are_validated() -> None:
         )
     paths = {p for p, _ in e.value.errors}
     assert paths == {"deadline_margin", "deadline_placement", "nope"}
+
+
+def test_match_placement_keeps_tight_and_loose_deadline_work_apart() -> None:
+    f = Fleet({"d1": "dl", "d2": "dl"}, {"d1": 5, "d2": 5})
+    pol = tempo(f.clock)  # match: the default
+    tight = f.decide(pol, req(DL, rid=1, deadline=1.5))  # 50 tokens in 1.5 s: steps <= ~25 ms
+    assert isinstance(tight, Dispatch)
+    t_srv = tight.backends[0]
+    other = "d2" if t_srv == "d1" else "d1"
+    # a loose request (60 s) joins the server no tight resident holds to its pace, though
+    # the other is the more loaded (pack would take it)
+    loose = f.decide(pol, req(DL, rid=2, deadline=60.0))
+    assert isinstance(loose, Dispatch) and loose.backends[0] == other
+    pack = tempo(f.clock, deadline_placement="pack")
+    f2 = Fleet({"d1": "dl", "d2": "dl"}, {"d1": 5, "d2": 5})
+    t2 = f2.decide(pack, req(DL, rid=1, deadline=1.5))
+    assert isinstance(t2, Dispatch)
+    l2 = f2.decide(pack, req(DL, rid=2, deadline=60.0))
+    assert isinstance(l2, Dispatch) and l2.backends[0] == t2.backends[0]
+    # another tight request joins the tight server, not the loose one
+    tight2 = f.decide(pol, req(DL, rid=3, deadline=1.5))
+    assert isinstance(tight2, Dispatch) and tight2.backends[0] == t_srv
+
+
+def test_latency_work_may_use_a_looser_server_that_keeps_its_tpot() -> None:
+    # the latency bin full (its 400 residents' step is past the 50 ms TPOT); the deadline
+    # servers run far below it
+    f = Fleet({"l1": "lat", "d1": "dl", "d2": "dl"}, {"l1": 400, "d1": 20, "d2": 5})
+    assert isinstance(f.decide(tempo(f.clock), req(LAT, rid=1)), Defer)  # polyserve's rules: it waits
+    pol = tempo(f.clock, latency_anywhere=True)
+    d = f.decide(pol, req(LAT, rid=2))
+    assert isinstance(d, Dispatch) and d.backends[0] == "d1"  # the most loaded that keeps it
+    # never past a deadline resident's cap: a tight resident on d2, d1 filled to its TPOT
+    f2 = Fleet({"l1": "lat", "d1": "dl"}, {"l1": 400})
+    pol2 = tempo(f2.clock, latency_anywhere=True)
+    assert isinstance(f2.decide(pol2, req(DL, rid=1, deadline=1.5)), Dispatch)
+    cap = pol2.min_cap("d1")
+    for k in range(60):
+        f2.decide(pol2, req(LAT, rid=10 + k))
+    n = f2.tracker.snapshot().loads["d1"].running
+    assert n > 1 and STEP.c0_s + STEP.c_batch_s * n <= cap
