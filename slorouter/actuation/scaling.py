@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from slorouter.actuation.fleet import FleetManager
 from slorouter.actuation.leadscale import SharedScaling
 from slorouter.actuation.webhook import WebhookSender
+from slorouter.admission.core import queue_order, wait_to_workflow_deadline
 from slorouter.admission.priority import priority
 from slorouter.autoscale.decision import ScaleDecision, TickResult
 from slorouter.autoscale.scaler import Scaler
@@ -56,6 +57,15 @@ class DeferWatch:
         self.inner = inner
         self.scaler = scaler
         self.kind = inner.kind
+
+    # what the admission core asks of the policy (slorouter.admission.core): the inner one's
+    @property
+    def queue_order(self) -> str:
+        return queue_order(self.inner)
+
+    @property
+    def wait_to_workflow_deadline(self) -> bool:
+        return wait_to_workflow_deadline(self.inner)
 
     def select(self, request: RequestInfo, snapshot: Snapshot) -> Decision:
         d = self.inner.select(request, snapshot)

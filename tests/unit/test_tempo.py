@@ -329,3 +329,24 @@ def test_latency_work_may_use_a_looser_server_that_keeps_its_tpot() -> None:
         f2.decide(pol2, req(LAT, rid=10 + k))
     n = f2.tracker.snapshot().loads["d1"].running
     assert n > 1 and STEP.c0_s + STEP.c_batch_s * n <= cap
+
+
+def test_the_autoscaling_wrapper_passes_on_what_the_admission_core_asks() -> None:
+    """With autoscaling on, the policy runs inside ``DeferWatch``: the admission core must
+    still see the policy's queue order and its workflow wait (it read the defaults)."""
+    from slorouter.actuation.scaling import DeferWatch
+    from slorouter.admission.core import queue_order, wait_to_workflow_deadline
+
+    class Sink:
+        def on_defer(self, tier: str, now: float) -> None:
+            pass
+
+    clock = ManualClock(0.0)
+    for params, order, wf in (
+        ({"queue_order": "gain", "workflow_wait": "workflow"}, "gain", True),
+        ({"queue_order": "slack", "workflow_wait": "call"}, "slack", False),
+    ):
+        inner = tempo(clock, **params)
+        wrapped = DeferWatch(inner, Sink())
+        assert (queue_order(wrapped), wait_to_workflow_deadline(wrapped)) == (order, wf)
+        assert (queue_order(inner), wait_to_workflow_deadline(inner)) == (order, wf)
