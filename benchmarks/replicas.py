@@ -121,7 +121,7 @@ def _run_entry(key: Key, seeds: list[int], per_seed: list[dict[str, Any]]) -> di
         "replicas": r,
         "sync_ms": ms if sync and r > 1 else None,
         "event_ms": ev if sync and r > 1 and ms > 0 else None,
-        "quota": quota if sync and r > 1 else None,
+        "quota": (quota and ms > 0) if sync and r > 1 else None,  # Δ = 0: no quota (nothing stale)
         "sync": sync if r > 1 else None,
         "goodput_rps_per_server": sum(p["goodput_rps_per_server"] for p in per_seed) / n,
         "tiers": {t: sum(p["tiers"][t] for p in per_seed) / n for t in tiers},

@@ -59,7 +59,7 @@ def test_the_json_pairs_every_configuration_with_one_router_at_the_same_seeds(tm
     # one router, 2 replicas at Δ 0 and 50 ms with the quota, the no-sync control
     assert [(r["replicas"], r["sync_ms"], r["quota"], r["sync"]) for r in runs] == [
         (1, None, None, None),
-        (2, 0.0, True, True),
+        (2, 0.0, False, True),  # Δ = 0: nothing stale, no quota
         (2, 50.0, True, True),
         (2, None, None, False),
     ]
