@@ -58,6 +58,7 @@ class BackendLoad:
         "backend_id",
         "output_tokens",
         "peak_kv",
+        "phantom",
         "prefill_tokens",
         "prefilling",
         "prompt_tokens",
@@ -84,6 +85,11 @@ class BackendLoad:
         # place here before this one's next update, ahead of its own next placement —
         # (requests, their prompt tokens, their peak KV); zero when alone or quota off
         self.ahead: tuple[float, float, float] = (0.0, 0.0, 0.0)
+        # the part of the counters above that is the herding guard's phantom (requests
+        # other processes are expected to place, not yet seen: slorouter.state.sync) —
+        # (running, KV tokens, prefill tokens); not running sequences, so the latency
+        # model's labels (the load a step or a first token ran at) leave it out
+        self.phantom: tuple[int, int, int] = (0, 0, 0)
 
     @property
     def kv_tokens(self) -> int:

@@ -34,6 +34,10 @@ had a request — a burst at a cold start is split, not placed in full by each).
   of R holders that all see a server with room for ``x`` requests as the best, at most
   ``⌈x⌉`` and at least ``min(R, ⌊x⌋)`` judge it feasible — without this every one did.
 
+The phantom is in the tracker's counters (so every policy check sees it) and marked on
+the load (:attr:`BackendLoad.phantom`): the latency model's labels — the global batch
+and KV a step or a first token ran at — leave it out, as it is not a running sequence.
+
 Stores (:mod:`slorouter.state.store`): the in-process one (the simulator, with a
 visibility delay), :mod:`slorouter.proxy.shmstore` (workers on one host) and
 :mod:`slorouter.proxy.redisstore` (replicas across hosts). A row older than the store's
@@ -158,6 +162,7 @@ class LoadSync:
             _set(load, [c + d for c, d in zip(load.as_tuple(), incs, strict=True)])
             for i, d in enumerate(incs):
                 ph[i] += d
+            _mark(load, ph)
             self._ph_log.append((self.wall(), bid, incs))
 
     def on_detach(self) -> None:
@@ -351,6 +356,9 @@ class LoadSync:
             ph = self._phantom[bid]
             for j, d in enumerate(incs):
                 ph[j] -= d
+            ld = t.loads.get(bid)
+            if ld is not None:
+                _mark(ld, ph)
             i = self._pos.get(bid)
             if i is not None:
                 delta[i] -= np.array(incs, dtype=np.int64)
@@ -427,6 +435,11 @@ class LoadSync:
                 continue
             k = (start + ph) % 1.0 / s - 1.0
             ld.ahead = (k, k * mp, k * mk) if k > 0 else zero
+
+
+def _mark(load: BackendLoad, ph: list[int]) -> None:
+    """Tell the load which part of its counters is the phantom (running, KV, prefill)."""
+    load.phantom = (ph[0], ph[1] + ph[2], ph[5])
 
 
 def _set(load: BackendLoad, c: list[int]) -> None:

@@ -197,8 +197,9 @@ class Tracker:
         self.queued[tier] -= 1
         r.dispatched_at = self.clock.now()
         load = self.loads.get(backend_id)
-        if load is not None:
-            r.at_dispatch = (load.running, load.kv_tokens, load.prefill_tokens)
+        if load is not None:  # the real load: without the herding guard's phantom
+            ph = load.phantom
+            r.at_dispatch = (load.running - ph[0], load.kv_tokens - ph[1], load.prefill_tokens - ph[2])
         else:
             r.at_dispatch = (0, 0, 0)
         self._attach(r, backend_id)
@@ -233,7 +234,8 @@ class Tracker:
             for w in self._watchers:
                 w.add(backend)
         elif last is not None and len(r.samples) < _MAX_SAMPLES:
-            sample = ((now - last) / n, load.running, load.prompt_tokens + load.output_tokens)
+            ph = load.phantom  # labelled with the real global load (no phantom)
+            sample = ((now - last) / n, load.running - ph[0], load.prompt_tokens + load.output_tokens - ph[1])
             if n == 1:
                 r.samples.append(sample)
             else:

@@ -118,6 +118,39 @@ def test_quota_counts_own_placements_by_the_inverse_share_until_the_next_tick() 
     assert a[0].loads["b1"].running == 1 == b[0].loads["b1"].running
 
 
+def test_the_latency_models_labels_leave_the_phantom_out() -> None:
+    """Step samples and the load at dispatch are labelled with the real global load —
+    the holders' requests summed — never with the herding guard's phantom (requests the
+    others might place, not running sequences)."""
+    clock = ManualClock()
+    store = MemoryStore()
+    a, b = holder(clock, "a", quota=True), holder(clock, "b", quota=True)
+    place(b[0], 50, "b1", prompt=40)  # b's request: real, seen by a after the tick
+    for rid in range(3):  # equal arrivals: each holder's share is 1/2
+        a[0].on_arrival(RequestInfo(100 + rid, FAST, 0.0, 10, None, 20))
+    for rid in range(2):
+        b[0].on_arrival(RequestInfo(200 + rid, FAST, 0.0, 10, None, 20))
+    tick(store, a, b)
+    place(a[0], 1, "b1", prompt=100)
+    load = a[0].loads["b1"]
+    assert load.running == 3  # own + b's + one phantom
+    assert a[0].requests[1].at_dispatch == (1, 40, 40)  # b's request only, no phantom yet
+    place(a[0], 2, "b1", prompt=100)
+    assert load.running == 5
+    assert a[0].requests[2].at_dispatch == (2, 140, 140)  # b's and a's first: real
+    for _ in range(3):  # request 1 streams: steps run with 3 real sequences
+        clock.advance(0.01)
+        a[0].on_tokens(1, 1)
+    out = a[0].on_finish(1, Status.OK)
+    assert out is not None and out.step_samples
+    # prompts 40 + 100 + 100 and the tokens so far
+    assert sorted({(n, kv) for _, n, kv in out.step_samples}) == [(3, 241), (3, 242)]
+    assert load.phantom == (2, 200, 200)  # what the counters hold beyond the real load
+    # after the tick the phantom is gone (b's row is newer), and so is its mark
+    tick(store, a, b)
+    assert load.phantom == (0, 0, 0) and load.running == 2
+
+
 def test_a_dead_holders_row_expires() -> None:
     clock = ManualClock()
     store = MemoryStore(ttl_s=0.5)
