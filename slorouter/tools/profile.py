@@ -2,7 +2,8 @@
 
     slorouter profile --target http://127.0.0.1:8000 --out profile.json \\
         [--model NAME] [--engine vllm|tgi|openai] [--concurrency 1,2,4,8,16] \\
-        [--requests-per-level N] [--prompt-tokens 100] [--output-tokens 128] [--raw levels.json]
+        [--requests-per-level N] [--repeat N] [--prompt-tokens 100] [--output-tokens 128] \\
+        [--raw levels.json]
 
 For each concurrency level it keeps that many streaming requests in flight (closed loop,
 ``ignore_eos`` so every request generates exactly ``--output-tokens``), records every chunk's
@@ -12,6 +13,15 @@ decode time / decode tokens, p50/p90 over engine steps). Then it fits the step m
 (:mod:`slorouter.tools.profile_fit`) and writes a :class:`~slorouter.models.profile.StepProfile`
 (``source: "measured"``) that the router loads as its prior and ``slorouter sim --profile``
 serves. The table shows, per level, what the fit predicts next to what was measured.
+
+On a shared host a few seconds of somebody else's work make one level's steps slower than
+the engine is (seen on a 2-core CI host: one level of vLLM 25 % slow, the others on the
+curve). ``--repeat N`` sweeps the levels N times in turn (1, 4, 8, 1, 4, 8, …, so one
+disturbance meets one pass of a level; each pass with its own prompts, so no pass finds the
+last one's in the prefix cache) and keeps, per level, the pass with the lowest mean
+inter-token latency — contention only ever adds time, so the fastest pass is the closest to
+the engine's own (the rule ``timeit`` uses). The fit and the table use the kept passes;
+``--raw`` lists every pass's mean.
 """
 
 from __future__ import annotations
@@ -78,6 +88,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="requests per level (default max(8, 2 x concurrency); never below the level)",
     )
     p.add_argument(
+        "--repeat",
+        type=_positive,
+        default=1,
+        help="sweep the levels N times and keep each level's fastest pass (default 1; 2-3 on a shared host)",
+    )
+    p.add_argument(
         "--prompt-tokens", type=_positive, default=100, help="prompt length in tokens (default 100)"
     )
     p.add_argument(
@@ -110,28 +126,36 @@ async def sweep(
         words, got = await calibrate_prompt(client, args.prompt_tokens, args.seed)
         await run_level(client, 1, 2, words, min(16, args.output_tokens), args.seed + 1)  # warm-up
         kv_cap = args.kv_capacity or await scrape_vllm_kv_capacity(session, args.target) or 262_144
-        stats: list[LevelStats] = []
+        kept: dict[int, LevelStats] = {}
+        passes: dict[int, list[float]] = {c: [] for c in args.concurrency}
         engine_itl: dict[int, float] = {}
         counts = {c: max(c, args.requests_per_level or max(8, 2 * c)) for c in args.concurrency}
         with Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             console=console, disable=args.quiet, transient=False,
         ) as progress:  # fmt: skip
-            task = progress.add_task("profiling", total=sum(counts.values()))
-            for c in args.concurrency:
-                progress.update(task, description=f"concurrency {c}")
-                before = await scrape_vllm_itl(session, args.target)
-                traces, wall = await run_level(
-                    client, c, counts[c], words, args.output_tokens, args.seed,
-                    on_done=lambda _t: progress.advance(task),
-                )  # fmt: skip
-                after = await scrape_vllm_itl(session, args.target)
-                errors = [t.error for t in traces if t.error]
-                if len(errors) == len(traces):
-                    raise ProfileClientError(f"every request at concurrency {c} failed, e.g. {errors[0]}")
-                if before and after and after[1] > before[1]:
-                    engine_itl[c] = (after[0] - before[0]) / (after[1] - before[1])
-                stats.append(level_stats(c, traces, wall))
+            task = progress.add_task("profiling", total=args.repeat * sum(counts.values()))
+            for rep in range(args.repeat):
+                for c in args.concurrency:
+                    label = f"concurrency {c}" + (f" (pass {rep + 1})" if args.repeat > 1 else "")
+                    progress.update(task, description=label)
+                    before = await scrape_vllm_itl(session, args.target)
+                    traces, wall = await run_level(
+                        client, c, counts[c], words, args.output_tokens, args.seed + 1000 * rep,
+                        on_done=lambda _t: progress.advance(task),
+                    )  # fmt: skip
+                    after = await scrape_vllm_itl(session, args.target)
+                    errors = [t.error for t in traces if t.error]
+                    if len(errors) == len(traces):
+                        raise ProfileClientError(f"every request at concurrency {c} failed, e.g. {errors[0]}")
+                    s = level_stats(c, traces, wall)
+                    passes[c].append(s.mean_itl_s)
+                    if c not in kept or _faster(s, kept[c]):
+                        kept[c] = s
+                        engine_itl.pop(c, None)
+                        if before and after and after[1] > before[1]:
+                            engine_itl[c] = (after[0] - before[0]) / (after[1] - before[1])
+    stats = [kept[c] for c in args.concurrency]
     fit = fit_step([s.observations for s in stats])
     points = tuple(
         ProfilePoint(
@@ -157,9 +181,19 @@ async def sweep(
         "prompt_tokens": got,
         "output_tokens": args.output_tokens,
         "fit": {"terms": list(fit.terms), "rmse_s": fit.rmse_s, "observations": fit.n},
-        "levels": [_level_json(s, fit, engine_itl.get(s.concurrency)) for s in stats],
+        "repeat": args.repeat,
+        "levels": [
+            {**_level_json(s, fit, engine_itl.get(s.concurrency)), "pass_mean_itl_s": passes[s.concurrency]}
+            for s in stats
+        ],
     }
     return profile, stats, raw
+
+
+def _faster(a: LevelStats, b: LevelStats) -> bool:
+    """Whether pass ``a`` of a level ran faster than pass ``b`` (a pass without a measured
+    step never replaces one with)."""
+    return math.isfinite(a.mean_itl_s) and not (math.isfinite(b.mean_itl_s) and a.mean_itl_s >= b.mean_itl_s)
 
 
 def _predicted_itl(s: LevelStats, fit: Fit) -> float:

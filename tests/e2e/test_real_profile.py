@@ -20,6 +20,10 @@ from tests.e2e.conftest import RealVllm
 
 pytestmark = [pytest.mark.real_engine, pytest.mark.timeout(900)]  # includes install + start on a clean CI
 LEVELS = "1,4,8,16"
+# On the 2-core CI host a few seconds of other work made one level of vLLM 25 % slower than
+# its curve (19.9 / 35.6 / 30.1 / 42.9 ms at 1 / 4 / 8 / 16 streams) and pulled the fit with
+# it; the profiler's --repeat keeps each level's fastest pass (slorouter/tools/profile.py).
+REAL_PASSES, SIM_PASSES = "3", "2"
 
 
 async def _stream(url: str, body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -97,7 +101,7 @@ def real_profile(vllm_servers: RealVllm, tmp_path_factory: pytest.TempPathFactor
     d = tmp_path_factory.mktemp("profile")
     out, raw = d / "vllm.json", d / "vllm_raw.json"
     args = ["profile", "--target", vllm_servers.urls[0], "--out", str(out), "--raw", str(raw)]
-    assert cli.main([*args, "--concurrency", LEVELS, "--quiet"]) == 0
+    assert cli.main([*args, "--concurrency", LEVELS, "--repeat", REAL_PASSES, "--quiet"]) == 0
     return out, raw
 
 
@@ -117,7 +121,8 @@ def test_profile_of_real_vllm(real_profile: tuple[Path, Path]) -> None:
     # per-level 10 % bound would test the host, not the tool.)
     ratios = []
     for lv in raw["levels"]:
-        assert lv["errors"] == 0
+        assert lv["errors"] == 0 and len(lv["pass_mean_itl_s"]) == int(REAL_PASSES)
+        assert lv["mean_itl_s"] == min(lv["pass_mean_itl_s"])
         ratio = lv["engine_reported_itl_s"] / lv["mean_itl_s"]
         assert 0.5 < ratio < 2.0, lv
         ratios.append(ratio)
@@ -132,13 +137,17 @@ async def test_simulated_engine_calibrated_on_real_vllm_predicts_its_itl(
     sim_out, sim_raw = tmp_path / "sim.json", tmp_path / "sim_raw.json"
     async with serve_engines(1, profile=StepProfile.load(out), model="tiny") as fleet:
         args = ["profile", "--target", fleet.urls[0], "--out", str(sim_out), "--raw", str(sim_raw)]
-        assert await asyncio.to_thread(cli.main, [*args, "--concurrency", LEVELS, "--quiet"]) == 0
+        extra = ["--concurrency", LEVELS, "--repeat", SIM_PASSES, "--quiet"]
+        assert await asyncio.to_thread(cli.main, [*args, *extra]) == 0
     sim = json.loads(sim_raw.read_text())["levels"]
     rows = []
     for r, s in zip(real, sim, strict=True):
         err = s["mean_itl_s"] / r["mean_itl_s"] - 1
         rows.append((r["concurrency"], r["mean_itl_s"] * 1e3, s["mean_itl_s"] * 1e3, 100 * err))
-    print("\nconcurrency  vLLM ITL ms  sim ITL ms  error %")
+    print(
+        "\nvLLM's passes per level (ms):", [[round(x * 1e3, 1) for x in r["pass_mean_itl_s"]] for r in real]
+    )
+    print("concurrency  vLLM ITL ms  sim ITL ms  error %")
     for c, a, b, e in rows:
         print(f"{c:11d}  {a:11.1f}  {b:10.1f}  {e:+7.1f}")
     assert all(abs(e) <= 20 for *_, e in rows), rows

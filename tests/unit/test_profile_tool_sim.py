@@ -7,6 +7,7 @@ import asyncio
 import json
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -108,3 +109,54 @@ def test_bad_concurrency_is_rejected_by_the_parser(bad: str, tmp_path: Path) -> 
     with pytest.raises(SystemExit) as exc:
         cli.main(profile_args("http://127.0.0.1:1", tmp_path / "p.json", "--concurrency", bad))
     assert exc.value.code == 2
+
+
+@pytest.mark.timeout(60)
+async def test_repeat_keeps_each_levels_fastest_pass(tmp_path: Path) -> None:
+    """A host whose other work slows the engine for a while: with ``--repeat 2`` the slowed
+    passes (level 1's first, level 4's second) are measured, listed, and kept out of the
+    levels and the fit."""
+    args = [
+        "--concurrency",
+        "1,4",
+        "--prompt-tokens",
+        "64",
+        "--output-tokens",
+        "16",
+        "--requests-per-level",
+        "4",
+    ]
+    async with serve_engines(1, profile=KNOWN, model="sim-tiny") as fleet:  # how many requests one pass takes
+        assert (
+            await asyncio.to_thread(cli.main, profile_args(fleet.urls[0], tmp_path / "one.json", *args)) == 0
+        )
+        first_pass_ends = fleet.engines[0].counters.requests  # warm-up, prompt calibration, 4 + 4
+    slow = LinearStep(
+        c0_s=2 * KNOWN.step.c0_s, c_batch_s=2 * KNOWN.step.c_batch_s, c_kv_s=0.0, c_prefill_s=1.0e-4
+    )
+    out, raw = tmp_path / "p.json", tmp_path / "raw.json"
+    async with serve_engines(1, profile=KNOWN, model="sim-tiny") as fleet:
+        model = fleet.engines[0].model
+        submit, seen = model.submit, [0]
+
+        def disturbed_submit(*a: Any) -> None:  # steps twice as long in level 1's pass 1, level 4's pass 2
+            seen[0] += 1
+            disturbed = seen[0] <= first_pass_ends - 4 or seen[0] > first_pass_ends + 4
+            model._coef = slow if disturbed else KNOWN.step
+            submit(*a)
+
+        model.submit = disturbed_submit  # type: ignore[method-assign]
+        extra = ["--repeat", "2", "--raw", str(raw)]
+        assert await asyncio.to_thread(cli.main, profile_args(fleet.urls[0], out, *args, *extra)) == 0
+        assert seen[0] == first_pass_ends + 8  # then a second pass of 4 + 4 on the undisturbed engine
+    levels = json.loads(raw.read_text())["levels"]
+    prof = StepProfile.load(out)
+    for lv, p in zip(levels, prof.points, strict=True):
+        expected = 0.008 + 0.002 * lv["concurrency"]
+        passes = lv["pass_mean_itl_s"]
+        slow_pass, fast_pass = passes if lv["concurrency"] == 1 else passes[::-1]
+        assert slow_pass == pytest.approx(2 * expected, rel=0.25), lv
+        assert fast_pass == pytest.approx(expected, rel=0.25), lv
+        assert lv["mean_itl_s"] == p.mean_itl_s == fast_pass  # the kept pass
+    assert prof.step.c0_s == pytest.approx(0.008, rel=0.3)  # the fit saw the undisturbed steps only
+    assert prof.step.c_batch_s == pytest.approx(0.002, rel=0.3)
