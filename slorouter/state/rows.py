@@ -9,6 +9,9 @@ queued per tier, backend ids, tier names, shapes, and the small JSON documents: 
 policy's control-plane state, the autoscaler's inputs, the run-time backend list) and the
 raw little-endian arrays —
 parsing costs one small JSON document and four array views, whatever the fleet size.
+With what the holder's latency model learned recently (:mod:`slorouter.state.learning`),
+three more arrays follow: per observation (backend, prompt and output tokens, its first
+token's load and time, how many fit points and windows), the fit points and the windows.
 """
 
 from __future__ import annotations
@@ -21,7 +24,11 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-ROW_VERSION = 2
+from slorouter.models.latency.share import Observation
+from slorouter.state.learning import Learned
+
+ROW_VERSION = 3
+READABLE = (2, 3)  # version 2: no learned observations
 SLACK_PER_ROW = 2  # slack entries a holder publishes per backend (its least banked)
 Counters = tuple[int, int, int, int, int, int]  # BackendLoad.as_tuple() order
 
@@ -51,6 +58,7 @@ class Row:
         None  # the autoscaler's fleet-wide inputs and hand-over state (slorouter.actuation.fleetsync)
     )
     fleet: Any = None  # the run-time backend list (registrations, removals, moves; JSON types)
+    learned: Learned | None = None  # the holder's recent latency-model observations
 
     # -- reading (inspection, tests) -------------------------------------------------
 
@@ -87,6 +95,7 @@ class Row:
                 other.scale,
                 other.fleet,
             )
+            and self.learned == other.learned
             and np.array_equal(self.counters, other.counters)
             and np.array_equal(self.tiers, other.tiers)
             and np.array_equal(self.slack_idx, other.slack_idx)
@@ -110,13 +119,16 @@ class Row:
             value = getattr(self, key)
             if value is not None:
                 d[key] = value
-        head = orjson.dumps(d)
-        parts = (
+        parts = [
             np.ascontiguousarray(self.counters, dtype="<i8").tobytes(),
             np.ascontiguousarray(self.tiers, dtype="<i4").tobytes(),
             np.ascontiguousarray(self.slack_idx, dtype="<i4").tobytes(),
             np.ascontiguousarray(self.slack, dtype="<f8").tobytes(),
-        )
+        ]
+        if self.learned is not None:
+            d["lo"], arrays = _learned_out(self.learned)
+            parts.extend(a.tobytes() for a in arrays)
+        head = orjson.dumps(d)
         return head + b"\n" + b"".join(parts)
 
     @classmethod
@@ -126,20 +138,29 @@ class Row:
         try:
             nl = raw.index(b"\n")
             d: Any = orjson.loads(raw[:nl])
-            if not isinstance(d, dict) or d.get("v") != ROW_VERSION:
+            if not isinstance(d, dict) or d.get("v") not in READABLE:
                 raise ValueError(f"row version {d.get('v') if isinstance(d, dict) else None!r}")
             ids = tuple(str(x) for x in d["ids"])
             tiers = tuple(str(x) for x in d["tiers"])
             n, t, m = len(ids), len(tiers), int(d["m"])
             body = memoryview(raw)[nl + 1 :]
             sizes = (n * 6 * 8, n * t * 4, m * 4, m * 4 * 8)
-            if len(body) != sum(sizes) or m < 0:
-                raise ValueError(f"row body of {len(body)} bytes, expected {sum(sizes)}")
+            lo = d.get("lo")
+            lsizes = _learned_sizes(lo) if lo is not None else ()
+            if len(body) != sum(sizes) + sum(lsizes) or m < 0:
+                raise ValueError(f"row body of {len(body)} bytes, expected {sum(sizes) + sum(lsizes)}")
             o = 0
             arrs: list[Any] = []
             for size, dt in zip(sizes, ("<i8", "<i4", "<i4", "<f8"), strict=True):
                 arrs.append(np.frombuffer(body[o : o + size], dtype=dt))
                 o += size
+            learned = None
+            if lo is not None:
+                larrs = []
+                for size in lsizes:
+                    larrs.append(np.frombuffer(body[o : o + size], dtype="<f8"))
+                    o += size
+                learned = _learned_in(lo, larrs)
             idx = arrs[2]
             if m and (idx.min() < 0 or idx.max() >= n):
                 raise ValueError("slack entry of an unknown backend")
@@ -157,6 +178,75 @@ class Row:
                 control=d.get("control"),
                 scale=d.get("scale"),
                 fleet=d.get("fleet"),
+                learned=learned,
             )
         except (KeyError, TypeError, AttributeError, orjson.JSONDecodeError) as e:
             raise ValueError(f"malformed row: {e}") from e
+
+
+# -- the learned observations on the wire ------------------------------------------------
+# per observation (float64 [k, 10]): backend (index into "b"), prompt tokens, output
+# tokens, has a first token (0/1), its running, KV and prefill backlog at dispatch, its
+# time to first token, fit points, windows; then the fit points [F, 4] and windows [W, 3]
+_OBS_COLS = 10
+
+
+def _learned_out(got: Learned) -> tuple[dict[str, Any], list[F64]]:
+    names: dict[str, int] = {}
+    meta = np.zeros((len(got.observations), _OBS_COLS), dtype="<f8")
+    fit: list[tuple[float, float, float, float]] = []
+    wins: list[tuple[float, float, float]] = []
+    for i, o in enumerate(got.observations):
+        t = o.ttft
+        meta[i] = (
+            names.setdefault(o.backend, len(names)),
+            o.prompt_tokens,
+            o.output_tokens,
+            t is not None,
+            *(t if t is not None else (0, 0, 0, 0.0)),
+            len(o.fit),
+            len(o.windows),
+        )
+        fit.extend(o.fit)
+        wins.extend(o.windows)
+    head = {"e": got.epoch, "s": got.seq, "b": list(names), "k": len(meta), "f": len(fit), "w": len(wins)}
+    return head, [
+        meta,
+        np.array(fit, dtype="<f8").reshape(len(fit), 4),
+        np.array(wins, dtype="<f8").reshape(len(wins), 3),
+    ]
+
+
+def _learned_sizes(lo: Any) -> tuple[int, int, int]:
+    k, f, w = (int(lo[x]) for x in ("k", "f", "w"))
+    if min(k, f, w) < 0:
+        raise ValueError("negative count of learned observations")
+    return k * _OBS_COLS * 8, f * 4 * 8, w * 3 * 8
+
+
+def _learned_in(lo: Any, arrs: list[Any]) -> Learned:
+    names = [str(x) for x in lo["b"]]
+    meta = arrs[0].reshape(-1, _OBS_COLS).tolist()
+    fit = [tuple(p) for p in arrs[1].reshape(-1, 4).tolist()]
+    wins = [tuple(p) for p in arrs[2].reshape(-1, 3).tolist()]
+    out: list[Observation] = []
+    fo = wo = 0
+    for b, prompt, output, has, run, kv, backlog, ttft_s, nf, nw in meta:
+        nf, nw, b = int(nf), int(nw), int(b)
+        if not 0 <= b < len(names) or nf < 0 or nw < 0 or fo + nf > len(fit) or wo + nw > len(wins):
+            raise ValueError("learned observations do not match their arrays")
+        out.append(
+            Observation(
+                names[b],
+                int(prompt),
+                int(output),
+                (int(run), int(kv), int(backlog), ttft_s) if has else None,
+                tuple(fit[fo : fo + nf]),  # type: ignore[arg-type]
+                tuple(wins[wo : wo + nw]),  # type: ignore[arg-type]
+            )
+        )
+        fo += nf
+        wo += nw
+    if fo != len(fit) or wo != len(wins):
+        raise ValueError("learned observations do not match their arrays")
+    return Learned(float(lo["e"]), int(lo["s"]), tuple(out))

@@ -1,0 +1,127 @@
+"""One latency model for several router processes: each publishes what its model learns from.
+
+Every process of a logical router learns its latency model online. Alone, each would
+learn from only its own share of the outcomes — with 8 replicas, an eighth — and route by
+a noisier model than one router's (docs/scale-out.md, *Δ = 0 is not the ceiling*). So each
+process publishes, with its load row, the :class:`~slorouter.models.latency.share.Observation`
+of every outcome its model learned from (per outcome, never per token: the fit points and
+windows its samples were reduced to, the first token and the lengths), and every process
+feeds the others' into its own model, as if it had seen them: the model each process routes
+by is learned from all the outcomes, as one router's is.
+
+The row is the latest state of a holder, and a reader may skip rows (it reads less often
+than the holder publishes, or a store round trip fails), so a row carries a **window** of
+its holder's recent observations, each numbered: the observations recorded in the last
+``keep_s`` (at most ``max_per_row``), as a run of consecutive sequence numbers from
+``seq``. A reader remembers, per holder, the last number it ingested and takes only newer
+ones — none twice, none lost while it reads at least every ``keep_s`` (what it missed is
+counted: ``missed``). ``epoch`` (when the holder's log started) tells a holder that restarted
+under the same name (a worker's slot) from one that went back in time.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from slorouter.models.latency import OnlineLatency
+from slorouter.models.latency.share import Observation
+
+MAX_PER_ROW = 128  # observations in one row (the newest): a row's size stays bounded
+FORGET_S = 600.0  # a holder not seen this long is forgotten
+
+
+@dataclass(frozen=True, slots=True)
+class Learned:
+    """A holder's recent observations in its row: numbers ``seq``, ``seq + 1``, …"""
+
+    epoch: float
+    seq: int
+    observations: tuple[Observation, ...]
+
+    @property
+    def last(self) -> int:
+        return self.seq + len(self.observations) - 1
+
+
+class LearningShare:
+    """One process's side: its own observations out, the others' into its model."""
+
+    def __init__(
+        self,
+        model: OnlineLatency,
+        wall: Callable[[], float],
+        *,
+        keep_s: float,
+        max_per_row: int = MAX_PER_ROW,
+    ) -> None:
+        if keep_s <= 0 or max_per_row < 1:
+            raise ValueError("keep_s must be > 0 and max_per_row >= 1")
+        self.model = model
+        self.wall = wall
+        self.keep_s = keep_s
+        self.max_per_row = max_per_row
+        self.epoch = wall()
+        self._log: deque[tuple[float, Observation]] = deque(maxlen=max_per_row)
+        self._next = 0  # the number of the next own observation
+        # holder -> (epoch, last number ingested, when last seen on the wall clock)
+        self._seen: dict[str, tuple[float, int, float]] = {}
+        self._pruned_at = self.epoch
+        self._cached: Learned | None = None
+        self.sent = 0  # own observations recorded for publishing
+        self.received = 0  # the others' observations ingested
+        self.missed = 0  # the others' observations that left their rows before this process read them
+        model.on_observation = self.record
+
+    def record(self, obs: Observation) -> None:
+        """The model learned from one of this process's own outcomes."""
+        self._log.append((self.wall(), obs))
+        self._next += 1
+        self.sent += 1
+
+    def outgoing(self) -> Learned | None:
+        """The observations this process's row carries now (None: none recent)."""
+        log = self._log
+        old = self.wall() - self.keep_s
+        while log and log[0][0] < old:
+            log.popleft()
+        if not log:
+            return None
+        seq = self._next - len(log)
+        got = self._cached
+        if got is None or got.seq != seq or got.last != self._next - 1:
+            got = self._cached = Learned(self.epoch, seq, tuple(o for _, o in log))
+        return got
+
+    def incoming(self, rows: Iterable[Any], known: Callable[[str], bool]) -> int:
+        """Ingest the observations of the others' rows not ingested yet; ``known``: whether
+        a backend is in this process's set (others are skipped). Returns how many."""
+        model = self.model
+        now = self.wall()
+        n = 0
+        for r in rows:
+            got: Learned | None = r.learned
+            if got is None:
+                continue
+            seen = self._seen.get(r.holder)
+            if seen is not None and seen[0] == got.epoch:
+                last = seen[1]
+                if got.last <= last:
+                    continue
+                if got.seq > last + 1:
+                    self.missed += got.seq - last - 1
+            else:  # a holder not seen before (or restarted): what it still shows
+                last = got.seq - 1
+            for obs in got.observations[last + 1 - got.seq :]:
+                if known(obs.backend):
+                    model.learn_observation(obs)
+                    n += 1
+            self._seen[r.holder] = (got.epoch, got.last, now)
+        self.received += n
+        if now - self._pruned_at > FORGET_S:  # holders gone for good (a row away for a
+            self._pruned_at = now  # while, e.g. a store outage, is still remembered)
+            for h in [h for h, v in self._seen.items() if now - v[2] > FORGET_S]:
+                del self._seen[h]
+        return n
