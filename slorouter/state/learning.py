@@ -29,7 +29,16 @@ from typing import Any
 from slorouter.models.latency import OnlineLatency
 from slorouter.models.latency.share import Observation
 
-MAX_PER_ROW = 128  # observations in one row (the newest): a row's size stays bounded
+MAX_PER_ROW = 128  # observations in one row (the newest): a row's size stays bounded ...
+MAX_POINTS = 1024  # ... and their fit points and windows
+NAME_BYTES = 256  # room for a backend's id in the row's header
+
+
+def max_row_bytes() -> int:
+    """The most the observations add to a row on the wire (see slorouter.state.rows)."""
+    return MAX_PER_ROW * (80 + NAME_BYTES) + MAX_POINTS * 32 + 256
+
+
 FORGET_S = 600.0  # a holder not seen this long is forgotten
 
 
@@ -70,6 +79,7 @@ class LearningShare:
         self._seen: dict[str, tuple[float, int, float]] = {}
         self._pruned_at = self.epoch
         self._cached: Learned | None = None
+        self._cached_key = (-1, -1)
         self.sent = 0  # own observations recorded for publishing
         self.received = 0  # the others' observations ingested
         self.missed = 0  # the others' observations that left their rows before this process read them
@@ -90,9 +100,18 @@ class LearningShare:
         if not log:
             return None
         seq = self._next - len(log)
+        key = (seq, self._next)
         got = self._cached
-        if got is None or got.seq != seq or got.last != self._next - 1:
-            got = self._cached = Learned(self.epoch, seq, tuple(o for _, o in log))
+        if key != self._cached_key:
+            self._cached_key = key
+            obs = [o for _, o in log]
+            points = 0
+            for i in range(len(obs) - 1, -1, -1):  # the newest within the points' bound
+                points += len(obs[i].fit) + len(obs[i].windows)
+                if points > MAX_POINTS:
+                    obs = obs[i + 1 :]
+                    break
+            got = self._cached = Learned(self.epoch, self._next - len(obs), tuple(obs)) if obs else None
         return got
 
     def incoming(self, rows: Iterable[Any], known: Callable[[str], bool]) -> int:

@@ -241,8 +241,8 @@ def _learned_in(lo: Any, arrs: list[Any]) -> Learned:
                 int(prompt),
                 int(output),
                 (int(run), int(kv), int(backlog), ttft_s) if has else None,
-                tuple(fit[fo : fo + nf]),  # type: ignore[arg-type]
-                tuple(wins[wo : wo + nw]),  # type: ignore[arg-type]
+                tuple(fit[fo : fo + nf]),
+                tuple(wins[wo : wo + nw]),
             )
         )
         fo += nf

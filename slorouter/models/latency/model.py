@@ -20,8 +20,8 @@ from slorouter.models.latency.backend import BackendLatency, BackendPrior
 from slorouter.models.latency.buckets import bucket_key
 from slorouter.models.latency.fit import FitPoint
 from slorouter.models.latency.settings import LatencySettings
-from slorouter.models.latency.traffic import PrefillRatio
 from slorouter.models.latency.share import Observation, TtftPoint
+from slorouter.models.latency.traffic import PrefillRatio
 from slorouter.models.latency.windows import Sample, Window
 from slorouter.models.profile import StepProfile
 from slorouter.models.saved import StateError, field, section
