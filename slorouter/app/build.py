@@ -105,11 +105,10 @@ def build_app(
     shared = shared or shared_state_of(cfg)
     syncer: SyncLoop | None = None
     if shared is not None:
-        # a row keeps this process's recent observations for half the TTL: a reader that
-        # exchanges at least that often (every tick, far more often) misses none
-        learning = (
-            LearningShare(latency, time.time, keep_s=shared.ttl_s / 2) if shared.share_learning else None
-        )
+        # a row keeps this process's recent observations for four ticks (at most half the
+        # TTL): a reader that exchanges at least that often (every tick) misses none
+        keep_s = min(4 * shared.tick_s, shared.ttl_s / 2)
+        learning = LearningShare(latency, time.time, keep_s=keep_s) if shared.share_learning else None
         sync = LoadSync(
             tracker,
             shared.holder,

@@ -42,17 +42,46 @@ def max_row_bytes() -> int:
 FORGET_S = 600.0  # a holder not seen this long is forgotten
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Learned:
-    """A holder's recent observations in its row: numbers ``seq``, ``seq + 1``, …"""
+    """A holder's recent observations in its row: numbers ``seq``, ``seq + 1``, …
+    (``count`` of them). Read from the wire, they are decoded only from where a reader
+    needs them (``since``): a reader takes each observation from one of the several rows
+    that carry it."""
 
     epoch: float
     seq: int
-    observations: tuple[Observation, ...]
+    count: int
+    decoded: tuple[Observation, ...] | None = None
+    decode: Callable[[int], tuple[Observation, ...]] | None = None  # the observations from index i
+
+    @classmethod
+    def of(cls, epoch: float, seq: int, observations: tuple[Observation, ...]) -> Learned:
+        return cls(epoch, seq, len(observations), observations)
 
     @property
     def last(self) -> int:
-        return self.seq + len(self.observations) - 1
+        return self.seq + self.count - 1
+
+    def since(self, i: int) -> tuple[Observation, ...]:
+        """The observations from index ``i`` (number ``seq + i``) on."""
+        if self.decoded is not None:
+            return self.decoded[i:]
+        assert self.decode is not None
+        return self.decode(i)
+
+    @property
+    def observations(self) -> tuple[Observation, ...]:
+        return self.since(0)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Learned) and (self.epoch, self.seq, self.observations) == (
+            other.epoch,
+            other.seq,
+            other.observations,
+        )
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 class LearningShare:
@@ -111,7 +140,7 @@ class LearningShare:
                 if points > MAX_POINTS:
                     obs = obs[i + 1 :]
                     break
-            got = self._cached = Learned(self.epoch, self._next - len(obs), tuple(obs)) if obs else None
+            got = self._cached = Learned.of(self.epoch, self._next - len(obs), tuple(obs)) if obs else None
         return got
 
     def incoming(self, rows: Iterable[Any], known: Callable[[str], bool]) -> int:
@@ -133,7 +162,7 @@ class LearningShare:
                     self.missed += got.seq - last - 1
             else:  # a holder not seen before (or restarted): what it still shows
                 last = got.seq - 1
-            for obs in got.observations[last + 1 - got.seq :]:
+            for obs in got.since(last + 1 - got.seq):
                 if known(obs.backend):
                     model.learn_observation(obs)
                     n += 1

@@ -225,28 +225,43 @@ def _learned_sizes(lo: Any) -> tuple[int, int, int]:
 
 
 def _learned_in(lo: Any, arrs: list[Any]) -> Learned:
+    """Checked at once (counts, backend indices), decoded lazily from where a reader needs."""
     names = [str(x) for x in lo["b"]]
-    meta = arrs[0].reshape(-1, _OBS_COLS).tolist()
-    fit = [tuple(p) for p in arrs[1].reshape(-1, 4).tolist()]
-    wins = [tuple(p) for p in arrs[2].reshape(-1, 3).tolist()]
-    out: list[Observation] = []
-    fo = wo = 0
-    for b, prompt, output, has, run, kv, backlog, ttft_s, nf, nw in meta:
-        nf, nw, b = int(nf), int(nw), int(b)
-        if not 0 <= b < len(names) or nf < 0 or nw < 0 or fo + nf > len(fit) or wo + nw > len(wins):
+    meta = arrs[0].reshape(-1, _OBS_COLS)
+    fit = arrs[1].reshape(-1, 4)
+    wins = arrs[2].reshape(-1, 3)
+    k = len(meta)
+    if k:
+        b, nf, nw = meta[:, 0], meta[:, 8], meta[:, 9]
+        if b.min() < 0 or b.max() >= len(names) or nf.min() < 0 or nw.min() < 0:
             raise ValueError("learned observations do not match their arrays")
-        out.append(
-            Observation(
-                names[b],
-                int(prompt),
-                int(output),
-                (int(run), int(kv), int(backlog), ttft_s) if has else None,
-                tuple(fit[fo : fo + nf]),
-                tuple(wins[wo : wo + nw]),
+        if int(nf.sum()) != len(fit) or int(nw.sum()) != len(wins):
+            raise ValueError("learned observations do not match their arrays")
+    fo = np.r_[0, np.cumsum(meta[:, 8])].astype(np.int64) if k else np.zeros(1, np.int64)
+    wo = np.r_[0, np.cumsum(meta[:, 9])].astype(np.int64) if k else np.zeros(1, np.int64)
+
+    def decode(i: int) -> tuple[Observation, ...]:
+        if i >= k:
+            return ()
+        f0, w0 = int(fo[i]), int(wo[i])
+        fit_l = [tuple(p) for p in fit[f0:].tolist()]
+        win_l = [tuple(p) for p in wins[w0:].tolist()]
+        out: list[Observation] = []
+        fa = wa = 0
+        for bi, prompt, output, has, run, kv, backlog, ttft_s, nf_, nw_ in meta[i:].tolist():
+            nfi, nwi = int(nf_), int(nw_)
+            out.append(
+                Observation(
+                    names[int(bi)],
+                    int(prompt),
+                    int(output),
+                    (int(run), int(kv), int(backlog), ttft_s) if has else None,
+                    tuple(fit_l[fa : fa + nfi]),
+                    tuple(win_l[wa : wa + nwi]),
+                )
             )
-        )
-        fo += nf
-        wo += nw
-    if fo != len(fit) or wo != len(wins):
-        raise ValueError("learned observations do not match their arrays")
-    return Learned(float(lo["e"]), int(lo["s"]), tuple(out))
+            fa += nfi
+            wa += nwi
+        return tuple(out)
+
+    return Learned(float(lo["e"]), int(lo["s"]), k, decode=decode)

@@ -40,9 +40,7 @@ def outcome(rid: int, clock: ManualClock, rng: random.Random, tokens: int = 300)
     batch = rng.randint(1, 120)
     kv = batch * rng.randint(200, 2000)
     now = clock.now()
-    samples = tuple(
-        (TRUE.at(batch, kv) * (1 + 0.3 * rng.random()), batch, kv) for _ in range(tokens - 1)
-    )
+    samples = tuple((TRUE.at(batch, kv) * (1 + 0.3 * rng.random()), batch, kv) for _ in range(tokens - 1))
     return Outcome(
         rid,
         "fast",
@@ -139,9 +137,10 @@ def test_short_responses_share_their_fit_points_and_completed_windows() -> None:
         # the windows (pooled per process: they complete at other times than one router's,
         # and the digests take at most 5 batches a second) went into both processes' digests
         assert 0.8 * want["window_batches"] <= got["window_batches"] <= 1.2 * want["window_batches"]
-    assert learned(ma, now)["backends"]["b0"]["window_batches"] == learned(mb, now)["backends"]["b0"][
-        "window_batches"
-    ]
+    assert (
+        learned(ma, now)["backends"]["b0"]["window_batches"]
+        == learned(mb, now)["backends"]["b0"]["window_batches"]
+    )
 
 
 def test_an_observation_is_learned_once_and_none_is_lost_while_the_reader_keeps_up() -> None:
@@ -259,7 +258,6 @@ def test_one_process_learns_as_without_sharing() -> None:
 
 
 def test_rows_of_the_previous_version_are_still_read() -> None:
-    clock = ManualClock(10.0)
     row = Row("old", 10.0, 1.0, queued={"fast": 1})
     raw = row.to_bytes().replace(b'"v":3', b'"v":2', 1)
     got = Row.from_bytes(raw)

@@ -45,9 +45,7 @@ def learned_outcomes(share: bool) -> tuple[list[int], int]:
     opt = SimOptions(replicas=ReplicaOptions(2, 50, share_learning=share))
     fleet = FleetSim(scn, "polyserve", rate=RATE, servers=4, requests=1200, options=opt)
     res = fleet.run()
-    per = [
-        sum(r.latency.describe(b.id)["batches"] for b in fleet.backends.backends) for r in fleet.routers
-    ]
+    per = [sum(r.latency.describe(b.id)["batches"] for b in fleet.backends.backends) for r in fleet.routers]
     return per, int(res.summary["overall"]["finished"])
 
 
