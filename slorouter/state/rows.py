@@ -193,25 +193,28 @@ _OBS_COLS = 10
 
 def _learned_out(got: Learned) -> tuple[dict[str, Any], list[F64]]:
     names: dict[str, int] = {}
-    meta = np.zeros((len(got.observations), _OBS_COLS), dtype="<f8")
+    meta: list[tuple[float, ...]] = []
     fit: list[tuple[float, float, float, float]] = []
     wins: list[tuple[float, float, float]] = []
-    for i, o in enumerate(got.observations):
+    none = (0, 0, 0, 0.0)
+    for o in got.observations:
         t = o.ttft
-        meta[i] = (
-            names.setdefault(o.backend, len(names)),
-            o.prompt_tokens,
-            o.output_tokens,
-            t is not None,
-            *(t if t is not None else (0, 0, 0, 0.0)),
-            len(o.fit),
-            len(o.windows),
+        meta.append(
+            (
+                names.setdefault(o.backend, len(names)),
+                o.prompt_tokens,
+                o.output_tokens,
+                t is not None,
+                *(t or none),
+                len(o.fit),
+                len(o.windows),
+            )
         )
         fit.extend(o.fit)
         wins.extend(o.windows)
     head = {"e": got.epoch, "s": got.seq, "b": list(names), "k": len(meta), "f": len(fit), "w": len(wins)}
     return head, [
-        meta,
+        np.array(meta, dtype="<f8").reshape(len(meta), _OBS_COLS),
         np.array(fit, dtype="<f8").reshape(len(fit), 4),
         np.array(wins, dtype="<f8").reshape(len(wins), 3),
     ]
@@ -225,43 +228,44 @@ def _learned_sizes(lo: Any) -> tuple[int, int, int]:
 
 
 def _learned_in(lo: Any, arrs: list[Any]) -> Learned:
-    """Checked at once (counts, backend indices), decoded lazily from where a reader needs."""
+    """Checked at once (counts, backend indices), decoded lazily from where a reader needs
+    (a row carries a few observations: plain lists are cheaper than numpy here)."""
     names = [str(x) for x in lo["b"]]
-    meta = arrs[0].reshape(-1, _OBS_COLS)
+    meta = arrs[0].reshape(-1, _OBS_COLS).tolist()
     fit = arrs[1].reshape(-1, 4)
     wins = arrs[2].reshape(-1, 3)
-    k = len(meta)
-    if k:
-        b, nf, nw = meta[:, 0], meta[:, 8], meta[:, 9]
-        if b.min() < 0 or b.max() >= len(names) or nf.min() < 0 or nw.min() < 0:
+    nb = len(names)
+    tf = tw = 0
+    for m in meta:
+        if not (0 <= m[0] < nb and m[8] >= 0 and m[9] >= 0):
             raise ValueError("learned observations do not match their arrays")
-        if int(nf.sum()) != len(fit) or int(nw.sum()) != len(wins):
-            raise ValueError("learned observations do not match their arrays")
-    fo = np.r_[0, np.cumsum(meta[:, 8])].astype(np.int64) if k else np.zeros(1, np.int64)
-    wo = np.r_[0, np.cumsum(meta[:, 9])].astype(np.int64) if k else np.zeros(1, np.int64)
+        tf += int(m[8])
+        tw += int(m[9])
+    if tf != len(fit) or tw != len(wins):
+        raise ValueError("learned observations do not match their arrays")
 
     def decode(i: int) -> tuple[Observation, ...]:
-        if i >= k:
+        if i >= len(meta):
             return ()
-        f0, w0 = int(fo[i]), int(wo[i])
-        fit_l = [tuple(p) for p in fit[f0:].tolist()]
-        win_l = [tuple(p) for p in wins[w0:].tolist()]
+        fa = sum(int(m[8]) for m in meta[:i])
+        wa = sum(int(m[9]) for m in meta[:i])
+        fit_l = fit[fa:].tolist()
+        win_l = wins[wa:].tolist()
         out: list[Observation] = []
         fa = wa = 0
-        for bi, prompt, output, has, run, kv, backlog, ttft_s, nf_, nw_ in meta[i:].tolist():
-            nfi, nwi = int(nf_), int(nw_)
+        for bi, prompt, output, has, run, kv, backlog, ttft_s, nf, nw in meta[i:]:
+            fb, wb = fa + int(nf), wa + int(nw)
             out.append(
                 Observation(
                     names[int(bi)],
                     int(prompt),
                     int(output),
                     (int(run), int(kv), int(backlog), ttft_s) if has else None,
-                    tuple(fit_l[fa : fa + nfi]),
-                    tuple(win_l[wa : wa + nwi]),
+                    tuple((p[0], p[1], p[2], p[3]) for p in fit_l[fa:fb]),
+                    tuple((p[0], p[1], p[2]) for p in win_l[wa:wb]),
                 )
             )
-            fa += nfi
-            wa += nwi
+            fa, wa = fb, wb
         return tuple(out)
 
-    return Learned(float(lo["e"]), int(lo["s"]), k, decode=decode)
+    return Learned(float(lo["e"]), int(lo["s"]), len(meta), decode=decode)

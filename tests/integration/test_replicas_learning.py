@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import openai
 import pytest
 
 from slorouter.clock import ManualClock
@@ -16,12 +17,16 @@ from slorouter.models.latency import LatencySettings, OnlineLatency
 from slorouter.models.static import EngineLimits, LinearStep, StaticLengths
 from slorouter.proxy.redisstore import RedisStore
 from slorouter.proxy.syncloop import SyncLoop
+from slorouter.simengine.server import serve_engines
 from slorouter.state.backends import Backend, BackendSet, Health
 from slorouter.state.learning import LearningShare
 from slorouter.state.sync import LoadSync
 from slorouter.state.tracker import Tracker
 from slorouter.values import RequestInfo, Slo, SloClass, Status, Tier
 from tests.redisserver import RedisServer
+from tests.replicakit import metric, replica_config, sync, tracker
+from tests.replicakit import until as until_async
+from tests.routerkit import run_router
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -101,3 +106,45 @@ async def test_a_replica_learns_its_latency_model_from_another_replicas_traffic(
     finally:
         await la.stop()
         await lb.stop()
+
+
+async def test_router_replicas_learn_from_each_others_streams(redis_srv: RedisServer) -> None:
+    """Two ``build_app`` replicas over a real Redis, simulated engines, the official client:
+    streams through replica a only; replica b's latency model learns from every one of
+    them, and both replicas' /metrics say so."""
+    async with serve_engines(2, profile="cpu-tiny") as fleet:
+        cfg = replica_config(fleet.urls, redis_srv.url, policy="least-request")
+        async with run_router(cfg) as a, run_router(cfg) as b:
+            ma, mb = tracker(a).latency, tracker(b).latency
+            assert isinstance(ma, OnlineLatency) and isinstance(mb, OnlineLatency)
+            c = openai.AsyncOpenAI(base_url=a.url + "/v1", api_key="none", max_retries=0, timeout=60)
+            try:
+
+                async def one() -> None:
+                    stream = await c.completions.create(
+                        model="sim-llama",
+                        prompt="hello",
+                        max_tokens=60,
+                        stream=True,
+                        extra_body={"ignore_eos": True},
+                    )
+                    async for _ in stream:
+                        pass
+
+                await asyncio.gather(*(one() for _ in range(6)))
+            finally:
+                await c.close()
+            la, lb = sync(a).learning, sync(b).learning
+            assert la is not None and lb is not None
+            assert la.sent == 6  # every response a's model learned from, published
+            await until_async(lambda: lb.received == 6, 3.0, "b learns a's six responses")
+            ids = [x.id for x in tracker(a).backends.backends]
+            assert sum(mb.describe(x)["batches"] for x in ids) == 6
+            for x in ids:
+                assert mb.observations(x) == ma.observations(x)
+                assert mb.describe(x)["ttft_extra"]["requests"] == pytest.approx(
+                    ma.describe(x)["ttft_extra"]["requests"], rel=0.01
+                )
+            assert await metric(a.url, "slorouter_sync_observations_total", way="published") == 6
+            assert await metric(b.url, "slorouter_sync_observations_total", way="learned") == 6
+            assert await metric(b.url, "slorouter_sync_observations_total", way="missed") == 0
