@@ -43,6 +43,7 @@ class SyncMetrics:
                 f.observations.add_metric(["published"], ls.sent)
                 f.observations.add_metric(["learned"], ls.received)
                 f.observations.add_metric(["missed"], ls.missed)
+                f.observations.add_metric(["malformed_rows"], ls.bad)
         if leader:
             self._fleet(f, s)
         return f.all()
@@ -84,7 +85,8 @@ class _Families:
         self.observations = CounterMetricFamily(
             "slorouter_sync_observations",
             "Latency-model observations (one per finished response) this process published with its"
-            " row, learned from the others' rows, or missed (gone from a row before it was read).",
+            " row, learned from the others' rows, or missed (gone from a row before it was read);"
+            " malformed_rows: rows whose observations did not decode.",
             labels=["way"],
         )
         self.routers = GaugeMetricFamily(

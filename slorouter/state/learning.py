@@ -46,8 +46,8 @@ FORGET_S = 600.0  # a holder not seen this long is forgotten
 class Learned:
     """A holder's recent observations in its row: numbers ``seq``, ``seq + 1``, …
     (``count`` of them). Read from the wire, they are decoded only from where a reader
-    needs them (``since``): a reader takes each observation from one of the several rows
-    that carry it."""
+    needs them (``since``; ValueError when they do not match their arrays): a reader takes
+    each observation from one of the several rows that carry it."""
 
     epoch: float
     seq: int
@@ -112,6 +112,7 @@ class LearningShare:
         self.sent = 0  # own observations recorded for publishing
         self.received = 0  # the others' observations ingested
         self.missed = 0  # the others' observations that left their rows before this process read them
+        self.bad = 0  # rows whose observations did not decode (skipped)
         model.on_observation = self.record
 
     def record(self, obs: Observation) -> None:
@@ -162,7 +163,12 @@ class LearningShare:
                     self.missed += got.seq - last - 1
             else:  # a holder not seen before (or restarted): what it still shows
                 last = got.seq - 1
-            for obs in got.since(last + 1 - got.seq):
+            try:
+                new = got.since(last + 1 - got.seq)
+            except ValueError:  # a malformed row: skip its observations (counted)
+                self.bad += 1
+                continue
+            for obs in new:
                 if known(obs.backend):
                     model.learn_observation(obs)
                     n += 1

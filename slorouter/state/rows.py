@@ -228,25 +228,29 @@ def _learned_sizes(lo: Any) -> tuple[int, int, int]:
 
 
 def _learned_in(lo: Any, arrs: list[Any]) -> Learned:
-    """Checked at once (counts, backend indices), decoded lazily from where a reader needs
-    (a row carries a few observations: plain lists are cheaper than numpy here)."""
+    """Decoded lazily, from where a reader needs (most rows repeat observations the reader
+    already has: their parse costs three array views); an observation that does not match
+    the arrays raises ValueError then (a row carries a few: plain lists beat numpy here)."""
     names = [str(x) for x in lo["b"]]
-    meta = arrs[0].reshape(-1, _OBS_COLS).tolist()
-    fit = arrs[1].reshape(-1, 4)
-    wins = arrs[2].reshape(-1, 3)
-    nb = len(names)
-    tf = tw = 0
-    for m in meta:
-        if not (0 <= m[0] < nb and m[8] >= 0 and m[9] >= 0):
-            raise ValueError("learned observations do not match their arrays")
-        tf += int(m[8])
-        tw += int(m[9])
-    if tf != len(fit) or tw != len(wins):
-        raise ValueError("learned observations do not match their arrays")
+    raw_meta, fit, wins = arrs[0], arrs[1].reshape(-1, 4), arrs[2].reshape(-1, 3)
+    k = len(raw_meta) // _OBS_COLS
+    checked: list[list[Any]] = []
 
     def decode(i: int) -> tuple[Observation, ...]:
-        if i >= len(meta):
+        if i >= k:
             return ()
+        if not checked:
+            meta = raw_meta.reshape(-1, _OBS_COLS).tolist()
+            nb, tf, tw = len(names), 0, 0
+            for m in meta:
+                if not (0 <= m[0] < nb and m[8] >= 0 and m[9] >= 0):
+                    raise ValueError("learned observations do not match their arrays")
+                tf += int(m[8])
+                tw += int(m[9])
+            if tf != len(fit) or tw != len(wins):
+                raise ValueError("learned observations do not match their arrays")
+            checked.append(meta)
+        meta = checked[0]
         fa = sum(int(m[8]) for m in meta[:i])
         wa = sum(int(m[9]) for m in meta[:i])
         fit_l = fit[fa:].tolist()
@@ -268,4 +272,4 @@ def _learned_in(lo: Any, arrs: list[Any]) -> Learned:
             fa, wa = fb, wb
         return tuple(out)
 
-    return Learned(float(lo["e"]), int(lo["s"]), len(meta), decode=decode)
+    return Learned(float(lo["e"]), int(lo["s"]), k, decode=decode)

@@ -267,12 +267,21 @@ def test_rows_of_the_previous_version_are_still_read() -> None:
 def test_malformed_observations_are_refused() -> None:
     clock = ManualClock(10.0)
     rng = random.Random(9)
-    (ma, a) = process(clock, "a")
+    (ma, a), (_mb, b) = process(clock, "a"), process(clock, "b")
     ma.observe_outcome(outcome(0, clock, rng))
     raw = a.row(clock.now()).to_bytes()
     assert Row.from_bytes(raw).learned is not None
     with pytest.raises(ValueError):
         Row.from_bytes(raw.replace(b'"k":1', b'"k":2', 1))  # more observations than bytes
-    with pytest.raises(ValueError):  # a fit-point count beyond the points sent
-        bad = raw[:-1]
-        Row.from_bytes(bad)
+    with pytest.raises(ValueError):
+        Row.from_bytes(raw[:-1])
+    # counts that do not add up to the points sent: the row's loads are read, its
+    # observations skipped (and counted) when a reader decodes them
+    head, body = raw.split(b"\n", 1)
+    bad = Row.from_bytes(head.replace(b'"b":["b0"]', b'"b":[]', 1) + b"\n" + body)
+    assert bad.learned is not None
+    with pytest.raises(ValueError):
+        bad.learned.since(0)
+    assert b.learning is not None
+    b.absorb({"a": bad}, clock.now())
+    assert b.learning.bad == 1 and b.learning.received == 0
