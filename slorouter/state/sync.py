@@ -38,6 +38,10 @@ The phantom is in the tracker's counters (so every policy check sees it) and mar
 the load (:attr:`BackendLoad.phantom`): the latency model's labels — the global batch
 and KV a step or a first token ran at — leave it out, as it is not a running sequence.
 
+The row also carries what this holder's latency model learned from its recent responses,
+and the others' are fed into its model (``learning``: :mod:`slorouter.state.learning`):
+every holder routes by the model one router would have learned from all the responses.
+
 Stores (:mod:`slorouter.state.store`): the in-process one (the simulator, with a
 visibility delay), :mod:`slorouter.proxy.shmstore` (workers on one host) and
 :mod:`slorouter.proxy.redisstore` (replicas across hosts). A row older than the store's
