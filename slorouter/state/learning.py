@@ -24,10 +24,13 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from slorouter.models.latency import OnlineLatency
 from slorouter.models.latency.share import Observation
+
+if TYPE_CHECKING:
+    from slorouter.state.rows import Row
 
 MAX_PER_ROW = 128  # observations in one row (the newest): a row's size stays bounded ...
 MAX_POINTS = 1024  # ... and their fit points and windows
@@ -144,14 +147,14 @@ class LearningShare:
             got = self._cached = Learned.of(self.epoch, self._next - len(obs), tuple(obs)) if obs else None
         return got
 
-    def incoming(self, rows: Iterable[Any], known: Callable[[str], bool]) -> int:
+    def incoming(self, rows: Iterable[Row], known: Callable[[str], bool]) -> int:
         """Ingest the observations of the others' rows not ingested yet; ``known``: whether
         a backend is in this process's set (others are skipped). Returns how many."""
         model = self.model
         now = self.wall()
         n = 0
         for r in rows:
-            got: Learned | None = r.learned
+            got = r.learned
             if got is None:
                 continue
             seen = self._seen.get(r.holder)
