@@ -5,6 +5,7 @@
                               [--rate RPS] [--rule mean|every] [--jobs N]
                               [--replicas 1,2,4,8] [--sync-ms 0,50,100,250] [--event-ms 25]
                               [--quota on,off] [--ticks-only 100] [--no-sync-replicas 2,4,8]
+                              [--own-learning]
 
 First finds one router's operating point: the highest rate at which every tier attains
 >= 90 % of its per-token deadlines, judged over the same seeds the comparison then runs
@@ -16,12 +17,14 @@ store — and ``--event-ms`` after the last exchange when a replica's own row ch
 (event-driven publishing; ``--ticks-only`` lists the Δ at which the quota is also run
 with ticks only, for comparison) —, with the herding quota on and/or off (``--quota``),
 and the no-sync control (replicas never see each other's load; at ``--no-sync-replicas``,
-default every R > 1). The same seeds and workloads everywhere: only the routers differ.
+default every R > 1). Every replica's latency model learns from every replica's outcomes
+(published with the rows, as live); ``--own-learning``: each from its own only. The same
+seeds and workloads everywhere: only the routers differ.
 Seeds are the scenario's (or ``--first-seed``) and the next ``--seeds`` − 1 (workload, arrival split); every
 configuration is compared with one router **at the same seed** and the differences
 averaged (mean, seed-to-seed SD, standard error).
 
-Writes ``{"scenario", "rate_rps", "rate_rule", "seeds", "baseline_goodput_rps_per_server",
+Writes ``{"scenario", "rate_rps", "rate_rule", "share_learning", "seeds", "baseline_goodput_rps_per_server",
 "runs": [{"replicas", "sync_ms", "event_ms", "quota", "sync", "goodput_rps_per_server",
 "tiers": {name: attainment}, "tier_delta_points", "tier_delta_sd_points",
 "tier_delta_se_points", "worst_tier", "min_tier_delta_points", "min_tier_delta_se_points",
@@ -56,10 +59,14 @@ Key = tuple[int, float, bool, bool, float]  # replicas, sync_ms, quota, sync, ev
 ONE: Key = (1, 0.0, True, True, 0.0)
 
 
-def _one(scenario: str, policy: str, rate: float, requests: int, key: Key, seed: int) -> dict[str, Any]:
+def _one(
+    scenario: str, policy: str, rate: float, requests: int, key: Key, seed: int, share: bool = True
+) -> dict[str, Any]:
     r, ms, quota, sync, ev = key
     scn = load_scenario(scenario)
-    opt = SimOptions(replicas=ReplicaOptions(r, ms, quota=quota, sync=sync, event_ms=ev))
+    opt = SimOptions(
+        replicas=ReplicaOptions(r, ms, quota=quota, sync=sync, event_ms=ev, share_learning=share)
+    )
     res = run_once(scn, policy, rate, requests=requests, seed=seed, options=opt)
     s = res.summary
     return {
@@ -81,8 +88,11 @@ class Runner:
     def many(self, rate: float, jobs: list[tuple[Key, int]]) -> list[dict[str, Any]]:
         a = self.args
         if self.pool is None:
-            return [_one(a.scenario, a.policy, rate, a.requests, k, sd) for k, sd in jobs]
-        futs = [self.pool.submit(_one, a.scenario, a.policy, rate, a.requests, k, sd) for k, sd in jobs]
+            return [_one(a.scenario, a.policy, rate, a.requests, k, sd, not a.own_learning) for k, sd in jobs]
+        futs = [
+            self.pool.submit(_one, a.scenario, a.policy, rate, a.requests, k, sd, not a.own_learning)
+            for k, sd in jobs
+        ]
         return [f.result() for f in futs]
 
 
@@ -207,6 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=None, help="pin the rate (req/s) instead of finding it")
     ap.add_argument("--rule", choices=RULES, default="mean", help="how the seeds judge the operating point")
     ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument(
+        "--own-learning",
+        action="store_true",
+        help="each replica's latency model learns only from its own outcomes (default: from every "
+        "replica's, published with the rows)",
+    )
     args = ap.parse_args(argv)
     if not Path(args.json).resolve().parent.is_dir():
         print(f"--json {args.json}: no such directory; create it first", file=sys.stderr)
@@ -270,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
             "seeds": done,
             "rate_rps": rate,
             "rate_rule": "pinned" if args.rate is not None else args.rule,
+            "share_learning": not args.own_learning,
             "baseline_goodput_rps_per_server": runs[0]["goodput_rps_per_server"] if runs else None,
             "runs": runs,
             "sweep": probes,

@@ -51,6 +51,7 @@ from slorouter.proxy.sharing import SharedState, shared_state_of
 from slorouter.proxy.syncloop import SyncLoop
 from slorouter.proxy.upstream import make_session
 from slorouter.state.backends import Health
+from slorouter.state.learning import LearningShare
 from slorouter.state.membership import Membership
 from slorouter.state.sync import LoadSync
 from slorouter.state.tracker import Tracker
@@ -104,9 +105,14 @@ def build_app(
     shared = shared or shared_state_of(cfg)
     syncer: SyncLoop | None = None
     if shared is not None:
+        # a row keeps this process's recent observations for four ticks (at most half the
+        # TTL): a reader that exchanges at least that often (every tick) misses none
+        keep_s = min(4 * shared.tick_s, shared.ttl_s / 2)
+        learning = LearningShare(latency, time.time, keep_s=keep_s) if shared.share_learning else None
         sync = LoadSync(
             tracker,
             shared.holder,
+            learning=learning,
             quota=shared.quota,
             wall=time.time,
             control=lambda: dispatcher.policy.shared_state(),

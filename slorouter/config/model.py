@@ -323,6 +323,13 @@ class SyncConfig:
         bool, F("herding guard: between updates, use only this replica's share of a server's room")
     ] = True
     prefix: Annotated[str, F("key prefix in the store: one per logical router", min_length=1)] = "slorouter"
+    share_learning: Annotated[
+        bool,
+        F(
+            "every replica's latency model learns from every replica's outcomes (each publishes"
+            " what its model learns from with its row; false: each from its own)"
+        ),
+    ] = True
 
 
 @dataclass(frozen=True, slots=True)

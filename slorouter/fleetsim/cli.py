@@ -93,6 +93,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--no-sync", action="store_true", help="with --replicas: replicas never see each other's load"
     )
     p.add_argument(
+        "--own-learning",
+        action="store_true",
+        help="with --replicas: each replica's latency model learns only from its own outcomes "
+        "(default: from every replica's, published with the rows)",
+    )
+    p.add_argument(
         "--autoscale",
         choices=SCALERS,
         help="the fleet scales during the run: the router's per-tier scaler (defaults) or a baseline "
@@ -259,8 +265,10 @@ def run(args: argparse.Namespace) -> int:
     if args.replicas < 1 or args.sync_ms < 0 or args.event_ms < 0:
         err.print("[red]error:[/red] --replicas must be >= 1, --sync-ms and --event-ms >= 0")
         return 2
-    if args.replicas == 1 and (args.no_sync or args.no_quota):
-        err.print("[red]error:[/red] --no-sync and --no-quota apply to --replicas R with R >= 2")
+    if args.replicas == 1 and (args.no_sync or args.no_quota or args.own_learning):
+        err.print(
+            "[red]error:[/red] --no-sync, --no-quota and --own-learning apply to --replicas R with R >= 2"
+        )
         return 2
     scaling = None
     if args.autoscale is not None:
@@ -284,6 +292,7 @@ def run(args: argparse.Namespace) -> int:
             quota=not args.no_quota,
             sync=not args.no_sync,
             event_ms=args.event_ms,
+            share_learning=not args.own_learning,
         ),
     )
     n_req = args.requests or scn.workload.requests

@@ -138,6 +138,7 @@ class FleetSim:
                 holder=f"r{k}" if multi else None,
                 quota=ro.quota,
                 sync_ms=ro.sync_ms,
+                share_learning=ro.share_learning,
                 autoscaling=sc is not None,
             )
             for k in range(ro.replicas)

@@ -7,7 +7,9 @@ replicas, its :class:`~slorouter.state.sync.LoadSync` — built exactly as
 arrivals over them at random (as a TCP load balancer would), and every ``sync_ms`` each
 replica publishes its row to an in-process :class:`~slorouter.state.store.MemoryStore`
 and absorbs the others' (ticks staggered evenly across replicas) — the same sync code the
-live router runs over shared memory or Redis. ``sync: false`` is the control (replicas
+live router runs over shared memory or Redis, rows carrying what each replica's latency
+model learned from (every replica's model learns from all the outcomes, as live;
+``share_learning: false``: each from its own). ``sync: false`` is the control (replicas
 never see each other's load); ``quota: false`` turns the herding guard off.
 """
 
@@ -28,6 +30,7 @@ from slorouter.models.workflows import WorkflowBook
 from slorouter.policy import registry
 from slorouter.policy.base import Policy, PolicyContext
 from slorouter.state.backends import BackendSet, Health
+from slorouter.state.learning import LearningShare
 from slorouter.state.store import MemoryStore
 from slorouter.state.sync import LoadSync
 from slorouter.state.tracker import Tracker
@@ -43,6 +46,9 @@ class ReplicaOptions:
     # exchanges at most this long after its last exchange, not only at its next tick
     # (0: ticks only; the default is state.sync.event_ms's)
     event_ms: float = 25.0
+    # every replica's latency model learns from every replica's outcomes (published with
+    # the rows: slorouter.state.learning), as live; False: each from its own only
+    share_learning: bool = True
 
 
 @dataclass(slots=True)
@@ -74,6 +80,7 @@ def build_router(
     holder: str | None = None,
     quota: bool = True,
     sync_ms: float = 100.0,
+    share_learning: bool = True,
     autoscaling: bool = False,
 ) -> SimRouter:
     warm = scn.workload.length_warmup
@@ -102,9 +109,17 @@ def build_router(
     )
     sync = None
     if holder is not None:
+        # a row keeps its observations for two exchange intervals (a reader reads at
+        # least once an interval), and at Δ = 0 (a reader reads at its own decisions) 1 s
+        learning = (
+            LearningShare(latency, clock.now, keep_s=max(2 * sync_ms / 1000.0, 1.0))
+            if learn and share_learning
+            else None
+        )
         sync = LoadSync(
             tracker,
             holder,
+            learning=learning,
             quota=quota and sync_ms > 0,
             control=lambda: core.policy.shared_state(),  # type: ignore[attr-defined]
             adopt=lambda states: core.policy.adopt_shared(states),  # type: ignore[attr-defined]

@@ -38,6 +38,12 @@ class SyncMetrics:
             f.up.add_metric([], int(s.up))
             f.failures.add_metric([], s.failures)
             f.ticks.add_metric([], s.ticks)
+            ls = s.sync.learning
+            if ls is not None:
+                f.observations.add_metric(["published"], ls.sent)
+                f.observations.add_metric(["learned"], ls.received)
+                f.observations.add_metric(["missed"], ls.missed)
+                f.observations.add_metric(["malformed_rows"], ls.bad)
         if leader:
             self._fleet(f, s)
         return f.all()
@@ -76,6 +82,13 @@ class _Families:
             "slorouter_sync_failures", "Sync ticks that failed (store unreachable, timed out or broken)."
         )
         self.ticks = CounterMetricFamily("slorouter_sync_ticks", "Sync ticks run (publish, read, absorb).")
+        self.observations = CounterMetricFamily(
+            "slorouter_sync_observations",
+            "Latency-model observations (one per finished response) this process published with its"
+            " row, learned from the others' rows, or missed (gone from a row before it was read);"
+            " malformed_rows: rows whose observations did not decode.",
+            labels=["way"],
+        )
         self.routers = GaugeMetricFamily(
             "slorouter_fleet_routers", "Router processes in the shared view (leader only)."
         )
@@ -104,6 +117,7 @@ class _Families:
             self.up,
             self.failures,
             self.ticks,
+            self.observations,
             self.routers,
             self.inflight,
             self.inflight_tokens,

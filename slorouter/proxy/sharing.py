@@ -19,6 +19,7 @@ class SharedState:
     ttl_s: float
     quota: bool = True
     event_s: float = 0.0  # exchange this soon after the last when the own row changed (0: ticks only)
+    share_learning: bool = True  # publish what the latency model learns from; learn from the others'
 
 
 def holder_name() -> str:
@@ -37,6 +38,12 @@ def shared_state_of(cfg: RouterConfig) -> SharedState | None:
         assert sc.url is not None  # the config check requires it
         store = RedisStore(sc.url, prefix=sc.prefix, ttl_s=sc.ttl_ms / 1000.0)
         return SharedState(
-            store, holder_name(), sc.tick_ms / 1000.0, sc.ttl_ms / 1000.0, sc.quota, sc.event_ms / 1000.0
+            store,
+            holder_name(),
+            sc.tick_ms / 1000.0,
+            sc.ttl_ms / 1000.0,
+            sc.quota,
+            sc.event_ms / 1000.0,
+            sc.share_learning,
         )
     raise ValueError(f"unknown state.sync.kind {sc.kind!r}")

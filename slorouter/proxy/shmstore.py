@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from multiprocessing import shared_memory
 
 from slorouter.proxy.syncloop import StoreError
+from slorouter.state.learning import max_row_bytes
 from slorouter.state.sync import Row
 
 _MAGIC = 0x534C4F52  # "SLOR"
@@ -28,8 +29,9 @@ _SLOT = struct.Struct("<QQ")  # seq, len
 
 
 def slot_size_for(backends: int, tiers: int) -> int:
-    """Room for a row of ``backends`` (counters, tiers, an 8-entry slack summary each)."""
-    return 4096 + backends * (640 + 48 * tiers)
+    """Room for a row of ``backends`` (counters, tiers, an 8-entry slack summary each) and
+    of the latency model's recent observations (bounded: slorouter.state.learning)."""
+    return 4096 + backends * (640 + 48 * tiers) + max_row_bytes()
 
 
 class ShmSegment:

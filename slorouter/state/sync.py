@@ -38,6 +38,10 @@ The phantom is in the tracker's counters (so every policy check sees it) and mar
 the load (:attr:`BackendLoad.phantom`): the latency model's labels — the global batch
 and KV a step or a first token ran at — leave it out, as it is not a running sequence.
 
+The row also carries what this holder's latency model learned from its recent responses,
+and the others' are fed into its model (``learning``: :mod:`slorouter.state.learning`):
+every holder routes by the model one router would have learned from all the responses.
+
 Stores (:mod:`slorouter.state.store`): the in-process one (the simulator, with a
 visibility delay), :mod:`slorouter.proxy.shmstore` (workers on one host) and
 :mod:`slorouter.proxy.redisstore` (replicas across hosts). A row older than the store's
@@ -54,6 +58,7 @@ from typing import Any
 
 import numpy as np
 
+from slorouter.state.learning import LearningShare
 from slorouter.state.load import SLACK_WINDOW, BackendLoad, SlackEntry, banked
 from slorouter.state.rows import F64, I64, SLACK_PER_ROW, Row
 
@@ -77,11 +82,15 @@ class LoadSync:
         wall: Callable[[], float] | None = None,
         control: Callable[[], Any] | None = None,
         adopt: Callable[[list[Any]], None] | None = None,
+        learning: LearningShare | None = None,
     ) -> None:
         """``wall``: the clock rows are stamped with and aged by — shared by every holder
         (``time.time`` across processes; default: the tracker's clock, as in the
         simulator). ``control`` / ``adopt``: the policy's shared control-plane state,
-        published with the row and merged from the others' (bin moves)."""
+        published with the row and merged from the others' (bin moves). ``learning``:
+        what this holder's latency model learns from, published with the row, and the
+        others' fed into it (:mod:`slorouter.state.learning`)."""
+        self.learning = learning
         self.control = control
         self.adopt = adopt
         self.tracker = tracker
@@ -281,6 +290,7 @@ class LoadSync:
             slack=np.array(sval, dtype=np.float64).reshape(len(sval), 4),
             queued=dict(t.queued),
             control=self.control() if self.control is not None else None,
+            learned=self.learning.outgoing() if self.learning is not None else None,
         )
 
     def _positions(self, row: Row) -> Any:
@@ -337,6 +347,9 @@ class LoadSync:
                 s_val.append(r.slack[sk])
         if self.adopt is not None:
             self.adopt([r.control for r in others if r.control is not None])
+        if self.learning is not None:
+            pos = self._pos
+            self.learning.incoming(others, pos.__contains__)
         self.peers = len(others)
         self.age_s = oldest
         if arrivals > 0:

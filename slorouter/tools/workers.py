@@ -113,6 +113,7 @@ def run_workers(
                     WORKER_TICK_S,
                     WORKER_TTL_S,
                     event_s=WORKER_EVENT_S,
+                    share_learning=cfg.state.sync.share_learning,
                 )
             code = 1
             try:

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from slorouter.models.latency.buckets import LoadBuckets, QuantileRatio
-from slorouter.models.latency.fit import PaceFit
+from slorouter.models.latency.fit import FitPoint, PaceFit
 from slorouter.models.latency.settings import LatencySettings
 from slorouter.models.latency.ttft import TtftExcess
-from slorouter.models.latency.windows import Sample, WindowPool
+from slorouter.models.latency.windows import Sample, Window, WindowPool
 from slorouter.models.saved import count, field, section
 from slorouter.models.static import EngineLimits, LinearStep, first_token_base
 
@@ -97,8 +97,21 @@ class BackendLatency:
 
     def learn(self, samples: Sequence[Sample], now: float) -> None:
         """Consecutive ``(gap_s, running, kv_tokens)`` samples of one response (non-empty)."""
+        wins, fit_pts = self.split(samples)
+        self.ingest(wins, fit_pts, now)
+
+    def split(self, samples: Sequence[Sample]) -> tuple[list[Window], list[FitPoint]]:
+        """One response's samples (non-empty) as the windows complete now and its fit points
+        (:mod:`~.windows`): what :meth:`ingest` learns from — and what another router
+        process of the same logical router learns from too (:mod:`~.share`)."""
         cfg = self.settings
-        wins, fit_pts = self.pool.split(samples, cfg.window_tokens, cfg.samples_per_outcome)
+        return self.pool.split(samples, cfg.window_tokens, cfg.samples_per_outcome)
+
+    def ingest(self, wins: Sequence[Window], fit_pts: Sequence[FitPoint], now: float) -> None:
+        """Learn from one response's windows and fit points (see :meth:`split`); the fit
+        points are raw (decode gap with the prefill interference still in: removed here
+        with this model's current ``c_prefill · ρ``)."""
+        cfg = self.settings
         coef = self.fit.coef
         cpr = coef.c_prefill_s * self.rho
         # one engine step at batch r is seen by r streams at once: r samples, one

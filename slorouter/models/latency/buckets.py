@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from slorouter.models.digest import DecayingDigest
@@ -70,7 +70,7 @@ class LoadBuckets:
     def __init__(self) -> None:
         self.by_key: dict[int, LoadBucket] = {}
 
-    def add(self, wins: list[Window], now: float, settings: LatencySettings) -> None:
+    def add(self, wins: Sequence[Window], now: float, settings: LatencySettings) -> None:
         """Windows into their buckets' digests (one batch update per bucket)."""
         groups: dict[int, tuple[list[float], list[float]]] = {}
         for gap, r, kv in wins:
@@ -125,7 +125,7 @@ class QuantileRatio:
         self.digest: DecayingDigest | None = None  # created with the first ratio
 
     def add(
-        self, wins: list[Window], coef: LinearStep, rho: float, now: float, settings: LatencySettings
+        self, wins: Sequence[Window], coef: LinearStep, rho: float, now: float, settings: LatencySettings
     ) -> None:
         """Each window's pace over the pace ``coef`` predicts at its load."""
         cpr = coef.c_prefill_s * rho

@@ -11,16 +11,18 @@ point. ``to_state`` / ``from_state`` + ``adopt`` are the saved state (see
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from slorouter.clock import Clock
 from slorouter.models.latency.backend import BackendLatency, BackendPrior
 from slorouter.models.latency.buckets import bucket_key
+from slorouter.models.latency.fit import FitPoint
 from slorouter.models.latency.settings import LatencySettings
+from slorouter.models.latency.share import Observation, TtftPoint
 from slorouter.models.latency.traffic import PrefillRatio
-from slorouter.models.latency.windows import Sample
+from slorouter.models.latency.windows import Sample, Window
 from slorouter.models.profile import StepProfile
 from slorouter.models.saved import StateError, field, section
 from slorouter.models.static import EngineLimits, LinearStep
@@ -62,6 +64,9 @@ class OnlineLatency:
         self._priors: dict[str, BackendPrior] = {}  # per-backend priors (else the default)
         self._views: dict[str, BackendLatency] = {}  # the priors' answers (never learn)
         self._default_view = self._blank(self._default)
+        # told every observation this model learned from its own outcomes (the router
+        # processes of one logical router share them: slorouter.state.learning)
+        self.on_observation: Callable[[Observation], None] | None = None
 
     # -- configuration ---------------------------------------------------------------
 
@@ -156,19 +161,26 @@ class OnlineLatency:
 
     def observe_outcome(self, outcome: Outcome) -> None:
         """Tracker listener: learn from one finished request (its gaps and its lengths)."""
-        if outcome.backend is None:
+        obs = self.observation(outcome)
+        if obs is None:
             return
-        if (
-            outcome.output_tokens > 0
-            and outcome.prompt_tokens > 0
-            and self._traffic.observe(outcome.prompt_tokens, outcome.output_tokens, self.clock.now())
-        ):
-            self._apply_rho()
+        self.learn_observation(obs)
+        if self.on_observation is not None:
+            self.on_observation(obs)
+
+    def observation(self, outcome: Outcome) -> Observation | None:
+        """What this model learns from a finished request (None: nothing), its step
+        samples reduced to fit points and windows (:mod:`~.share`). The backend's window
+        pool takes the response's tokens here: call once per outcome."""
+        b = outcome.backend
+        if b is None:
+            return None
+        ttft: TtftPoint | None = None
         dl = outcome.dispatch_load
         if dl is not None and outcome.first_token_at is not None and outcome.dispatched_at is not None:
-            self.observe_ttft(
-                outcome.backend, outcome.prompt_tokens, dl, outcome.first_token_at - outcome.dispatched_at
-            )
+            ttft = (dl[0], dl[1], dl[2], outcome.first_token_at - outcome.dispatched_at)
+        wins: list[Window] = []
+        fit_pts: list[FitPoint] = []
         samples = outcome.step_samples
         if samples:
             # A streamed event may carry several tokens (vLLM packs them when its output
@@ -179,7 +191,23 @@ class OnlineLatency:
             if steps > len(samples):
                 f = len(samples) / steps
                 samples = tuple((g * f, r, kv) for g, r, kv in samples)
-            self.observe(outcome.backend, samples)
+            wins, fit_pts = self._learner(b).split(samples)
+        return Observation(b, outcome.prompt_tokens, outcome.output_tokens, ttft, tuple(fit_pts), tuple(wins))
+
+    def learn_observation(self, obs: Observation) -> None:
+        """Learn from one finished request's observation — this process's own
+        (:meth:`observe_outcome`) or another router process's (:mod:`~.share`)."""
+        if (
+            obs.output_tokens > 0
+            and obs.prompt_tokens > 0
+            and self._traffic.observe(obs.prompt_tokens, obs.output_tokens, self.clock.now())
+        ):
+            self._apply_rho()
+        if obs.ttft is not None:
+            running, kv, backlog, ttft_s = obs.ttft
+            self.observe_ttft(obs.backend, obs.prompt_tokens, (running, kv, backlog), ttft_s)
+        if obs.fit:
+            self._learner(obs.backend).ingest(obs.windows, obs.fit, self.clock.now())
 
     def observe_ttft(
         self, backend_id: str, prompt_tokens: int, load: tuple[int, int, int], ttft_s: float
