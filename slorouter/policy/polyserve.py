@@ -394,12 +394,15 @@ class PolyServe(BasePolicy):
         if need.late:
             return self._scan(need, bins, order, snap)
         own = bool(order) and bins.taus[order[0]] == need.tightness
+        occ = self.occupancy
         if own:
             chosen = self._scan(need, bins, order[:1], snap)
             if chosen:
-                if self.occupancy is not None and len(order) > 1 and need.tightness.paced:
+                if occ is not None and len(order) > 1 and need.tightness.paced:
                     return self._lend_room(need, bins, order[1:], snap, chosen)
                 return chosen
+        if occ is not None:
+            occ.short(need.tightness, snap.now)  # its own bin had no room for it
         rest = order[1:] if own else order
         mv = self.moves
         if mv is None:
@@ -446,6 +449,7 @@ class PolyServe(BasePolicy):
             ix = self._index[i] if i < len(self._index) else None
             ids: Sequence[str] = bins.bins[i] if ix is None else [b for _, b in ix.order[: self._top]]
             size = occ.size(tau_bin, need.p + need.b)
+            short = occ.short_at(tau_bin)  # room its own tier needed within the lent life is not spare
             for bid in ids:
                 load = loads[bid]
                 tau = tau_bin.tpot
@@ -454,7 +458,7 @@ class PolyServe(BasePolicy):
                 held = sum(load.tier_counts.get(t, 0) for t in tiers)
                 r = occ.reserve(tau_bin, held, floor, now)
                 s = lend_step(need, load, lat.linear(bid), lat.limits(bid), tau, self.fp_lend, r, size)
-                if 0 <= s < best_s:
+                if 0 <= s < best_s and now - short >= need.b * s:
                     best, best_s = bid, s
         if best is None:
             return chosen

@@ -97,3 +97,26 @@ def test_placing_its_own_tier_records_the_occupancy_met() -> None:
     assert p.occupancy.level(TIGHT) == 5  # the 4 residents and itself
     p.select(request(T50), f.snap())  # a t50 request on its own server is not t20's occupancy
     assert p.occupancy.level(TIGHT) == 5 and p.occupancy.samples(TIGHT, 0.0) == int(MIN_SAMPLES) + 1
+
+
+def test_a_bin_short_of_room_for_its_own_tier_lends_nothing_within_the_lent_life() -> None:
+    # the t50 request (bound 50 tokens) would run at 13 ms on b: a life of 0.65 s
+    f = Fleet({"a": "t50", "b": "t20"}, {"a": 30, "b": 2}, step=STEEP)
+    p = build("polyserve", placement="spread")
+    seen(p, 1)
+    assert p.occupancy is not None
+    p.occupancy.short(TIGHT, f.clock.now())
+    assert p.select(request(T50), f.snap()).backends[0] == "a"
+    f.clock.advance(0.6)
+    assert p.select(request(T50), f.snap()).backends[0] == "a"
+    f.clock.advance(0.1)
+    assert p.select(request(T50), f.snap()).backends[0] == "b"
+
+
+def test_a_request_its_own_bin_cannot_place_marks_the_bin_short() -> None:
+    f = Fleet({"a": "t50", "b": "t20"}, {"a": 0, "b": 10}, step=STEEP)  # b: 21 ms with one more
+    p = build("polyserve", placement="spread")
+    assert p.occupancy is not None and p.occupancy.short_at(TIGHT) == -math.inf
+    f.clock.advance(5.0)
+    assert not isinstance(p.select(request(T20, arrival=5.0), f.snap()), Dispatch)  # 21 ms > 20 ms
+    assert p.occupancy.short_at(TIGHT) == f.clock.now()
