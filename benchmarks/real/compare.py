@@ -84,6 +84,14 @@ def slo_tiers(step_s: float, ttft_s: float) -> list[dict[str, Any]]:
     ]
 
 
+def _inside(o: Outcome, start: float, end: float) -> float:
+    """Share of the request's life (arrival to finish) inside ``[start, end]``."""
+    life = o.finished_at - o.arrival
+    if life <= 0:
+        return 1.0 if start <= o.finished_at <= end else 0.0
+    return max(0.0, min(end, o.finished_at) - max(start, o.arrival)) / life
+
+
 def met(o: Outcome) -> bool:
     """The request met its tier's SLO, as the router judges it (:func:`slorouter.judge.verdict`)."""
     v = verdict(o)
@@ -116,9 +124,13 @@ async def run_policy(
             after = [await vllm_itl(s, u) for u in urls]
             outcomes = list(rt.outcomes)
             zero = rt.services.tracker.all_zero()
-    # the users' window: its first arrival + ``seconds`` (after it, in-flight requests
-    # drain with fewer users active; a policy whose slowest server is slower drains longer)
-    end = min((o.arrival for o in outcomes), default=0.0) + seconds
+    # the users' window: from the first arrival, ``seconds`` long. After it, in-flight
+    # requests drain with fewer users active (a policy whose slowest server is slower drains
+    # longer), so the steady rate counts each good request by the share of its life
+    # (arrival to finish) inside the window — closed-loop users in lockstep (a deterministic
+    # engine) would otherwise make a count of completions depend on their phase
+    start = min((o.arrival for o in outcomes), default=0.0)
+    end = start + seconds
     res: dict[str, Any] = {
         "seconds": elapsed,
         "window_s": seconds,
@@ -135,7 +147,7 @@ async def run_policy(
         res[t] = {
             "requests": len(mine),
             "met": sum(map(met, mine)),
-            "met_in_window": sum(met(o) and o.finished_at <= end for o in mine),
+            "good_in_window": sum(_inside(o, start, end) for o in mine if met(o)),
             "attainment": sum(map(met, mine)) / len(mine) if mine else 0.0,
             "errors": sum(o.status is not Status.OK for o in mine),
             "never_dispatched": sum(o.backend is None for o in mine),
@@ -183,11 +195,11 @@ async def compare_policies(
 
 def totals(run: Mapping[str, Any], tiers: Sequence[str] = ("tight", "loose")) -> dict[str, float]:
     """All tiers of one :func:`run_policy` result: good and sent requests, good per second
-    over the whole run (drain included) and good finished within the users' window per
-    second of it (the closed loop's steady rate)."""
+    over the whole run (drain included) and per second of the users' window (each good
+    request counted by the share of its life inside it: the closed loop's steady rate)."""
     good = sum(run[t]["met"] for t in tiers)
     sent = sum(run[t]["requests"] for t in tiers)
-    window = sum(run[t]["met_in_window"] for t in tiers)
+    window = sum(run[t]["good_in_window"] for t in tiers)
     return {
         "good": good,
         "sent": sent,
