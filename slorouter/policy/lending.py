@@ -38,12 +38,14 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
 from slorouter.models.static import EngineLimits, LinearStep
-from slorouter.policy.feasibility import FeasibilityParams, Need, assess
+from slorouter.policy.feasibility import FeasibilityParams, Need, assess, tightest_tpot
 from slorouter.state.load import BackendLoad
+from slorouter.state.snapshot import Snapshot
 from slorouter.values import Tightness
 
 HALF_LIFE_S: Final = 30.0  # the occupancy record forgets as the latency model does
@@ -169,3 +171,34 @@ def lend_step(
     if s + reserve * (lin.c_batch_s + lin.c_kv_s * size) > fp.headroom * tau:
         return -1.0
     return s
+
+
+def lender(
+    need: Need,
+    occ: Occupancy,
+    groups: Iterable[tuple[Tightness, Sequence[str], Sequence[str]]],
+    snap: Snapshot,
+    tpot_by_tier: dict[str, float],
+    fp: FeasibilityParams,
+    floor: int,
+    beat: float,
+) -> str | None:
+    """The server that lends ``need`` room with the lowest predicted step below ``beat``
+    (the step on the best server of its own bin), among ``groups`` — ``(bin, servers to
+    examine, the bin's own tiers)`` of tighter bins whose tiers do not wait — or None."""
+    loads, lat, now = snap.loads, snap.latency, snap.now
+    best: str | None = None
+    for tau_bin, ids, tiers in groups:
+        size = occ.size(tau_bin, need.p + need.b)
+        short = occ.short_at(tau_bin)  # room its own tier needed within the lent life is not spare
+        for bid in ids:
+            load = loads[bid]
+            tau = tau_bin.tpot
+            if load.tier_counts:
+                tau = min(tau, tightest_tpot(load, tpot_by_tier))
+            held = sum(load.tier_counts.get(t, 0) for t in tiers)
+            r = occ.reserve(tau_bin, held, floor, now)
+            s = lend_step(need, load, lat.linear(bid), lat.limits(bid), tau, fp, r, size)
+            if 0 <= s < beat and now - short >= need.b * s:
+                best, beat = bid, s
+    return best

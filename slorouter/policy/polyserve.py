@@ -16,6 +16,13 @@
   No overflow into a bin while requests of its own tiers wait in the queue: the room
   is theirs (without this, on two real vLLM servers, a tight request deferred for its
   TTFT waited ~6 s while loose overflow refilled its server at every completion).
+* **Lent room** (``placement: spread``, ``lend_room``): a latency request whose own bin
+  has a feasible server still goes to a tighter bin's server where its predicted step is
+  lower, if that server keeps its own tier's TPOT (× ``overflow_headroom``) with room for
+  the occupancy its tier's arrivals have met (``lend_quantile``) and the bin was not
+  short of room for its tier within the lent request's life
+  (:mod:`slorouter.policy.lending`): on a fleet nobody scales, idle room is paid for anyway,
+  and closed-loop clients send more when answered faster.
 * **Nothing feasible** → for a request with an SLO, the same scan with every threshold ×
   ``relax`` (the predictions are a conservative quantile; a nearly-feasible server now
   beats a feasible one too late); if its TPOT is below every candidate's predicted step
@@ -31,7 +38,8 @@ Params (docs/policies.md §1 and §5 say what each does and why its default):
 ``placement`` (auto), ``kv_estimate`` (peak), ``headroom`` (1.0), ``interference_checks``
 (4), ``catchup_tokens`` (64), ``late_fill`` (0.25), ``late_hold_s`` (none), ``overflow``
 (true), ``overflow_headroom`` (0.95), ``overflow_reserve`` (1), ``relax`` (1.15),
-``fallbacks`` (2), ``rebalance`` (true), ``rebalance_hold_s`` (10), ``rebalance_receive_s`` (2).
+``fallbacks`` (2), ``rebalance`` (true), ``rebalance_hold_s`` (10), ``rebalance_receive_s`` (2),
+``lend_room`` (true with spread placement; not with pack), ``lend_quantile`` (0.99).
 """
 
 from __future__ import annotations
@@ -57,7 +65,7 @@ from slorouter.policy.feasibility import (
     read_params,
     tightest_tpot,
 )
-from slorouter.policy.lending import LendParams, Occupancy, lend_step
+from slorouter.policy.lending import LendParams, Occupancy, lender
 from slorouter.policy.rebalance import BinMoves, RebalanceParams
 from slorouter.state.load import BackendLoad
 from slorouter.state.snapshot import Snapshot
@@ -432,34 +440,23 @@ class PolyServe(BasePolicy):
         the ``_top`` least loaded of an indexed one."""
         occ = self.occupancy
         assert occ is not None
-        loads, lat, now = snap.loads, snap.latency, snap.now
+        loads, lat = snap.loads, snap.latency
         first = chosen[0]
         host = bins.taus[self._bin_of[first]].tpot
         best_s = assess(need, loads[first], lat.linear(first), lat.limits(first), host, self.fp)
         if best_s < 0:  # chosen by a rule beside the step (interference): keep it
             return chosen
-        best: str | None = None
         queued = snap.queued
-        floor = self.fp_overflow.reserve
+        groups = []
         for i in tighter:
-            tau_bin = bins.taus[i]
-            tiers = bins.tiers_of.get(tau_bin, ())
+            tiers = bins.tiers_of.get(bins.taus[i], ())
             if queued and waiting(queued, tiers):
                 continue  # the bin's own tiers are waiting for its room
             ix = self._index[i] if i < len(self._index) else None
             ids: Sequence[str] = bins.bins[i] if ix is None else [b for _, b in ix.order[: self._top]]
-            size = occ.size(tau_bin, need.p + need.b)
-            short = occ.short_at(tau_bin)  # room its own tier needed within the lent life is not spare
-            for bid in ids:
-                load = loads[bid]
-                tau = tau_bin.tpot
-                if load.tier_counts:
-                    tau = min(tau, tightest_tpot(load, bins.tpot_by_tier))
-                held = sum(load.tier_counts.get(t, 0) for t in tiers)
-                r = occ.reserve(tau_bin, held, floor, now)
-                s = lend_step(need, load, lat.linear(bid), lat.limits(bid), tau, self.fp_lend, r, size)
-                if 0 <= s < best_s and now - short >= need.b * s:
-                    best, best_s = bid, s
+            groups.append((bins.taus[i], ids, tiers))
+        floor = self.fp_overflow.reserve
+        best = lender(need, occ, groups, snap, bins.tpot_by_tier, self.fp_lend, floor, best_s)
         if best is None:
             return chosen
         return [best, *chosen][: 1 + self.fallbacks]

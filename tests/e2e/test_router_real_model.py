@@ -125,10 +125,12 @@ async def test_polyserve_gives_the_tight_tier_higher_attainment_than_round_robin
                 f"{x['by_backend']}"
             )
         print(f"{'':11}  vLLM's own ITL per server (ms): {res[p]['vllm_itl_ms']}")
-    for p in ("round-robin", "polyserve"):
-        good = sum(res[p][t]["met"] for t in ("tight", "loose"))
-        sent = sum(res[p][t]["requests"] for t in ("tight", "loose"))
-        print(f"{p:11}  all tiers: {good} good of {sent}, {good / res[p]['seconds']:.2f} good requests/s")
+    tot = {p: bench.totals(res[p]) for p in ("round-robin", "polyserve")}
+    for p, x in tot.items():
+        print(
+            f"{p:11}  all tiers: {x['good']} good of {x['sent']}, {x['good_per_s']:.2f} good requests/s over "
+            f"{res[p]['seconds']:.1f} s; {x['window_good_per_s']:.2f}/s in the users' {res[p]['window_s']:.0f} s"
+        )
     rr, ps = res["round-robin"], res["polyserve"]
     for r in (rr, ps):
         assert r["counters_zero"]
