@@ -22,11 +22,14 @@ server keeps room for its own tier:
   the 0.99 quantile. Until a bin has seen ``MIN_SAMPLES`` placements, ``r`` is at least
   the overflow reserve.
 
-* the bin has not been **short of room for its own tier** (a request of its tiers found
-  no feasible server in it) within the lent request's predicted life (its output bound ×
-  the step there): room its own tier needed that recently is not spare. Without this,
-  the fleet simulator lost 2.8 % of polyserve-conv's goodput at ≥ 90 % (16.71 → 16.24
-  req/s/server), where the bins run at their limit and a tight burst found its room lent.
+* no work that may use the lender's room — its own tier's, or a looser tier's, which
+  overflows upward — has been **short of room** (a request found no feasible server in
+  its own bin) within the lent request's predicted life (its output bound × the step
+  there): room that was needed that recently is not spare. A router that has not yet
+  watched for that long lends nothing (in the fleet simulator, lending in the first
+  seconds of a run, before any bin had been short, changed which servers the rebalancer
+  moved later and cost polyserve-conv's t30 tier 3-9 points of attainment at its ≥ 90 %
+  rate, 334 req/s, on seeds 1 and 2).
 
 No lending into a bin while requests of its own tiers wait in the router queue (the
 room is theirs), never for a late request, never downward. A lent request never
@@ -77,21 +80,26 @@ class _Record:
 class Occupancy:
     """What a bin's own tiers hold on one of its servers when one of them arrives."""
 
-    __slots__ = ("_recs", "_short", "_tau", "quantile")
+    __slots__ = ("_recs", "_short", "_t0", "_tau", "quantile")
 
     def __init__(self, quantile: float = 0.99, half_life_s: float = HALF_LIFE_S) -> None:
         self.quantile = quantile
         self._tau = half_life_s / math.log(2.0)
         self._recs: dict[Tightness, _Record] = {}
         self._short: dict[Tightness, float] = {}  # bin -> last time its own tier found no room in it
+        self._t0: float | None = None  # when lending was first considered
 
     def short(self, bin_tau: Tightness, now: float) -> None:
         """A request of ``bin_tau``'s tiers found no feasible server in its own bin."""
         self._short[bin_tau] = now
 
-    def short_at(self, bin_tau: Tightness) -> float:
-        """When the bin last was short of room for its own tier (-inf: never)."""
-        return self._short.get(bin_tau, -math.inf)
+    def short_at(self, bin_tau: Tightness, now: float) -> float:
+        """When a bin whose work may use ``bin_tau``'s room — its own, or a looser one
+        (overflow is upward) — last found no room in its own bin; never, but no earlier
+        than the first time this was asked (before that nothing was seen: not spare)."""
+        if self._t0 is None:
+            self._t0 = now
+        return max((t for b, t in self._short.items() if b >= bin_tau), default=self._t0)
 
     def observe(self, bin_tau: Tightness, held: int, size: int, now: float) -> None:
         """A request of ``bin_tau``'s tiers placed on one of its servers, which then holds
@@ -190,7 +198,7 @@ def lender(
     best: str | None = None
     for tau_bin, ids, tiers in groups:
         size = occ.size(tau_bin, need.p + need.b)
-        short = occ.short_at(tau_bin)  # room its own tier needed within the lent life is not spare
+        short = occ.short_at(tau_bin, now)  # room needed within the lent life is not spare
         for bid in ids:
             load = loads[bid]
             tau = tau_bin.tpot

@@ -52,7 +52,14 @@ async def test_lending_spare_room_wins_overall_and_keeps_the_tight_tier(tmp_path
         st = STEEP_CPU.step
         curve = (st.c0_s, st.c_batch_s)  # vLLM's ITL curve as the e2e fits it
         res: dict[str, Any] = await bench.compare_policies(
-            fleet.urls, st.c0_s + st.c_batch_s, ttft, profile, None, seconds=SECONDS, policies=POLICIES, curve=curve
+            fleet.urls,
+            st.c0_s + st.c_batch_s,
+            ttft,
+            profile,
+            None,
+            seconds=SECONDS,
+            policies=POLICIES,
+            curve=curve,
         )
     assert res["users"] == {"tight": 1, "loose": 9}  # the e2e's choice on such servers
     tot = {p: bench.totals(res[p]) for p in POLICIES}

@@ -14,9 +14,10 @@ TOKENS = 8
 
 
 async def test_a_stream_is_timed_by_its_token_chunks() -> None:
-    async with serve_engines(1, model=bench.MODEL) as fleet, aiohttp.ClientSession(
-        timeout=aiohttp.ClientTimeout(total=30)
-    ) as s:
+    async with (
+        serve_engines(1, model=bench.MODEL) as fleet,
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s,
+    ):
         rec = await bench.stream_one(s, fleet.urls[0], None, TOKENS)
         bad = await bench.stream_one(s, fleet.urls[0] + "/nowhere", None, TOKENS)
     assert rec.ok and rec.tier is None

@@ -49,8 +49,10 @@ def test_the_record_forgets_with_a_30_s_half_life_and_the_floor_returns() -> Non
 
 
 def seen(policy: PolyServe, held: int, n: int = 40) -> None:
+    """The router has watched for 100 s, no bin short, and ``n`` t20 placements met ``held``."""
     occ = policy.occupancy
     assert occ is not None
+    occ.short_at(TIGHT, -100.0)
     for _ in range(n):
         occ.observe(TIGHT, held, 60, 0.0)
 
@@ -116,7 +118,23 @@ def test_a_bin_short_of_room_for_its_own_tier_lends_nothing_within_the_lent_life
 def test_a_request_its_own_bin_cannot_place_marks_the_bin_short() -> None:
     f = Fleet({"a": "t50", "b": "t20"}, {"a": 0, "b": 10}, step=STEEP)  # b: 21 ms with one more
     p = build("polyserve", placement="spread")
-    assert p.occupancy is not None and p.occupancy.short_at(TIGHT) == -math.inf
+    assert p.occupancy is not None and p.occupancy.short_at(TIGHT, 0.0) == 0.0  # first asked: now
     f.clock.advance(5.0)
     assert not isinstance(p.select(request(T20, arrival=5.0), f.snap()), Dispatch)  # 21 ms > 20 ms
-    assert p.occupancy.short_at(TIGHT) == f.clock.now()
+    assert p.occupancy.short_at(TIGHT, f.clock.now()) == f.clock.now()
+
+
+def test_a_router_that_has_not_watched_for_the_lent_life_lends_nothing() -> None:
+    f = Fleet({"a": "t50", "b": "t20"}, {"a": 30, "b": 0}, step=STEEP)
+    p = build("polyserve", placement="spread")
+    assert p.select(request(T50), f.snap()).backends[0] == "a"  # first look at t = 0
+    f.clock.advance(0.5)  # the request's life on b: 50 tokens x 11 ms = 0.55 s
+    assert p.select(request(T50, arrival=0.5), f.snap()).backends[0] == "a"
+    f.clock.advance(0.1)
+    assert p.select(request(T50, arrival=0.6), f.snap()).backends[0] == "b"
+
+
+def test_only_spread_lends() -> None:
+    assert build("polyserve", placement="pack").occupancy is None
+    assert build("polyserve", placement="spread", lend_room=False).occupancy is None
+    assert build("polyserve", placement="spread").occupancy is not None

@@ -146,12 +146,12 @@ CASES: list[tuple[str, dict[str, str], dict[str, int], Tier, dict[str, Any], str
         "a",
     ),
     (
-        "spread: a tighter server lends its spare room when the request runs faster there",
+        "spread: a router that just started lends no room (tests/unit/test_policy_lending.py)",
         {"a": "t50", "b": "t20"},
         {"a": 200, "b": 0},
         T50,
         {"placement": "spread"},
-        "b",
+        "a",
     ),
     (
         "pack never lends room (emptied servers are given back)",
