@@ -22,10 +22,11 @@ server keeps room for its own tier:
   the 0.99 quantile. Until a bin has seen ``MIN_SAMPLES`` placements, ``r`` is at least
   the overflow reserve.
 
-* no work that may use the lender's room — its own tier's, or a looser tier's, which
-  overflows upward — has been **short of room** (a request found no feasible server in
-  its own bin) within the lent request's predicted life (its output bound × the step
-  there): room that was needed that recently is not spare. A router that has not yet
+* no work that may use the lender's room — its own tier's, a looser tier's (overflow is
+  upward) and, with dynamic bins, a tighter tier's (it borrows looser bins' servers) —
+  has been **short of room** (a request found no feasible server in its own bin) within
+  the lent request's predicted life (its output bound × the step there): room that was
+  needed that recently is not spare. A router that has not yet
   watched for that long lends nothing (in the fleet simulator, lending in the first
   seconds of a run, before any bin had been short, changed which servers the rebalancer
   moved later and cost polyserve-conv's t30 tier 3-9 points of attainment at its ≥ 90 %
@@ -93,13 +94,14 @@ class Occupancy:
         """A request of ``bin_tau``'s tiers found no feasible server in its own bin."""
         self._short[bin_tau] = now
 
-    def short_at(self, bin_tau: Tightness, now: float) -> float:
-        """When a bin whose work may use ``bin_tau``'s room — its own, or a looser one
-        (overflow is upward) — last found no room in its own bin; never, but no earlier
-        than the first time this was asked (before that nothing was seen: not spare)."""
+    def short_at(self, bin_tau: Tightness, now: float, borrowing: bool) -> float:
+        """When a bin whose work may use ``bin_tau``'s room last found no room in its own
+        bin: its own, a looser one (overflow is upward) and, with ``borrowing`` (dynamic
+        bins: a tighter bin takes a looser bin's server), any; never, but no earlier than
+        the first time this was asked (before that nothing was seen: not spare)."""
         if self._t0 is None:
             self._t0 = now
-        return max((t for b, t in self._short.items() if b >= bin_tau), default=self._t0)
+        return max((t for b, t in self._short.items() if borrowing or b >= bin_tau), default=self._t0)
 
     def observe(self, bin_tau: Tightness, held: int, size: int, now: float) -> None:
         """A request of ``bin_tau``'s tiers placed on one of its servers, which then holds
@@ -190,6 +192,7 @@ def lender(
     fp: FeasibilityParams,
     floor: int,
     beat: float,
+    borrowing: bool,
 ) -> str | None:
     """The server that lends ``need`` room with the lowest predicted step below ``beat``
     (the step on the best server of its own bin), among ``groups`` — ``(bin, servers to
@@ -198,7 +201,7 @@ def lender(
     best: str | None = None
     for tau_bin, ids, tiers in groups:
         size = occ.size(tau_bin, need.p + need.b)
-        short = occ.short_at(tau_bin, now)  # room needed within the lent life is not spare
+        short = occ.short_at(tau_bin, now, borrowing)  # room needed within the lent life is not spare
         for bid in ids:
             load = loads[bid]
             tau = tau_bin.tpot

@@ -456,7 +456,8 @@ class PolyServe(BasePolicy):
             ids: Sequence[str] = bins.bins[i] if ix is None else [b for _, b in ix.order[: self._top]]
             groups.append((bins.taus[i], ids, tiers))
         floor = self.fp_overflow.reserve
-        best = lender(need, occ, groups, snap, bins.tpot_by_tier, self.fp_lend, floor, best_s)
+        borrowing = self.moves is not None  # a tighter bin's shortage may take a looser server
+        best = lender(need, occ, groups, snap, bins.tpot_by_tier, self.fp_lend, floor, best_s, borrowing)
         if best is None:
             return chosen
         return [best, *chosen][: 1 + self.fallbacks]

@@ -52,7 +52,7 @@ def seen(policy: PolyServe, held: int, n: int = 40) -> None:
     """The router has watched for 100 s, no bin short, and ``n`` t20 placements met ``held``."""
     occ = policy.occupancy
     assert occ is not None
-    occ.short_at(TIGHT, -100.0)
+    occ.short_at(TIGHT, -100.0, True)
     for _ in range(n):
         occ.observe(TIGHT, held, 60, 0.0)
 
@@ -118,10 +118,10 @@ def test_a_bin_short_of_room_for_its_own_tier_lends_nothing_within_the_lent_life
 def test_a_request_its_own_bin_cannot_place_marks_the_bin_short() -> None:
     f = Fleet({"a": "t50", "b": "t20"}, {"a": 0, "b": 10}, step=STEEP)  # b: 21 ms with one more
     p = build("polyserve", placement="spread")
-    assert p.occupancy is not None and p.occupancy.short_at(TIGHT, 0.0) == 0.0  # first asked: now
+    assert p.occupancy is not None and p.occupancy.short_at(TIGHT, 0.0, True) == 0.0  # first asked: now
     f.clock.advance(5.0)
     assert not isinstance(p.select(request(T20, arrival=5.0), f.snap()), Dispatch)  # 21 ms > 20 ms
-    assert p.occupancy.short_at(TIGHT, f.clock.now()) == f.clock.now()
+    assert p.occupancy.short_at(TIGHT, f.clock.now(), True) == f.clock.now()
 
 
 def test_a_router_that_has_not_watched_for_the_lent_life_lends_nothing() -> None:
@@ -138,3 +138,14 @@ def test_only_spread_lends() -> None:
     assert build("polyserve", placement="pack").occupancy is None
     assert build("polyserve", placement="spread", lend_room=False).occupancy is None
     assert build("polyserve", placement="spread").occupancy is not None
+
+
+def test_a_tighter_bins_shortage_counts_only_where_it_may_borrow() -> None:
+    occ = Occupancy()
+    loose = Tightness(PACED, 0.050)
+    assert occ.short_at(loose, 0.0, True) == 0.0  # watching from t = 0
+    occ.short(TIGHT, 5.0)  # the t20 bin found no room at t = 5
+    assert occ.short_at(loose, 6.0, borrowing=True) == 5.0  # it may borrow a t50 server
+    assert occ.short_at(loose, 6.0, borrowing=False) == 0.0  # overflow is upward only
+    occ.short(Tightness(PACED, 0.100), 7.0)
+    assert occ.short_at(loose, 8.0, borrowing=False) == 7.0  # t100 overflows into t50
