@@ -13,6 +13,7 @@ functions through this package):
 
 from benchmarks.real.compare import (
     REQUEST_TIMEOUT_S,
+    VARIANTS,
     choose_users,
     compare_policies,
     itl_curve,
@@ -20,6 +21,7 @@ from benchmarks.real.compare import (
     run_policy,
     single_stream,
     slo_tiers,
+    totals,
 )
 from benchmarks.real.harness import Router, config, router
 from benchmarks.real.levels import model_levels, overhead, profile_servers, profile_summary, unsteady
@@ -28,6 +30,7 @@ from benchmarks.real.streams import MODEL, WORDS, Record, closed_loop, itl_betwe
 __all__ = [
     "MODEL",
     "REQUEST_TIMEOUT_S",
+    "VARIANTS",
     "WORDS",
     "Record",
     "Router",
@@ -47,6 +50,7 @@ __all__ = [
     "single_stream",
     "slo_tiers",
     "stream_one",
+    "totals",
     "unsteady",
     "vllm_itl",
 ]

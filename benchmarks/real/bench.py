@@ -25,7 +25,7 @@ Sections:
   users (``--users``, by default chosen from vLLM's measured ITL curve: as many tight
   users as one server holds well within the tight TPOT, as many loose ones as one
   server holds within 0.6 x the loose TPOT; 96 output tokens) for ``--seconds`` through ``round-robin``
-  and ``polyserve`` (both routers start from the model state ``model-defaults`` left);
+  and ``polyserve`` (``--policies``; both routers start from the model state ``model-defaults`` left);
   DSLO attainment per tier is the router's own verdict (``slorouter.judge.verdict``: every
   token by its per-token deadline).
 
@@ -50,7 +50,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.real.compare import compare_policies, itl_curve, single_stream
+from benchmarks.real.compare import compare_policies, itl_curve, single_stream, totals
 from benchmarks.real.levels import model_levels, overhead, profile_servers, profile_summary, unsteady
 
 
@@ -82,8 +82,11 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
             tight, loose = (int(x) for x in args.users.split(","))
             users = {"tight": tight, "loose": loose}
         curve = itl_curve(result["model_defaults"])
+        pols = [p for p in args.policies.split(",") if p]
         result["policies"] = [
-            await compare_policies(urls, step, first, None, state, users, seconds=args.seconds, curve=curve)
+            await compare_policies(
+                urls, step, first, None, state, users, seconds=args.seconds, policies=pols, curve=curve
+            )
             for _ in range(args.repeat)
         ]
     return result
@@ -128,7 +131,8 @@ def tables(result: dict[str, Any], console: Console) -> None:
         t = Table(title=f"run {i + 1}: {tiers}; users {run['users']}")
         for col in ("policy", "tier", "requests", "met", "DSLO att.", "TTFT", "TPOT", "tok/s", "servers"):
             t.add_column(col, justify="right")
-        for pol in ("round-robin", "polyserve"):
+        pols = [p for p in run if isinstance(run[p], dict) and "window_s" in run[p]]
+        for pol in pols:
             for tier in run["users"]:
                 x = run[pol][tier]
                 t.add_row(
@@ -142,6 +146,18 @@ def tables(result: dict[str, Any], console: Console) -> None:
                     _f(x["tokens_per_s"], ".0f"),
                     " ".join(f"{b}:{n}" for b, n in x["by_backend"].items()),
                 )
+            tot = totals(run[pol], list(run["users"]))
+            t.add_row(
+                pol,
+                "all",
+                str(tot["sent"]),
+                str(tot["good"]),
+                f"{tot['good_per_s']:.2f}/s",
+                f"{tot['window_good_per_s']:.2f}/s in window",
+                "",
+                "",
+                "",
+            )
         console.print(t)
 
 
@@ -155,6 +171,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--users",
         default="auto",
         help="closed-loop users: tight,loose (default auto: from the servers' measured ITL curve)",
+    )
+    ap.add_argument(
+        "--policies",
+        default="round-robin,polyserve",
+        help="policies to compare (kinds, or polyserve:no-lend: polyserve without lending room)",
     )
     ap.add_argument("--step-ms", type=float, help="single-stream step for the tiers (default: measured)")
     ap.add_argument("--ttft-ms", type=float, help="single-stream TTFT for the tiers (default: measured)")

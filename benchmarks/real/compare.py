@@ -19,6 +19,9 @@ from benchmarks.real.streams import closed_loop, itl_between, vllm_itl
 from slorouter.judge import verdict
 from slorouter.values import Outcome, Status
 
+# named variants a comparison may run besides the registered kinds: polyserve without
+# lending its tight server's spare room (slorouter/policy/lending.py)
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"polyserve:no-lend": ("polyserve", {"lend_room": False})}
 REQUEST_TIMEOUT_S = 30.0  # policy runs: a request not done by then counts as a miss (never hangs the run)
 
 
@@ -81,6 +84,14 @@ def slo_tiers(step_s: float, ttft_s: float) -> list[dict[str, Any]]:
     ]
 
 
+def _inside(o: Outcome, start: float, end: float) -> float:
+    """Share of the request's life (arrival to finish) inside ``[start, end]``."""
+    life = o.finished_at - o.arrival
+    if life <= 0:
+        return 1.0 if start <= o.finished_at <= end else 0.0
+    return max(0.0, min(end, o.finished_at) - max(start, o.arrival)) / life
+
+
 def met(o: Outcome) -> bool:
     """The request met its tier's SLO, as the router judges it (:func:`slorouter.judge.verdict`)."""
     v = verdict(o)
@@ -102,7 +113,8 @@ async def run_policy(
         if state is not None:  # every run starts from the same learned state
             state_file = Path(d) / "state.json"
             state_file.write_bytes(state)
-        cfg = config(urls, policy, tiers, ["tight", "loose"], profile, state_file)
+        kind, params = VARIANTS.get(policy, (policy, {}))
+        cfg = config(urls, kind, tiers, ["tight", "loose"], profile, state_file, params)
         timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
         async with router(cfg) as rt, aiohttp.ClientSession(timeout=timeout) as s:
             before = [await vllm_itl(s, u) for u in urls]
@@ -112,8 +124,16 @@ async def run_policy(
             after = [await vllm_itl(s, u) for u in urls]
             outcomes = list(rt.outcomes)
             zero = rt.services.tracker.all_zero()
+    # the users' window: from the first arrival, ``seconds`` long. After it, in-flight
+    # requests drain with fewer users active (a policy whose slowest server is slower drains
+    # longer), so the steady rate counts each good request by the share of its life
+    # (arrival to finish) inside the window — closed-loop users in lockstep (a deterministic
+    # engine) would otherwise make a count of completions depend on their phase
+    start = min((o.arrival for o in outcomes), default=0.0)
+    end = start + seconds
     res: dict[str, Any] = {
         "seconds": elapsed,
+        "window_s": seconds,
         "counters_zero": zero,
         "vllm_itl_ms": {
             f"e{i}": 1e3 * itl_between(a, b) for i, (a, b) in enumerate(zip(before, after, strict=True))
@@ -127,6 +147,7 @@ async def run_policy(
         res[t] = {
             "requests": len(mine),
             "met": sum(map(met, mine)),
+            "good_in_window": sum(_inside(o, start, end) for o in mine if met(o)),
             "attainment": sum(map(met, mine)) / len(mine) if mine else 0.0,
             "errors": sum(o.status is not Status.OK for o in mine),
             "never_dispatched": sum(o.backend is None for o in mine),
@@ -170,3 +191,19 @@ async def compare_policies(
     for p in policies:
         out[p] = await run_policy(p, urls, tiers, users, seconds, tokens, profile, state)
     return out
+
+
+def totals(run: Mapping[str, Any], tiers: Sequence[str] = ("tight", "loose")) -> dict[str, float]:
+    """All tiers of one :func:`run_policy` result: good and sent requests, good per second
+    over the whole run (drain included) and per second of the users' window (each good
+    request counted by the share of its life inside it: the closed loop's steady rate)."""
+    good = sum(run[t]["met"] for t in tiers)
+    sent = sum(run[t]["requests"] for t in tiers)
+    window = sum(run[t]["good_in_window"] for t in tiers)
+    return {
+        "good": good,
+        "sent": sent,
+        "good_per_s": good / run["seconds"],
+        "good_in_window": window,
+        "window_good_per_s": window / run["window_s"],
+    }

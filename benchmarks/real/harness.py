@@ -4,7 +4,7 @@ ephemeral port of 127.0.0.1, in front of the given vLLM servers; every finished 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +26,7 @@ def config(
     backend_tiers: Sequence[str] | None = None,
     profile: Path | None = None,
     state_file: Path | None = None,
+    params: Mapping[str, Any] | None = None,
 ) -> RouterConfig:
     tiers = tiers or [{"name": "standard", "class": "latency", "ttft_ms": 5000, "tpot_ms": 500}]
     names = list(backend_tiers or [tiers[0]["name"]] * len(urls))
@@ -41,7 +42,7 @@ def config(
             {"name": f"e{i}", "url": u, "engine": "vllm", "tier": names[i]} for i, u in enumerate(urls)
         ],
         "routing": {"default_tier": tiers[0]["name"], "allow_anonymous": True},
-        "policy": {"kind": policy},
+        "policy": {"kind": policy, "params": dict(params or {})},
         "models": models,
     }
     return parse_config(raw, "<bench_real_policies>")

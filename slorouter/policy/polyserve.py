@@ -16,6 +16,13 @@
   No overflow into a bin while requests of its own tiers wait in the queue: the room
   is theirs (without this, on two real vLLM servers, a tight request deferred for its
   TTFT waited ~6 s while loose overflow refilled its server at every completion).
+* **Lent room** (``placement: spread``, ``lend_room``): a latency request whose own bin
+  has a feasible server still goes to a tighter bin's server where its predicted step is
+  lower, if that server keeps its own tier's TPOT (× ``overflow_headroom``) with room for
+  the occupancy its tier's arrivals have met (``lend_quantile``) and the bin was not
+  short of room for its tier within the lent request's life
+  (:mod:`slorouter.policy.lending`): on a fleet nobody scales, idle room is paid for anyway,
+  and closed-loop clients send more when answered faster.
 * **Nothing feasible** → for a request with an SLO, the same scan with every threshold ×
   ``relax`` (the predictions are a conservative quantile; a nearly-feasible server now
   beats a feasible one too late); if its TPOT is below every candidate's predicted step
@@ -31,13 +38,14 @@ Params (docs/policies.md §1 and §5 say what each does and why its default):
 ``placement`` (auto), ``kv_estimate`` (peak), ``headroom`` (1.0), ``interference_checks``
 (4), ``catchup_tokens`` (64), ``late_fill`` (0.25), ``late_hold_s`` (none), ``overflow``
 (true), ``overflow_headroom`` (0.95), ``overflow_reserve`` (1), ``relax`` (1.15),
-``fallbacks`` (2), ``rebalance`` (true), ``rebalance_hold_s`` (10), ``rebalance_receive_s`` (2).
+``fallbacks`` (2), ``rebalance`` (true), ``rebalance_hold_s`` (10), ``rebalance_receive_s`` (2),
+``lend_room`` (true with spread placement; not with pack), ``lend_quantile`` (0.99).
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Final
 
@@ -57,6 +65,7 @@ from slorouter.policy.feasibility import (
     read_params,
     tightest_tpot,
 )
+from slorouter.policy.lending import LendParams, Occupancy, lender
 from slorouter.policy.rebalance import BinMoves, RebalanceParams
 from slorouter.state.load import BackendLoad
 from slorouter.state.snapshot import Snapshot
@@ -95,6 +104,7 @@ class PolyServe(BasePolicy):
         overflow_reserve: int = 1,
         *,
         index_min: float = _INDEX_MIN,
+        lend: LendParams | None = None,
     ) -> None:
         self.pack = placement == "pack"
         self.fp = fp or FeasibilityParams()
@@ -119,6 +129,11 @@ class PolyServe(BasePolicy):
         self._sentinel: tuple[str, LinearStep] | None = None
         self._order_cache: dict[Tightness, list[int]] = {}
         self._scope_cache: dict[tuple[int, Tightness], Scope] = {}
+        lp = lend or LendParams()
+        # lending a tighter bin's spare room (slorouter.policy.lending): spread only
+        self.occupancy: Occupancy | None = Occupancy(lp.quantile) if lp.enabled and not self.pack else None
+        self.fp_lend = replace(self.fp_overflow, reserve=0)
+        self._bin_of: dict[str, int] = {}
 
     # -- private state ---------------------------------------------------------------
 
@@ -130,6 +145,7 @@ class PolyServe(BasePolicy):
             self._bins_key = key
             self._order_cache = {}
             self._scope_cache = {}
+            self._bin_of = {b: i for i, ids in enumerate(self._bins.bins) for b in ids}
             self._build_index(snap)
         elif self._sentinel is not None:
             self._refresh(snap)
@@ -336,17 +352,14 @@ class PolyServe(BasePolicy):
             # idle server — is served best effort: retrying would not help)
             # the admission core answers it 429 with the predicted drain time as Retry-After
             return Reject(429, "the TTFT deadline can no longer be met")
-        chosen = (
-            self._scan_moving(need, bins, order, snapshot)
-            if self.moves
-            else self._scan(need, bins, order, snapshot)
-        )
+        chosen = self._place(need, bins, order, snapshot)
         if chosen:
-            return Dispatch(tuple(chosen), "late, best effort" if late else "feasible")
+            why = "late, best effort" if late else "feasible"
+            return self._dispatch(request, chosen, why, snapshot, bins)
         if not late and self.relax > 1.0 and request.tier.slo.slo_class is not SloClass.BEST_EFFORT:
             chosen = self._scan(need, bins, order, snapshot, relax=True)
             if chosen:
-                return Dispatch(tuple(chosen), "relaxed")
+                return self._dispatch(request, chosen, "relaxed", snapshot, bins)
         if not late and hopeless(
             request, (b for i in order for b in bins.bins[i]), snapshot.latency, self.fp, self.relax
         ):
@@ -355,35 +368,60 @@ class PolyServe(BasePolicy):
             need = Need(request, now, True, self.fp.kv_estimate, hopeless=True)
             chosen = self._scan(need, bins, order, snapshot)
             if chosen:
-                return Dispatch(tuple(chosen), "best effort: its TPOT is below every server's idle step")
+                return self._dispatch(
+                    request, chosen, "best effort: its TPOT is below every server's idle step", snapshot, bins
+                )
         if late:
             # An idle server slows no one down: a late request must not wait for a fit
             # the latency model may never predict (e.g. its TPOT below the idle step).
             idle = idle_server((bid for i in order for bid in bins.bins[i]), snapshot.loads)
             if idle is not None:
-                return Dispatch((idle,), "late, best effort on an idle server")
+                return self._dispatch(request, [idle], "late, best effort on an idle server", snapshot, bins)
             return Defer("late: waiting for a server it does not slow down")
         return Defer("no feasible server", retry_at=self._late_at(request, snapshot, bins, order))
 
-    def _scan_moving(self, need: Need, bins: Bins, order: list[int], snap: Snapshot) -> list[str]:
-        """:meth:`_scan` with dynamic bins (:mod:`slorouter.policy.rebalance`): own bin,
-        else a server lent by a tighter bin with room, else overflow, else a server
-        borrowed from a looser bin."""
-        mv = self.moves
-        assert mv is not None
+    def _dispatch(
+        self, req: RequestInfo, chosen: list[str], why: str, snap: Snapshot, bins: Bins
+    ) -> Dispatch:
+        """The decision; with lending on, the occupancy the request meets is recorded when
+        it goes to a server of its own bin (:mod:`slorouter.policy.lending`)."""
+        occ = self.occupancy
+        if occ is not None:
+            i = self._bin_of.get(chosen[0])
+            tau = req.tier.slo.tightness
+            if i is not None and bins.taus[i] == tau:
+                load = snap.loads[chosen[0]]
+                held = 1 + sum(load.tier_counts.get(t, 0) for t in bins.tiers_of.get(tau, ()))
+                occ.observe(tau, held, req.prompt_tokens + max(1, req.output_bound), snap.now)
+        return Dispatch(tuple(chosen), why)
+
+    def _place(self, need: Need, bins: Bins, order: list[int], snap: Snapshot) -> list[str]:
+        """Own bin (with room lent by a tighter bin if that is faster, spread only), else
+        with dynamic bins a server lent whole by a tighter bin with room, else overflow,
+        else a server borrowed from a looser bin (:mod:`slorouter.policy.rebalance`)."""
         if need.late:
             return self._scan(need, bins, order, snap)
         own = bool(order) and bins.taus[order[0]] == need.tightness
-        chosen = self._scan(need, bins, order[:1], snap) if own else []
-        if chosen:
-            return chosen
+        occ = self.occupancy
+        if own:
+            chosen = self._scan(need, bins, order[:1], snap)
+            if chosen:
+                if occ is not None and len(order) > 1 and need.tightness.paced:
+                    return self._lend_room(need, bins, order[1:], snap, chosen)
+                return chosen
+        if occ is not None:
+            occ.short(need.tightness, snap.now)  # its own bin had no room for it
+        rest = order[1:] if own else order
+        mv = self.moves
+        if mv is None:
+            return self._scan(need, bins, rest, snap)
         receive = mv.may_receive(need.tightness, snap.now)
         bid = mv.lend(need, bins, snap, self.fp, bins.tiers_of) if receive else None
         if bid is not None:
             mv.move(bid, need.tightness, snap.backends, snap.now)
             self._get_bins(snap)  # rebuilt with the server in its new bin
             return [bid]
-        chosen = self._scan(need, bins, order[1:] if own else order, snap)
+        chosen = self._scan(need, bins, rest, snap)
         if chosen:
             return chosen
         bid = mv.borrow(need, bins, snap, self.fp, bins.tiers_of) if receive else None
@@ -393,6 +431,37 @@ class PolyServe(BasePolicy):
         self._get_bins(snap)
         return [bid]
 
+    def _lend_room(
+        self, need: Need, bins: Bins, tighter: list[int], snap: Snapshot, chosen: list[str]
+    ) -> list[str]:
+        """``chosen`` (the request's own bin, ranked), or first the server of a tighter bin
+        that lends it room and where its predicted step is lower than on ``chosen[0]``
+        (:mod:`slorouter.policy.lending`). Examines every server of an unindexed bin and
+        the ``_top`` least loaded of an indexed one."""
+        occ = self.occupancy
+        assert occ is not None
+        loads, lat = snap.loads, snap.latency
+        first = chosen[0]
+        host = bins.taus[self._bin_of[first]].tpot
+        best_s = assess(need, loads[first], lat.linear(first), lat.limits(first), host, self.fp)
+        if best_s < 0:  # chosen by a rule beside the step (interference): keep it
+            return chosen
+        queued = snap.queued
+        groups = []
+        for i in tighter:
+            tiers = bins.tiers_of.get(bins.taus[i], ())
+            if queued and waiting(queued, tiers):
+                continue  # the bin's own tiers are waiting for its room
+            ix = self._index[i] if i < len(self._index) else None
+            ids: Sequence[str] = bins.bins[i] if ix is None else [b for _, b in ix.order[: self._top]]
+            groups.append((bins.taus[i], ids, tiers))
+        floor = self.fp_overflow.reserve
+        borrowing = self.moves is not None  # a tighter bin's shortage may take a looser server
+        best = lender(need, occ, groups, snap, bins.tpot_by_tier, self.fp_lend, floor, best_s, borrowing)
+        if best is None:
+            return chosen
+        return [best, *chosen][: 1 + self.fallbacks]
+
     def _late_at(self, req: RequestInfo, snap: Snapshot, bins: Bins, order: list[int]) -> float | None:
         """When the request's SLO stops being attainable even on an idle server."""
         return late_at(req, snap, bins.bins[order[-1]][0])
@@ -401,6 +470,10 @@ class PolyServe(BasePolicy):
 def make_polyserve(params: Mapping[str, Any], ctx: PolicyContext) -> PolyServe:
     p = Params(params)
     placement, fp = read_params(p, ctx, late_fill=LATE_FILL)
+    lend_room = p.boolean("lend_room", placement == "spread")
+    if lend_room and placement != "spread":
+        p.errors.append(("lend_room", "needs placement: spread (a packed fleet gives idle servers back)"))
+    lend = LendParams(enabled=lend_room, quantile=p.number("lend_quantile", 0.99, lo=0.5, hi=0.9999))
     overflow = p.boolean("overflow", True)
     fallbacks = p.integer("fallbacks", 2, lo=0)
     overflow_headroom = p.number("overflow_headroom", 0.95, lo=0.1, hi=1.0)
@@ -413,5 +486,5 @@ def make_polyserve(params: Mapping[str, Any], ctx: PolicyContext) -> PolyServe:
     )
     p.done()
     return PolyServe(
-        placement, fp, overflow, fallbacks, overflow_headroom, relax, rebalance, overflow_reserve
+        placement, fp, overflow, fallbacks, overflow_headroom, relax, rebalance, overflow_reserve, lend=lend
     )

@@ -8,7 +8,11 @@
   as one server per tier can serve, from vLLM's measured ITL curve: see
   ``choose_users``) through ``round-robin`` and ``polyserve`` (both starting from
   the model state the levels left): polyserve gives the tight tier a higher DSLO attainment
-  (the router's own verdict, :func:`slorouter.judge.verdict`).
+  (the router's own verdict, :func:`slorouter.judge.verdict`). Good requests per second over
+  all tiers are printed for both (over the run, and in the users' window), not asserted:
+  with polyserve lending the tight server's spare room it was 0.89-1.00x round robin's on
+  this 2-core host (docs/real-vllm.md, "Lent room"); the overall win is asserted on
+  simulated engines of the same shape (tests/integration/test_lend_closed_loop.py).
 
 The work is done by :mod:`benchmarks.real` (the same functions produce the tables in
 docs/real-vllm.md; ``scripts/bench_real_policies.py`` is its entry point).
@@ -125,10 +129,12 @@ async def test_polyserve_gives_the_tight_tier_higher_attainment_than_round_robin
                 f"{x['by_backend']}"
             )
         print(f"{'':11}  vLLM's own ITL per server (ms): {res[p]['vllm_itl_ms']}")
-    for p in ("round-robin", "polyserve"):
-        good = sum(res[p][t]["met"] for t in ("tight", "loose"))
-        sent = sum(res[p][t]["requests"] for t in ("tight", "loose"))
-        print(f"{p:11}  all tiers: {good} good of {sent}, {good / res[p]['seconds']:.2f} good requests/s")
+    tot = {p: bench.totals(res[p]) for p in ("round-robin", "polyserve")}
+    for p, x in tot.items():
+        print(
+            f"{p:11}  all tiers: {x['good']} good of {x['sent']}, {x['good_per_s']:.2f} good requests/s over "
+            f"{res[p]['seconds']:.1f} s; {x['window_good_per_s']:.2f}/s in the users' {res[p]['window_s']:.0f} s"
+        )
     rr, ps = res["round-robin"], res["polyserve"]
     for r in (rr, ps):
         assert r["counters_zero"]
