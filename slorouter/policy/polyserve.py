@@ -387,6 +387,7 @@ class PolyServe(BasePolicy):
         it goes to a server of its own bin (:mod:`slorouter.policy.lending`)."""
         occ = self.occupancy
         if occ is not None:
+            bins = self._bins or bins  # a move while placing rebuilt the bins (and _bin_of)
             i = self._bin_of.get(chosen[0])
             tau = req.tier.slo.tightness
             if i is not None and bins.taus[i] == tau:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from slorouter.clock import ManualClock
@@ -51,6 +51,9 @@ def _setup(spec: list[tuple[str, int, bool]]) -> Fleet:
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(fleets, requests)
+# a t30 request on a fleet of two idle t20 servers: polyserve (spread, lending on) borrows one
+# into a new t30 bin while placing it; recording the lent-room occupancy then read the old bins
+@example(spec=[("t20", 0, True), ("t20", 0, True)], rq=(T30, 1, 0.0))
 def test_decisions_name_only_known_healthy_backends(spec: list[tuple[str, int, bool]], rq: Any) -> None:
     f = _setup(spec)
     t, prompt, now = rq
